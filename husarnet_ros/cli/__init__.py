@@ -1,0 +1,1 @@
+"""The husarnet-ros command line."""

@@ -1,0 +1,1 @@
+"""Sans-IO protocol core: pure functions and state machines; no sockets, threads, clocks or ROS."""

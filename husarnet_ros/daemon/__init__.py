@@ -1,0 +1,1 @@
+"""I/O shell around the core: TUN, sockets, discovery, control API, privileges."""

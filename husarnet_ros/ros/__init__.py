@@ -1,0 +1,1 @@
+"""rclpy nodes: thin adapters over husarnet_ros.client."""

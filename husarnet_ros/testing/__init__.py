@@ -1,0 +1,1 @@
+"""Test and demo tooling: network namespace labs."""
