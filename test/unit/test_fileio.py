@@ -1,0 +1,118 @@
+"""atomic_write: content, permissions, and the old file surviving every failure."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from husarnet_ros import fileio
+from husarnet_ros.fileio import atomic_write, atomic_write_text
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_creates_new_file_with_content_and_mode(tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    atomic_write(target, b"hello", 0o600)
+    assert target.read_bytes() == b"hello"
+    assert _mode(target) == 0o600
+
+
+def test_default_mode_is_0644_regardless_of_umask(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        atomic_write(tmp_path / "f", b"x")
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "f") == 0o644
+
+
+def test_replaces_existing_file_and_its_mode(tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    target.write_bytes(b"old content that is longer")
+    target.chmod(0o666)
+    atomic_write(target, b"new", 0o640)
+    assert target.read_bytes() == b"new"
+    assert _mode(target) == 0o640
+
+
+def test_accepts_str_path(tmp_path: Path) -> None:
+    atomic_write(str(tmp_path / "f"), b"x")
+    assert (tmp_path / "f").read_bytes() == b"x"
+
+
+def test_no_temp_files_left_after_success(tmp_path: Path) -> None:
+    atomic_write(tmp_path / "f", b"x")
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_failed_replace_keeps_old_file_and_removes_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "f"
+    target.write_bytes(b"precious")
+
+    def broken_replace(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(target, b"new")
+    assert target.read_bytes() == b"precious"
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_failed_write_keeps_old_file_and_removes_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "f"
+    target.write_bytes(b"precious")
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr(fileio.os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="I/O error"):
+        atomic_write(target, b"new")
+    assert target.read_bytes() == b"precious"
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_bad_data_type_keeps_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    target.write_bytes(b"precious")
+    with pytest.raises(TypeError):
+        atomic_write(target, "not bytes")  # type: ignore[arg-type]
+    assert target.read_bytes() == b"precious"
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_missing_directory_raises(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        atomic_write(tmp_path / "nope" / "f", b"x")
+
+
+def test_text_keeps_line_endings_and_unicode(tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    atomic_write_text(target, "a\r\nb\nżółw — ok", 0o600)
+    assert target.read_bytes() == "a\r\nb\nżółw — ok".encode()
+    assert _mode(target) == 0o600
+
+
+def test_owner_is_applied(tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    uid, gid = os.getuid(), os.getgid()
+    atomic_write(target, b"x", owner=(uid, gid))
+    assert (target.stat().st_uid, target.stat().st_gid) == (uid, gid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing owner needs root")
+def test_owner_can_be_changed_by_root(tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    atomic_write(target, b"x", owner=(1234, 5678))
+    assert (target.stat().st_uid, target.stat().st_gid) == (1234, 5678)
