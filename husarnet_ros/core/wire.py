@@ -1,0 +1,186 @@
+"""Frame codecs: bytes <-> typed messages. Byte layouts are documented in docs/PROTOCOL.md.
+
+Every decoder raises only ProtocolError, whatever the input.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from .errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+
+MSG_HANDSHAKE_INIT = 0x01
+MSG_HANDSHAKE_RESPONSE = 0x02
+MSG_HANDSHAKE_CONFIRM = 0x03
+MSG_DATA = 0x04
+
+KEY_SIZE = 32
+SIGNATURE_SIZE = 64
+MAC_SIZE = 16
+NONCE_SIZE = 24
+TAG_SIZE = 16
+
+# --- handshake init: type ver rsv(2) sender_index timestamp_ns initiator_addr responder_addr ephemeral
+_INIT = struct.Struct("!BBHIQ16s16s32s")
+INIT_SIZE = _INIT.size  # 80
+# --- handshake response: type ver rsv(2) sender_index receiver_index ephemeral pubkey | signature mac
+_RESPONSE_SIGNED = struct.Struct("!BBHII32s32s")
+RESPONSE_SIGNED_SIZE = _RESPONSE_SIGNED.size  # 76
+RESPONSE_SIZE = RESPONSE_SIGNED_SIZE + SIGNATURE_SIZE + MAC_SIZE  # 156
+# --- handshake confirm: type ver rsv(2) receiver_index pubkey | signature mac
+_CONFIRM_SIGNED = struct.Struct("!BBHI32s")
+CONFIRM_SIGNED_SIZE = _CONFIRM_SIGNED.size  # 40
+CONFIRM_SIZE = CONFIRM_SIGNED_SIZE + SIGNATURE_SIZE + MAC_SIZE  # 120
+# --- data: type rsv(3) receiver_index counter | nonce | ciphertext (inner frame + tag)
+_DATA_HEADER = struct.Struct("!B3xIQ")
+DATA_AD_SIZE = _DATA_HEADER.size  # 16, authenticated as associated data
+DATA_HEADER_SIZE = DATA_AD_SIZE + NONCE_SIZE  # 40
+DATA_MIN_SIZE = DATA_HEADER_SIZE + TAG_SIZE + 1  # at least the inner type byte
+
+# Inner frame types (first plaintext byte of a data frame).
+INNER_IPV6 = 0x00  # a whole IPv6 packet
+INNER_IPV6_COMPRESSED = 0x01  # IPv6 header without addresses (peer -> me implied) + payload
+INNER_KEEPALIVE = 0x02
+INNER_PING = 0x03  # 8-byte probe id
+INNER_PONG = 0x04  # echoes the 8-byte probe id
+PROBE_ID_SIZE = 8
+
+IPV6_HEADER_SIZE = 40
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeInit:
+    sender_index: int
+    timestamp_ns: int
+    initiator_address: bytes
+    responder_address: bytes
+    ephemeral: bytes
+
+    def encode(self) -> bytes:
+        return _INIT.pack(
+            MSG_HANDSHAKE_INIT,
+            PROTOCOL_VERSION,
+            0,
+            self.sender_index,
+            self.timestamp_ns,
+            self.initiator_address,
+            self.responder_address,
+            self.ephemeral,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeResponse:
+    sender_index: int
+    receiver_index: int
+    ephemeral: bytes
+    public_key: bytes
+    signature: bytes
+    mac: bytes
+
+    def signed_part(self) -> bytes:
+        return _RESPONSE_SIGNED.pack(
+            MSG_HANDSHAKE_RESPONSE,
+            PROTOCOL_VERSION,
+            0,
+            self.sender_index,
+            self.receiver_index,
+            self.ephemeral,
+            self.public_key,
+        )
+
+    def encode(self) -> bytes:
+        return self.signed_part() + self.signature + self.mac
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeConfirm:
+    receiver_index: int
+    public_key: bytes
+    signature: bytes
+    mac: bytes
+
+    def signed_part(self) -> bytes:
+        return _CONFIRM_SIGNED.pack(
+            MSG_HANDSHAKE_CONFIRM, PROTOCOL_VERSION, 0, self.receiver_index, self.public_key
+        )
+
+    def encode(self) -> bytes:
+        return self.signed_part() + self.signature + self.mac
+
+
+def _check_header(data: bytes, expected_type: int, size: int, name: str) -> None:
+    if len(data) != size:
+        raise ProtocolError(f"{name}: expected {size} bytes, got {len(data)}")
+    if data[0] != expected_type:
+        raise ProtocolError(f"{name}: wrong message type {data[0]:#04x}")
+    if data[1] != PROTOCOL_VERSION:
+        raise ProtocolError(f"{name}: unsupported protocol version {data[1]}")
+    if data[2] or data[3]:
+        raise ProtocolError(f"{name}: reserved bytes must be zero")
+
+
+def decode_init(data: bytes) -> HandshakeInit:
+    _check_header(data, MSG_HANDSHAKE_INIT, INIT_SIZE, "handshake init")
+    _, _, _, sender, ts, init_addr, resp_addr, eph = _INIT.unpack(data)
+    return HandshakeInit(sender, ts, init_addr, resp_addr, eph)
+
+
+def decode_response(data: bytes) -> HandshakeResponse:
+    _check_header(data, MSG_HANDSHAKE_RESPONSE, RESPONSE_SIZE, "handshake response")
+    _, _, _, sender, receiver, eph, pub = _RESPONSE_SIGNED.unpack_from(data)
+    sig_end = RESPONSE_SIGNED_SIZE + SIGNATURE_SIZE
+    return HandshakeResponse(
+        sender, receiver, eph, pub, bytes(data[RESPONSE_SIGNED_SIZE:sig_end]), bytes(data[sig_end:])
+    )
+
+
+def decode_confirm(data: bytes) -> HandshakeConfirm:
+    _check_header(data, MSG_HANDSHAKE_CONFIRM, CONFIRM_SIZE, "handshake confirm")
+    _, _, _, receiver, pub = _CONFIRM_SIGNED.unpack_from(data)
+    sig_end = CONFIRM_SIGNED_SIZE + SIGNATURE_SIZE
+    return HandshakeConfirm(receiver, pub, bytes(data[CONFIRM_SIGNED_SIZE:sig_end]), bytes(data[sig_end:]))
+
+
+def encode_data_header(receiver_index: int, counter: int) -> bytes:
+    """The 16 bytes of a data frame that are authenticated as associated data."""
+    return _DATA_HEADER.pack(MSG_DATA, receiver_index, counter)
+
+
+def decode_data_header(data: bytes) -> tuple[int, int]:
+    """(receiver_index, counter) of a data frame; ProtocolError if it cannot be one."""
+    if len(data) < DATA_MIN_SIZE:
+        raise ProtocolError(f"data frame: {len(data)} bytes is shorter than the minimum {DATA_MIN_SIZE}")
+    if data[0] != MSG_DATA or data[1] or data[2] or data[3]:
+        raise ProtocolError("data frame: bad type or non-zero reserved bytes")
+    _, receiver, counter = _DATA_HEADER.unpack_from(data)
+    return receiver, counter
+
+
+def message_type(data: bytes) -> int:
+    """The type byte of a datagram; ProtocolError when empty."""
+    if not data:
+        raise ProtocolError("empty datagram")
+    return data[0]
+
+
+# --- inner IPv6 header compression -------------------------------------------------------
+# Overlay packets always go from the sender's address to the receiver's (both implied by the
+# session), so the 32 address bytes are dropped on the wire and restored on receipt.
+
+
+def compress_ipv6(packet: bytes, src: bytes, dst: bytes) -> bytes:
+    """Inner frame for ``packet``: compressed when its addresses are the session's, else whole."""
+    if len(packet) >= IPV6_HEADER_SIZE and packet[8:24] == src and packet[24:40] == dst:
+        return b"\x01" + packet[:8] + packet[40:]
+    return b"\x00" + packet
+
+
+def decompress_ipv6(inner: bytes, src: bytes, dst: bytes) -> bytes:
+    """Restore the IPv6 packet of a compressed inner frame (without its type byte)."""
+    if len(inner) < 8:
+        raise ProtocolError("compressed IPv6 frame shorter than its 8-byte header")
+    return inner[:8] + src + dst + inner[8:]
