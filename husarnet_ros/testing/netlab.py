@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from husarnet_ros.core.constants import DISCOVERY_GROUP_V4, DISCOVERY_GROUP_V6, DISCOVERY_PORT
 from husarnet_ros.core.errors import HusarnetError
@@ -126,7 +126,8 @@ def parse_ping(output: str) -> PingResult:
     rtt = _PING_RTT_RE.search(output)
     transmitted, received = (int(counts.group(1)), int(counts.group(2))) if counts else (0, 0)
     if rtt:
-        return PingResult(transmitted, received, *(float(rtt.group(i)) for i in (1, 2, 3)), output=output)
+        low, avg, high = (float(rtt.group(i)) for i in (1, 2, 3))
+        return PingResult(transmitted, received, low, avg, high, output=output)
     return PingResult(transmitted, received, None, None, None, output=output)
 
 
@@ -280,7 +281,7 @@ def _process_start_time(pid: int) -> str | None:
 def _owner_alive(owner_file: Path) -> bool:
     try:
         owner = json.loads(owner_file.read_text())
-        return _process_start_time(int(owner["pid"])) == owner["start_time"]
+        return _process_start_time(int(owner["pid"])) == str(owner["start_time"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -313,7 +314,7 @@ class Lab:
         self._write_owner_file()
 
     # --- context manager --------------------------------------------------------
-    def __enter__(self) -> Lab:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -350,8 +351,7 @@ class Lab:
         host.ipv4 = str(LAN_V4_NETWORK.network_address + HOST_ADDRESS_OFFSET + position)
         host.ipv6 = str(LAN_V6_NETWORK.network_address + HOST_ADDRESS_OFFSET + position)
         host.run(["ip", "addr", "add", f"{host.ipv4}/{LAN_V4_NETWORK.prefixlen}", "dev", host.ifname])
-        host.run(["ip", "-6", "addr", "add", f"{host.ipv6}/{LAN_V6_NETWORK.prefixlen}", "dev", host.ifname,
-                  "nodad"])
+        host.run(f"ip -6 addr add {host.ipv6}/{LAN_V6_NETWORK.prefixlen} dev {host.ifname} nodad".split())
         host.run(["ip", "link", "set", host.ifname, "up"])
         # Without a default route a host has no route for multicast; real robots have one.
         host.run(["ip", "route", "add", "224.0.0.0/4", "dev", host.ifname])
@@ -367,15 +367,16 @@ class Lab:
         self.switches.append(switch)
         sw = ["ip", "-n", switch.netns]
         # Snooping off: the bridge floods every multicast group to every port, like a dumb switch.
-        run_command([*sw, "link", "add", switch.bridge, "type", "bridge", "mcast_snooping", "0",
-                     "forward_delay", "0", "stp_state", "0"])
+        bridge_options = ["mcast_snooping", "0", "forward_delay", "0", "stp_state", "0"]
+        run_command([*sw, "link", "add", switch.bridge, "type", "bridge", *bridge_options])
         run_command([*sw, "link", "set", switch.bridge, "up"])
         hosts = []
         for position in range(count):
             host = self._new_host(labels[position] if labels else None)
             port = f"p{position}"
-            run_command([*sw, "link", "add", port, "type", "veth", "peer", "name", host.ifname,
-                         "netns", host.netns])
+            run_command(
+                [*sw, *f"link add {port} type veth peer name {host.ifname} netns {host.netns}".split()]
+            )
             run_command([*sw, "link", "set", port, "master", switch.bridge])
             run_command([*sw, "link", "set", port, "up"])
             switch.ports.append(port)
@@ -391,8 +392,9 @@ class Lab:
             raise LabError(f"a pair needs 2 labels, got {len(labels)}")
         a = self._new_host(labels[0] if labels else None)
         b = self._new_host(labels[1] if labels else None)
-        run_command(["ip", "-n", a.netns, "link", "add", a.ifname, "type", "veth", "peer", "name", b.ifname,
-                     "netns", b.netns])
+        run_command(
+            f"ip -n {a.netns} link add {a.ifname} type veth peer name {b.ifname} netns {b.netns}".split()
+        )
         self._configure_underlay(a, 0)
         self._configure_underlay(b, 1)
         return a, b
@@ -401,7 +403,7 @@ class Lab:
     def multicast_snooping(switch: Switch) -> bool:
         out = run_command(["ip", "-n", switch.netns, "-j", "-d", "link", "show", "dev", switch.bridge]).stdout
         info = json.loads(out)[0].get("linkinfo", {}).get("info_data", {})
-        return bool(info.get("mcast_snooping", 1))
+        return bool(info.get("mcast_snooping", True))
 
     # --- processes ----------------------------------------------------------------
     def track(self, process: subprocess.Popen[Any]) -> subprocess.Popen[Any]:
@@ -480,9 +482,9 @@ def stale_prefixes(prefix_pattern: str = PREFIX_RE.pattern) -> list[str]:
         # Only runs of ours: the prefix format matches and we wrote an owner file for it.
         # A namespace with no owner file is not provably ours, so it is left alone.
         owner_file = OWNER_DIR / prefix
-        if pattern.match(prefix) and PREFIX_RE.match(prefix) and owner_file.exists():
-            if not _owner_alive(owner_file):
-                stale.append(prefix)
+        ours = bool(pattern.match(prefix) and PREFIX_RE.match(prefix)) and owner_file.exists()
+        if ours and not _owner_alive(owner_file):
+            stale.append(prefix)
     return stale
 
 
@@ -535,4 +537,3 @@ def write_text_file(path: Path, text: str, mode: int = 0o644) -> None:
         os.fsync(handle.fileno())
     os.chmod(tmp, mode)
     os.replace(tmp, path)
-
