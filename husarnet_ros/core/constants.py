@@ -33,7 +33,7 @@ SESSION_IDLE_TIMEOUT = 180.0  # nothing heard for this long: the peer is gone
 PREVIOUS_SESSION_GRACE = 15.0  # keep the old session this long after a rekey, for packets in flight
 KEEPALIVE_INTERVAL = 10.0  # on an established link; the authenticated ping doubles as keepalive
 NAT_KEEPALIVE_INTERVAL = 25.0
-PATH_DEAD_AFTER = 3.5 * KEEPALIVE_INTERVAL / 2  # no pong for this long: try other endpoints
+PATH_DEAD_AFTER = 15.0  # no authenticated frame for this long while probing: try other endpoints
 
 # --- replay protection (RFC 6479) ------------------------------------------
 REPLAY_WINDOW_BITS = 4096  # packets; must be a power of two and a multiple of 64
@@ -41,3 +41,8 @@ REPLAY_WINDOW_BITS = 4096  # packets; must be a power of two and a multiple of 6
 # --- data plane -------------------------------------------------------------
 DEFAULT_MTU = 1350
 MAX_DATAGRAM = 65535
+LATENCY_PROBE_INTERVAL = 5.0  # authenticated ping on every established session
+PROBE_TIMEOUT = 5.0  # an unanswered probe is forgotten after this
+PENDING_PACKETS_PER_PEER = 32  # packets queued while a handshake is in progress
+MAX_PEERS = 4096  # bound on peer state created by (possibly hostile) traffic
+RATE_LIMIT_TABLE_SIZE = 4096

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
 from nacl.encoding import RawEncoder
+from nacl.exceptions import CryptoError
 from nacl.hash import blake2b
 
 from . import wire
@@ -35,7 +36,7 @@ def _hash(data: bytes, person: bytes, key: bytes = b"", size: int = 32) -> bytes
 def _dh(private: bytes, public: bytes) -> bytes:
     try:
         shared = bytes(crypto_scalarmult(private, public))
-    except Exception:  # libsodium refuses low-order points (all-zero result)
+    except CryptoError:  # libsodium refuses low-order points (all-zero result)
         raise ProtocolError("ephemeral key is a low-order point") from None
     if not any(shared):
         raise ProtocolError("ephemeral key is a low-order point")

@@ -11,7 +11,7 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 
-from nacl.exceptions import BadSignatureError
+from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
 from .constants import IDENTITY_POW_BYTE1_LIMIT, OVERLAY_PREFIX
@@ -40,9 +40,7 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> boo
         return False
     try:
         VerifyKey(public_key).verify(message, signature)
-    except (BadSignatureError, ValueError, TypeError):
-        return False
-    except Exception:  # nacl raises its own CryptoError for invalid points
+    except (BadSignatureError, CryptoError, ValueError, TypeError):
         return False
     return True
 

@@ -18,6 +18,7 @@ from nacl.bindings import (
     crypto_aead_xchacha20poly1305_ietf_decrypt,
     crypto_aead_xchacha20poly1305_ietf_encrypt,
 )
+from nacl.exceptions import CryptoError
 
 from . import wire
 from .constants import REJECT_AFTER_MESSAGES
@@ -82,7 +83,7 @@ class Session:
                 datagram[wire.DATA_AD_SIZE : wire.DATA_HEADER_SIZE],
                 self._receive_key,
             )
-        except Exception:  # nacl.exceptions.CryptoError on a bad tag
+        except CryptoError:  # a bad tag
             raise ProtocolError("data frame failed authentication") from None
         if not self.replay.accept(counter):
             raise ProtocolError("replayed data frame")
