@@ -1,0 +1,176 @@
+"""Models of the daemon's control API, shared by the server (daemon/control.py) and the client (client.py).
+
+Every address in these models is an overlay address (fc94::/16) in canonical compressed text form: the
+validators normalise whatever the caller wrote (``FC94:0::1`` becomes ``fc94::1``), so two spellings of one
+address always compare equal.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from .core.address import format_address, parse_overlay
+from .core.hosts import normalize_hostname
+
+# The one place that knows where the control socket lives by default.
+DEFAULT_CONTROL_SOCKET = "/run/husarnet-ros/control.sock"
+CONTROL_SOCKET_ENV = "HUSARNET_ROS_CONTROL_SOCKET"
+API_PREFIX = "/v1"
+
+# Limits of request parameters, so one request cannot tie up the daemon for long.
+MAX_PING_COUNT = 1000
+MIN_PING_INTERVAL_S = 0.01
+MAX_PING_INTERVAL_S = 60.0
+MIN_PING_TIMEOUT_S = 0.01
+MAX_PING_TIMEOUT_S = 60.0
+MAX_WAIT_TIMEOUT_S = 3600.0
+MAX_LOG_LINES = 10_000
+
+
+def resolve_control_socket(explicit: str | None = None) -> str:
+    """The control socket to use: an explicit path, else $HUSARNET_ROS_CONTROL_SOCKET, else the default."""
+    if explicit:
+        return explicit
+    return os.environ.get(CONTROL_SOCKET_ENV) or DEFAULT_CONTROL_SOCKET
+
+
+def normalize_overlay(text: str) -> str:
+    """Canonical text of an overlay address; AddressError (a ValueError) if it is not one."""
+    return format_address(parse_overlay(text))
+
+
+def validate_hostname(text: str) -> str:
+    """The host name, lower-cased; HostnameError (a ValueError) if it is not a valid RFC 1123 name.
+
+    Shared with the hosts file writer, so the API never accepts a name the hosts file would refuse.
+    """
+    return normalize_hostname(text)
+
+
+OverlayAddress = Annotated[str, AfterValidator(normalize_overlay)]
+Hostname = Annotated[str, AfterValidator(validate_hostname)]
+PeerPath = Literal["direct", "tunnelled", "none"]
+
+
+class _Model(BaseModel):
+    # Unknown fields are rejected so a typo in a request is an error, not a silent no-op.
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- responses ---------------------------------------------------------------------------------------------
+
+
+class PeerStatus(_Model):
+    """One peer as the daemon sees it."""
+
+    address: OverlayAddress
+    hostname: str | None = None
+    path: PeerPath = "none"
+    endpoint: str | None = Field(
+        default=None, description="underlay endpoint of a direct path, e.g. 198.18.0.2:5582"
+    )
+    base_server: str | None = Field(default=None, description="base server relaying a tunnelled path")
+    rtt_ms: float | None = Field(default=None, description="latest authenticated round-trip time")
+    last_handshake: float | None = Field(
+        default=None, description="unix time of the last completed handshake"
+    )
+    last_seen: float | None = Field(
+        default=None, description="unix time anything authenticated was last received"
+    )
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    whitelisted: bool = False
+    state: str = Field(default="idle", description="e.g. established, handshaking, idle")
+
+
+class Status(_Model):
+    """The daemon's own state and all its peers."""
+
+    address: OverlayAddress
+    hostname: str
+    interface: str
+    udp_port: int
+    whitelist_enabled: bool
+    version: str
+    uptime_s: float
+    ready: bool = Field(default=True, description="interface up and transport bound")
+    counters: dict[str, int] = Field(default_factory=dict, description="drop and error counters by reason")
+    peers: list[PeerStatus] = Field(default_factory=list)
+
+
+class Whitelist(_Model):
+    enabled: bool
+    addresses: list[OverlayAddress]
+
+
+class HostEntry(_Model):
+    """One line of the managed block of the hosts file."""
+
+    hostname: Hostname
+    address: OverlayAddress
+
+
+class PingReply(_Model):
+    seq: int
+    rtt_ms: float | None = Field(default=None, description="None when this probe timed out")
+
+
+class PingResult(_Model):
+    address: OverlayAddress
+    hostname: str | None = None
+    path: PeerPath
+    endpoint: str | None = None
+    base_server: str | None = None
+    replies: list[PingReply]
+    sent: int
+    received: int
+    loss: float = Field(description="fraction of probes lost, 0.0 .. 1.0")
+
+
+class WaitResult(_Model):
+    reached: bool
+
+
+class LogLines(_Model):
+    lines: list[str]
+
+
+class ResolvedAddress(_Model):
+    name: str
+    address: OverlayAddress
+
+
+class Health(_Model):
+    """Answered without touching the controller: proves a daemon is alive on the socket."""
+
+    ok: bool = True
+    version: str
+
+
+class ErrorBody(_Model):
+    error: str
+
+
+# --- requests ----------------------------------------------------------------------------------------------
+
+
+class AddressRequest(_Model):
+    address: OverlayAddress
+
+
+class EnabledRequest(_Model):
+    enabled: bool
+
+
+class PingRequest(_Model):
+    target: str = Field(min_length=1, max_length=253, description="overlay address or host name")
+    count: int = Field(3, ge=1, le=MAX_PING_COUNT)
+    interval_s: float = Field(1.0, ge=MIN_PING_INTERVAL_S, le=MAX_PING_INTERVAL_S)
+    timeout_s: float = Field(2.0, ge=MIN_PING_TIMEOUT_S, le=MAX_PING_TIMEOUT_S)
+
+    def worst_case_s(self) -> float:
+        """How long the daemon may take to answer this request."""
+        return (self.count - 1) * self.interval_s + self.timeout_s

@@ -1,0 +1,491 @@
+"""The daemon's control API: a FastAPI app over a ``Controller``, served by uvicorn on a Unix socket.
+
+Threading: ``ControlServer`` runs uvicorn on its own asyncio loop in a background thread, so a slow request
+never stalls the daemon. Where controller methods run depends on ``controller_loop``:
+
+- ``controller_loop=None``: on the control server's loop thread. Synchronous methods are then called one at
+  a time (never concurrently with each other), but concurrently with whatever threads the daemon runs, so
+  the daemon must guard shared state itself.
+- ``controller_loop=<the daemon's running loop>``: every call, synchronous or coroutine, is executed on that
+  loop (``call_soon_threadsafe`` / ``run_coroutine_threadsafe``), so a single-loop daemon needs no locks.
+
+Routes (all JSON; errors are ``{"error": "message"}`` with 404/409/422/503, never a traceback):
+
+    GET    /v1/health                       Health (answered without the controller)
+    GET    /v1/status                       Status
+    GET    /v1/peers                        list[PeerStatus]
+    GET    /v1/peers/{target}               PeerStatus (address or host name)
+    GET    /v1/whitelist                    Whitelist
+    POST   /v1/whitelist                    AddressRequest -> Whitelist
+    DELETE /v1/whitelist/{address}          Whitelist
+    PUT    /v1/whitelist/enabled            EnabledRequest -> Whitelist
+    GET    /v1/hosts                        list[HostEntry]
+    POST   /v1/hosts                        HostEntry -> list[HostEntry]
+    DELETE /v1/hosts/{hostname}             list[HostEntry]
+    GET    /v1/resolve/{name}               ResolvedAddress
+    POST   /v1/ping                         PingRequest -> PingResult
+    GET    /v1/wait/ready?timeout=S         WaitResult
+    GET    /v1/wait/peer/{target}?timeout=S WaitResult
+    GET    /v1/logs?limit=N                 LogLines
+
+The OpenAPI schema is at /openapi.json (and interactive docs at /docs) on the same socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import grp
+import logging
+import os
+import socket
+import stat
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Annotated, Any, Self, TypeVar
+
+import uvicorn
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..api import (
+    API_PREFIX,
+    MAX_LOG_LINES,
+    MAX_WAIT_TIMEOUT_S,
+    AddressRequest,
+    EnabledRequest,
+    ErrorBody,
+    Health,
+    HostEntry,
+    LogLines,
+    PeerStatus,
+    PingRequest,
+    PingResult,
+    ResolvedAddress,
+    Status,
+    WaitResult,
+    Whitelist,
+    normalize_overlay,
+    validate_hostname,
+)
+from ..core.errors import AddressError, HusarnetError
+from .controller import Controller, ControllerError, InvalidRequest, NotFound, NotReady
+
+log = logging.getLogger(__name__)
+
+CONTROL_GROUP = "husarnet"
+SOCKET_MODE = 0o660
+SOCKET_DIR_MODE = 0o755
+# A synchronous controller call that takes longer than this on the daemon's loop means the loop is stuck.
+CONTROLLER_CALL_TIMEOUT_S = 10.0
+STARTUP_TIMEOUT_S = 10.0
+SHUTDOWN_TIMEOUT_S = 5.0
+# Open long-poll requests (wait, ping) are cut after this long when the server stops.
+GRACEFUL_SHUTDOWN_S = 1
+_MAX_UNIX_PATH = 107  # sun_path is 108 bytes including the terminating NUL
+
+T = TypeVar("T")
+
+
+class ControlSocketError(HusarnetError):
+    """The control socket cannot be served (already in use, not a socket, permissions, path too long)."""
+
+
+async def run_on_loop(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on another thread's ``loop`` and await its result from the current loop."""
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+
+class _Dispatcher:
+    """Runs controller calls where the daemon wants them (see the module docstring)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self._loop = loop
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._loop is None:
+            return fn(*args)
+        result: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            if not result.set_running_or_notify_cancel():
+                return
+            try:
+                result.set_result(fn(*args))
+            # Handed to the awaiting request, which maps it to a response.
+            except BaseException as exc:  # noqa: BLE001
+                result.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(run)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(result), CONTROLLER_CALL_TIMEOUT_S)
+        except TimeoutError:
+            raise NotReady(f"the daemon did not answer within {CONTROLLER_CALL_TIMEOUT_S:g} s") from None
+
+    async def run(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        if self._loop is None:
+            return await fn(*args)
+        return await run_on_loop(self._loop, fn(*args))
+
+
+# --- the app -----------------------------------------------------------------------------------------------
+
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "unknown peer, host name or whitelist entry"},
+    409: {"model": ErrorBody, "description": "conflicts with current state"},
+    422: {"model": ErrorBody, "description": "invalid request"},
+    503: {"model": ErrorBody, "description": "daemon not ready"},
+}
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message})
+
+
+def _describe_validation_error(exc: RequestValidationError) -> str:
+    """One line naming each bad field and why, e.g. "body.address: 'x' is not an IPv6 address"."""
+    parts = []
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            parts.append("the request body is not valid JSON")
+            continue
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, _describe_validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(ControllerError)
+    async def on_controller_error(_: Request, exc: ControllerError) -> JSONResponse:
+        return _error(exc.http_status, str(exc))
+
+    @app.exception_handler(AddressError)
+    async def on_address_error(_: Request, exc: AddressError) -> JSONResponse:
+        return _error(422, str(exc))
+
+    @app.exception_handler(HusarnetError)
+    async def on_husarnet_error(_: Request, exc: HusarnetError) -> JSONResponse:
+        # Raised on purpose with a message for the user, but not mapped to a more precise status.
+        return _error(500, str(exc))
+
+    # A middleware rather than an exception handler for Exception: Starlette re-raises after such a handler
+    # has answered, which makes uvicorn drop the keep-alive connection and log a second traceback.
+    @app.middleware("http")
+    async def on_bug(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        try:
+            return await call_next(request)
+        except Exception as exc:
+            log.exception("control API: %s %s failed", request.method, request.url.path)
+            return _error(500, f"internal error in the daemon ({type(exc).__name__}); see the daemon log")
+
+
+def _address_param(text: str) -> str:
+    try:
+        return normalize_overlay(text)
+    except AddressError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+def _hostname_param(text: str) -> str:
+    try:
+        return validate_hostname(text)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+WaitTimeout = Annotated[float, Query(ge=0.0, le=MAX_WAIT_TIMEOUT_S, description="seconds to wait")]
+LogLimit = Annotated[int, Query(ge=1, le=MAX_LOG_LINES, description="most recent lines to return")]
+
+
+def create_app(controller: Controller, controller_loop: asyncio.AbstractEventLoop | None = None) -> FastAPI:
+    """The control API over ``controller``; see the module docstring for routes and threading."""
+    app = FastAPI(
+        title="husarnet-ros daemon control API",
+        version=__version__,
+        description="Status, peers, whitelist, hosts, ping and waits of a husarnet-ros daemon.",
+        responses=_ERROR_RESPONSES,
+    )
+    _install_error_handlers(app)
+    do = _Dispatcher(controller_loop)
+    p = API_PREFIX
+
+    async def resolve(target: str) -> str:
+        if not target or len(target) > 253:
+            raise InvalidRequest(f"{target!r} is neither an overlay address nor a host name")
+        return normalize_overlay(await do.call(controller.resolve, target))
+
+    @app.get(f"{p}/health", tags=["daemon"])
+    async def health() -> Health:
+        return Health(version=__version__)
+
+    @app.get(f"{p}/status", tags=["daemon"])
+    async def status() -> Status:
+        return await do.call(controller.status)
+
+    @app.get(f"{p}/peers", tags=["peers"])
+    async def peers() -> list[PeerStatus]:
+        return (await do.call(controller.status)).peers
+
+    @app.get(f"{p}/peers/{{target}}", tags=["peers"])
+    async def peer(target: str) -> PeerStatus:
+        address = await resolve(target)
+        for entry in (await do.call(controller.status)).peers:
+            if entry.address == address:
+                return entry
+        raise NotFound(f"{target} is not a known peer")
+
+    @app.get(f"{p}/whitelist", tags=["whitelist"])
+    async def whitelist() -> Whitelist:
+        return await do.call(controller.whitelist)
+
+    @app.post(f"{p}/whitelist", tags=["whitelist"])
+    async def whitelist_add(body: AddressRequest) -> Whitelist:
+        await do.call(controller.whitelist_add, body.address)
+        return await do.call(controller.whitelist)
+
+    @app.delete(f"{p}/whitelist/{{address}}", tags=["whitelist"])
+    async def whitelist_remove(address: str) -> Whitelist:
+        await do.call(controller.whitelist_remove, _address_param(address))
+        return await do.call(controller.whitelist)
+
+    @app.put(f"{p}/whitelist/enabled", tags=["whitelist"])
+    async def whitelist_enabled(body: EnabledRequest) -> Whitelist:
+        await do.call(controller.whitelist_set_enabled, body.enabled)
+        return await do.call(controller.whitelist)
+
+    @app.get(f"{p}/hosts", tags=["hosts"])
+    async def hosts() -> list[HostEntry]:
+        return await do.call(controller.hosts)
+
+    @app.post(f"{p}/hosts", tags=["hosts"])
+    async def hosts_add(body: HostEntry) -> list[HostEntry]:
+        await do.call(controller.hosts_add, body.hostname, body.address)
+        return await do.call(controller.hosts)
+
+    @app.delete(f"{p}/hosts/{{hostname}}", tags=["hosts"])
+    async def hosts_remove(hostname: str) -> list[HostEntry]:
+        await do.call(controller.hosts_remove, _hostname_param(hostname))
+        return await do.call(controller.hosts)
+
+    @app.get(f"{p}/resolve/{{name}}", tags=["peers"])
+    async def resolve_name(name: str) -> ResolvedAddress:
+        return ResolvedAddress(name=name, address=await resolve(name))
+
+    @app.post(f"{p}/ping", tags=["peers"])
+    async def ping(body: PingRequest) -> PingResult:
+        address = await resolve(body.target)
+        return await do.run(controller.ping, address, body.count, body.interval_s, body.timeout_s)
+
+    @app.get(f"{p}/wait/ready", tags=["daemon"])
+    async def wait_ready(timeout: WaitTimeout = 30.0) -> WaitResult:
+        return WaitResult(reached=await do.run(controller.wait_ready, timeout))
+
+    @app.get(f"{p}/wait/peer/{{target}}", tags=["peers"])
+    async def wait_peer(target: str, timeout: WaitTimeout = 30.0) -> WaitResult:
+        address = await resolve(target)
+        return WaitResult(reached=await do.run(controller.wait_peer, address, timeout))
+
+    @app.get(f"{p}/logs", tags=["daemon"])
+    async def logs(limit: LogLimit = 100) -> LogLines:
+        return LogLines(lines=await do.call(controller.logs, limit))
+
+    return app
+
+
+# --- serving it on a Unix socket ---------------------------------------------------------------------------
+
+
+def socket_is_live(path: str, timeout_s: float = 1.0) -> bool:
+    """True if something accepts connections on the Unix socket ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(timeout_s)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError as exc:
+        raise ControlSocketError(f"cannot check control socket {path}: {exc.strerror or exc}") from None
+    finally:
+        probe.close()
+    return True
+
+
+def _clear_stale_socket(path: str) -> None:
+    """Remove a socket file left by a dead daemon; refuse if a live one answers or it is not a socket."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ControlSocketError(f"{path} exists and is not a socket; refusing to replace it")
+    if socket_is_live(path):
+        raise ControlSocketError(
+            f"another husarnet-ros daemon is already listening on {path}; stop it first or pass a "
+            "different --control-socket"
+        )
+    log.info("removing stale control socket %s", path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _group_id(group: str | None) -> int | None:
+    if group is None:
+        return None
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        return None
+
+
+def _bind_listening_socket(path: str, group: str | None) -> socket.socket:
+    """Bind, restrict and only then listen: nobody can connect while the mode is still the umask's."""
+    if len(os.fsencode(path)) > _MAX_UNIX_PATH:
+        raise ControlSocketError(f"control socket path is too long for a Unix socket ({path})")
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, mode=SOCKET_DIR_MODE, exist_ok=True)
+    except OSError as exc:
+        raise ControlSocketError(f"cannot create {parent} for the control socket: {exc.strerror}") from None
+    _clear_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, SOCKET_MODE)
+        gid = _group_id(group)
+        if gid is not None:
+            try:
+                os.chown(path, -1, gid)
+            except PermissionError:
+                log.warning("cannot give control socket %s to group %s (not root?)", path, group)
+        sock.listen(64)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ControlSocketError(f"cannot listen on control socket {path}: {exc.strerror or exc}") from None
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server that tells another thread when it is listening."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = threading.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        self.listening.set()
+
+
+class ControlServer:
+    """Serves ``create_app(controller)`` on ``socket_path`` (mode 0660, group ``group`` if it exists).
+
+    ``start()`` returns once the socket accepts connections; ``stop()`` shuts down and removes the socket.
+    Usable as a context manager.
+    """
+
+    def __init__(
+        self,
+        controller: Controller,
+        socket_path: str,
+        group: str | None = CONTROL_GROUP,
+        controller_loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.socket_path = socket_path
+        self._group = group
+        self._app = create_app(controller, controller_loop)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._socket_inode: tuple[int, int] | None = None
+        self._failure: BaseException | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The control server's event loop while it runs (for ``asyncio.run_coroutine_threadsafe``)."""
+        return self._loop
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise ControlSocketError("control server already started")
+        sock = _bind_listening_socket(self.socket_path, self._group)
+        st = os.stat(self.socket_path)
+        self._socket_inode = (st.st_dev, st.st_ino)
+        config = uvicorn.Config(
+            self._app,
+            log_config=None,  # the daemon configures logging, uvicorn must not replace it
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        )
+        self._server = _Server(config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, args=(sock,), name="control-api", daemon=True)
+        self._thread.start()
+        self._server.listening.wait(STARTUP_TIMEOUT_S)
+        if not self._server.listening.is_set():
+            self.stop()
+            reason = f": {self._failure}" if self._failure else ""
+            raise ControlSocketError(f"control server on {self.socket_path} did not start{reason}")
+
+    def _serve(self, sock: socket.socket) -> None:
+        assert self._loop is not None and self._server is not None
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._server.serve(sockets=[sock]))
+        # Reported by start(); a dying thread must not print a traceback.
+        except BaseException as exc:  # noqa: BLE001
+            self._failure = exc
+            log.error("control server stopped: %s", exc)
+        finally:
+            sock.close()
+            self._server.listening.set()  # wake start() if startup failed
+            with contextlib.suppress(Exception):
+                self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+    def stop(self) -> None:
+        """Stop serving, cut open long-polls after a short grace period, remove the socket file."""
+        if self._server is not None:
+            self._server.should_exit = True  # polled by uvicorn's main loop
+        if self._thread is not None:
+            self._thread.join(SHUTDOWN_TIMEOUT_S)
+            if self._thread.is_alive() and self._server is not None:
+                self._server.force_exit = True
+                self._thread.join(SHUTDOWN_TIMEOUT_S)
+        self._remove_own_socket()
+        self._thread = None
+        self._server = None
+        self._loop = None
+
+    def _remove_own_socket(self) -> None:
+        # Only our own socket file: a daemon started after us may already own this path.
+        if self._socket_inode is None:
+            return
+        try:
+            st = os.lstat(self.socket_path)
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino) == self._socket_inode:
+            os.unlink(self.socket_path)
+        self._socket_inode = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,105 @@
+"""What the daemon must offer to the control API: the ``Controller`` protocol and the errors it may raise.
+
+Threading contract (see daemon/control.py): the control server calls every method on its own event loop
+thread, never two at the same time for the synchronous methods. Synchronous methods should return quickly
+(in-memory state, a small file write); they are never called from the daemon's own threads by the server.
+The coroutine methods (``ping``, ``wait_ready``, ``wait_peer``) run on the control server's loop too; if the
+daemon's state lives on another event loop, hop there with ``daemon.control.run_on_loop(loop, coro)``.
+
+Errors: raise the ``ControllerError`` subclasses below with a message meant for the user; the server turns
+them into HTTP 404/409/422/503 with ``{"error": message}``. An ``AddressError`` counts as InvalidRequest.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from ..api import HostEntry, PingResult, Status, Whitelist
+from ..core.errors import HusarnetError
+
+
+class ControllerError(HusarnetError):
+    """A request the daemon refused; the message is shown to the user as is."""
+
+    http_status = 400
+
+
+class NotFound(ControllerError):
+    """Unknown host name, peer or whitelist entry."""
+
+    http_status = 404
+
+
+class InvalidRequest(ControllerError):
+    """A well-formed request that makes no sense (e.g. pinging our own address)."""
+
+    http_status = 422
+
+
+class Conflict(ControllerError):
+    """The request contradicts current state (e.g. a host name already bound to another address)."""
+
+    http_status = 409
+
+
+class NotReady(ControllerError):
+    """The daemon cannot serve this yet (e.g. still bringing the interface up)."""
+
+    http_status = 503
+
+
+@runtime_checkable
+class Controller(Protocol):
+    """The daemon's side of the control API. Addresses are canonical fc94::/16 text (api.normalize_overlay)."""
+
+    def status(self) -> Status:
+        """Own address, hostname, interface, counters and every known peer."""
+        ...
+
+    def whitelist(self) -> Whitelist: ...
+
+    def whitelist_add(self, address: str) -> None:
+        """Allow ``address`` at once and persist it; adding a present address is not an error."""
+        ...
+
+    def whitelist_remove(self, address: str) -> None:
+        """Forbid ``address`` at once (tearing down its session) and persist it; NotFound if absent."""
+        ...
+
+    def whitelist_set_enabled(self, enabled: bool) -> None:
+        """Switch enforcement on or off at once and persist the choice."""
+        ...
+
+    def hosts(self) -> list[HostEntry]:
+        """Entries of the managed block of the hosts file."""
+        ...
+
+    def hosts_add(self, hostname: str, address: str) -> None:
+        """Add or re-point ``hostname`` (already validated and lower-cased) in the managed block."""
+        ...
+
+    def hosts_remove(self, hostname: str) -> None:
+        """Remove ``hostname`` from the managed block; NotFound if absent."""
+        ...
+
+    def resolve(self, name_or_address: str) -> str:
+        """An overlay address as is (normalised), else the address of a host entry or peer with that
+        hostname; NotFound with a message naming the name otherwise."""
+        ...
+
+    async def ping(self, address: str, count: int, interval_s: float, timeout_s: float) -> PingResult:
+        """Authenticated encrypted pings over the current path; a probe unanswered after ``timeout_s`` is a
+        reply with ``rtt_ms=None``. Must return within about ``(count - 1) * interval_s + timeout_s``."""
+        ...
+
+    async def wait_ready(self, timeout_s: float) -> bool:
+        """True once the interface is up and the transport bound, False after ``timeout_s``."""
+        ...
+
+    async def wait_peer(self, address: str, timeout_s: float) -> bool:
+        """True once ``address`` has a path other than "none", False after ``timeout_s``."""
+        ...
+
+    def logs(self, limit: int) -> list[str]:
+        """The most recent ``limit`` log lines, oldest first."""
+        ...
