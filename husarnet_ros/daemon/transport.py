@@ -1,0 +1,68 @@
+"""The UDP transport: one dual-stack socket carrying handshakes and data frames to every peer.
+
+Endpoints are ``(host, port)`` with IPv4 hosts in plain dotted form and IPv6 link-local hosts
+carrying their ``%ifname`` scope, whatever family the socket layer uses internally.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+
+from ..core.errors import HusarnetError
+from ..core.peer import Endpoint
+
+_SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+class TransportError(HusarnetError):
+    """The UDP socket could not be opened or bound."""
+
+
+class UdpTransport:
+    def __init__(self, port: int) -> None:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
+            sock.bind(("::", port))
+        except OSError as exc:
+            sock.close()
+            raise TransportError(f"cannot bind UDP port {port}: {exc.strerror or exc}") from None
+        self.sock = sock
+        self.port = sock.getsockname()[1]
+        # Conversions cached both ways: the hot path must not re-parse addresses per packet.
+        self._to_socket: dict[Endpoint, tuple[str, int]] = {}
+        self._from_socket: dict[tuple[str, int], Endpoint] = {}
+
+    def sendto(self, data: bytes, endpoint: Endpoint) -> None:
+        target = self._to_socket.get(endpoint)
+        if target is None:
+            host, port = endpoint
+            target = (f"::ffff:{host}" if "." in host and ":" not in host else host, port)
+            if len(self._to_socket) > 4096:
+                self._to_socket.clear()
+            self._to_socket[endpoint] = target
+        try:
+            self.sock.sendto(data, target)
+        except OSError:
+            pass  # unreachable networks and full buffers behave like packet loss
+
+    def recvfrom(self, size: int = 65535) -> tuple[bytes, Endpoint]:
+        data, addr = self.sock.recvfrom(size)
+        key = (addr[0], addr[1])
+        endpoint = self._from_socket.get(key)
+        if endpoint is None:
+            host = addr[0]
+            if host.startswith("::ffff:") and "." in host:
+                host = host[7:]
+            endpoint = (host, addr[1])
+            if len(self._from_socket) > 4096:
+                self._from_socket.clear()
+            self._from_socket[key] = endpoint
+        return data, endpoint
+
+    def close(self) -> None:
+        self.sock.close()
