@@ -20,10 +20,6 @@ LabFactory = Callable[[], Lab]
 DaemonFactory = Callable[..., Daemon]
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "integration: needs root, network namespaces, TUN (test/integration)")
-
-
 @functools.cache
 def _netns_skip_reason() -> str | None:
     return netns_supported()
