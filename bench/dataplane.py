@@ -33,6 +33,7 @@ from report import markdown, ratios  # noqa: E402
 from tunnels import Tunnel, husarnet_ros_overlay, make_workdir, raw_veth, wireguard_go  # noqa: E402
 
 from husarnet_ros.core.errors import HusarnetError  # noqa: E402
+from husarnet_ros.fileio import atomic_write_text  # noqa: E402
 from husarnet_ros.testing.netlab import Host, Lab, cleanup_stale, netns_supported  # noqa: E402
 
 DEFAULT_JSON = REPO / "bench" / "results" / "dataplane.json"
@@ -141,16 +142,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     reason = netns_supported()
@@ -174,10 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     table = markdown(results)
     print(table)
-    write_atomically(args.json_out, json.dumps(results, indent=2) + "\n")
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.json_out, json.dumps(results, indent=2) + "\n")
     progress(f"JSON written to {args.json_out}")
     if args.md_out:
-        write_atomically(args.md_out, table)
+        atomic_write_text(args.md_out, table)
         progress(f"Markdown written to {args.md_out}")
     return 0
 

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from husarnet_ros.fileio import atomic_write_text
 from husarnet_ros.testing.lab_daemon import Daemon
-from husarnet_ros.testing.netlab import Host, Lab, LabError, write_text_file
+from husarnet_ros.testing.netlab import Host, Lab, LabError
 
 WIREGUARD_PORT = 51820
 WIREGUARD_INNER = ("198.19.0.1", "198.19.0.2")  # inside 198.18.0.0/15, apart from the underlay /24
@@ -73,7 +74,7 @@ def wireguard_go(lab: Lab, client: Host, server: Host, workdir: Path) -> Tunnel:
     for i, (host, name) in enumerate(zip(hosts, names, strict=True)):
         peer = hosts[1 - i]
         key_file = workdir / f"{name}.key"
-        write_text_file(key_file, keys[i][0] + "\n", mode=0o600)
+        atomic_write_text(key_file, keys[i][0] + "\n", mode=0o600)
         host.run(
             ["wg", "set", name, "listen-port", str(WIREGUARD_PORT), "private-key", str(key_file),
              "peer", keys[1 - i][1], "allowed-ips", f"{WIREGUARD_INNER[1 - i]}/32",

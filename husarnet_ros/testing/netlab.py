@@ -70,7 +70,7 @@ class CommandFailed(LabError):
 
 
 def wait_until(
-    predicate: Callable[[], T | None | bool], timeout: float, interval: float = 0.05, what: str = "condition"
+    predicate: Callable[[], T | bool | None], timeout: float, interval: float = 0.05, what: str = "condition"
 ) -> T:
     """Call ``predicate`` until it returns something truthy; raise :class:`LabError` after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -237,7 +237,8 @@ class Host:
 
         def chain(name: str, hook: str, match: str) -> str:
             rules = "\n".join(f'    {match} "{self.ifname}" {rule}' for rule in (*allow, *drop))
-            return f"  chain {name} {{\n    type filter hook {hook} priority filter; policy accept;\n{rules}\n  }}"
+            header = f"type filter hook {hook} priority filter; policy accept;"
+            return f"  chain {name} {{\n    {header}\n{rules}\n  }}"
 
         ruleset = (
             f"table inet {NFT_TABLE} {{\n  counter {NFT_COUNTER} {{ }}\n"
@@ -526,14 +527,3 @@ def fresh_lab() -> Iterator[Lab]:
     cleanup_stale()
     with Lab() as new_lab:
         yield new_lab
-
-
-def write_text_file(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write a small file atomically (temp file in the same directory, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)

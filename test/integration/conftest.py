@@ -49,7 +49,7 @@ def lab_factory(netns_available: None) -> Iterator[LabFactory]:
     for lab in reversed(labs):
         try:
             lab.close()
-        except Exception as exc:  # noqa: BLE001 (close every lab, then report)
+        except Exception as exc:  # close every lab, then report them all
             errors.append(str(exc))
     if errors:
         pytest.fail("lab cleanup failed: " + "; ".join(errors))
@@ -109,12 +109,15 @@ def daemon_factory(request: pytest.FixtureRequest, husarnet_ros_available: None)
 
 @pytest.fixture
 def fleet(lab: Lab, daemon_factory: DaemonFactory) -> Callable[..., list[Daemon]]:
-    """``fleet(n)`` -> n running daemons (robot-a, robot-b, ...) on one LAN of ``lab``, not yet whitelisted."""
+    """``fleet(n)`` -> n running daemons (robot-a, robot-b, ...) on one LAN, not yet whitelisted."""
 
     def make(count: int = 3, **kwargs: Any) -> list[Daemon]:
         hostnames = [f"robot-{chr(ord('a') + i)}" for i in range(count)]
         hosts = lab.lan(count, labels=hostnames)
-        daemons = [daemon_factory(host, name, start=False, **kwargs) for host, name in zip(hosts, hostnames)]
+        daemons = [
+            daemon_factory(host, name, start=False, **kwargs)
+            for host, name in zip(hosts, hostnames, strict=True)
+        ]
         for daemon in daemons:
             daemon.start(wait_ready=False)
         for daemon in daemons:

@@ -156,9 +156,15 @@ def test_close_removes_namespaces_processes_and_owner_file() -> None:
 
 
 def test_close_runs_when_the_body_fails() -> None:
-    with pytest.raises(RuntimeError), Lab() as lab:
-        lab.lan(2)
-        raise RuntimeError("test body failed")
+    lab = Lab()
+
+    def build_then_fail() -> None:
+        with lab:
+            lab.lan(2)
+            raise RuntimeError("test body failed")
+
+    with pytest.raises(RuntimeError):
+        build_then_fail()
     assert not [name for name in list_netns() if name.startswith(lab.prefix)]
 
 
