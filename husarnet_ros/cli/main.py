@@ -1,0 +1,117 @@
+"""The `husarnet-ros` command: ``husarnet-ros [--control-socket PATH] [--json] COMMAND``.
+
+Exit status: 0 success, 1 failure (one ``error: ...`` line on stderr), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..api import CONTROL_SOCKET_ENV, DEFAULT_CONTROL_SOCKET
+from ..client import ControlClient
+from ..core.errors import HusarnetError
+from . import daemon as daemon_command
+from . import identity, lists, network
+from .state import CliFailure, CliState, cli_state, json_option, print_json
+
+# Set to get a traceback instead of the one-line message for an unexpected error (a bug).
+DEBUG_ENV = "HUSARNET_ROS_DEBUG"
+
+
+class _Root(click.Group):
+    """Turns every error the program raises on purpose into one clear line and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except HusarnetError as exc:
+            raise CliFailure(str(exc)) from None
+        except Exception as exc:  # a bug: say so in one line unless debugging
+            if os.environ.get(DEBUG_ENV):
+                raise
+            raise CliFailure(
+                f"unexpected {type(exc).__name__}: {exc} (set {DEBUG_ENV}=1 for a traceback)"
+            ) from None
+
+
+@click.group(cls=_Root, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--control-socket",
+    metavar="PATH",
+    envvar=CONTROL_SOCKET_ENV,
+    show_envvar=True,
+    help=f"Control socket of the daemon to talk to. [default: {DEFAULT_CONTROL_SOCKET}]",
+)
+@json_option
+@click.pass_context
+def cli(ctx: click.Context, control_socket: str | None) -> None:
+    """husarnet-ros: encrypted peer-to-peer IPv6 overlay (fc94::/16) for robot fleets.
+
+    \b
+    Examples:
+      husarnet-ros status
+      husarnet-ros --json peers
+      husarnet-ros ping robot2
+      husarnet-ros --control-socket /run/hr-b.sock whitelist add fc94:b01d:1803:8dd8:b293:5c7d:7639:932a
+    """
+    state = ctx.ensure_object(CliState)
+    state.control_socket = control_socket
+
+
+@cli.command()
+@json_option
+def version() -> None:
+    """Show the version of this command and of the running daemon, if any.
+
+    \b
+    Example:
+      husarnet-ros version
+    """
+    state = cli_state()
+    with ControlClient(state.socket_path, timeout_s=2.0) as client:
+        try:
+            daemon_version: str | None = client.health().version
+        except HusarnetError:
+            daemon_version = None
+    if state.json:
+        print_json({"version": __version__, "daemon_version": daemon_version})
+        return
+    click.echo(f"husarnet-ros {__version__}")
+    click.echo(f"daemon {daemon_version}" if daemon_version else f"daemon not running at {state.socket_path}")
+
+
+for command in (
+    network.status,
+    network.peers,
+    network.ping,
+    network.wait,
+    network.logs,
+    lists.whitelist,
+    lists.hosts,
+    identity.genid,
+    identity.whoami,
+    identity.import_identity,
+    daemon_command.daemon,
+):
+    cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `husarnet-ros` console script."""
+    try:
+        cli.main(args=argv, prog_name="husarnet-ros", standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
