@@ -1,0 +1,136 @@
+"""`husarnet-ros daemon`: turn command-line options into a DaemonConfig and run the daemon.
+
+Only options the user actually gave are passed on, so the precedence is: command line, then the --config
+YAML file, then the defaults of ``DaemonConfig``. Field names are the long option names with dashes turned
+into underscores (``--udp-port`` -> ``udp_port``), except ``--whitelist/--no-whitelist`` ->
+``whitelist_enabled`` and ``--config`` -> ``config_file``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from ..core.constants import DEFAULT_MTU, DEFAULT_UDP_PORT
+from ..core.errors import HusarnetError
+from .identity import DEFAULT_STATE_DIR
+from .state import cli_state, fail
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def parse_networks(text: str) -> list[str]:
+    """'10.0.0.0/8, fd00::/8' -> canonical CIDRs; ValueError naming the bad entry."""
+    networks = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not a network in CIDR notation (e.g. 192.168.0.0/16)") from None
+    return networks
+
+
+def daemon_config_from_options(**options: Any) -> dict[str, Any]:
+    """Keyword arguments for ``DaemonConfig`` from the `daemon` command's options (None = not given)."""
+    renamed = {"config": "config_file", "whitelist": "whitelist_enabled"}
+    config: dict[str, Any] = {}
+    for name, value in options.items():
+        if value is None:
+            continue
+        field = renamed.get(name, name)
+        if field == "discovery_networks" and isinstance(value, str):
+            value = parse_networks(value)
+        elif field in ("state_dir", "control_socket", "hosts_file", "config_file"):
+            value = str(value)
+        config[field] = value
+    return config
+
+
+def _networks_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    try:
+        return parse_networks(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+_path = click.Path(dir_okay=True, file_okay=True)
+
+
+@click.command()
+@click.option(
+    "--state-dir", type=_path, help=f"Identity, whitelist and hosts live here. [default: {DEFAULT_STATE_DIR}]"
+)
+@click.option(
+    "--control-socket",
+    type=_path,
+    help="Unix socket of the control API (default: the global --control-socket, "
+    "$HUSARNET_ROS_CONTROL_SOCKET or /run/husarnet-ros/control.sock).",
+)
+@click.option("--interface", help="TUN interface name. [default: hnet0]")
+@click.option(
+    "--udp-port",
+    type=click.IntRange(1, 65535),
+    help=f"UDP port of the transport. [default: {DEFAULT_UDP_PORT}]",
+)
+@click.option("--hostname", help="This node's hostname on the overlay. [default: the system hostname]")
+@click.option(
+    "--hosts-file", type=_path, help="Hosts file whose husarnet-ros block is managed. [default: /etc/hosts]"
+)
+@click.option(
+    "--config", type=click.Path(exists=True, dir_okay=False), help="YAML file with daemon settings."
+)
+@click.option(
+    "--mtu", type=click.IntRange(1280, 65535), help=f"MTU of the TUN interface. [default: {DEFAULT_MTU}]"
+)
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), help="[default: info]")
+@click.option(
+    "--whitelist/--no-whitelist",
+    default=None,
+    help="Start with the whitelist enforced or not (the saved choice otherwise; on for a new node).",
+)
+@click.option(
+    "--discovery-networks",
+    callback=_networks_option,
+    metavar="CIDR[,CIDR...]",
+    help="Networks whose LAN discovery beacons are accepted. "
+    "[default: RFC 1918, 198.18.0.0/15, IPv6 link-local and ULA]",
+)
+def daemon(**options: Any) -> None:
+    """Run the husarnet-ros daemon in the foreground (as root; it drops its capabilities once set up).
+
+    \b
+    Examples:
+      husarnet-ros daemon
+      husarnet-ros --control-socket /run/hr-a.sock daemon --state-dir /tmp/a --interface hnet0 --udp-port 5590
+    """
+    if options.get("control_socket") is None:
+        options["control_socket"] = cli_state().socket_path
+    if options.get("log_level"):
+        options["log_level"] = options["log_level"].lower()
+    fields = daemon_config_from_options(**options)
+    try:
+        from ..core.config import DaemonConfig
+        from ..daemon.service import run
+    except ImportError as exc:
+        fail(f"the daemon is not available in this installation ({exc})")
+    try:
+        config = DaemonConfig(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
+        )
+        fail(f"invalid daemon configuration: {problems}")
+    except HusarnetError as exc:
+        fail(f"invalid daemon configuration: {exc}")
+    code = run(config)
+    if code:
+        raise SystemExit(code)

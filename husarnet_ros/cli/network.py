@@ -1,0 +1,220 @@
+"""Commands that ask the running daemon about the overlay: status, peers, ping, wait, logs."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from ..api import (
+    MAX_LOG_LINES,
+    MAX_PING_COUNT,
+    MAX_PING_INTERVAL_S,
+    MAX_PING_TIMEOUT_S,
+    MAX_WAIT_TIMEOUT_S,
+    MIN_PING_INTERVAL_S,
+    MIN_PING_TIMEOUT_S,
+    PingReply,
+)
+from . import render
+from .state import cli_state, fail, json_option, print_json
+
+DEFAULT_WAIT_TIMEOUT_S = 30.0
+
+
+@click.command()
+@json_option
+def status() -> None:
+    """Show this node's address, hostname, whitelist state and every peer.
+
+    For each peer: path (direct / tunnelled / none), endpoint, RTT, age of the last handshake, bytes.
+
+    \b
+    Examples:
+      husarnet-ros status
+      husarnet-ros status --json | jq '.peers[] | {hostname, path, rtt_ms}'
+    """
+    state = cli_state()
+    answer = state.client().status()
+    if state.json:
+        print_json(answer)
+    else:
+        render.print_status(answer)
+
+
+@click.command()
+@json_option
+def peers() -> None:
+    """List peers: address, hostname, direct/tunnelled, endpoint, RTT, last handshake, rx/tx.
+
+    \b
+    Example:
+      husarnet-ros peers
+    """
+    state = cli_state()
+    answer = state.client().peers()
+    if state.json:
+        print_json(answer)
+    else:
+        render.print_peers(answer)
+
+
+@click.command()
+@click.argument("target", metavar="ADDR|HOSTNAME")
+@click.option(
+    "-c",
+    "--count",
+    type=click.IntRange(1, MAX_PING_COUNT),
+    default=3,
+    show_default=True,
+    help="Number of probes.",
+)
+@click.option(
+    "-i",
+    "--interval",
+    type=click.FloatRange(MIN_PING_INTERVAL_S, MAX_PING_INTERVAL_S),
+    default=1.0,
+    show_default=True,
+    help="Seconds between probes.",
+)
+@click.option(
+    "-W",
+    "--timeout",
+    type=click.FloatRange(MIN_PING_TIMEOUT_S, MAX_PING_TIMEOUT_S),
+    default=2.0,
+    show_default=True,
+    help="Seconds to wait for each reply.",
+)
+@json_option
+def ping(target: str, count: int, interval: float, timeout: float) -> None:
+    """Ping a peer with authenticated probes and say how it was reached.
+
+    Each reply line shows the RTT and the path: "direct via ENDPOINT" or "tunnelled via BASE SERVER".
+    Exits 0 if any reply came back, 1 otherwise.
+
+    \b
+    Examples:
+      husarnet-ros ping robot2
+      husarnet-ros ping fc94:b01d:1803:8dd8:b293:5c7d:7639:932a -c 10 -i 0.2
+    """
+    state = cli_state()
+    client = state.client()
+    if state.json:
+        result = client.ping(target, count=count, interval_s=interval, timeout_s=timeout)
+        print_json(result)
+        if result.received == 0:
+            raise SystemExit(1)
+        return
+    address = client.resolve(target)
+    click.echo(render.ping_header(target, address))
+    sent = received = 0
+    try:
+        # One probe per request so each line appears as its reply arrives, as with ping(8).
+        for seq in range(1, count + 1):
+            if seq > 1:
+                time.sleep(interval)
+            result = client.ping(address, count=1, interval_s=interval, timeout_s=timeout)
+            reply = result.replies[0] if result.replies else PingReply(seq=seq, rtt_ms=None)
+            sent += 1
+            received += reply.rtt_ms is not None
+            click.echo(render.ping_reply_line(result, seq, reply.rtt_ms))
+    except KeyboardInterrupt:
+        click.echo()
+    for line in render.ping_summary(target, sent, received):
+        click.echo(line)
+    if received == 0:
+        raise SystemExit(1)
+
+
+@click.group()
+@json_option
+def wait() -> None:
+    """Block until the daemon is ready or a peer is reachable (for scripts).
+
+    Exits 0 when reached, 1 on timeout.
+
+    \b
+    Examples:
+      husarnet-ros wait ready --timeout 20 && husarnet-ros status
+      husarnet-ros wait peer robot2 --timeout 60
+    """
+
+
+_timeout_option = click.option(
+    "--timeout",
+    type=click.FloatRange(0, MAX_WAIT_TIMEOUT_S),
+    default=DEFAULT_WAIT_TIMEOUT_S,
+    show_default=True,
+    help="Seconds to wait.",
+)
+
+
+@wait.command("ready")
+@_timeout_option
+@json_option
+def wait_ready(timeout: float) -> None:
+    """Wait until the daemon has its interface up and transport bound.
+
+    \b
+    Example:
+      husarnet-ros wait ready --timeout 20
+    """
+    state = cli_state()
+    reached = state.client().wait_ready(timeout)
+    _report_wait(reached, "daemon ready", f"timed out after {timeout:g} s waiting for the daemon to be ready")
+
+
+@wait.command("peer")
+@click.argument("target", metavar="ADDR|HOSTNAME")
+@_timeout_option
+@json_option
+def wait_peer(target: str, timeout: float) -> None:
+    """Wait until a peer has a direct or tunnelled path.
+
+    \b
+    Example:
+      husarnet-ros wait peer robot2 --timeout 60
+    """
+    state = cli_state()
+    reached = state.client().wait_peer(target, timeout)
+    _report_wait(
+        reached, f"{target} reachable", f"timed out after {timeout:g} s waiting for a path to {target}"
+    )
+
+
+def _report_wait(reached: bool, reached_message: str, timeout_message: str) -> None:
+    if cli_state().json:
+        print_json({"reached": reached})
+        if not reached:
+            raise SystemExit(1)
+        return
+    if not reached:
+        fail(timeout_message)
+    click.echo(reached_message)
+
+
+@click.command()
+@click.option(
+    "-n",
+    "--lines",
+    "limit",
+    type=click.IntRange(1, MAX_LOG_LINES),
+    default=50,
+    show_default=True,
+    help="How many of the most recent lines.",
+)
+@json_option
+def logs(limit: int) -> None:
+    """Show the daemon's most recent log lines.
+
+    \b
+    Example:
+      husarnet-ros logs -n 200
+    """
+    state = cli_state()
+    lines = state.client().logs(limit)
+    if state.json:
+        print_json({"lines": lines})
+        return
+    for line in lines:
+        click.echo(line)
