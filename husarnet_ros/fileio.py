@@ -8,7 +8,6 @@ is fsynced so the rename itself survives a power cut.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -30,6 +29,7 @@ def atomic_write(
     target = Path(path)
     directory = target.parent
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    tmp_path = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as tmp:
             tmp.write(data)
@@ -39,10 +39,9 @@ def atomic_write(
             if owner is not None:
                 os.fchown(tmp.fileno(), owner[0], owner[1])
             os.fsync(tmp.fileno())
-        os.replace(tmp_name, target)
+        tmp_path.replace(target)  # os.replace: atomic within one filesystem
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
+        tmp_path.unlink(missing_ok=True)
         raise
     _fsync_directory(directory)
 

@@ -18,15 +18,15 @@ Rules, chosen so that a user's own lines are never lost or altered:
 - A BEGIN not followed by an END before the next BEGIN or the end of the file (unterminated),
   or an END outside any block (stray): only the marker line itself is removed. The lines
   after an unterminated BEGIN are kept as ordinary user lines because nothing says where our
-  part would have ended - better a visible stale line than a deleted user line. ``parse_managed`` reads no entries from them.
+  part would have ended - better a visible stale line than a deleted user line.
+  ``parse_managed`` reads no entries from them.
 - No block yet: the new block is appended at the end of the file. If the file did not end
   with a newline, its last line gets one and the block is written *without* a final newline;
   that asymmetry records the fact, so removing the block (no entries) restores the file
-  exactly as it was. (The added terminator is always a bare ``\\n``, so it can be taken back
-  exactly whatever the line ended with.)
+  exactly as it was.
 - An empty entry list removes the block entirely.
-- The block keeps the line ending its BEGIN marker already has; a new block uses CRLF when
-  most of the file's lines do, LF otherwise.
+- The block's own lines always end in LF (the Linux convention), whatever the user's lines
+  use, so the output depends only on the user's lines and the entries.
 """
 
 from __future__ import annotations
@@ -137,7 +137,9 @@ class HostEntry:
     def from_json(cls, obj: object) -> HostEntry:
         """Entry from ``{"hostname": ..., "address": ...}``; ConfigError (or a subclass) if malformed."""
         if not isinstance(obj, dict):
-            raise HostsEntryError(f"a host entry must be an object with hostname and address, not {obj!r:.60}")
+            raise HostsEntryError(
+                f"a host entry must be an object with hostname and address, not {obj!r:.60}"
+            )
         unknown = set(obj) - {"hostname", "address"}
         if unknown:
             raise HostsEntryError(f"host entry has unknown field(s): {', '.join(sorted(map(str, unknown)))}")
@@ -199,7 +201,6 @@ class _Scan:
     block_at: int | None  # index into user_lines where the first complete block was
     block_bodies: list[list[str]]  # the lines between BEGIN and END of every complete block
     block_was_last_without_newline: bool  # the last complete block ended the file with no newline
-    block_eol: str | None  # line ending of the first complete block's BEGIN marker
 
 
 def _scan(text: str) -> _Scan:
@@ -208,20 +209,20 @@ def _scan(text: str) -> _Scan:
     bodies: list[list[str]] = []
     block_at: int | None = None
     last_without_newline = False
-    block_eol: str | None = None
     i = 0
     while i < len(lines):
         line = lines[i]
         if _is_begin(line):
             # The block runs to the next marker, which must be an END; a BEGIN followed by another
             # BEGIN (or by nothing) is unterminated, so an END pairs with the nearest BEGIN only.
-            end = next((j for j in range(i + 1, len(lines)) if _is_begin(lines[j]) or _is_end(lines[j])), None)
+            end = next(
+                (j for j in range(i + 1, len(lines)) if _is_begin(lines[j]) or _is_end(lines[j])), None
+            )
             if end is None or not _is_end(lines[end]):
                 i += 1  # unterminated: drop only the marker, keep what follows as user lines
                 continue
             if block_at is None:
                 block_at = len(user)
-                block_eol = "\r\n" if line.endswith("\r\n") else "\n"
             bodies.append(lines[i + 1 : end])
             last_without_newline = end == len(lines) - 1 and not lines[end].endswith("\n")
             i = end + 1
@@ -231,7 +232,7 @@ def _scan(text: str) -> _Scan:
             continue
         user.append(line)
         i += 1
-    return _Scan(user, block_at, bodies, last_without_newline, block_eol)
+    return _Scan(user, block_at, bodies, last_without_newline)
 
 
 def _parse_entry_line(line: str) -> list[HostEntry]:
@@ -256,16 +257,10 @@ def parse_managed(text: str) -> list[HostEntry]:
     return sorted(found.values())
 
 
-def _majority_line_ending(lines: list[str]) -> str:
-    crlf = sum(1 for line in lines if line.endswith("\r\n"))
-    lf = sum(1 for line in lines if line.endswith("\n"))
-    return "\r\n" if crlf * 2 > lf else "\n"
-
-
-def render_block(entries: Iterable[HostEntry], eol: str = "\n") -> str:
-    """The managed block for ``entries`` (canonical order), every line ending in ``eol``."""
+def render_block(entries: Iterable[HostEntry]) -> str:
+    """The managed block for ``entries`` (canonical order), every line ending in LF."""
     body = [f"{entry.address_text} {entry.hostname}" for entry in canonical_entries(entries)]
-    return "".join(line + eol for line in [BEGIN_MARKER, *body, END_MARKER])
+    return "".join(line + "\n" for line in [BEGIN_MARKER, *body, END_MARKER])
 
 
 def render(text: str, entries: Iterable[HostEntry]) -> str:
@@ -279,20 +274,20 @@ def render(text: str, entries: Iterable[HostEntry]) -> str:
     user = list(scan.user_lines)
     if not wanted:
         block_was_at_end = scan.block_at is not None and scan.block_at == len(user)
-        if block_was_at_end and scan.block_was_last_without_newline and user:
+        if block_was_at_end and scan.block_was_last_without_newline and user and user[-1] != "\n":
             # The block was appended to a file without a final newline: take that newline back.
+            # (We only ever add one to a non-empty line, so a bare "\n" line is the user's own.)
             user[-1] = user[-1].removesuffix("\n")
         return "".join(user)
 
-    eol = scan.block_eol or _majority_line_ending(user)
-    block = render_block(wanted, eol)
+    block = render_block(wanted)
     at = scan.block_at if scan.block_at is not None else len(user)
     at_end = at == len(user)
     if at_end and user and not user[-1].endswith("\n"):
         # Appending after a last line without newline: that line needs one, and the block
         # records the fact by leaving out its own final newline (see module doc).
         user[-1] += "\n"
-        block = block.removesuffix(eol)
+        block = block.removesuffix("\n")
     elif at_end and scan.block_at is not None and scan.block_was_last_without_newline:
-        block = block.removesuffix(eol)
+        block = block.removesuffix("\n")
     return "".join(user[:at]) + block + "".join(user[at:])

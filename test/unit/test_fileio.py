@@ -57,10 +57,10 @@ def test_failed_replace_keeps_old_file_and_removes_temp(
     target = tmp_path / "f"
     target.write_bytes(b"precious")
 
-    def broken_replace(src: object, dst: object) -> None:
+    def broken_replace(self: Path, dst: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(fileio.os, "replace", broken_replace)
+    monkeypatch.setattr(fileio.Path, "replace", broken_replace)
     with pytest.raises(OSError, match="No space"):
         atomic_write(target, b"new")
     assert target.read_bytes() == b"precious"
