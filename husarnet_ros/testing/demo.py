@@ -1,0 +1,249 @@
+"""Demo fleet: three robots in network namespaces on one LAN find each other over the overlay.
+
+    python -m husarnet_ros.testing.demo [--keep] [--timeout S]
+
+Each robot (robot-a, robot-b, robot-c) is a network namespace on a shared bridge running
+its own ``husarnet-ros daemon``. The demo whitelists the robots to each other, waits until
+they are peers, prints each robot's status table, pings every other robot over its fc94
+address (with ``husarnet-ros ping`` and with ``ping -6``) and prints a summary. Everything
+is removed on exit, on error and on Ctrl-C. Needs root.
+
+Each step is a function taking the :class:`Fleet`, so later parts (ROS) can add steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+
+from husarnet_ros.core.errors import HusarnetError
+from husarnet_ros.testing.lab_daemon import Daemon, husarnet_ros_executable
+from husarnet_ros.testing.netlab import Host, Lab, cleanup_stale, netns_supported
+
+ROBOT_NAMES = ("robot-a", "robot-b", "robot-c")
+PING_COUNT = 3
+
+
+@dataclass
+class PingOutcome:
+    source: str
+    target: str
+    address: str
+    cli_ok: bool
+    received: int
+    transmitted: int
+    rtt_avg_ms: float | None
+
+    @property
+    def ok(self) -> bool:
+        return self.cli_ok and self.transmitted > 0 and self.received == self.transmitted
+
+
+@dataclass
+class Fleet:
+    """The running demo: the lab, one daemon per robot, and what the steps found out."""
+
+    lab: Lab
+    daemons: list[Daemon] = field(default_factory=list)
+    addresses: dict[str, str] = field(default_factory=dict)  # hostname -> fc94 address
+    pings: list[PingOutcome] = field(default_factory=list)
+    peer_timeout: float = 30.0
+
+    @property
+    def hosts(self) -> list[Host]:
+        return [daemon.host for daemon in self.daemons]
+
+
+Step = Callable[[Fleet], None]
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def heading(title: str) -> None:
+    print(f"\n=== {title} ===", flush=True)
+
+
+# --- steps --------------------------------------------------------------------------
+def start_robots(fleet: Fleet, names: Sequence[str] = ROBOT_NAMES) -> None:
+    """A LAN with one namespace per robot, and a daemon in each."""
+    hosts = fleet.lab.lan(len(names), labels=list(names))
+    for host in hosts:
+        progress(f"{host.label}: namespace {host.netns}, LAN {host.ipv4} / {host.ipv6}")
+    fleet.daemons = [Daemon.create(host, host.label) for host in hosts]
+    for daemon in fleet.daemons:
+        daemon.start(wait_ready=False)
+        progress(f"{daemon.hostname}: daemon started (pid {daemon.pid}, log {daemon.log_path})")
+    for daemon in fleet.daemons:
+        daemon.wait_ready()
+        fleet.addresses[daemon.hostname] = daemon.address
+        progress(f"{daemon.hostname}: ready, overlay address {fleet.addresses[daemon.hostname]}")
+
+
+def whitelist_each_other(fleet: Fleet) -> None:
+    for daemon in fleet.daemons:
+        for other, address in fleet.addresses.items():
+            if other != daemon.hostname:
+                daemon.whitelist_add(address)
+        others = [name for name in fleet.addresses if name != daemon.hostname]
+        progress(f"{daemon.hostname}: whitelisted {', '.join(others)}")
+
+
+def wait_for_peers(fleet: Fleet) -> None:
+    for daemon in fleet.daemons:
+        for other, address in fleet.addresses.items():
+            if other != daemon.hostname:
+                daemon.wait_peer(address, timeout=fleet.peer_timeout)
+                progress(f"{daemon.hostname}: peer {other} is up")
+
+
+def show_status(fleet: Fleet) -> None:
+    for daemon in fleet.daemons:
+        heading(f"status on {daemon.hostname}")
+        print(daemon.cli("status").stdout.rstrip(), flush=True)
+
+
+def ping_each_other(fleet: Fleet) -> None:
+    for daemon in fleet.daemons:
+        for other, address in fleet.addresses.items():
+            if other == daemon.hostname:
+                continue
+            heading(f"{daemon.hostname} -> {other} ({address})")
+            cli = daemon.cli("ping", address, "-c", str(PING_COUNT), check=False, timeout=30.0)
+            print(f"$ husarnet-ros ping {address} -c {PING_COUNT}\n{(cli.stdout + cli.stderr).rstrip()}")
+            kernel = daemon.host.ping6(address, PING_COUNT)
+            print(f"$ ping -6 -c {PING_COUNT} {address}\n{kernel.output.rstrip()}", flush=True)
+            fleet.pings.append(
+                PingOutcome(
+                    daemon.hostname,
+                    other,
+                    address,
+                    cli.returncode == 0,
+                    kernel.received,
+                    kernel.transmitted,
+                    kernel.rtt_avg_ms,
+                )
+            )
+
+
+def print_summary(fleet: Fleet) -> None:
+    heading("summary")
+    for name, address in fleet.addresses.items():
+        print(f"{name:10} {address}")
+    print()
+    for outcome in fleet.pings:
+        rtt = "-" if outcome.rtt_avg_ms is None else f"{outcome.rtt_avg_ms:.3f} ms"
+        verdict = "ok  " if outcome.ok else "FAIL"
+        cli = "ok" if outcome.cli_ok else "failed"
+        kernel = f"{outcome.received}/{outcome.transmitted}"
+        pair = f"{outcome.source} -> {outcome.target}"
+        print(f"{verdict} {pair}: husarnet-ros ping {cli}, ping -6 {kernel}, avg {rtt}")
+    good = sum(outcome.ok for outcome in fleet.pings)
+    print(f"\n{good}/{len(fleet.pings)} robot pairs reach each other over the overlay", flush=True)
+
+
+NETWORK_STEPS: tuple[Step, ...] = (
+    start_robots,
+    whitelist_each_other,
+    wait_for_peers,
+    show_status,
+    ping_each_other,
+)
+
+
+# --- running ----------------------------------------------------------------------------
+def prerequisites() -> str | None:
+    """None when the demo can run, else what is missing."""
+    reason = netns_supported()
+    if reason:
+        return f"the demo {reason}; run it as root (sudo)"
+    if not husarnet_ros_executable().exists():
+        return f"{husarnet_ros_executable()} is missing; install the package into this venv first"
+    return None
+
+
+def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def wait_for_enter(fleet: Fleet) -> None:
+    heading("fleet left running")
+    for daemon in fleet.daemons:
+        print(
+            f"{daemon.hostname}: ip netns exec {daemon.host.netns} {husarnet_ros_executable()} "
+            f"--control-socket {daemon.control_socket} status"
+        )
+    print("\nPress Enter to stop the fleet and clean up.", flush=True)
+    with contextlib.suppress(OSError, ValueError):  # no terminal: stop at once
+        sys.stdin.readline()
+
+
+def run_demo(steps: Sequence[Step] = NETWORK_STEPS, *, keep: bool = False, peer_timeout: float = 30.0) -> int:
+    """Run ``steps`` on a fresh fleet, print the summary, clean up; returns the exit status."""
+    removed = cleanup_stale()
+    if removed:
+        progress(f"removed leftovers of crashed runs: {', '.join(removed)}")
+    fleet: Fleet | None = None
+    keep_files = False  # daemon logs stay on disk when something went wrong
+    failed = True
+    try:
+        with Lab() as lab:
+            fleet = Fleet(lab, peer_timeout=peer_timeout)
+            progress(f"lab {lab.prefix}: building the LAN")
+            for step in steps:
+                step(fleet)
+            print_summary(fleet)
+            if keep:
+                wait_for_enter(fleet)
+            progress("cleaning up")
+            for daemon in fleet.daemons:
+                daemon.stop()
+            failed = not fleet.pings or not all(outcome.ok for outcome in fleet.pings)
+            keep_files = failed
+    except KeyboardInterrupt:
+        print("\ninterrupted: cleaning up", file=sys.stderr, flush=True)
+        return 130
+    except HusarnetError as exc:
+        keep_files = True
+        print(f"\ndemo failed: {exc}", file=sys.stderr)
+        if fleet:
+            for daemon in fleet.daemons:
+                print(
+                    f"--- {daemon.hostname} log ({daemon.log_path}):\n{daemon.log_tail(30)}", file=sys.stderr
+                )
+        return 1
+    finally:
+        if fleet and not keep_files:
+            for daemon in fleet.daemons:
+                daemon.remove_files()
+    progress("done: namespaces, interfaces and processes removed")
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m husarnet_ros.testing.demo", description=__doc__.split("\n\n")[0] if __doc__ else None
+    )
+    parser.add_argument("--keep", action="store_true", help="leave the fleet running until Enter is pressed")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for peers (default 30)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.timeout <= 600:
+        parser.error("--timeout must be between 1 and 600 seconds")
+    problem = prerequisites()
+    if problem:
+        print(f"husarnet_ros demo: {problem}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    signal.signal(signal.SIGHUP, _terminate_as_interrupt)
+    return run_demo(keep=args.keep, peer_timeout=args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
