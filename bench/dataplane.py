@@ -106,6 +106,8 @@ def machine_info() -> dict[str, Any]:
         "kernel": platform.release(),
         "cpu_model": model,
         "cpus": os.cpu_count(),
+        # Other work on the machine skews every number: keep the load next to them.
+        "load_average_1_5_15": list(os.getloadavg()),
         "python": platform.python_version(),
         "iperf3": tool_version(["iperf3", "--version"]),
         "wireguard-go": tool_version(["wireguard-go", "--version"]),
