@@ -83,16 +83,8 @@ def measure_throughput(
     """One iperf3 TCP run from ``client`` to ``server_address``, with the tunnel processes' CPU use."""
     before = [sample_process(pid) for pid in tunnel_pids]
     argv = ["iperf3", "--client", server_address, "--port", str(IPERF_PORT), "--json"]
-    argv += [
-        "--time",
-        f"{duration:g}",
-        "--omit",
-        "1",
-        "--parallel",
-        str(streams),
-        "--connect-timeout",
-        "5000",
-    ]
+    # No --omit: the CPU window (samples before and after) must cover exactly the bytes counted.
+    argv += ["--time", f"{duration:g}", "--parallel", str(streams), "--connect-timeout", "5000"]
     result = client.run(argv, check=False, timeout=duration + 30.0)
     after = [sample_process(pid) for pid in tunnel_pids]
     try:
