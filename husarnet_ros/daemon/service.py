@@ -30,7 +30,7 @@ from ..core.config import DaemonConfig
 from ..core.constants import BEACON_INTERVAL
 from ..core.errors import AddressError, HusarnetError
 from ..core.node import Node, PeerDown, PeerUp, PongReceived
-from ..core.peer import Peer, PathKind, format_endpoint
+from ..core.peer import PathKind, Peer, format_endpoint
 from .controller import Conflict, InvalidRequest, NotFound
 from .dataplane import DataPlane, flush_outbox
 from .discovery import Discovery
@@ -96,7 +96,11 @@ class Daemon:
         self.transport = UdpTransport(cfg.udp_port)
         if cfg.discovery_enabled:
             self.discovery = Discovery(
-                self.identity, self.hostname, self.transport.port, self.tun.name, tuple(cfg.discovery_networks)
+                self.identity,
+                self.hostname,
+                self.transport.port,
+                self.tun.name,
+                tuple(cfg.discovery_networks),
             )
         self.hosts_helper = HostsHelper.start(Path(cfg.hosts_file))
         if self.host_entries:
@@ -111,7 +115,8 @@ class Daemon:
         )
 
     def start_threads(self) -> None:
-        assert self.tun is not None and self.transport is not None
+        assert self.tun is not None
+        assert self.transport is not None
         self.dataplane = DataPlane(
             self.node, self.tun.fd, self.transport, self.lock, self.wake, self.config.mtu
         )
@@ -165,7 +170,11 @@ class Daemon:
             except IndexError:
                 return
             if isinstance(event, PeerUp):
-                log.info("peer %s up, direct via %s", format_address(event.address), format_endpoint(event.endpoint))
+                log.info(
+                    "peer %s up, direct via %s",
+                    format_address(event.address),
+                    format_endpoint(event.endpoint),
+                )
             elif isinstance(event, PeerDown):
                 log.info("peer %s down (%s)", format_address(event.address), event.reason)
             elif isinstance(event, PongReceived):
@@ -325,14 +334,18 @@ class Daemon:
             for peer in self.node.peers.values():
                 if peer.hostname and peer.hostname.lower() == name:
                     return format_address(peer.address)
-        raise NotFound(f"unknown host {text!r}: not an fc94 address, not in the hosts block, no peer of that name")
+        raise NotFound(
+            f"unknown host {text!r}: not an fc94 address, not in the hosts block, no peer of that name"
+        )
 
     async def ping(self, address: str, count: int, interval_s: float, timeout_s: float) -> PingResult:
         raw = _parse(address)
         if raw == self.identity.address:
             raise InvalidRequest("cannot ping this node's own address through the overlay")
         if not self.acl.allows(raw):
-            raise InvalidRequest(f"{format_address(raw)} is not on the whitelist (husarnet-ros whitelist add ...)")
+            raise InvalidRequest(
+                f"{format_address(raw)} is not on the whitelist (husarnet-ros whitelist add ...)"
+            )
         loop = asyncio.get_running_loop()
         replies: list[PingReply] = []
         pending: list[tuple[int, asyncio.Future[float], float]] = []

@@ -45,10 +45,9 @@ class UdpTransport:
             if len(self._to_socket) > 4096:
                 self._to_socket.clear()
             self._to_socket[endpoint] = target
-        try:
+        # Unreachable networks and full buffers behave like packet loss.
+        with contextlib.suppress(OSError):
             self.sock.sendto(data, target)
-        except OSError:
-            pass  # unreachable networks and full buffers behave like packet loss
 
     def recvfrom(self, size: int = 65535) -> tuple[bytes, Endpoint]:
         data, addr = self.sock.recvfrom(size)
