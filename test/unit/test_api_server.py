@@ -1,0 +1,306 @@
+"""The control server: routes and error mapping over a real Unix socket, socket life cycle, threading."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import stat
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from husarnet_ros.daemon.control import ControlServer, ControlSocketError, create_app
+from husarnet_ros.daemon.controller import Controller
+from husarnet_ros.testing.fake_controller import FakeController, sample_peers, serve_fake
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    # Unix socket paths are limited to 107 bytes, pytest's tmp_path may be longer.
+    directory = Path(tempfile.mkdtemp(prefix="hr-t-", dir="/tmp"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def fake() -> FakeController:
+    controller = FakeController()
+    for peer in sample_peers():
+        controller.add_peer(peer)
+    return controller
+
+
+@pytest.fixture
+def http(fake: FakeController) -> Iterator[httpx.Client]:
+    with serve_fake(fake) as (_, path), httpx.Client(
+        transport=httpx.HTTPTransport(uds=path), base_url="http://daemon", timeout=10
+    ) as client:
+        yield client
+
+
+def test_fake_controller_satisfies_the_protocol(fake: FakeController) -> None:
+    assert isinstance(fake, Controller)
+
+
+def test_status_and_peers(http: httpx.Client) -> None:
+    status = http.get("/v1/status").json()
+    assert status["address"] == "fc94::1"
+    assert {p["address"]: p["path"] for p in status["peers"]} == {
+        "fc94::2": "direct",
+        "fc94::3": "tunnelled",
+        "fc94::4": "none",
+    }
+    assert http.get("/v1/peers").json() == status["peers"]
+    assert http.get("/v1/peers/robot3").json()["base_server"] == "198.18.0.100:5582"
+    assert http.get("/v1/peers/FC94:0::2").json()["hostname"] == "robot2"
+
+
+def test_whitelist_routes_change_state(http: httpx.Client, fake: FakeController) -> None:
+    assert http.post("/v1/whitelist", json={"address": "FC94:0::2"}).json() == {
+        "enabled": True,
+        "addresses": ["fc94::2"],
+    }
+    assert fake.allowed == ["fc94::2"]
+    assert http.put("/v1/whitelist/enabled", json={"enabled": False}).json()["enabled"] is False
+    assert fake.whitelist_enabled is False
+    assert http.delete("/v1/whitelist/fc94:0:0::2").json()["addresses"] == []
+
+
+def test_hosts_routes_change_state(http: httpx.Client, fake: FakeController) -> None:
+    answer = http.post("/v1/hosts", json={"hostname": "Robot5", "address": "fc94::5"})
+    assert answer.json() == [{"hostname": "robot5", "address": "fc94::5"}]
+    assert http.get("/v1/resolve/robot5").json() == {"name": "robot5", "address": "fc94::5"}
+    assert http.delete("/v1/hosts/ROBOT5").json() == []
+    assert fake.host_entries == {}
+
+
+def test_ping_resolves_hostnames_first(http: httpx.Client, fake: FakeController) -> None:
+    result = http.post("/v1/ping", json={"target": "robot2", "count": 2, "interval_s": 0.1}).json()
+    assert result["address"] == "fc94::2"
+    assert result["path"] == "direct"
+    assert [r["seq"] for r in result["replies"]] == [1, 2]
+    assert fake.calls[-1] == ("ping", "fc94::2", 2, 0.1, 2.0)
+
+
+def test_waits_and_logs(http: httpx.Client, fake: FakeController) -> None:
+    fake.log_lines = [f"line {i}" for i in range(10)]
+    assert http.get("/v1/wait/ready", params={"timeout": 0}).json() == {"reached": True}
+    assert http.get("/v1/wait/peer/robot2", params={"timeout": 0}).json() == {"reached": True}
+    assert http.get("/v1/wait/peer/fc94::4", params={"timeout": 0}).json() == {"reached": False}
+    assert http.get("/v1/logs", params={"limit": 3}).json() == {"lines": ["line 7", "line 8", "line 9"]}
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "status", "needle"),
+    [
+        ("POST", "/v1/whitelist", {"address": "nope"}, 422, "'nope' is not an IPv6 address"),
+        ("POST", "/v1/whitelist", {"address": "fd00::1"}, 422, "fc94::/16"),
+        ("POST", "/v1/whitelist", {}, 422, "address: Field required"),
+        ("POST", "/v1/whitelist", {"address": "fc94::2", "x": 1}, 422, "x: Extra inputs"),
+        ("POST", "/v1/whitelist", [1, 2], 422, "invalid request"),
+        ("DELETE", "/v1/whitelist/zz", None, 422, "'zz' is not an IPv6 address"),
+        ("DELETE", "/v1/whitelist/fc94::9", None, 404, "fc94::9 is not on the whitelist"),
+        ("PUT", "/v1/whitelist/enabled", {"enabled": "maybe"}, 422, "enabled"),
+        ("POST", "/v1/hosts", {"hostname": "a b", "address": "fc94::2"}, 422, "hostname"),
+        ("DELETE", "/v1/hosts/nobody", None, 404, "no host entry named nobody"),
+        ("DELETE", "/v1/hosts/a_b", None, 422, "a_b"),
+        ("GET", "/v1/resolve/robot9", None, 404, "unknown host name 'robot9'"),
+        ("GET", "/v1/peers/robot9", None, 404, "robot9"),
+        ("GET", "/v1/peers/fc94::99", None, 404, "not a known peer"),
+        ("POST", "/v1/ping", {"target": "robot2", "count": 0}, 422, "count"),
+        ("POST", "/v1/ping", {"target": "fc94::1"}, 422, "own address"),
+        ("POST", "/v1/ping", {"target": "robot9"}, 404, "robot9"),
+        ("GET", "/v1/wait/ready?timeout=-1", None, 422, "timeout"),
+        ("GET", "/v1/wait/ready?timeout=abc", None, 422, "timeout"),
+        ("GET", "/v1/logs?limit=0", None, 422, "limit"),
+        ("GET", "/v1/nothing-here", None, 404, "Not Found"),
+        ("PATCH", "/v1/status", None, 405, "Method Not Allowed"),
+    ],
+)
+def test_bad_requests_get_a_clear_json_error(
+    http: httpx.Client, method: str, url: str, body: object, status: int, needle: str
+) -> None:
+    response = http.request(method, url, json=body)
+    assert response.status_code == status
+    assert set(response.json()) == {"error"}
+    assert needle in response.json()["error"]
+    assert "Traceback" not in response.text
+
+
+def test_malformed_json_body(http: httpx.Client) -> None:
+    response = http.post("/v1/whitelist", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json() == {"error": "invalid request: the request body is not valid JSON"}
+
+
+class _BuggyController(FakeController):
+    def logs(self, limit: int) -> list[str]:
+        raise RuntimeError("secret internals")
+
+
+def test_a_bug_in_the_controller_is_a_500_without_traceback_and_the_connection_survives() -> None:
+    with serve_fake(_BuggyController()) as (_, path), httpx.Client(
+        transport=httpx.HTTPTransport(uds=path), base_url="http://daemon"
+    ) as http:
+        response = http.get("/v1/logs")
+        assert response.status_code == 500
+        assert response.json() == {"error": "internal error in the daemon (RuntimeError); see the daemon log"}
+        assert http.get("/v1/status").status_code == 200
+
+
+def test_openapi_schema_lists_every_route() -> None:
+    schema = create_app(FakeController()).openapi()
+    assert set(schema["paths"]) == {
+        "/v1/health",
+        "/v1/status",
+        "/v1/peers",
+        "/v1/peers/{target}",
+        "/v1/whitelist",
+        "/v1/whitelist/{address}",
+        "/v1/whitelist/enabled",
+        "/v1/hosts",
+        "/v1/hosts/{hostname}",
+        "/v1/resolve/{name}",
+        "/v1/ping",
+        "/v1/wait/ready",
+        "/v1/wait/peer/{target}",
+        "/v1/logs",
+    }
+
+
+# --- socket life cycle ---------------------------------------------------------------------------------------
+
+
+def test_socket_is_0660_and_removed_on_stop(short_dir: Path) -> None:
+    path = short_dir / "sub" / "control.sock"
+    server = ControlServer(FakeController(), str(path), group=None)
+    server.start()
+    try:
+        mode = path.stat().st_mode
+        assert stat.S_ISSOCK(mode)
+        assert stat.S_IMODE(mode) == 0o660
+    finally:
+        server.stop()
+    assert not path.exists()
+
+
+def test_stale_socket_is_replaced(short_dir: Path) -> None:
+    path = short_dir / "control.sock"
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(path))  # bound, never listening, then closed: what a killed daemon leaves behind
+    dead.close()
+    with ControlServer(FakeController(), str(path), group=None), httpx.Client(
+        transport=httpx.HTTPTransport(uds=str(path)), base_url="http://daemon"
+    ) as http:
+        assert http.get("/v1/health").json()["ok"] is True
+
+
+def test_refuses_to_start_while_another_daemon_answers(short_dir: Path) -> None:
+    path = str(short_dir / "control.sock")
+    with ControlServer(FakeController(), path, group=None):
+        with pytest.raises(ControlSocketError, match="already listening"):
+            ControlServer(FakeController(), path, group=None).start()
+        # The running server's socket survived the failed attempt.
+        with httpx.Client(transport=httpx.HTTPTransport(uds=path), base_url="http://d") as http:
+            assert http.get("/v1/health").status_code == 200
+
+
+def test_refuses_to_replace_a_regular_file(short_dir: Path) -> None:
+    path = short_dir / "control.sock"
+    path.write_text("precious")
+    with pytest.raises(ControlSocketError, match="not a socket"):
+        ControlServer(FakeController(), str(path), group=None).start()
+    assert path.read_text() == "precious"
+
+
+def test_too_long_path_is_a_clear_error(short_dir: Path) -> None:
+    path = short_dir / ("x" * 120)
+    with pytest.raises(ControlSocketError, match="too long"):
+        ControlServer(FakeController(), str(path), group=None).start()
+
+
+def test_stop_leaves_a_newer_daemons_socket_alone(short_dir: Path) -> None:
+    path = short_dir / "control.sock"
+    first = ControlServer(FakeController(), str(path), group=None)
+    first.start()
+    path.unlink()  # an operator removed it and started another daemon on the same path
+    with ControlServer(FakeController(), str(path), group=None):
+        first.stop()
+        assert path.exists()
+
+
+class _HangingController(FakeController):
+    """wait_ready never finishes on its own; tells the test when a request is inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+
+    async def wait_ready(self, timeout_s: float) -> bool:
+        self.entered.set()
+        await asyncio.Event().wait()
+        return True
+
+
+def test_stop_ends_open_long_polls(short_dir: Path) -> None:
+    fake = _HangingController()
+    path = str(short_dir / "control.sock")
+    server = ControlServer(fake, path, group=None)
+    server.start()
+    outcome: list[object] = []
+
+    def long_poll() -> None:
+        try:
+            with httpx.Client(transport=httpx.HTTPTransport(uds=path), base_url="http://d", timeout=60) as http:
+                outcome.append(http.get("/v1/wait/ready", params={"timeout": 3600}).status_code)
+        except httpx.HTTPError as exc:
+            outcome.append(exc)
+
+    poller = threading.Thread(target=long_poll)
+    poller.start()
+    try:
+        assert fake.entered.wait(10), "the long poll never reached the controller"
+    finally:
+        server.stop()
+        poller.join(30)
+    assert not poller.is_alive()
+    assert len(outcome) == 1  # answered or cut, but never left hanging
+    assert not Path(path).exists()
+
+
+class _LoopRecordingController(FakeController):
+    threads: set[int]
+
+    def status(self):  # type: ignore[no-untyped-def]
+        self.threads.add(threading.get_ident())
+        return super().status()
+
+    async def wait_ready(self, timeout_s: float) -> bool:
+        self.threads.add(threading.get_ident())
+        return True
+
+
+def test_controller_loop_runs_every_call_on_the_daemons_loop(short_dir: Path) -> None:
+    loop = asyncio.new_event_loop()
+    loop_thread = threading.Thread(target=loop.run_forever, daemon=True)
+    loop_thread.start()
+    fake = _LoopRecordingController()
+    fake.threads = set()
+    path = str(short_dir / "control.sock")
+    try:
+        with ControlServer(fake, path, group=None, controller_loop=loop), httpx.Client(
+            transport=httpx.HTTPTransport(uds=path), base_url="http://d"
+        ) as http:
+            assert http.get("/v1/status").status_code == 200
+            assert http.get("/v1/wait/ready?timeout=1").json() == {"reached": True}
+            assert http.delete("/v1/whitelist/fc94::9").status_code == 404  # errors cross the loops too
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        loop_thread.join(10)
+        loop.close()
+    assert fake.threads == {loop_thread.ident}
