@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from husarnet_ros.core.errors import HusarnetError
-from husarnet_ros.testing.lab_daemon import Daemon, husarnet_ros_executable
+from husarnet_ros.testing.lab_daemon import Daemon, husarnet_ros_command, husarnet_ros_missing
 from husarnet_ros.testing.netlab import Host, Lab, cleanup_stale, netns_supported
 
 ROBOT_NAMES = ("robot-a", "robot-b", "robot-c")
@@ -164,8 +164,9 @@ def prerequisites() -> str | None:
     reason = netns_supported()
     if reason:
         return f"the demo {reason}; run it as root (sudo)"
-    if not husarnet_ros_executable().exists():
-        return f"{husarnet_ros_executable()} is missing; install the package into this venv first"
+    missing = husarnet_ros_missing()
+    if missing:
+        return f"{missing}; install the package into this venv first"
     return None
 
 
@@ -177,7 +178,7 @@ def wait_for_enter(fleet: Fleet) -> None:
     heading("fleet left running")
     for daemon in fleet.daemons:
         print(
-            f"{daemon.hostname}: ip netns exec {daemon.host.netns} {husarnet_ros_executable()} "
+            f"{daemon.hostname}: ip netns exec {daemon.host.netns} {' '.join(husarnet_ros_command())} "
             f"--control-socket {daemon.control_socket} status"
         )
     print("\nPress Enter to stop the fleet and clean up.", flush=True)

@@ -7,7 +7,9 @@ its own state directory, control socket, hosts file and log file, so several dae
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import husarnet_ros
 from husarnet_ros.testing.netlab import COMMAND_TIMEOUT, Host, Lab, LabError, run_command, wait_until
 
 DAEMON_START_TIMEOUT = 20.0
@@ -28,6 +31,26 @@ WORK_ROOT = Path("/tmp")
 def husarnet_ros_executable() -> Path:
     """The ``husarnet-ros`` entry point of the venv this Python runs in."""
     return Path(sys.executable).parent / "husarnet-ros"
+
+
+def husarnet_ros_command() -> list[str]:
+    """How to run the CLI: the installed entry point, else ``python -m husarnet_ros.cli`` from this tree."""
+    executable = husarnet_ros_executable()
+    return [str(executable)] if executable.exists() else [sys.executable, "-m", "husarnet_ros.cli"]
+
+
+def husarnet_ros_missing() -> str | None:
+    """None if the CLI can run, else what is missing."""
+    if husarnet_ros_executable().exists() or importlib.util.find_spec("husarnet_ros.cli.main") is not None:
+        return None
+    return f"neither {husarnet_ros_executable()} nor the module husarnet_ros.cli.main exists"
+
+
+def husarnet_ros_env() -> dict[str, str]:
+    """Environment for the CLI: this tree's husarnet_ros first on the path (when not pip-installed)."""
+    package_root = str(Path(husarnet_ros.__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    return os.environ | {"PYTHONPATH": f"{package_root}:{path}" if path else package_root}
 
 
 class DaemonError(LabError):
@@ -86,7 +109,7 @@ class Daemon:
     # --- lifecycle ----------------------------------------------------------------
     def daemon_argv(self) -> list[str]:
         return [
-            str(husarnet_ros_executable()),
+            *husarnet_ros_command(),
             "daemon",
             "--state-dir", str(self.state_dir),
             "--control-socket", str(self.control_socket),
@@ -118,7 +141,9 @@ class Daemon:
             f"--- start {time.strftime('%H:%M:%S')} {' '.join(self.daemon_argv())}\n".encode()
         )
         self._log_handle.flush()
-        self.process = self.host.popen(self.daemon_argv(), stdout=self._log_handle, stderr=subprocess.STDOUT)
+        self.process = self.host.popen(
+            self.daemon_argv(), stdout=self._log_handle, stderr=subprocess.STDOUT, env=husarnet_ros_env()
+        )
         if wait_ready:
             self.wait_ready(timeout)
         return self
@@ -168,13 +193,14 @@ class Daemon:
 
     # --- CLI --------------------------------------------------------------------------
     def cli_argv(self, *args: str) -> list[str]:
-        return [str(husarnet_ros_executable()), "--control-socket", str(self.control_socket), *args]
+        return [*husarnet_ros_command(), "--control-socket", str(self.control_socket), *args]
 
     def cli(
         self, *args: str, check: bool = True, timeout: float = COMMAND_TIMEOUT
     ) -> subprocess.CompletedProcess[str]:
         """Run a CLI command against this daemon, inside its namespace."""
-        result = run_command(self.host.exec_argv(self.cli_argv(*args)), check=False, timeout=timeout)
+        argv = self.host.exec_argv(self.cli_argv(*args))
+        result = run_command(argv, check=False, timeout=timeout, env=husarnet_ros_env())
         if check and result.returncode != 0:
             raise DaemonError(
                 f"`husarnet-ros {' '.join(args)}` on {self.hostname} exited with {result.returncode}: "

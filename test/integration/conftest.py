@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from husarnet_ros.testing.lab_daemon import Daemon, husarnet_ros_executable
+from husarnet_ros.testing.lab_daemon import Daemon, husarnet_ros_missing
 from husarnet_ros.testing.netlab import Host, Lab, cleanup_stale, netns_supported
 
 LabFactory = Callable[[], Lab]
@@ -62,8 +62,9 @@ def lab(lab_factory: LabFactory) -> Lab:
 
 @pytest.fixture(scope="session")
 def husarnet_ros_available() -> None:
-    if not husarnet_ros_executable().exists():
-        pytest.skip(f"{husarnet_ros_executable()} is not installed (pip install -e . into the venv)")
+    missing = husarnet_ros_missing()
+    if missing:
+        pytest.skip(f"husarnet-ros CLI not available: {missing}")
 
 
 @pytest.hookimpl(hookwrapper=True)
