@@ -34,7 +34,8 @@ class Beacon:
 
 
 def encode(identity: Identity, hostname: str, udp_port: int, timestamp_ns: int) -> bytes:
-    name = hostname.encode("utf-8")[:MAX_HOSTNAME]
+    # Truncate on a character boundary: a cut multi-byte character would make every peer refuse the beacon.
+    name = hostname.encode("utf-8")[:MAX_HOSTNAME].decode("utf-8", "ignore").encode("utf-8")
     body = _FIXED.pack(MAGIC, 0, len(name), udp_port, timestamp_ns, identity.public_key) + name
     return body + identity.sign(body)
 
