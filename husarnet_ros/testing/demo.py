@@ -216,9 +216,7 @@ def run_demo(steps: Sequence[Step] = NETWORK_STEPS, *, keep: bool = False, peer_
         print(f"\ndemo failed: {exc}", file=sys.stderr)
         if fleet:
             for daemon in fleet.daemons:
-                print(
-                    f"--- {daemon.hostname} log ({daemon.log_path}):\n{daemon.log_tail(30)}", file=sys.stderr
-                )
+                print(f"{daemon.hostname}: log kept in {daemon.log_path}", file=sys.stderr)
         return 1
     finally:
         if fleet and not keep_files:
