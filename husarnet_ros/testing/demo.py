@@ -209,7 +209,7 @@ def run_demo(steps: Sequence[Step] = NETWORK_STEPS, *, keep: bool = False, peer_
             failed = not fleet.pings or not all(outcome.ok for outcome in fleet.pings)
             keep_files = failed
     except KeyboardInterrupt:
-        print("\ninterrupted: cleaning up", file=sys.stderr, flush=True)
+        print("\ninterrupted: namespaces, interfaces and processes removed", file=sys.stderr, flush=True)
         return 130
     except HusarnetError as exc:
         keep_files = True

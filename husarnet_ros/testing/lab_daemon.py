@@ -160,6 +160,8 @@ class Daemon:
 
         try:
             wait_until(socket_up, timeout, what=f"the control socket of {self.hostname}")
+        except DaemonError:
+            raise
         except LabError as exc:
             raise DaemonError(f"{exc}\n{self.log_tail()}") from exc
         remaining = max(1.0, deadline - time.monotonic())
