@@ -43,6 +43,7 @@ import socket
 import stat
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Annotated, Any, Self, TypeVar
 
 import uvicorn
@@ -117,7 +118,7 @@ class _Dispatcher:
             try:
                 result.set_result(fn(*args))
             # Handed to the awaiting request, which maps it to a response.
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 result.set_exception(exc)
 
         self._loop.call_soon_threadsafe(run)
@@ -165,7 +166,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(422, _describe_validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code in (404, 405) and exc.detail in ("Not Found", "Method Not Allowed"):
+            # Routing failed: most likely a client newer or older than the daemon.
+            return _error(
+                exc.status_code,
+                f"the daemon has no API route {request.method} {request.url.path} (version mismatch?)",
+            )
         return _error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(ControllerError)
@@ -239,7 +246,7 @@ def create_app(controller: Controller, controller_loop: asyncio.AbstractEventLoo
     async def peers() -> list[PeerStatus]:
         return (await do.call(controller.status)).peers
 
-    @app.get(f"{p}/peers/{{target}}", tags=["peers"])
+    @app.get(f"{p}/peers/{{target:path}}", tags=["peers"])
     async def peer(target: str) -> PeerStatus:
         address = await resolve(target)
         for entry in (await do.call(controller.status)).peers:
@@ -256,7 +263,7 @@ def create_app(controller: Controller, controller_loop: asyncio.AbstractEventLoo
         await do.call(controller.whitelist_add, body.address)
         return await do.call(controller.whitelist)
 
-    @app.delete(f"{p}/whitelist/{{address}}", tags=["whitelist"])
+    @app.delete(f"{p}/whitelist/{{address:path}}", tags=["whitelist"])
     async def whitelist_remove(address: str) -> Whitelist:
         await do.call(controller.whitelist_remove, _address_param(address))
         return await do.call(controller.whitelist)
@@ -275,12 +282,12 @@ def create_app(controller: Controller, controller_loop: asyncio.AbstractEventLoo
         await do.call(controller.hosts_add, body.hostname, body.address)
         return await do.call(controller.hosts)
 
-    @app.delete(f"{p}/hosts/{{hostname}}", tags=["hosts"])
+    @app.delete(f"{p}/hosts/{{hostname:path}}", tags=["hosts"])
     async def hosts_remove(hostname: str) -> list[HostEntry]:
         await do.call(controller.hosts_remove, _hostname_param(hostname))
         return await do.call(controller.hosts)
 
-    @app.get(f"{p}/resolve/{{name}}", tags=["peers"])
+    @app.get(f"{p}/resolve/{{name:path}}", tags=["peers"])
     async def resolve_name(name: str) -> ResolvedAddress:
         return ResolvedAddress(name=name, address=await resolve(name))
 
@@ -293,7 +300,7 @@ def create_app(controller: Controller, controller_loop: asyncio.AbstractEventLoo
     async def wait_ready(timeout: WaitTimeout = 30.0) -> WaitResult:
         return WaitResult(reached=await do.run(controller.wait_ready, timeout))
 
-    @app.get(f"{p}/wait/peer/{{target}}", tags=["peers"])
+    @app.get(f"{p}/wait/peer/{{target:path}}", tags=["peers"])
     async def wait_peer(target: str, timeout: WaitTimeout = 30.0) -> WaitResult:
         address = await resolve(target)
         return WaitResult(reached=await do.run(controller.wait_peer, address, timeout))
@@ -337,8 +344,7 @@ def _clear_stale_socket(path: str) -> None:
             "different --control-socket"
         )
     log.info("removing stale control socket %s", path)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    Path(path).unlink(missing_ok=True)
 
 
 def _group_id(group: str | None) -> int | None:
@@ -354,16 +360,16 @@ def _bind_listening_socket(path: str, group: str | None) -> socket.socket:
     """Bind, restrict and only then listen: nobody can connect while the mode is still the umask's."""
     if len(os.fsencode(path)) > _MAX_UNIX_PATH:
         raise ControlSocketError(f"control socket path is too long for a Unix socket ({path})")
-    parent = os.path.dirname(os.path.abspath(path))
+    parent = Path(path).absolute().parent
     try:
-        os.makedirs(parent, mode=SOCKET_DIR_MODE, exist_ok=True)
+        parent.mkdir(mode=SOCKET_DIR_MODE, parents=True, exist_ok=True)
     except OSError as exc:
         raise ControlSocketError(f"cannot create {parent} for the control socket: {exc.strerror}") from None
     _clear_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
-        os.chmod(path, SOCKET_MODE)
+        Path(path).chmod(SOCKET_MODE)
         gid = _group_id(group)
         if gid is not None:
             try:
@@ -422,7 +428,7 @@ class ControlServer:
         if self._thread is not None:
             raise ControlSocketError("control server already started")
         sock = _bind_listening_socket(self.socket_path, self._group)
-        st = os.stat(self.socket_path)
+        st = Path(self.socket_path).stat()
         self._socket_inode = (st.st_dev, st.st_ino)
         config = uvicorn.Config(
             self._app,
@@ -442,12 +448,13 @@ class ControlServer:
             raise ControlSocketError(f"control server on {self.socket_path} did not start{reason}")
 
     def _serve(self, sock: socket.socket) -> None:
-        assert self._loop is not None and self._server is not None
+        assert self._loop is not None
+        assert self._server is not None
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_until_complete(self._server.serve(sockets=[sock]))
         # Reported by start(); a dying thread must not print a traceback.
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             self._failure = exc
             log.error("control server stopped: %s", exc)
         finally:
@@ -480,7 +487,7 @@ class ControlServer:
         except FileNotFoundError:
             return
         if (st.st_dev, st.st_ino) == self._socket_inode:
-            os.unlink(self.socket_path)
+            Path(self.socket_path).unlink(missing_ok=True)
         self._socket_inode = None
 
     def __enter__(self) -> Self:

@@ -37,9 +37,10 @@ def fake() -> FakeController:
 
 @pytest.fixture
 def http(fake: FakeController) -> Iterator[httpx.Client]:
-    with serve_fake(fake) as (_, path), httpx.Client(
-        transport=httpx.HTTPTransport(uds=path), base_url="http://daemon", timeout=10
-    ) as client:
+    with (
+        serve_fake(fake) as (_, path),
+        httpx.Client(transport=httpx.HTTPTransport(uds=path), base_url="http://daemon", timeout=10) as client,
+    ):
         yield client
 
 
@@ -118,8 +119,9 @@ def test_waits_and_logs(http: httpx.Client, fake: FakeController) -> None:
         ("GET", "/v1/wait/ready?timeout=-1", None, 422, "timeout"),
         ("GET", "/v1/wait/ready?timeout=abc", None, 422, "timeout"),
         ("GET", "/v1/logs?limit=0", None, 422, "limit"),
-        ("GET", "/v1/nothing-here", None, 404, "Not Found"),
-        ("PATCH", "/v1/status", None, 405, "Method Not Allowed"),
+        ("GET", "/v1/nothing-here", None, 404, "no API route GET /v1/nothing-here"),
+        ("PATCH", "/v1/status", None, 405, "no API route PATCH /v1/status"),
+        ("DELETE", "/v1/whitelist/a/b", None, 422, "a/b"),
     ],
 )
 def test_bad_requests_get_a_clear_json_error(
@@ -144,9 +146,10 @@ class _BuggyController(FakeController):
 
 
 def test_a_bug_in_the_controller_is_a_500_without_traceback_and_the_connection_survives() -> None:
-    with serve_fake(_BuggyController()) as (_, path), httpx.Client(
-        transport=httpx.HTTPTransport(uds=path), base_url="http://daemon"
-    ) as http:
+    with (
+        serve_fake(_BuggyController()) as (_, path),
+        httpx.Client(transport=httpx.HTTPTransport(uds=path), base_url="http://daemon") as http,
+    ):
         response = http.get("/v1/logs")
         assert response.status_code == 500
         assert response.json() == {"error": "internal error in the daemon (RuntimeError); see the daemon log"}
@@ -173,7 +176,7 @@ def test_openapi_schema_lists_every_route() -> None:
     }
 
 
-# --- socket life cycle ---------------------------------------------------------------------------------------
+# --- socket life cycle ----------------------------------------------------------------------------------
 
 
 def test_socket_is_0660_and_removed_on_stop(short_dir: Path) -> None:
@@ -194,9 +197,10 @@ def test_stale_socket_is_replaced(short_dir: Path) -> None:
     dead = socket.socket(socket.AF_UNIX)
     dead.bind(str(path))  # bound, never listening, then closed: what a killed daemon leaves behind
     dead.close()
-    with ControlServer(FakeController(), str(path), group=None), httpx.Client(
-        transport=httpx.HTTPTransport(uds=str(path)), base_url="http://daemon"
-    ) as http:
+    with (
+        ControlServer(FakeController(), str(path), group=None),
+        httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://daemon") as http,
+    ):
         assert http.get("/v1/health").json()["ok"] is True
 
 
@@ -256,7 +260,9 @@ def test_stop_ends_open_long_polls(short_dir: Path) -> None:
 
     def long_poll() -> None:
         try:
-            with httpx.Client(transport=httpx.HTTPTransport(uds=path), base_url="http://d", timeout=60) as http:
+            with httpx.Client(
+                transport=httpx.HTTPTransport(uds=path), base_url="http://d", timeout=60
+            ) as http:
                 outcome.append(http.get("/v1/wait/ready", params={"timeout": 3600}).status_code)
         except httpx.HTTPError as exc:
             outcome.append(exc)
@@ -293,9 +299,10 @@ def test_controller_loop_runs_every_call_on_the_daemons_loop(short_dir: Path) ->
     fake.threads = set()
     path = str(short_dir / "control.sock")
     try:
-        with ControlServer(fake, path, group=None, controller_loop=loop), httpx.Client(
-            transport=httpx.HTTPTransport(uds=path), base_url="http://d"
-        ) as http:
+        with (
+            ControlServer(fake, path, group=None, controller_loop=loop),
+            httpx.Client(transport=httpx.HTTPTransport(uds=path), base_url="http://d") as http,
+        ):
             assert http.get("/v1/status").status_code == 200
             assert http.get("/v1/wait/ready?timeout=1").json() == {"reached": True}
             assert http.delete("/v1/whitelist/fc94::9").status_code == 404  # errors cross the loops too
