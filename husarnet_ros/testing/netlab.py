@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import math
 import os
 import re
 import secrets
@@ -166,7 +167,19 @@ class Host:
     ) -> PingResult:
         """Ping ``address`` (v4 or v6) ``count`` times; never raises on packet loss."""
         bound = deadline if deadline is not None else count * interval + 2.0
-        argv = ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "1", "-w", f"{bound:.0f}"]
+        argv = [
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            str(count),
+            "-i",
+            str(interval),
+            "-W",
+            "1",
+            "-w",
+            str(math.ceil(bound)),
+        ]
         if ":" in address:
             argv.insert(1, "-6")
         result = self.run([*argv, address], check=False, timeout=bound + 10.0)
