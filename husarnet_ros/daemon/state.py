@@ -1,0 +1,307 @@
+"""The daemon's persistent state: one directory holding identity, whitelist and hosts record.
+
+Layout (directory mode 0700, files 0600, every write atomic via ``fileio.atomic_write``)::
+
+    identity        Husarnet format: "<ipv6> <hex public key> <hex secret key>"
+    whitelist.json  {"version": 1, "enabled": true, "addresses": ["fc94:...", ...]}
+    hosts.json      {"version": 1, "entries": [{"hostname": "...", "address": "fc94:..."}]}
+    lock            flock()ed by the running daemon; holds its pid for the error message
+
+A damaged file is never replaced or "repaired": loading it is an error whose message names the
+file, and the file stays as it was for the user to inspect, restore or move away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import stat
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from ..core.errors import HusarnetError, IdentityError
+from ..core.hosts import HostEntry, canonical_entries
+from ..core.identity import Identity
+from ..core.whitelist import Whitelist, WhitelistError
+from ..fileio import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+IDENTITY_FILE = "identity"
+WHITELIST_FILE = "whitelist.json"
+HOSTS_FILE = "hosts.json"
+LOCK_FILE = "lock"
+HOSTS_FORMAT_VERSION = 1
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+MAX_STATE_FILE_SIZE = 16 << 20  # far above any real whitelist; stops a bogus huge file early
+
+
+class StateError(HusarnetError):
+    """The state directory or one of its files cannot be used; the message names the path."""
+
+
+class StateDir:
+    """The daemon's state directory. Creating the object creates the directory (mode 0700) if it
+    does not exist yet; an existing one is used as it is, unless it is world-writable."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._lock_fd: int | None = None
+        try:
+            self.path.mkdir(mode=DIR_MODE, parents=True)
+            self.path.chmod(DIR_MODE)  # mkdir's mode is filtered by the umask
+        except FileExistsError:
+            self._check_existing_dir()
+        except OSError as exc:
+            raise StateError(f"cannot create state directory {self.path}: {exc.strerror or exc}") from None
+
+    def _check_existing_dir(self) -> None:
+        # An existing directory is never chmod-ed: --state-dir pointing at a shared directory must
+        # not change that directory's permissions. World-writable would let anyone swap the key.
+        try:
+            st = self.path.stat()
+        except OSError as exc:
+            raise StateError(f"cannot use state directory {self.path}: {exc.strerror or exc}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise StateError(f"state directory {self.path} exists but is not a directory")
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & stat.S_IWOTH:
+            raise StateError(
+                f"state directory {self.path} is writable by every user (mode {mode:o}); "
+                "use a directory only root can write, e.g. mode 700"
+            )
+        if mode & 0o077:
+            log.warning(
+                "state directory %s is accessible to other users (mode %o); 700 is advised", self.path, mode
+            )
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    @property
+    def identity_path(self) -> Path:
+        return self.path / IDENTITY_FILE
+
+    @property
+    def whitelist_path(self) -> Path:
+        return self.path / WHITELIST_FILE
+
+    @property
+    def hosts_path(self) -> Path:
+        return self.path / HOSTS_FILE
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_FILE
+
+    # -- lock ----------------------------------------------------------------------------------
+
+    def lock(self) -> None:
+        """Take the directory for this process; StateError if another daemon holds it.
+
+        flock() is released by the kernel when the holder dies, so a crashed daemon never leaves a
+        stale lock behind. Calling it twice on the same object is a no-op.
+        """
+        if self._lock_fd is not None:
+            return
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        except OSError as exc:
+            raise StateError(f"cannot open lock file {self.lock_path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_small(fd).strip()
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                who = f" (pid {holder})" if holder.isdigit() else ""
+                raise StateError(
+                    f"state directory {self.path} is in use by another husarnet-ros daemon{who}; "
+                    "stop it or give this one its own --state-dir"
+                ) from None
+            raise StateError(f"cannot lock {self.lock_path}: {exc.strerror or exc}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        """Release the lock (the lock file stays: deleting it would race with a new daemon)."""
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._lock_fd, 0)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @property
+    def locked(self) -> bool:
+        return self._lock_fd is not None
+
+    def __enter__(self) -> StateDir:
+        self.lock()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.unlock()
+
+    # -- identity ------------------------------------------------------------------------------
+
+    def load_identity(self) -> Identity | None:
+        """The saved identity, None if there is none yet; IdentityError naming the file if corrupt."""
+        text = self._read_text(self.identity_path)
+        if text is None:
+            return None
+        try:
+            identity = Identity.from_file_text(text)
+        except IdentityError as exc:
+            raise IdentityError(
+                f"identity file {self.identity_path} is corrupt ({exc}); it was left untouched. "
+                "Restore it from a backup, or move it away to start over with a new identity "
+                "(this node's overlay address would change)"
+            ) from None
+        self._tighten_mode(self.identity_path, FILE_MODE)
+        return identity
+
+    def save_identity(self, identity: Identity) -> None:
+        """Write ``identity`` (mode 0600, atomically), replacing any previous one."""
+        self._write_text(self.identity_path, identity.to_file_text())
+
+    def load_or_create_identity(self) -> Identity:
+        """The saved identity, or a newly generated one that is saved first. Never replaces a file."""
+        identity = self.load_identity()
+        if identity is None:
+            identity = Identity.generate()
+            self.save_identity(identity)
+            log.info("created a new identity in %s", self.identity_path)
+        return identity
+
+    # -- whitelist -----------------------------------------------------------------------------
+
+    def load_whitelist(self, default_enabled: bool = True) -> Whitelist:
+        """The saved whitelist; on the very first start an empty one, enabled as ``default_enabled``,
+        which is saved at once so later starts keep that choice whatever the config then says."""
+        text = self._read_text(self.whitelist_path)
+        if text is None:
+            whitelist = Whitelist(enabled=default_enabled)
+            self.save_whitelist(whitelist)
+            return whitelist
+        try:
+            return Whitelist.loads(text)
+        except WhitelistError as exc:
+            raise StateError(self._corrupt_message(self.whitelist_path, exc)) from None
+
+    def save_whitelist(self, whitelist: Whitelist) -> None:
+        self._write_text(self.whitelist_path, whitelist.dumps())
+
+    # -- hosts ---------------------------------------------------------------------------------
+
+    def load_hosts(self) -> list[HostEntry]:
+        """The daemon's record of its managed hosts entries (canonical order); [] if none yet."""
+        text = self._read_text(self.hosts_path)
+        if text is None:
+            return []
+        try:
+            return _hosts_from_json(json.loads(text))
+        except (ValueError, RecursionError, HusarnetError) as exc:  # JSONDecodeError is a ValueError
+            raise StateError(self._corrupt_message(self.hosts_path, exc)) from None
+
+    def save_hosts(self, entries: list[HostEntry]) -> None:
+        document = {
+            "version": HOSTS_FORMAT_VERSION,
+            "entries": [entry.to_json() for entry in canonical_entries(entries)],
+        }
+        self._write_text(self.hosts_path, json.dumps(document, indent=2) + "\n")
+
+    # -- generic JSON documents (for other state, e.g. a license pin) --------------------------
+
+    def load_json(self, name: str) -> Any:
+        """The parsed JSON file ``name`` in the state directory, None if it does not exist."""
+        path = self._child(name)
+        text = self._read_text(path)
+        if text is None:
+            return None
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise StateError(self._corrupt_message(path, exc)) from None
+
+    def save_json(self, name: str, document: Any) -> None:
+        self._write_text(self._child(name), json.dumps(document, indent=2) + "\n")
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _child(self, name: str) -> Path:
+        if not name or "/" in name or name in (".", "..") or name.startswith("."):
+            raise StateError(f"{name!r} is not a plain file name inside the state directory")
+        return self.path / name
+
+    @staticmethod
+    def _corrupt_message(path: Path, exc: BaseException) -> str:
+        return (
+            f"state file {path} is damaged ({exc}); it was left untouched. "
+            "Fix or restore it, or move it away to start with an empty one"
+        )
+
+    @staticmethod
+    def _read_text(path: Path) -> str | None:
+        try:
+            with path.open("rb") as f:
+                data = f.read(MAX_STATE_FILE_SIZE + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if len(data) > MAX_STATE_FILE_SIZE:
+            raise StateError(f"state file {path} is larger than {MAX_STATE_FILE_SIZE} bytes; damaged?")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise StateError(
+                f"state file {path} is damaged (not UTF-8 text); it was left untouched. "
+                "Fix or restore it, or move it away"
+            ) from None
+
+    @staticmethod
+    def _write_text(path: Path, text: str) -> None:
+        try:
+            atomic_write_text(path, text, FILE_MODE)
+        except OSError as exc:
+            raise StateError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+    @staticmethod
+    def _tighten_mode(path: Path, mode: int) -> None:
+        # Only ever removes permissions: a key readable by others must not stay that way.
+        try:
+            current = stat.S_IMODE(path.stat().st_mode)
+            if current & ~mode:
+                path.chmod(current & mode)
+                log.warning("%s was accessible to other users; changed its mode to %o", path, current & mode)
+        except OSError as exc:
+            raise StateError(f"cannot restrict the permissions of {path}: {exc.strerror or exc}") from None
+
+
+def _read_small(fd: int) -> str:
+    try:
+        return os.pread(fd, 32, 0).decode("ascii", "replace")
+    except OSError:
+        return ""
+
+
+def _hosts_from_json(document: object) -> list[HostEntry]:
+    if not isinstance(document, dict):
+        raise ValueError("expected a JSON object with 'version' and 'entries'")
+    if document.get("version") != HOSTS_FORMAT_VERSION:
+        raise ValueError(f"format version {document.get('version')!r} is not supported")
+    unknown = set(document) - {"version", "entries"}
+    if unknown:
+        raise ValueError(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
+    entries = document.get("entries", [])
+    if not isinstance(entries, list):
+        raise ValueError("'entries' must be a list")
+    return canonical_entries(HostEntry.from_json(item) for item in entries)
