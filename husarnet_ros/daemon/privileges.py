@@ -1,0 +1,175 @@
+"""Dropping every Linux capability once the daemon has done what needs root.
+
+``drop_all_capabilities`` empties, in this order: the bounding set (so no later execve() can
+regain anything), the ambient set, and the effective/permitted/inheritable sets (capset(2));
+then it sets PR_SET_NO_NEW_PRIVS (setuid binaries and file capabilities grant nothing either).
+Uses libc through ctypes: no extra dependency.
+
+Capabilities are per *thread* on Linux: the call changes only the calling thread (threads made
+later inherit its sets). Call it from the main thread before any other thread exists; it checks
+afterwards that every thread of the process has no capabilities left and raises otherwise.
+
+Note what remains: the process keeps uid 0. Without CAP_DAC_OVERRIDE / CAP_FOWNER it gets
+ordinary owner permissions only, but for files *owned by root* ordinary owner permissions are
+often enough (a root-owned 0700 directory, /etc/hosts 0644 root:root). Capabilities limit what
+root-only kernel operations the daemon can do (TUN, netlink changes, raw sockets, low ports,
+reading other users' files, ptrace, module loading...), not access to root's own files.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from pathlib import Path
+
+from ..core.errors import HusarnetError
+
+# <linux/prctl.h>
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+# <linux/capability.h>
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_CAP_LAST_CAP_FILE = Path("/proc/sys/kernel/cap_last_cap")
+_FALLBACK_LAST_CAP = 63  # probe every bit the 64-bit sets can hold if /proc does not say
+
+
+class PrivilegeError(HusarnetError):
+    """Capabilities could not be dropped; the daemon must not go on running privileged."""
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.prctl.restype = ctypes.c_int
+_libc.capset.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
+_libc.capset.restype = ctypes.c_int
+
+
+def _prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    result: int = _libc.prctl(option, arg2, arg3, arg4, arg5)
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return result
+
+
+def last_capability() -> int:
+    """The highest capability number this kernel knows (/proc/sys/kernel/cap_last_cap)."""
+    try:
+        return int(_CAP_LAST_CAP_FILE.read_text().strip())
+    except (OSError, ValueError):
+        return _FALLBACK_LAST_CAP
+
+
+def _drop_bounding_set() -> None:
+    for cap in range(last_capability() + 1):
+        try:
+            if _prctl(PR_CAPBSET_READ, cap) == 0:
+                continue  # not in the set (already dropped, or a container never had it)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                continue  # capability unknown to this kernel
+            raise
+        try:
+            _prctl(PR_CAPBSET_DROP, cap)
+        except OSError as exc:
+            raise PrivilegeError(
+                f"cannot drop capability {cap} from the bounding set: {exc.strerror} "
+                "(dropping needs CAP_SETPCAP: was the daemon started as root?)"
+            ) from None
+
+
+def _clear_ambient_set() -> None:
+    try:
+        _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: kernel older than 4.3, there is no ambient set
+            raise PrivilegeError(f"cannot clear the ambient capability set: {exc.strerror}") from None
+
+
+def _clear_thread_sets() -> None:
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)  # pid 0: the calling thread
+    data = (_CapData * 2)()  # version 3 uses two 32-bit words per set; all zero
+    if _libc.capset(ctypes.byref(header), data) != 0:
+        err = ctypes.get_errno()
+        raise PrivilegeError(f"capset() failed: {os.strerror(err)}")
+
+
+def _set_no_new_privs() -> None:
+    try:
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    except OSError as exc:
+        raise PrivilegeError(f"cannot set PR_SET_NO_NEW_PRIVS: {exc.strerror}") from None
+
+
+def drop_all_capabilities() -> None:
+    """Irrevocably give up every capability of this process (see the module doc).
+
+    Must run in the main thread before any other thread is started. Raises PrivilegeError if
+    something could not be dropped, or if a thread of this process still holds capabilities.
+    """
+    _drop_bounding_set()
+    _clear_ambient_set()
+    _clear_thread_sets()
+    _set_no_new_privs()
+    still_privileged = [
+        tid for tid, sets in thread_capabilities().items() if sets["CapEff"] or sets["CapPrm"]
+    ]
+    if still_privileged:
+        raise PrivilegeError(
+            "capabilities were dropped in the calling thread only, but threads "
+            f"{', '.join(map(str, still_privileged))} still hold some: drop_all_capabilities() must run "
+            "before any other thread is started"
+        )
+
+
+def capability_sets(pid: int | str = "self", task: int | None = None) -> dict[str, int]:
+    """CapInh, CapPrm, CapEff, CapBnd and CapAmb of a process (or one of its threads) as ints."""
+    path = Path("/proc") / str(pid) / ("status" if task is None else f"task/{task}/status")
+    sets: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.startswith("Cap"):
+            sets[key] = int(value.strip(), 16)
+    return sets
+
+
+def effective_capabilities(pid: int | str = "self") -> int:
+    """CapEff of process ``pid`` from /proc/<pid>/status (0: no capabilities at all)."""
+    return capability_sets(pid)["CapEff"]
+
+
+def thread_capabilities(pid: int | str = "self") -> dict[int, dict[str, int]]:
+    """Capability sets of every thread of process ``pid``, by thread id."""
+    result = {}
+    for task_dir in (Path("/proc") / str(pid) / "task").iterdir():
+        try:
+            result[int(task_dir.name)] = capability_sets(pid, int(task_dir.name))
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended meanwhile
+    return result
+
+
+def no_new_privs(pid: int | str = "self") -> bool:
+    """Whether PR_SET_NO_NEW_PRIVS is set for process ``pid`` (the NoNewPrivs line in its status)."""
+    for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
+        if line.startswith("NoNewPrivs:"):
+            return line.split(":", 1)[1].strip() == "1"
+    return False
