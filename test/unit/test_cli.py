@@ -1,0 +1,554 @@
+"""The husarnet-ros command, driven through click's runner against the real server and a fake daemon."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from husarnet_ros import __version__
+from husarnet_ros.api import CONTROL_SOCKET_ENV
+from husarnet_ros.cli.main import cli
+from husarnet_ros.core.identity import Identity
+from husarnet_ros.testing.fake_controller import FakeController, sample_peers, serve_fake
+
+MISSING_SOCKET = "/tmp/hr-no-such-dir/control.sock"
+
+
+@pytest.fixture(autouse=True)
+def _no_socket_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CONTROL_SOCKET_ENV, raising=False)
+
+
+@pytest.fixture
+def daemon() -> Iterator[tuple[FakeController, str]]:
+    fake = FakeController()
+    for peer in sample_peers():
+        fake.add_peer(peer)
+    with serve_fake(fake) as served:
+        yield served
+
+
+def run(*args: str, socket: str | None = None, env: dict[str, str] | None = None) -> Result:
+    argv = (["--control-socket", socket] if socket else []) + list(args)
+    return CliRunner().invoke(cli, argv, env=env, catch_exceptions=False)
+
+
+def run_json(*args: str, socket: str) -> Any:
+    result = run(*args, "--json", socket=socket)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def assert_one_line_error(result: Result, needle: str, code: int = 1) -> None:
+    assert result.exit_code == code, result.output
+    assert result.stderr.startswith("error: ")
+    assert result.stderr.count("\n") == 1
+    assert needle in result.stderr
+    assert "Traceback" not in result.output
+
+
+# --- status and peers -------------------------------------------------------------------------------------
+
+
+def test_status_table_shows_paths_endpoints_and_rtt(daemon: tuple[FakeController, str]) -> None:
+    _, sock = daemon
+    result = run("status", socket=sock)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "fc94::1" in out
+    assert "robot1" in out
+    for header in ("ADDRESS", "HOSTNAME", "PATH", "ENDPOINT", "RTT", "HANDSHAKE", "RX", "TX"):
+        assert header in out
+    direct = next(line for line in out.splitlines() if line.startswith("fc94::2"))
+    assert direct.split()[:4] == ["fc94::2", "robot2", "direct", "198.18.0.2:5582"]
+    assert "0.42 ms" in direct
+    assert "s ago" in direct
+    tunnelled = next(line for line in out.splitlines() if line.startswith("fc94::3"))
+    assert tunnelled.split()[2:4] == ["tunnelled", "198.18.0.100:5582"]
+    unreachable = next(line for line in out.splitlines() if line.startswith("fc94::4"))
+    assert "never" in unreachable
+
+
+@pytest.mark.parametrize("where", ["global", "subcommand"])
+def test_status_json_shape(daemon: tuple[FakeController, str], where: str) -> None:
+    _, sock = daemon
+    args = ["--json", "status"] if where == "global" else ["status", "--json"]
+    result = run(*args, socket=sock)
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.stdout)
+    assert {"address", "hostname", "whitelist_enabled", "peers"} <= set(status)
+    assert status["address"] == "fc94::1"
+    required = {"address", "hostname", "path", "endpoint", "rtt_ms", "last_handshake", "rx_bytes", "tx_bytes"}
+    for peer in status["peers"]:
+        assert required <= set(peer)
+    assert {p["address"]: p["path"] for p in status["peers"]}["fc94::3"] == "tunnelled"
+
+
+def test_peers_table_and_json(daemon: tuple[FakeController, str]) -> None:
+    _, sock = daemon
+    assert "198.18.0.2:5582" in run("peers", socket=sock).stdout
+    peers = run_json("peers", socket=sock)
+    assert [p["address"] for p in peers] == ["fc94::2", "fc94::3", "fc94::4"]
+
+
+def test_no_peers_says_so(daemon: tuple[FakeController, str]) -> None:
+    fake, sock = daemon
+    fake.peers.clear()
+    assert run("peers", socket=sock).stdout.strip() == "no peers yet"
+
+
+# --- ping -------------------------------------------------------------------------------------------------
+
+
+def test_ping_direct_prints_one_line_per_reply(daemon: tuple[FakeController, str]) -> None:
+    _, sock = daemon
+    result = run("ping", "robot2", "-c", "2", "-i", "0.01", socket=sock)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "PING robot2 (fc94::2)"
+    assert lines[1] == "reply from fc94::2: seq=1 time=0.42 ms (direct via 198.18.0.2:5582)"
+    assert lines[2] == "reply from fc94::2: seq=2 time=0.42 ms (direct via 198.18.0.2:5582)"
+    assert lines[-1] == "2 sent, 2 received, 0% loss"
+
+
+def test_ping_tunnelled_names_the_base_server(daemon: tuple[FakeController, str]) -> None:
+    _, sock = daemon
+    result = run("ping", "fc94::3", "-c", "1", socket=sock)
+    assert "(tunnelled via 198.18.0.100:5582)" in result.stdout
+
+
+def test_ping_without_replies_exits_1(daemon: tuple[FakeController, str]) -> None:
+    _, sock = daemon
+    result = run("ping", "fc94::4", "-c", "2", "-i", "0.01", "-W", "0.1", socket=sock)
+    assert result.exit_code == 1
+    assert "seq=1 timed out" in result.stdout
+    assert "2 sent, 0 received, 100% loss" in result.stdout
+
+
+def test_ping_json(daemon: tuple[FakeController, str]) -> None:
+    _, sock = daemon
+    answer = run_json("ping", "robot2", "-c", "3", "-i", "0.01", socket=sock)
+    assert answer["address"] == "fc94::2"
+    assert answer["path"] == "direct"
+    assert answer["endpoint"] == "198.18.0.2:5582"
+    assert [r["seq"] for r in answer["replies"]] == [1, 2, 3]
+    assert (answer["sent"], answer["received"], answer["loss"]) == (3, 3, 0.0)
+
+
+def test_ping_unknown_hostname(daemon: tuple[FakeController, str]) -> None:
+    _, sock = daemon
+    assert_one_line_error(run("ping", "robot9", socket=sock), "unknown host name 'robot9'")
+
+
+# --- whitelist and hosts ----------------------------------------------------------------------------------
+
+
+def test_whitelist_commands(daemon: tuple[FakeController, str]) -> None:
+    fake, sock = daemon
+    assert (
+        run("whitelist", "add", "FC94:0::2", socket=sock).stdout.strip() == "added fc94::2 to the whitelist"
+    )
+    assert fake.allowed == ["fc94::2"]
+    listing = run("whitelist", "ls", socket=sock).stdout
+    assert "whitelist enabled, 1 address(es)" in listing
+    assert "fc94::2" in listing
+    assert run_json("whitelist", "ls", socket=sock) == {"enabled": True, "addresses": ["fc94::2"]}
+    assert "disabled" in run("whitelist", "disable", socket=sock).stdout
+    assert fake.whitelist_enabled is False
+    assert run_json("whitelist", "enable", socket=sock)["enabled"] is True
+    assert run_json("whitelist", "rm", "fc94::2", socket=sock) == {"enabled": True, "addresses": []}
+
+
+def test_json_flag_on_the_group(daemon: tuple[FakeController, str]) -> None:
+    _, sock = daemon
+    result = run("whitelist", "--json", "ls", socket=sock)
+    assert json.loads(result.stdout) == {"enabled": True, "addresses": []}
+
+
+def test_whitelist_errors(daemon: tuple[FakeController, str]) -> None:
+    _, sock = daemon
+    assert_one_line_error(run("whitelist", "add", "bogus", socket=sock), "'bogus' is not an IPv6 address")
+    assert_one_line_error(run("whitelist", "add", "fd00::1", socket=sock), "fc94::/16")
+    assert_one_line_error(run("whitelist", "rm", "fc94::9", socket=sock), "fc94::9 is not on the whitelist")
+
+
+def test_hosts_commands(daemon: tuple[FakeController, str]) -> None:
+    fake, sock = daemon
+    assert run("hosts", "ls", socket=sock).stdout.strip() == "no host entries"
+    assert run("hosts", "add", "Robot5", "fc94::5", socket=sock).stdout.strip() == "robot5 -> fc94::5"
+    assert fake.host_entries == {"robot5": "fc94::5"}
+    assert run("hosts", "ls", socket=sock).stdout.split() == ["fc94::5", "robot5"]
+    assert run_json("hosts", "ls", socket=sock) == [{"hostname": "robot5", "address": "fc94::5"}]
+    assert run_json("hosts", "rm", "robot5", socket=sock) == []
+    assert_one_line_error(run("hosts", "rm", "robot5", socket=sock), "no host entry named robot5")
+    assert_one_line_error(run("hosts", "add", "bad_name", "fc94::5", socket=sock), "hostname")
+
+
+# --- wait and logs ----------------------------------------------------------------------------------------
+
+
+def test_wait_ready_and_peer_reached(daemon: tuple[FakeController, str]) -> None:
+    _, sock = daemon
+    assert run("wait", "ready", "--timeout", "1", socket=sock).stdout.strip() == "daemon ready"
+    assert run("wait", "peer", "robot2", socket=sock).stdout.strip() == "robot2 reachable"
+    assert run_json("wait", "peer", "fc94::2", socket=sock) == {"reached": True}
+
+
+def test_wait_timeout_exits_1_with_a_message(daemon: tuple[FakeController, str]) -> None:
+    fake, sock = daemon
+    fake.ready = False
+    assert_one_line_error(
+        run("wait", "ready", "--timeout", "0", socket=sock), "timed out after 0 s waiting for the daemon"
+    )
+    assert_one_line_error(
+        run("wait", "peer", "fc94::4", "--timeout", "0.05", socket=sock), "waiting for a path to fc94::4"
+    )
+    result = run("wait", "peer", "fc94::4", "--timeout", "0", "--json", socket=sock)
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == {"reached": False}
+
+
+def test_logs(daemon: tuple[FakeController, str]) -> None:
+    fake, sock = daemon
+    fake.log_lines = ["one", "two", "three"]
+    assert run("logs", "-n", "2", socket=sock).stdout.splitlines() == ["two", "three"]
+    assert run_json("logs", socket=sock) == {"lines": ["one", "two", "three"]}
+
+
+# --- identity ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    directory = Path(tempfile.mkdtemp(prefix="hr-cli-", dir="/tmp"))
+    yield directory / "state"
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_whoami_asks_the_daemon(daemon: tuple[FakeController, str]) -> None:
+    _, sock = daemon
+    assert run("whoami", socket=sock).stdout.splitlines()[0] == "fc94::1"
+    answer = run_json("whoami", socket=sock)
+    assert (answer["address"], answer["hostname"]) == ("fc94::1", "robot1")
+
+
+def test_genid_prints_a_valid_identity_file() -> None:
+    result = run("genid")
+    assert result.exit_code == 0
+    identity = Identity.from_file_text(result.stdout)
+    assert result.stdout.split()[0] == str(__import__("ipaddress").IPv6Address(identity.address))
+
+
+def test_genid_output_file_is_0600_and_not_overwritten(state_dir: Path) -> None:
+    state_dir.mkdir()
+    target = state_dir / "robot.id"
+    answer = run_json("genid", "--output", str(target), socket=MISSING_SOCKET)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert Identity.from_file_text(target.read_text()).public_key.hex() == answer["public_key"]
+    before = target.read_text()
+    assert_one_line_error(run("genid", "-o", str(target)), "exists; pass --force")
+    assert target.read_text() == before
+    assert run("genid", "-o", str(target), "--force").exit_code == 0
+    assert target.read_text() != before
+
+
+def test_import_identity_then_whoami_from_state_dir(state_dir: Path) -> None:
+    source = state_dir.parent / "husarnet-id"
+    identity = Identity.generate()
+    source.write_text(identity.to_file_text())
+    result = run("import-identity", str(source), "--state-dir", str(state_dir), socket=MISSING_SOCKET)
+    assert result.exit_code == 0, result.output
+    assert "restart the daemon" in result.stdout
+    written = state_dir / "identity"
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    assert written.read_text() == identity.to_file_text()
+    answer = run_json("whoami", "--state-dir", str(state_dir), socket=MISSING_SOCKET)
+    assert answer["public_key"] == identity.public_key.hex()
+    assert run("whoami", "--state-dir", str(state_dir)).stdout.strip() == answer["address"]
+
+
+def test_import_identity_keeps_the_previous_one(state_dir: Path) -> None:
+    first, second = Identity.generate(), Identity.generate()
+    for name, ident in (("a", first), ("b", second)):
+        (state_dir.parent / name).write_text(ident.to_file_text())
+    args = ("--state-dir", str(state_dir))
+    assert run("import-identity", str(state_dir.parent / "a"), *args, socket=MISSING_SOCKET).exit_code == 0
+    answer = run_json("import-identity", str(state_dir.parent / "b"), *args, socket=MISSING_SOCKET)
+    assert answer["previous_address"] is not None
+    assert (state_dir / "identity.previous").read_text() == first.to_file_text()
+    assert (state_dir / "identity").read_text() == second.to_file_text()
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("garbage\n", "found 1 field"),
+        ("fc94::1 00 00\n", "public key has 1 bytes"),
+        (None, "no identity file at"),
+    ],
+)
+def test_import_identity_rejects_bad_files(state_dir: Path, content: str | None, needle: str) -> None:
+    source = state_dir.parent / "bad-id"
+    if content is not None:
+        source.write_text(content)
+    result = run("import-identity", str(source), "--state-dir", str(state_dir), socket=MISSING_SOCKET)
+    assert_one_line_error(result, needle)
+    assert not (state_dir / "identity").exists()
+
+
+def test_import_identity_with_a_mismatched_address_is_refused(state_dir: Path) -> None:
+    identity = Identity.generate()
+    parts = identity.to_file_text().split()
+    source = state_dir.parent / "tampered"
+    source.write_text(f"fc94::1234 {parts[1]} {parts[2]}\n")
+    result = run("import-identity", str(source), "--state-dir", str(state_dir), socket=MISSING_SOCKET)
+    assert_one_line_error(result, "does not match the public key")
+
+
+def test_import_identity_refuses_while_a_daemon_answers(
+    daemon: tuple[FakeController, str], state_dir: Path
+) -> None:
+    _, sock = daemon
+    source = state_dir.parent / "id"
+    source.write_text(Identity.generate().to_file_text())
+    args = ("import-identity", str(source), "--state-dir", str(state_dir))
+    assert_one_line_error(run(*args, socket=sock), "a daemon is running")
+    assert not (state_dir / "identity").exists()
+    assert run(*args, "--force", socket=sock).exit_code == 0
+    assert (state_dir / "identity").exists()
+
+
+# --- failures, usage, version ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status"],
+        ["peers"],
+        ["ping", "robot2"],
+        ["whitelist", "ls"],
+        ["whitelist", "add", "fc94::2"],
+        ["whitelist", "rm", "fc94::2"],
+        ["whitelist", "enable"],
+        ["whitelist", "disable"],
+        ["hosts", "ls"],
+        ["hosts", "add", "robot2", "fc94::2"],
+        ["hosts", "rm", "robot2"],
+        ["wait", "ready"],
+        ["wait", "peer", "fc94::2"],
+        ["logs"],
+        ["whoami"],
+        ["status", "--json"],
+    ],
+)
+def test_daemon_not_running_is_one_clear_line(args: list[str]) -> None:
+    result = run(*args, socket=MISSING_SOCKET)
+    assert_one_line_error(result, f"daemon not running (no socket at {MISSING_SOCKET})")
+    assert "husarnet-ros daemon" in result.stderr
+    assert "--control-socket" in result.stderr
+    assert result.stdout == ""
+
+
+def test_control_socket_from_environment(daemon: tuple[FakeController, str]) -> None:
+    _, sock = daemon
+    result = run("whoami", env={CONTROL_SOCKET_ENV: sock})
+    assert result.stdout.splitlines()[0] == "fc94::1"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["no-such-command"],
+        ["ping"],
+        ["ping", "robot2", "-c", "0"],
+        ["ping", "robot2", "-i", "abc"],
+        ["ping", "robot2", "-W", "1000"],
+        ["whitelist"],
+        ["whitelist", "add"],
+        ["whitelist", "frobnicate"],
+        ["hosts", "add", "robot2"],
+        ["wait", "peer"],
+        ["wait", "ready", "--timeout", "-1"],
+        ["logs", "-n", "0"],
+        ["status", "--bogus"],
+        ["daemon", "--udp-port", "70000"],
+        ["daemon", "--discovery-networks", "10.0.0.0/8,not-a-net"],
+        ["daemon", "--log-level", "chatty"],
+    ],
+)
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    result = run(*args, socket=MISSING_SOCKET)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    commands = [
+        ["status"], ["peers"], ["ping"], ["whitelist"], ["whitelist", "ls"], ["whitelist", "add"],
+        ["whitelist", "rm"], ["whitelist", "enable"], ["whitelist", "disable"], ["hosts"], ["hosts", "ls"],
+        ["hosts", "add"], ["hosts", "rm"], ["wait"], ["wait", "ready"], ["wait", "peer"], ["logs"], ["genid"],
+        ["whoami"], ["import-identity"], ["daemon"], ["version"], [],
+    ]  # fmt: skip
+    for command in commands:
+        result = run(*command, "--help")
+        assert result.exit_code == 0, command
+        assert "husarnet-ros " in result.stdout.split("Example", 1)[1], command
+
+
+def test_version_with_and_without_a_daemon(daemon: tuple[FakeController, str]) -> None:
+    _, sock = daemon
+    assert run_json("version", socket=sock) == {"version": __version__, "daemon_version": __version__}
+    assert run_json("version", socket=MISSING_SOCKET) == {"version": __version__, "daemon_version": None}
+    result = run("version", socket=MISSING_SOCKET)
+    assert result.exit_code == 0
+    assert f"husarnet-ros {__version__}" in result.stdout
+    assert "daemon not running" in result.stdout
+
+
+class _BrokenController(FakeController):
+    def status(self):  # type: ignore[no-untyped-def]
+        raise RuntimeError("boom")
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(f"{record.getMessage()} {record.exc_info}")
+
+
+def test_a_daemon_side_bug_is_reported_in_one_line() -> None:
+    from husarnet_ros.daemon import control
+
+    # A handler of our own keeps the in-process server's traceback out of the CLI's stderr, whatever
+    # logging setup the test environment has (launch's logger class disables propagation).
+    collect = _Collect()
+    control.log.addHandler(collect)
+    try:
+        with serve_fake(_BrokenController()) as (_, sock):
+            assert_one_line_error(run("status", socket=sock), "internal error in the daemon (RuntimeError)")
+    finally:
+        control.log.removeHandler(collect)
+    assert any("boom" in message for message in collect.messages)  # the details went to the daemon log
+
+
+def test_a_cli_side_bug_is_one_line_unless_debugging(monkeypatch: pytest.MonkeyPatch) -> None:
+    import husarnet_ros.cli.network as network
+
+    def explode(*_: object) -> None:
+        raise KeyError("oops")
+
+    monkeypatch.setattr(network.render, "print_status", explode)
+    with serve_fake() as (_, sock):
+        assert_one_line_error(run("status", socket=sock), "unexpected KeyError")
+
+
+def test_real_process_exit_codes_and_no_traceback() -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env.pop(CONTROL_SOCKET_ENV, None)
+    base = [sys.executable, "-m", "husarnet_ros.cli", "--control-socket", MISSING_SOCKET]
+    failed = subprocess.run([*base, "status"], capture_output=True, text=True, env=env, timeout=60)
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("error: daemon not running")
+    assert "Traceback" not in failed.stderr
+    usage = subprocess.run([*base, "ping"], capture_output=True, text=True, env=env, timeout=60)
+    assert usage.returncode == 2
+    ok = subprocess.run([*base, "version"], capture_output=True, text=True, env=env, timeout=60)
+    assert ok.returncode == 0
+
+
+# --- the daemon command -----------------------------------------------------------------------------------
+
+
+def test_daemon_config_from_options_maps_names_and_drops_unset() -> None:
+    from husarnet_ros.cli.daemon import daemon_config_from_options
+
+    assert daemon_config_from_options(
+        state_dir="/tmp/s",
+        control_socket="/tmp/c.sock",
+        interface="hnet1",
+        udp_port=5590,
+        hostname="robot1",
+        hosts_file="/tmp/hosts",
+        config="/tmp/robot.yaml",
+        mtu=1400,
+        log_level="debug",
+        whitelist=False,
+        discovery_networks="10.0.0.0/8, fd00::/8",
+    ) == {
+        "state_dir": "/tmp/s",
+        "control_socket": "/tmp/c.sock",
+        "interface": "hnet1",
+        "udp_port": 5590,
+        "hostname": "robot1",
+        "hosts_file": "/tmp/hosts",
+        "config_file": "/tmp/robot.yaml",
+        "mtu": 1400,
+        "log_level": "debug",
+        "whitelist_enabled": False,
+        "discovery_networks": ["10.0.0.0/8", "fd00::/8"],
+    }
+    assert daemon_config_from_options(interface=None, mtu=None, whitelist=None) == {}
+
+
+@pytest.fixture
+def fake_service(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Stand-ins for DaemonConfig and service.run, recording what the command passes."""
+    received: list[Any] = []
+
+    class DaemonConfig:
+        def __init__(self, **fields: Any) -> None:
+            if fields.get("mtu") == 9999:
+                from husarnet_ros.core.errors import ConfigError
+
+                raise ConfigError("mtu 9999 is too large for this test")
+            self.fields = fields
+
+    def run_daemon(config: DaemonConfig) -> int:
+        received.append(config.fields)
+        return 0
+
+    monkeypatch.setitem(
+        sys.modules, "husarnet_ros.core.config", types.SimpleNamespace(DaemonConfig=DaemonConfig)
+    )
+    monkeypatch.setitem(sys.modules, "husarnet_ros.daemon.service", types.SimpleNamespace(run=run_daemon))
+    return received
+
+
+def test_daemon_command_builds_the_config(fake_service: list[Any]) -> None:
+    result = run(
+        "daemon", "--state-dir", "/tmp/s", "--udp-port", "5590", "--no-whitelist",
+        "--discovery-networks", "198.18.0.0/15", "--log-level", "DEBUG", socket="/tmp/hr-x.sock",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert fake_service == [
+        {
+            "state_dir": "/tmp/s",
+            "control_socket": "/tmp/hr-x.sock",
+            "udp_port": 5590,
+            "whitelist_enabled": False,
+            "discovery_networks": ["198.18.0.0/15"],
+            "log_level": "debug",
+        }
+    ]
+
+
+def test_daemon_command_reports_a_bad_config_in_one_line(fake_service: list[Any]) -> None:
+    assert_one_line_error(run("daemon", "--mtu", "9999"), "invalid daemon configuration: mtu 9999")
+    assert fake_service == []
