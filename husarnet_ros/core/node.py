@@ -486,7 +486,10 @@ class Node:
                 peer.next_probe_at = now + LATENCY_PROBE_INTERVAL
             rekey_at = REKEY_AFTER_TIME if session.is_initiator else REKEY_AFTER_TIME + 2 * HANDSHAKE_TIMEOUT
             stale_path = now - session.last_received >= PATH_DEAD_AFTER
-            if peer.initiation is None and (
+            if peer.initiation is not None:
+                # A rekey (or path probe) init can be lost too: retransmit it, or give up and retry later.
+                self._continue_initiation(peer, now)
+            elif (
                 now - session.created_at >= rekey_at
                 or session.sent_messages >= REKEY_AFTER_MESSAGES
                 or (stale_path and now >= peer.next_handshake_at)
@@ -496,19 +499,24 @@ class Node:
 
         # No usable session: handshake when someone wants traffic or the peer is a known fleet member.
         if peer.initiation is not None:
-            if now - peer.initiation_started > HANDSHAKE_TIMEOUT:
-                self._abandon_initiation(peer)
-                peer.handshake_backoff = min(
-                    max(peer.handshake_backoff * 2, HANDSHAKE_RETRY_INTERVAL), HANDSHAKE_RETRY_MAX_INTERVAL
-                )
-                peer.next_handshake_at = now + peer.handshake_backoff
-            elif now - peer.initiation_sent >= HANDSHAKE_RETRY_INTERVAL:
-                assert peer.initiation_endpoint is not None
-                self.outbox.append((peer.initiation_endpoint, peer.initiation.init_bytes))
-                peer.initiation_sent = now
+            self._continue_initiation(peer, now)
             return
         if peer.candidates and now >= peer.next_handshake_at and session is None:
             self._initiate(peer, now, rotate=True)
+
+    def _continue_initiation(self, peer: Peer, now: float) -> None:
+        """Retransmit a pending init, or abandon it after HANDSHAKE_TIMEOUT and back off."""
+        assert peer.initiation is not None
+        if now - peer.initiation_started > HANDSHAKE_TIMEOUT:
+            self._abandon_initiation(peer)
+            peer.handshake_backoff = min(
+                max(peer.handshake_backoff * 2, HANDSHAKE_RETRY_INTERVAL), HANDSHAKE_RETRY_MAX_INTERVAL
+            )
+            peer.next_handshake_at = now + peer.handshake_backoff
+        elif now - peer.initiation_sent >= HANDSHAKE_RETRY_INTERVAL:
+            assert peer.initiation_endpoint is not None
+            self.outbox.append((peer.initiation_endpoint, peer.initiation.init_bytes))
+            peer.initiation_sent = now
 
     def _initiate(self, peer: Peer, now: float, rotate: bool) -> None:
         endpoints = peer.ordered_candidates()
