@@ -1,9 +1,10 @@
 """`husarnet-ros daemon`: turn command-line options into a DaemonConfig and run the daemon.
 
-Only options the user actually gave are passed on, so the precedence is: command line, then the --config
-YAML file, then the defaults of ``DaemonConfig``. Field names are the long option names with dashes turned
-into underscores (``--udp-port`` -> ``udp_port``), except ``--whitelist/--no-whitelist`` ->
-``whitelist_enabled`` and ``--config`` -> ``config_file``.
+Only options the user actually gave are passed on, so the precedence is: command line, then the
+--config YAML file, then the defaults of ``DaemonConfig`` (``core.config.load_config`` merges them).
+Field names are the long option names with dashes turned into underscores (``--udp-port`` ->
+``udp_port``), except ``--whitelist/--no-whitelist`` -> ``whitelist_enabled`` and ``--config`` ->
+``config_file``.
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ import ipaddress
 from typing import Any
 
 import click
-from pydantic import ValidationError
 
+from ..core.config import (
+    DEFAULT_HOSTS_FILE,
+    DEFAULT_INTERFACE,
+    DEFAULT_STATE_DIR,
+    LOG_LEVELS,
+    MAX_MTU,
+    MIN_MTU,
+    load_config,
+)
 from ..core.constants import DEFAULT_MTU, DEFAULT_UDP_PORT
-from ..core.errors import HusarnetError
-from .identity import DEFAULT_STATE_DIR
 from .state import cli_state, fail
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def parse_networks(text: str) -> list[str]:
@@ -74,27 +79,34 @@ _path = click.Path(dir_okay=True, file_okay=True)
     help="Unix socket of the control API (default: the global --control-socket, "
     "$HUSARNET_ROS_CONTROL_SOCKET or /run/husarnet-ros/control.sock).",
 )
-@click.option("--interface", help="TUN interface name. [default: hnet0]")
+@click.option("--interface", help=f"TUN interface name. [default: {DEFAULT_INTERFACE}]")
 @click.option(
     "--udp-port",
-    type=click.IntRange(1, 65535),
-    help=f"UDP port of the transport. [default: {DEFAULT_UDP_PORT}]",
+    type=click.IntRange(0, 65535),
+    help=f"UDP port of the transport; 0 picks a free one. [default: {DEFAULT_UDP_PORT}]",
 )
 @click.option("--hostname", help="This node's hostname on the overlay. [default: the system hostname]")
 @click.option(
-    "--hosts-file", type=_path, help="Hosts file whose husarnet-ros block is managed. [default: /etc/hosts]"
+    "--hosts-file",
+    type=_path,
+    help=f"Hosts file whose husarnet-ros block is managed. [default: {DEFAULT_HOSTS_FILE}]",
 )
 @click.option(
     "--config", type=click.Path(exists=True, dir_okay=False), help="YAML file with daemon settings."
 )
 @click.option(
-    "--mtu", type=click.IntRange(1280, 65535), help=f"MTU of the TUN interface. [default: {DEFAULT_MTU}]"
+    "--mtu", type=click.IntRange(MIN_MTU, MAX_MTU), help=f"MTU of the TUN interface. [default: {DEFAULT_MTU}]"
 )
-@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), help="[default: info]")
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    help="How much to log. [default: info]",
+)
 @click.option(
     "--whitelist/--no-whitelist",
     default=None,
-    help="Start with the whitelist enforced or not (the saved choice otherwise; on for a new node).",
+    help="Whitelist on or off at a node's very first start; afterwards `whitelist enable|disable` "
+    "decides. [default: on]",
 )
 @click.option(
     "--discovery-networks",
@@ -115,22 +127,11 @@ def daemon(**options: Any) -> None:
         options["control_socket"] = cli_state().socket_path
     if options.get("log_level"):
         options["log_level"] = options["log_level"].lower()
-    fields = daemon_config_from_options(**options)
+    config = load_config(overrides=daemon_config_from_options(**options))  # ConfigError: one line
     try:
-        from ..core.config import DaemonConfig
         from ..daemon.service import run
     except ImportError as exc:
         fail(f"the daemon is not available in this installation ({exc})")
-    try:
-        config = DaemonConfig(**fields)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg'].removeprefix('Value error, ')}"
-            for err in exc.errors()
-        )
-        fail(f"invalid daemon configuration: {problems}")
-    except HusarnetError as exc:
-        fail(f"invalid daemon configuration: {exc}")
     code = run(config)
     if code:
         raise SystemExit(code)

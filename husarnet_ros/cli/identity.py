@@ -13,17 +13,15 @@ import click
 
 from ..client import ControlClient
 from ..core.address import format_address
+from ..core.config import DEFAULT_STATE_DIR
 from ..core.errors import IdentityError
 from ..core.identity import Identity
+from ..daemon.state import IDENTITY_FILE, StateDir, StateError
 from ..fileio import atomic_write, atomic_write_text
 from .state import cli_state, fail, json_option, print_json
 
-# Where the daemon keeps its identity; must match the daemon's state layout.
-DEFAULT_STATE_DIR = "/var/lib/husarnet-ros"
-IDENTITY_FILE_NAME = "identity"
 PREVIOUS_IDENTITY_FILE_NAME = "identity.previous"
 IDENTITY_MODE = 0o600
-STATE_DIR_MODE = 0o700
 # An identity file is one short line; anything much larger is the wrong file.
 _MAX_IDENTITY_FILE_SIZE = 4096
 
@@ -116,7 +114,7 @@ def whoami(state_dir: Path | None) -> None:
     state = cli_state()
     info: dict[str, str | None]
     if state_dir is not None:
-        path = state_dir / IDENTITY_FILE_NAME
+        path = state_dir / IDENTITY_FILE
         info = {**_identity_json(read_identity_file(path)), "source": str(path)}
     else:
         status = state.client().status()
@@ -138,14 +136,15 @@ def whoami(state_dir: Path | None) -> None:
     show_default=True,
     help="The daemon's state directory.",
 )
-@click.option("--force", is_flag=True, help="Import even while a daemon answers on the control socket.")
+@click.option("--force", is_flag=True, help="Import even while a daemon is running.")
 @json_option
 def import_identity(file: Path, state_dir: Path, force: bool) -> None:
     """Import an existing Husarnet identity file, keeping its fc94 address.
 
     The file is checked (key pair, proof of work, address) and written atomically, mode 0600, to
-    STATE_DIR/identity; an identity already there is kept as identity.previous. Stop the daemon first;
-    it uses the new identity once restarted.
+    STATE_DIR/identity; an identity already there is kept as identity.previous. Stop the daemon first
+    (a daemon answering on the control socket or holding the state directory makes this refuse, unless
+    --force); it uses the new identity once restarted.
 
     \b
     Example:
@@ -160,37 +159,44 @@ def import_identity(file: Path, state_dir: Path, force: bool) -> None:
                     f"a daemon is running (control socket {state.socket_path}): stop it first, "
                     "or pass --force and restart it afterwards"
                 )
-    target = state_dir / IDENTITY_FILE_NAME
+    store = StateDir(state_dir)
     try:
-        state_dir.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
-    except OSError as exc:
-        fail(f"cannot create state directory {state_dir}: {exc.strerror}")
-    previous: Identity | None = None
-    if target.exists():
-        try:
-            previous = read_identity_file(target)
-        except IdentityError:
-            previous = None  # a corrupt old file is still kept below, byte for byte
-        if previous is None or previous.secret_key != identity.secret_key:
-            _keep_previous(target, state_dir / PREVIOUS_IDENTITY_FILE_NAME)
-    write_identity_file(target, identity)
-    info: dict[str, str | None] = {**_identity_json(identity), "file": str(target)}
+        store.lock()
+    except StateError as exc:
+        if not force:
+            fail(f"{exc} (or pass --force and restart it afterwards)")
+    try:
+        previous = _replace_identity(store, identity)
+    finally:
+        store.unlock()
+    info: dict[str, str | None] = {**_identity_json(identity), "file": str(store.identity_path)}
     info["previous_address"] = format_address(previous.address) if previous else None
     if state.json:
         print_json(info)
         return
-    click.echo(f"imported identity {info['address']} into {target}")
+    click.echo(f"imported identity {info['address']} into {store.identity_path}")
     if previous is not None and previous.address != identity.address:
         click.echo(f"previous identity {info['previous_address']} kept as {PREVIOUS_IDENTITY_FILE_NAME}")
     click.echo("restart the daemon to use it")
 
 
-def _keep_previous(current: Path, backup: Path) -> None:
+def _replace_identity(store: StateDir, identity: Identity) -> Identity | None:
+    """Save ``identity``, first copying a different existing one (even a corrupt one) aside."""
+    current = store.identity_path
+    if not current.exists():
+        store.save_identity(identity)
+        return None
     try:
-        data = current.read_bytes()
-    except OSError as exc:
-        fail(f"cannot read the existing identity {current}: {exc.strerror}")
-    try:
-        atomic_write(backup, data, IDENTITY_MODE)
-    except OSError as exc:
-        fail(f"cannot keep the existing identity as {backup}: {exc.strerror}")
+        previous: Identity | None = read_identity_file(current)
+    except IdentityError:
+        previous = None  # unreadable as an identity, still kept byte for byte below
+    if previous is None or previous.secret_key != identity.secret_key:
+        try:
+            atomic_write(store.path / PREVIOUS_IDENTITY_FILE_NAME, current.read_bytes(), IDENTITY_MODE)
+        except OSError as exc:
+            fail(
+                f"cannot keep the existing identity {current} as {PREVIOUS_IDENTITY_FILE_NAME}: "
+                f"{exc.strerror}"
+            )
+    store.save_identity(identity)
+    return previous

@@ -509,46 +509,54 @@ def test_daemon_config_from_options_maps_names_and_drops_unset() -> None:
 
 @pytest.fixture
 def fake_service(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Stand-ins for DaemonConfig and service.run, recording what the command passes."""
+    """A stand-in for service.run, recording the DaemonConfig the command passes."""
     received: list[Any] = []
 
-    class DaemonConfig:
-        def __init__(self, **fields: Any) -> None:
-            if fields.get("mtu") == 9999:
-                from husarnet_ros.core.errors import ConfigError
-
-                raise ConfigError("mtu 9999 is too large for this test")
-            self.fields = fields
-
-    def run_daemon(config: DaemonConfig) -> int:
-        received.append(config.fields)
+    def run_daemon(config: Any) -> int:
+        received.append(config)
         return 0
 
-    monkeypatch.setitem(
-        sys.modules, "husarnet_ros.core.config", types.SimpleNamespace(DaemonConfig=DaemonConfig)
-    )
     monkeypatch.setitem(sys.modules, "husarnet_ros.daemon.service", types.SimpleNamespace(run=run_daemon))
     return received
 
 
-def test_daemon_command_builds_the_config(fake_service: list[Any]) -> None:
+def test_daemon_command_builds_the_config(fake_service: list[Any], state_dir: Path) -> None:
+    config_file = state_dir.parent / "daemon.yaml"
+    config_file.write_text("interface: hnet7\nudp_port: 6000\nmtu: 1400\n")
     result = run(
-        "daemon", "--state-dir", "/tmp/s", "--udp-port", "5590", "--no-whitelist",
-        "--discovery-networks", "198.18.0.0/15", "--log-level", "DEBUG", socket="/tmp/hr-x.sock",
+        "daemon", "--state-dir", str(state_dir), "--udp-port", "5590", "--no-whitelist",
+        "--hostname", "Robot1", "--discovery-networks", "198.18.0.0/15", "--log-level", "DEBUG",
+        "--config", str(config_file),
+        socket="/tmp/hr-x.sock",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert fake_service == [
-        {
-            "state_dir": "/tmp/s",
-            "control_socket": "/tmp/hr-x.sock",
-            "udp_port": 5590,
-            "whitelist_enabled": False,
-            "discovery_networks": ["198.18.0.0/15"],
-            "log_level": "debug",
-        }
-    ]
+    [config] = fake_service
+    assert config.state_dir == state_dir
+    assert str(config.control_socket) == "/tmp/hr-x.sock"  # the global option reaches the daemon
+    assert config.udp_port == 5590  # the command line wins over the file
+    assert (config.interface, config.mtu) == ("hnet7", 1400)  # the file wins over the defaults
+    assert config.whitelist_enabled is False
+    assert config.hostname == "robot1"
+    assert config.discovery_networks == ["198.18.0.0/15"]
+    assert config.log_level == "debug"
 
 
-def test_daemon_command_reports_a_bad_config_in_one_line(fake_service: list[Any]) -> None:
-    assert_one_line_error(run("daemon", "--mtu", "9999"), "invalid daemon configuration: mtu 9999")
+def test_daemon_command_reports_a_bad_config_in_one_line(fake_service: list[Any], state_dir: Path) -> None:
+    config_file = state_dir.parent / "daemon.yaml"
+    config_file.write_text("interfase: hnet7\n")
+    result = run("daemon", "--config", str(config_file))
+    assert_one_line_error(result, "unknown setting 'interfase' (did you mean 'interface'?)")
     assert fake_service == []
+
+
+def test_import_identity_refuses_while_the_state_dir_is_locked(state_dir: Path) -> None:
+    from husarnet_ros.daemon.state import StateDir
+
+    source = state_dir.parent / "id"
+    source.write_text(Identity.generate().to_file_text())
+    args = ("import-identity", str(source), "--state-dir", str(state_dir))
+    with StateDir(state_dir):  # what a daemon with another control socket (another namespace) holds
+        assert_one_line_error(run(*args, socket=MISSING_SOCKET), "is in use by another husarnet-ros daemon")
+        assert not (state_dir / "identity").exists()
+        assert run(*args, "--force", socket=MISSING_SOCKET).exit_code == 0
+    assert (state_dir / "identity").read_text() == source.read_text()
