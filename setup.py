@@ -1,11 +1,12 @@
-"""Build script of husarnet_ros: the hand-written Python package plus the ROS 2 interfaces in msg/ and srv/.
+"""Build script of husarnet_ros: the hand-written Python package plus the ROS 2 interfaces (msg/, srv/).
 
-The package is ament_python, so both `pip install --no-build-isolation .` (venv with the ROS 2 PyPI wheels) and
-`colcon build` (workspace; ROS from a venv or from /opt/ros) run this file. Python cannot generate the interface
-code itself, so `build_py` drives the generation-only CMake project in interfaces/ (rosidl_generate_interfaces):
-it configures, builds and installs it into a staging prefix, copies the generated `husarnet_ros.msg` /
-`husarnet_ros.srv` packages and their typesupport extension modules next to the hand-written modules, and adds
-every other staged file (typesupport libraries, ament index markers, share/husarnet_ros/...) to `data_files`.
+The package is ament_python, so both `pip install --no-build-isolation .` (venv with the ROS 2 PyPI wheels)
+and `colcon build` (workspace; ROS from a venv or from /opt/ros) run this file. Python cannot generate the
+interface code itself, so `build_py` drives the generation-only CMake project in interfaces/
+(rosidl_generate_interfaces): it configures, builds and installs it into a staging prefix, copies the
+generated `husarnet_ros.msg` / `husarnet_ros.srv` packages and their typesupport extension modules next to
+the hand-written modules, and adds every other staged file (typesupport libraries, ament index markers,
+share/husarnet_ros/...) to `data_files`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from setuptools.command.build_py import build_py
 PACKAGE = "husarnet_ros"
 HERE = Path(__file__).resolve().parent
 
-# Executables for `ros2 run husarnet_ros <exe>` and launch_ros `Node(package="husarnet_ros", executable=<exe>)`.
+# Executables for `ros2 run husarnet_ros <exe>` and launch_ros `Node(package="husarnet_ros", executable=...)`.
 # Add a node here; entries whose module does not exist yet are skipped, so the list may run ahead of the code.
 ROS_EXECUTABLES: dict[str, str] = {
     "peers_node": "husarnet_ros.ros.peers_node:main",
@@ -51,7 +52,7 @@ INSTALL_REQUIRES = [
 ]
 
 DEV_REQUIRES = [
-    "pytest>=8",
+    "pytest>=8,<9",  # launch_testing 3.7 registers a pytest plugin with a hook argument pytest 9 removed
     "pytest-timeout>=2.2",
     "hypothesis>=6",
     "ruff>=0.5",
@@ -142,7 +143,9 @@ class BuildPyWithInterfaces(build_py):
 
     def run(self) -> None:
         super().run()
-        build_temp = Path(self.get_finalized_command("build").build_temp).resolve() / "husarnet_ros_interfaces"
+        build_temp = (
+            Path(self.get_finalized_command("build").build_temp).resolve() / "husarnet_ros_interfaces"
+        )
         stage = self.generate_interfaces(build_temp)
         self.ship_python_modules(stage / "pylib" / PACKAGE)
         data_files = self.distribution.data_files
@@ -182,7 +185,11 @@ class BuildPyWithInterfaces(build_py):
         for folder in ("msg", "srv"):
             if (target / folder).exists():
                 shutil.rmtree(target / folder)
-            shutil.copytree(generated / folder, target / folder, ignore=shutil.ignore_patterns("*.c", "*.h", "__pycache__"))
+            shutil.copytree(
+                generated / folder,
+                target / folder,
+                ignore=shutil.ignore_patterns("*.c", "*.h", "__pycache__"),
+            )
         # The generated __init__.py is empty: never let it replace the hand-written one.
         for extension in generated.glob("*.so"):
             shutil.copy2(extension, target / extension.name)
@@ -202,7 +209,9 @@ class BuildPyWithInterfaces(build_py):
     def ship_staged(dest: str, name: str) -> bool:
         if dest == "pylib" or dest.startswith("pylib/"):
             return False  # Python modules go through build_lib (ship_python_modules)
-        if dest == f"share/{PACKAGE}" and (name == "package.xml" or name.startswith(("local_setup.", "package."))):
+        if dest == f"share/{PACKAGE}" and (
+            name == "package.xml" or name.startswith(("local_setup.", "package."))
+        ):
             return False  # package.xml comes from the source; colcon writes its own setup scripts
         if dest == f"share/{PACKAGE}/environment":
             return False  # ament shell hooks: colcon generates its own, a venv needs none
@@ -249,7 +258,10 @@ setup(
     data_files=static_data_files(),
     entry_points={
         "console_scripts": [f"{name} = {target}" for name, target in CONSOLE_SCRIPTS.items()]
-        + [f"{ros_executable_script(name)} = {target}" for name, target in available_ros_executables().items()],
+        + [
+            f"{ros_executable_script(name)} = {target}"
+            for name, target in available_ros_executables().items()
+        ],
     },
     cmdclass={"build_py": BuildPyWithInterfaces},
     distclass=BinaryDistribution,

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Set up (scripts/setup.sh) and run the whole test suite: ruff check, mypy, pytest (unit, integration, ros, build).
+# Integration tests need root (network namespaces, TUN): they run when this script runs as root.
+# Extra arguments go to pytest, e.g. `./scripts/test.sh test/unit -k address`.
+# Exits non-zero when any check fails; every check runs even after an earlier one failed.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${HUSARNET_ROS_VENV:-$REPO/.venv}
+"$REPO/scripts/setup.sh"
+cd "$REPO"
+PY="$VENV/bin/python"
+
+failed=()
+run_check() {
+  local name=$1; shift
+  local t0=$SECONDS
+  printf '\n=== %s ===\n' "$name"
+  if "$@"; then
+    printf '=== %s: ok (%d s)\n' "$name" $(( SECONDS - t0 ))
+  else
+    printf '=== %s: FAILED (%d s)\n' "$name" $(( SECONDS - t0 ))
+    failed+=("$name")
+  fi
+}
+
+run_pytest() {
+  local rc=0
+  "$PY" -m pytest "$@" || rc=$?
+  if [ "$rc" -eq 5 ]; then
+    echo "pytest: no tests were collected for this selection (not counted as a failure)"
+    return 0
+  fi
+  return "$rc"
+}
+
+pytest_args=("$@")
+if [ "$(id -u)" -eq 0 ]; then
+  # As root every marker runs; a missing kernel feature is then an error, not a silent skip.
+  export HUSARNET_ROS_STRICT=1
+else
+  echo "NOTE: not root: integration tests (network namespaces, TUN) are skipped; run as root to include them."
+  pytest_args=(-m "not integration" "${pytest_args[@]}")
+fi
+
+run_check "ruff check" "$VENV/bin/ruff" check .
+run_check "mypy" "$VENV/bin/mypy"
+run_check "pytest" run_pytest "${pytest_args[@]}"
+
+if [ ${#failed[@]} -gt 0 ]; then
+  printf '\nFAILED: %s\n' "${failed[*]}"
+  exit 1
+fi
+printf '\nall checks passed\n'
