@@ -22,11 +22,13 @@ import ctypes
 import ctypes.util
 import errno
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..core.errors import HusarnetError
 
 # <linux/prctl.h>
+PR_SET_PDEATHSIG = 1
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
@@ -35,6 +37,9 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 # <linux/capability.h>
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
+CAP_CHOWN = 0
+CAP_DAC_OVERRIDE = 1
+CAP_FOWNER = 3
 _CAP_LAST_CAP_FILE = Path("/proc/sys/kernel/cap_last_cap")
 _FALLBACK_LAST_CAP = 63  # probe every bit the 64-bit sets can hold if /proc does not say
 
@@ -78,8 +83,10 @@ def last_capability() -> int:
         return _FALLBACK_LAST_CAP
 
 
-def _drop_bounding_set() -> None:
+def _drop_bounding_set(keep: frozenset[int]) -> None:
     for cap in range(last_capability() + 1):
+        if cap in keep:
+            continue
         try:
             if _prctl(PR_CAPBSET_READ, cap) == 0:
                 continue  # not in the set (already dropped, or a container never had it)
@@ -104,9 +111,14 @@ def _clear_ambient_set() -> None:
             raise PrivilegeError(f"cannot clear the ambient capability set: {exc.strerror}") from None
 
 
-def _clear_thread_sets() -> None:
+def _set_thread_sets(mask: int) -> None:
+    """effective = permitted = ``mask``, inheritable = 0, for the calling thread."""
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)  # pid 0: the calling thread
-    data = (_CapData * 2)()  # version 3 uses two 32-bit words per set; all zero
+    data = (_CapData * 2)()  # version 3: two 32-bit words per set (capabilities 0-31, 32-63)
+    for word in range(2):
+        bits = (mask >> (32 * word)) & 0xFFFFFFFF
+        data[word].effective = bits
+        data[word].permitted = bits
     if _libc.capset(ctypes.byref(header), data) != 0:
         err = ctypes.get_errno()
         raise PrivilegeError(f"capset() failed: {os.strerror(err)}")
@@ -119,18 +131,23 @@ def _set_no_new_privs() -> None:
         raise PrivilegeError(f"cannot set PR_SET_NO_NEW_PRIVS: {exc.strerror}") from None
 
 
-def drop_all_capabilities() -> None:
-    """Irrevocably give up every capability of this process (see the module doc).
+def restrict_capabilities(keep: Iterable[int] = ()) -> None:
+    """Give up every capability except those numbered in ``keep`` (and those only if held now).
 
-    Must run in the main thread before any other thread is started. Raises PrivilegeError if
-    something could not be dropped, or if a thread of this process still holds capabilities.
+    Same steps and the same per-thread caveat as ``drop_all_capabilities``; used by the hosts
+    helper, which keeps only what rewriting a file of any owner needs.
     """
-    _drop_bounding_set()
+    keep_set = frozenset(keep)
+    mask = 0
+    for cap in keep_set:
+        mask |= 1 << cap
+    mask &= capability_sets()["CapPrm"]  # cannot keep what this thread does not have
+    _drop_bounding_set(keep_set)
     _clear_ambient_set()
-    _clear_thread_sets()
+    _set_thread_sets(mask)
     _set_no_new_privs()
     still_privileged = [
-        tid for tid, sets in thread_capabilities().items() if sets["CapEff"] or sets["CapPrm"]
+        tid for tid, sets in thread_capabilities().items() if (sets["CapEff"] | sets["CapPrm"]) & ~mask
     ]
     if still_privileged:
         raise PrivilegeError(
@@ -138,6 +155,23 @@ def drop_all_capabilities() -> None:
             f"{', '.join(map(str, still_privileged))} still hold some: drop_all_capabilities() must run "
             "before any other thread is started"
         )
+
+
+def drop_all_capabilities() -> None:
+    """Irrevocably give up every capability of this process (see the module doc).
+
+    Must run in the main thread before any other thread is started. Raises PrivilegeError if
+    something could not be dropped, or if a thread of this process still holds capabilities.
+    """
+    restrict_capabilities(())
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Have the kernel send ``sig`` to this process when its parent *thread* exits (PR_SET_PDEATHSIG)."""
+    try:
+        _prctl(PR_SET_PDEATHSIG, sig)
+    except OSError as exc:
+        raise PrivilegeError(f"cannot set the parent-death signal: {exc.strerror}") from None
 
 
 def capability_sets(pid: int | str = "self", task: int | None = None) -> dict[str, int]:
