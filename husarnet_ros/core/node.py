@@ -304,11 +304,13 @@ class Node:
         self._initiations.pop(receiver, None)
         peer.initiation = None
         peer.public_key = keys.peer_public_key
+        # The confirm must leave before the queued packets _install seals: the responder knows the
+        # session index only once the confirm arrives, and drops data for an unknown index.
+        self.outbox.append((endpoint, confirm))
         self._install(peer, Session(keys, now), endpoint, now)
         peer.confirm_bytes = confirm
         peer.initiation_sent = now
         peer.initiation_started = now
-        self.outbox.append((endpoint, confirm))
 
     def _on_confirm(self, datagram: bytes, endpoint: Endpoint, now: float) -> None:
         receiver = int.from_bytes(datagram[4:8], "big") if len(datagram) >= 8 else -1
