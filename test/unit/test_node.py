@@ -132,8 +132,10 @@ def test_compressed_and_uncompressed_inner_packets_are_restored_exactly() -> Non
     assert pair.a.receive_data(pair.session(pair.b).seal(b"\x00" + whole), pair.eb, pair.net.now) == whole
 
 
-def test_packets_queued_before_the_handshake_are_delivered_after_it() -> None:
-    pair = make_pair()
+@pytest.mark.parametrize("labels", [("node a", "node b"), ("node b", "node a")])
+def test_packets_queued_before_the_handshake_are_delivered_after_it(labels: tuple[str, str]) -> None:
+    """Whichever side ends up initiating, the packets that triggered the handshake arrive."""
+    pair = make_pair(labels)
     pair.net.introduce(pair.ea, pair.eb)
     first, second = pair.packet(pair.a, b"1"), pair.packet(pair.a, b"2")
     assert pair.a.send(first, pair.net.now) is None
