@@ -73,6 +73,7 @@ def measure_path(tunnel: Tunnel, client: Host, args: argparse.Namespace) -> dict
         "mtu": tunnel.mtu,
         "tunnel_processes": len(tunnel.tunnel_pids),
         "versions": tunnel.versions,
+        "setup_timings": tunnel.timings,
         "tcp_1": one.to_json(),
         "tcp_4": four.to_json(),
         "rtt": rtt.to_json(),
@@ -109,6 +110,7 @@ def machine_info() -> dict[str, Any]:
         # Other work on the machine skews every number: keep the load next to them.
         "load_average_1_5_15": list(os.getloadavg()),
         "python": platform.python_version(),
+        "husarnet_ros_commit": tool_version(["git", "-C", str(REPO), "describe", "--always", "--dirty"]),
         "iperf3": tool_version(["iperf3", "--version"]),
         "wireguard-go": tool_version(["wireguard-go", "--version"]),
     }
@@ -133,9 +135,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 setups.append(("husarnet_ros", lambda: husarnet_ros_overlay(client, server)))
             for name, setup in setups:
                 progress(f"{name}: setting up")
+                started = time.monotonic()
                 tunnel: Tunnel = setup()
+                # Start of the tunnel processes until the server answers a ping through the path.
+                setup_s = time.monotonic() - started
                 try:
-                    results["paths"][name] = measure_path(tunnel, client, args)
+                    results["paths"][name] = measure_path(tunnel, client, args) | {"setup_s": setup_s}
                 finally:
                     tunnel.stop()
         finally:

@@ -51,8 +51,8 @@ def markdown(results: dict[str, Any]) -> str:
     paths: dict[str, dict[str, Any]] = results["paths"]
     lines = [
         "| path | MTU | TCP 1 stream (Mbit/s) | TCP 4 streams (Mbit/s) | RTT avg / min (ms) "
-        "| tunnel CPU s per Gbit (1 / 4 streams) | tunnel RSS MiB (each end) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| tunnel CPU s per Gbit (1 / 4 streams) | tunnel RSS MiB (each end) | setup (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, path in paths.items():
         one, four, rtt = path["tcp_1"], path["tcp_4"], path["rtt"]
@@ -64,7 +64,10 @@ def markdown(results: dict[str, Any]) -> str:
         throughput = f"{_num(one['mbit_per_second'])} | {_num(four['mbit_per_second'])}"
         latency = f"{_num(rtt['avg_ms'], 3)} / {_num(rtt['min_ms'], 3)}"
         rss = _mib(four["tunnel_rss_bytes"])
-        lines.append(f"| {name} | {path['mtu'] or DASH} | {throughput} | {latency} | {cpu} | {rss} |")
+        setup = _num(path.get("setup_s"), 1)
+        lines.append(
+            f"| {name} | {path['mtu'] or DASH} | {throughput} | {latency} | {cpu} | {rss} | {setup} |"
+        )
     table = ratios(paths)
     rows = [(name, by_baseline) for name, by_baseline in table.items() if by_baseline]
     if rows:

@@ -35,6 +35,7 @@ class Tunnel:
     tunnel_pids: list[int] = field(default_factory=list)
     mtu: int | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # setup phases, seconds
     stop: Callable[[], None] = lambda: None
 
 
@@ -104,15 +105,18 @@ def husarnet_ros_overlay(client: Host, server: Host) -> Tunnel:
     """One husarnet-ros daemon per namespace, whitelisting each other, found by LAN discovery."""
     daemons = [Daemon.create(host, f"bench-{tag}") for host, tag in ((client, "a"), (server, "b"))]
     try:
+        started = time.monotonic()
         for daemon in daemons:
             daemon.start(wait_ready=False)
         for daemon in daemons:
             daemon.wait_ready()
+        ready = time.monotonic()
         addresses = [daemon.address for daemon in daemons]
         daemons[0].whitelist_add(addresses[1])
         daemons[1].whitelist_add(addresses[0])
         daemons[0].wait_peer(addresses[1], timeout=PATH_UP_TIMEOUT)
         wait_reachable(client, addresses[1], "husarnet_ros overlay")
+        timings = {"daemons_ready_s": ready - started, "whitelisted_to_reachable_s": time.monotonic() - ready}
     except Exception:
         for daemon in daemons:
             print(f"--- log of {daemon.hostname} ({daemon.log_path}):\n{daemon.log_tail(40)}")
@@ -130,6 +134,7 @@ def husarnet_ros_overlay(client: Host, server: Host) -> Tunnel:
         daemons[0].interface,
         tunnel_pids=[daemon.pid for daemon in daemons],
         mtu=interface_mtu(client, daemons[0].interface),
+        timings=timings,
         stop=stop,
     )
 
