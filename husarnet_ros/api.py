@@ -157,15 +157,20 @@ class ErrorBody(_Model):
 # --- requests ----------------------------------------------------------------------------------------------
 
 
-class AddressRequest(_Model):
+class _Request(_Model):
+    # Strict types: a request saying {"enabled": 0} or {"count": "3"} is a mistake, not a value to guess.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class AddressRequest(_Request):
     address: OverlayAddress
 
 
-class EnabledRequest(_Model):
+class EnabledRequest(_Request):
     enabled: bool
 
 
-class PingRequest(_Model):
+class PingRequest(_Request):
     target: str = Field(min_length=1, max_length=253, description="overlay address or host name")
     count: int = Field(3, ge=1, le=MAX_PING_COUNT)
     interval_s: float = Field(1.0, ge=MIN_PING_INTERVAL_S, le=MAX_PING_INTERVAL_S)

@@ -15,6 +15,7 @@ by the time they may legitimately take.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Self, TypeVar
 from urllib.parse import quote
 
@@ -76,7 +77,7 @@ def _how_to_reach(socket_path: str) -> str:
 
 def _unavailable(socket_path: str) -> DaemonUnavailable:
     """Say why the socket did not answer, as precisely as the file system tells."""
-    if not os.path.exists(socket_path):
+    if not Path(socket_path).exists():
         reason = f"daemon not running (no socket at {socket_path}): {_how_to_reach(socket_path)}"
     elif not os.access(socket_path, os.R_OK | os.W_OK):
         reason = (
@@ -243,7 +244,7 @@ class ControlClient:
         return self._parse(Whitelist, self._request("DELETE", f"/whitelist/{self._segment(address)}"))
 
     def whitelist_set_enabled(self, enabled: bool) -> Whitelist:
-        return self._parse(Whitelist, self._request("PUT", "/whitelist/enabled", json={"enabled": enabled}))
+        return self._parse(Whitelist, self._request("PATCH", "/whitelist", json={"enabled": enabled}))
 
     # --- hosts (each call returns the entries after the change) ------------------------------------------
 

@@ -18,7 +18,7 @@ Routes (all JSON; errors are ``{"error": "message"}`` with 404/409/422/503, neve
     GET    /v1/whitelist                    Whitelist
     POST   /v1/whitelist                    AddressRequest -> Whitelist
     DELETE /v1/whitelist/{address}          Whitelist
-    PUT    /v1/whitelist/enabled            EnabledRequest -> Whitelist
+    PATCH  /v1/whitelist                    EnabledRequest -> Whitelist (switch enforcement)
     GET    /v1/hosts                        list[HostEntry]
     POST   /v1/hosts                        HostEntry -> list[HostEntry]
     DELETE /v1/hosts/{hostname}             list[HostEntry]
@@ -42,7 +42,7 @@ import os
 import socket
 import stat
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Self, TypeVar
 
@@ -51,6 +51,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .. import __version__
 from ..api import (
@@ -143,8 +144,18 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": message})
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message}, headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
 
 
 def _describe_validation_error(exc: RequestValidationError) -> str:
@@ -169,11 +180,16 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code in (404, 405) and exc.detail in ("Not Found", "Method Not Allowed"):
             # Routing failed: most likely a client newer or older than the daemon.
+            headers = {"Allow": _allowed_methods(request)} if exc.status_code == 405 else None
             return _error(
                 exc.status_code,
                 f"the daemon has no API route {request.method} {request.url.path} (version mismatch?)",
+                headers,
             )
-        return _error(exc.status_code, str(exc.detail))
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it cannot even decode (not UTF-8): as invalid as bad JSON.
+            return _error(422, f"invalid request: {exc.detail} (the body must be UTF-8 JSON)")
+        return _error(exc.status_code, str(exc.detail), exc.headers)
 
     @app.exception_handler(ControllerError)
     async def on_controller_error(_: Request, exc: ControllerError) -> JSONResponse:
@@ -268,7 +284,7 @@ def create_app(controller: Controller, controller_loop: asyncio.AbstractEventLoo
         await do.call(controller.whitelist_remove, _address_param(address))
         return await do.call(controller.whitelist)
 
-    @app.put(f"{p}/whitelist/enabled", tags=["whitelist"])
+    @app.patch(f"{p}/whitelist", tags=["whitelist"])
     async def whitelist_enabled(body: EnabledRequest) -> Whitelist:
         await do.call(controller.whitelist_set_enabled, body.enabled)
         return await do.call(controller.whitelist)

@@ -67,7 +67,7 @@ def test_whitelist_routes_change_state(http: httpx.Client, fake: FakeController)
         "addresses": ["fc94::2"],
     }
     assert fake.allowed == ["fc94::2"]
-    assert http.put("/v1/whitelist/enabled", json={"enabled": False}).json()["enabled"] is False
+    assert http.patch("/v1/whitelist", json={"enabled": False}).json()["enabled"] is False
     assert fake.whitelist_enabled is False
     assert http.delete("/v1/whitelist/fc94:0:0::2").json()["addresses"] == []
 
@@ -106,7 +106,15 @@ def test_waits_and_logs(http: httpx.Client, fake: FakeController) -> None:
         ("POST", "/v1/whitelist", [1, 2], 422, "invalid request"),
         ("DELETE", "/v1/whitelist/zz", None, 422, "'zz' is not an IPv6 address"),
         ("DELETE", "/v1/whitelist/fc94::9", None, 404, "fc94::9 is not on the whitelist"),
-        ("PUT", "/v1/whitelist/enabled", {"enabled": "maybe"}, 422, "enabled"),
+        ("PATCH", "/v1/whitelist", {"enabled": "maybe"}, 422, "enabled"),
+        ("PATCH", "/v1/whitelist", {"enabled": 0}, 422, "enabled: Input should be a valid boolean"),
+        (
+            "POST",
+            "/v1/ping",
+            {"target": "robot2", "count": "3"},
+            422,
+            "count: Input should be a valid integer",
+        ),
         ("POST", "/v1/hosts", {"hostname": "a b", "address": "fc94::2"}, 422, "hostname"),
         ("DELETE", "/v1/hosts/nobody", None, 404, "no host entry named nobody"),
         ("DELETE", "/v1/hosts/a_b", None, 422, "a_b"),
@@ -140,6 +148,18 @@ def test_malformed_json_body(http: httpx.Client) -> None:
     assert response.json() == {"error": "invalid request: the request body is not valid JSON"}
 
 
+def test_undecodable_body(http: httpx.Client) -> None:
+    response = http.post("/v1/hosts", content=b"\x80abc", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "the body must be UTF-8 JSON" in response.json()["error"]
+
+
+def test_405_lists_every_method_of_the_path(http: httpx.Client) -> None:
+    response = http.request("OPTIONS", "/v1/whitelist")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, PATCH, POST"
+
+
 class _BuggyController(FakeController):
     def logs(self, limit: int) -> list[str]:
         raise RuntimeError("secret internals")
@@ -165,7 +185,6 @@ def test_openapi_schema_lists_every_route() -> None:
         "/v1/peers/{target}",
         "/v1/whitelist",
         "/v1/whitelist/{address}",
-        "/v1/whitelist/enabled",
         "/v1/hosts",
         "/v1/hosts/{hostname}",
         "/v1/resolve/{name}",
