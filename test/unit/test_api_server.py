@@ -44,6 +44,19 @@ def http(fake: FakeController) -> Iterator[httpx.Client]:
         yield client
 
 
+@pytest.fixture(scope="module")
+def shared_http() -> Iterator[httpx.Client]:
+    """One server for the many requests that are refused and so change nothing."""
+    controller = FakeController()
+    for peer in sample_peers():
+        controller.add_peer(peer)
+    with (
+        serve_fake(controller) as (_, path),
+        httpx.Client(transport=httpx.HTTPTransport(uds=path), base_url="http://daemon", timeout=10) as client,
+    ):
+        yield client
+
+
 def test_fake_controller_satisfies_the_protocol(fake: FakeController) -> None:
     assert isinstance(fake, Controller)
 
@@ -133,9 +146,9 @@ def test_waits_and_logs(http: httpx.Client, fake: FakeController) -> None:
     ],
 )
 def test_bad_requests_get_a_clear_json_error(
-    http: httpx.Client, method: str, url: str, body: object, status: int, needle: str
+    shared_http: httpx.Client, method: str, url: str, body: object, status: int, needle: str
 ) -> None:
-    response = http.request(method, url, json=body)
+    response = shared_http.request(method, url, json=body)
     assert response.status_code == status
     assert set(response.json()) == {"error"}
     assert needle in response.json()["error"]
