@@ -205,20 +205,25 @@ class _Scan:
 
 def _scan(text: str) -> _Scan:
     lines = _split_lines(text)
+    kinds = ["begin" if _is_begin(line) else "end" if _is_end(line) else "" for line in lines]
+    # next_marker[i]: index of the first marker line after line i (linear time, however many markers).
+    next_marker: list[int | None] = [None] * len(lines)
+    following: int | None = None
+    for i in range(len(lines) - 1, -1, -1):
+        next_marker[i] = following
+        if kinds[i]:
+            following = i
     user: list[str] = []
     bodies: list[list[str]] = []
     block_at: int | None = None
     last_without_newline = False
     i = 0
     while i < len(lines):
-        line = lines[i]
-        if _is_begin(line):
+        if kinds[i] == "begin":
             # The block runs to the next marker, which must be an END; a BEGIN followed by another
             # BEGIN (or by nothing) is unterminated, so an END pairs with the nearest BEGIN only.
-            end = next(
-                (j for j in range(i + 1, len(lines)) if _is_begin(lines[j]) or _is_end(lines[j])), None
-            )
-            if end is None or not _is_end(lines[end]):
+            end = next_marker[i]
+            if end is None or kinds[end] != "end":
                 i += 1  # unterminated: drop only the marker, keep what follows as user lines
                 continue
             if block_at is None:
@@ -227,10 +232,10 @@ def _scan(text: str) -> _Scan:
             last_without_newline = end == len(lines) - 1 and not lines[end].endswith("\n")
             i = end + 1
             continue
-        if _is_end(line):
+        if kinds[i] == "end":
             i += 1  # stray END marker
             continue
-        user.append(line)
+        user.append(lines[i])
         i += 1
     return _Scan(user, block_at, bodies, last_without_newline)
 

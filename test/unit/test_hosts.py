@@ -379,3 +379,12 @@ def test_file_without_block_is_restored_exactly(text: str, entries: list[HostEnt
     out = render(text, entries)
     assert out.startswith(text)  # the block goes after everything, nothing before it changes
     assert render(out, []) == text
+
+
+def test_many_stray_markers_all_removed_user_lines_kept() -> None:
+    stray = f"{END_MARKER}\n" * 5000 + "x\n" + f"{BEGIN_MARKER}\n" * 5000 + "y"
+    assert render(stray, []) == "x\ny"
+    # Only the last BEGIN before the END opens a block; the other markers are stray.
+    nested = f"{BEGIN_MARKER}\n" * 5000 + f"{A1_TEXT} robot1\n" + f"{END_MARKER}\n" * 5000 + "y"
+    assert parse_managed(nested) == [ROBOT1]
+    assert render(nested, []) == "y"
