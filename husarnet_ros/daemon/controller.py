@@ -50,7 +50,10 @@ class NotReady(ControllerError):
 
 @runtime_checkable
 class Controller(Protocol):
-    """The daemon's side of the control API. Addresses are canonical fc94::/16 text (api.normalize_overlay)."""
+    """The daemon's side of the control API.
+
+    Addresses are canonical fc94::/16 text (``api.normalize_overlay``), both in arguments and results.
+    """
 
     def status(self) -> Status:
         """Own address, hostname, interface, counters and every known peer."""
