@@ -1,4 +1,4 @@
-"""The node engine through the in-memory network: sessions, whitelist, rekey, expiry, loss, latency, roaming."""
+"""The node engine through the in-memory network: sessions, whitelist, rekey, expiry, loss, RTT, roaming."""
 
 from __future__ import annotations
 
@@ -349,7 +349,7 @@ def test_lost_rekey_init_is_retransmitted() -> None:
 
 def test_session_is_never_used_beyond_reject_after_time() -> None:
     pair = established()
-    initiator, ei, _, _ = pair.initiator_first()
+    initiator, *_ = pair.initiator_first()
     old = pair.session(initiator)
 
     def drop_all_inits(_src: Endpoint, _dst: Endpoint, data: bytes) -> list[bytes]:
@@ -410,7 +410,7 @@ def test_restarted_peer_with_the_same_identity_reconnects() -> None:
 # --------------------------------------------------------------------------- handshake robustness
 def test_replayed_init_is_ignored_after_the_session() -> None:
     pair = established()
-    initiator, ei, responder, er = pair.initiator_first()
+    _, ei, responder, er = pair.initiator_first()
     init = kinds(pair.net.log, ei, wire.MSG_HANDSHAKE_INIT)[0]
     session = pair.session(responder)
     pair.net.deliver(ei, er, init)
