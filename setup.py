@@ -58,6 +58,8 @@ DEV_REQUIRES = [
     "ruff>=0.5",
     "mypy>=1.10",
     "types-PyYAML",
+    "schemathesis>=3.30",  # property tests of the control API's OpenAPI schema
+    "atheris>=2.3",  # coverage-guided fuzzing of the decoders (test/fuzz/)
 ]
 
 

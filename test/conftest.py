@@ -3,6 +3,11 @@
 A test marked `integration`, `ros` or `build` is skipped, with the reason, when this machine cannot run it:
 not root, no TUN device, no rclpy/launch_ros, no colcon/cmake. scripts/test.sh sets HUSARNET_ROS_STRICT=1
 when it runs as root; then a missing requirement fails the test instead, so CI cannot go green by skipping.
+
+It also collects launch_testing files (a module-level `generate_test_description` marked `launch_test` or
+`rostest`). pyproject.toml disables launch_testing's own pytest plugins: they import every test module during
+collection, outside pytest's error handling, so one module-level skip or import error there silently drops
+every test of its directory.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import importlib.util
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,3 +73,38 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if STRICT:
             pytest.fail(f"{marker} test cannot run: {reason} (HUSARNET_ROS_STRICT=1)", pytrace=False)
         pytest.skip(f"{marker}: {reason}")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Read by launch_testing's test items (normally added by its disabled plugin).
+    parser.addoption(
+        "--launch-args", action="append", nargs="*", default=[], help="arguments for launch_testing tests"
+    )
+
+
+def _launch_test_module(path: Path, parent: pytest.Collector, entrypoint: Any) -> pytest.File | None:
+    marks = {mark.name: mark for mark in getattr(entrypoint, "pytestmark", [])}
+    module: pytest.File
+    if "rostest" in marks:
+        from launch_testing_ros.pytest.hooks import LaunchROSTestModule
+
+        module = LaunchROSTestModule.from_parent(parent=parent, path=path)
+    elif "launch_test" in marks:
+        from launch_testing.pytest.hooks import LaunchTestModule
+
+        module = LaunchTestModule.from_parent(parent=parent, path=path)
+    else:
+        return None
+    for mark in marks.values():
+        module.add_marker(getattr(pytest.mark, mark.name)(*mark.args, **mark.kwargs))
+    return module
+
+
+def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> pytest.File | None:
+    # Only files that can be launch tests are imported here; pytest imports (and reports) all others itself.
+    if "generate_test_description" not in module_path.read_text(encoding="utf-8", errors="replace"):
+        return None
+    from launch_testing.pytest.hooks import find_launch_test_entrypoint
+
+    entrypoint = find_launch_test_entrypoint(module_path)
+    return None if entrypoint is None else _launch_test_module(module_path, parent, entrypoint)
