@@ -94,9 +94,10 @@ pip_quiet() {
 }
 
 build_ros_venv() {
+  pip_quiet install "${BUILD_TOOLS[@]}"  # first: sdists among the dependencies build with wheel
   pip_quiet install "${ROS_RUNTIME[@]}"
   pip_quiet install --no-deps --no-index --find-links "$WHEELS" "${ROS_WHEELHOUSE[@]}"
-  pip_quiet install "${ROS_BUILD[@]}" "${BUILD_TOOLS[@]}"
+  pip_quiet install "${ROS_BUILD[@]}"
 
   # The wheels' exported CMake targets name the wheel builder's Python (/opt/python/cp311-cp311): point them at
   # this venv's headers. interfaces/CMakeLists.txt copes without this; other CMake packages may not.

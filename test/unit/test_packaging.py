@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def test_installed_package_imports_interfaces_from_site_packages() -> None:
         f"installed husarnet_ros does not import (run scripts/setup.sh): {result.stderr}"
     )
     package_file, msg_file = (Path(line) for line in result.stdout.split())
-    assert not package_file.is_relative_to(REPO), package_file
+    assert package_file.parent.parent == Path(sysconfig.get_paths()["platlib"]), package_file
     assert package_file.parent == msg_file.parent.parent
 
 
