@@ -40,8 +40,8 @@ ROS_BUILD=(
   ros-ament-cmake-libraries ros-ament-cmake-gen-version-h ros-ament-cmake-version ros-python-cmake-module
   ros-fastrtps-cmake-module
 )
-# Building the project (pyproject.toml's backend, without isolation) and colcon (refuses setuptools >= 80).
-BUILD_TOOLS=("setuptools>=70.1,<80" wheel colcon-common-extensions)
+# Building the project (pyproject.toml's backend, without isolation); colcon refuses setuptools >= 80.
+PACKAGING_TOOLS=("setuptools>=70.1,<80" wheel)
 
 say() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -94,8 +94,8 @@ pip_quiet() {
 }
 
 build_ros_venv() {
-  pip_quiet install "${BUILD_TOOLS[@]}"  # first: sdists among the dependencies build with wheel
-  pip_quiet install "${ROS_RUNTIME[@]}"
+  pip_quiet install "${PACKAGING_TOOLS[@]}"  # first: the sdists among the dependencies build with wheel
+  pip_quiet install "${ROS_RUNTIME[@]}" colcon-common-extensions
   pip_quiet install --no-deps --no-index --find-links "$WHEELS" "${ROS_WHEELHOUSE[@]}"
   pip_quiet install "${ROS_BUILD[@]}"
 
