@@ -114,7 +114,12 @@ def respond(
     signature = identity.sign(_RESPONDER_SIG_LABEL + th2)
     mac = _hash(b"R" + th2 + signature, b"hr1-mac", key=handshake_key, size=wire.MAC_SIZE)
     response = wire.HandshakeResponse(
-        unsigned.sender_index, unsigned.receiver_index, unsigned.ephemeral, unsigned.public_key, signature, mac
+        unsigned.sender_index,
+        unsigned.receiver_index,
+        unsigned.ephemeral,
+        unsigned.public_key,
+        signature,
+        mac,
     )
     state = ResponderState(
         init.initiator_address,
@@ -175,7 +180,9 @@ def finish_responder(state: ResponderState, confirm_bytes: bytes) -> SessionKeys
     th3 = _hash(state.th3_prefix + confirm.signed_part(), b"hr1-th3")
     if not verify_signature(confirm.public_key, _INITIATOR_SIG_LABEL + th3, confirm.signature):
         raise ProtocolError("handshake confirm signature is invalid")
-    expected_mac = _hash(b"I" + th3 + confirm.signature, b"hr1-mac", key=state.handshake_key, size=wire.MAC_SIZE)
+    expected_mac = _hash(
+        b"I" + th3 + confirm.signature, b"hr1-mac", key=state.handshake_key, size=wire.MAC_SIZE
+    )
     if not hmac.compare_digest(expected_mac, confirm.mac):
         raise ProtocolError("handshake confirm MAC is invalid")
     th4 = _hash(th3 + confirm.signature + confirm.mac, b"hr1-th4")

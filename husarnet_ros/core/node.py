@@ -77,7 +77,8 @@ class _TokenBucket:
         self.updated = now
 
     def take(self, now: float) -> bool:
-        self.tokens = min(HANDSHAKE_INIT_BURST, self.tokens + (now - self.updated) * HANDSHAKE_INITS_PER_SECOND)
+        refill = (now - self.updated) * HANDSHAKE_INITS_PER_SECOND
+        self.tokens = min(HANDSHAKE_INIT_BURST, self.tokens + refill)
         self.updated = now
         if self.tokens < 1.0:
             return False
@@ -459,7 +460,10 @@ class Node:
             age = now - session.created_at
             idle = now - session.last_received
             if not allowed or age >= REJECT_AFTER_TIME or idle >= SESSION_IDLE_TIMEOUT:
-                reason = "not whitelisted" if not allowed else ("expired" if idle < SESSION_IDLE_TIMEOUT else "idle")
+                if not allowed:
+                    reason = "not whitelisted"
+                else:
+                    reason = "expired" if idle < SESSION_IDLE_TIMEOUT else "idle"
                 self._sessions.pop(session.local_index, None)
                 peer.current = None
                 peer.endpoint = None

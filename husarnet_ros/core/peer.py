@@ -35,7 +35,10 @@ class Candidate:
 
 
 def endpoint_rank(endpoint: Endpoint) -> int:
-    """Preference among direct endpoints: lower is better (IPv4 LAN, then global/ULA IPv6, then link-local)."""
+    """Preference among direct endpoints, lower is better.
+
+    IPv4 LAN first, then global/ULA IPv6, then link-local.
+    """
     host = endpoint[0]
     if "%" in host:
         return 2

@@ -69,7 +69,8 @@ class Session:
         self.sent_messages = counter + 1
         header = wire.encode_data_header(self.remote_index, counter)
         nonce = os.urandom(wire.NONCE_SIZE)
-        return header + nonce + crypto_aead_xchacha20poly1305_ietf_encrypt(inner, header, nonce, self._send_key)
+        sealed = crypto_aead_xchacha20poly1305_ietf_encrypt(inner, header, nonce, self._send_key)
+        return header + nonce + sealed
 
     def open_(self, datagram: bytes) -> bytes:
         """The inner frame of ``datagram``; ProtocolError if forged, corrupt, replayed or too old."""

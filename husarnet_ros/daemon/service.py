@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from ..api import HostEntry as ApiHostEntry
@@ -135,8 +136,9 @@ class Daemon:
         """Timers, beacons and node events, until ``stop``."""
         assert self.transport is not None
         next_beacon = 0.0
-        readable_base = [self._wake_r]
         sockets = self.discovery.sockets() if self.discovery else []
+        # select() takes file descriptors and socket objects alike.
+        watched: list[Any] = [self._wake_r, *sockets]
         while not self._stop.is_set():
             now = time.monotonic()
             if self.discovery is not None and now >= next_beacon:
@@ -148,7 +150,7 @@ class Daemon:
             flush_outbox(self.node, self.transport)
             self._drain_events()
             try:
-                readable, _, _ = select.select(readable_base + sockets, [], [], min(timeout, 0.25))
+                readable, _, _ = select.select(watched, [], [], min(timeout, 0.25))
             except InterruptedError:
                 continue
             for fd in readable:
