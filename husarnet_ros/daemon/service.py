@@ -158,7 +158,7 @@ class Daemon:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
                 elif self.discovery is not None:
-                    got = self.discovery.receive(fd)  # type: ignore[arg-type]
+                    got = self.discovery.receive(fd)
                     if got is not None:
                         beacon, endpoint = got
                         with self.lock:
