@@ -1,0 +1,224 @@
+"""A fleet described once: robots, their overlay addresses, groups, and who may talk to whom.
+
+The fleet file is YAML (reference: docs/ROS.md, example: config/fleet.yaml)::
+
+    robots:
+      robot1:
+        address: fc94:...          # or `identity_file: ids/robot1` (path relative to this file)
+        groups: [arms]
+        namespace: robot1          # ROS namespace; defaults to the robot's name
+      robot2:
+        address: fc94:...
+    links:                         # optional; absent means every robot may talk to every other
+      - [arms, robot2]             # members of `arms` and robot2 may talk, in both directions
+      - ["*", base]                # "*" is every robot
+
+Each robot launches with its own name and gets from ``Fleet.view(name)`` its whitelist (the peers it may
+talk to), the hosts entries to keep (those peers' names and addresses) and its DDS initial peers.
+
+Pure: parsing and computing only; ``load_fleet`` reads the file, nothing here writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .address import format_address, parse_overlay
+from .errors import AddressError, ConfigError, IdentityError
+from .hosts import normalize_hostname
+from .identity import Identity
+
+# A fleet file is a few KiB; a bigger one is a mistake (or an attack on whoever parses it).
+MAX_FLEET_FILE_SIZE = 1 << 20
+EVERY_ROBOT = "*"
+
+
+class RobotSpec(BaseModel):
+    """One robot as written in the fleet file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: str | None = Field(default=None, description="overlay address (fc94::/16)")
+    identity_file: str | None = Field(
+        default=None, description="identity file to take the address from, relative to the fleet file"
+    )
+    groups: tuple[str, ...] = ()
+    namespace: str | None = Field(default=None, description="ROS namespace; defaults to the robot's name")
+
+    @field_validator("address")
+    @classmethod
+    def _canonical_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return format_address(parse_overlay(value))
+
+    @model_validator(mode="after")
+    def _one_source_of_address(self) -> RobotSpec:
+        if self.address is None and self.identity_file is None:
+            raise ValueError("needs `address` or `identity_file`")
+        return self
+
+
+class FleetSpec(BaseModel):
+    """The whole fleet file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    robots: dict[str, RobotSpec]
+    links: tuple[tuple[str, str], ...] | None = None
+
+    @field_validator("robots")
+    @classmethod
+    def _hostnames(cls, robots: dict[str, RobotSpec]) -> dict[str, RobotSpec]:
+        if not robots:
+            raise ValueError("a fleet needs at least one robot")
+        for name in robots:
+            if normalize_hostname(name) != name:
+                raise ValueError(f"robot name {name!r} must be a lower-case hostname")
+        return robots
+
+
+@dataclass(frozen=True)
+class Member:
+    """A robot of the fleet with its resolved address."""
+
+    name: str
+    address: str
+    groups: tuple[str, ...]
+    namespace: str
+
+
+@dataclass(frozen=True)
+class RobotView:
+    """What one robot needs to know about the fleet."""
+
+    me: Member
+    peers: tuple[Member, ...]
+
+    @property
+    def whitelist(self) -> list[str]:
+        return [peer.address for peer in self.peers]
+
+    @property
+    def hosts(self) -> dict[str, str]:
+        """Hostname -> address of every peer this robot may talk to."""
+        return {peer.name: peer.address for peer in self.peers}
+
+
+@dataclass(frozen=True)
+class Fleet:
+    members: dict[str, Member]
+    links: tuple[tuple[str, str], ...] | None
+
+    def _selects(self, selector: str, member: Member) -> bool:
+        return selector in (EVERY_ROBOT, member.name) or selector in member.groups
+
+    def may_talk(self, a: str, b: str) -> bool:
+        """Whether robots ``a`` and ``b`` may exchange packets (symmetric; a robot never lists itself)."""
+        if a == b:
+            return False
+        first, second = self.members[a], self.members[b]
+        if self.links is None:
+            return True
+        return any(
+            (self._selects(x, first) and self._selects(y, second))
+            or (self._selects(x, second) and self._selects(y, first))
+            for x, y in self.links
+        )
+
+    def view(self, name: str) -> RobotView:
+        """The fleet as robot ``name`` sees it; ConfigError naming the known robots when it is not there."""
+        if name not in self.members:
+            known = ", ".join(sorted(self.members))
+            raise ConfigError(f"robot {name!r} is not in the fleet (robots: {known})")
+        peers = tuple(m for other, m in sorted(self.members.items()) if self.may_talk(name, other))
+        return RobotView(me=self.members[name], peers=peers)
+
+    def by_address(self, address: str) -> Member | None:
+        for member in self.members.values():
+            if member.address == address:
+                return member
+        return None
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    problems = []
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error["loc"]) or "fleet"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(f"{location}: {message}")
+    return f"invalid fleet file {source}: " + "; ".join(problems)
+
+
+def _address_from_identity(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read identity file {path}: {exc}") from None
+    try:
+        return format_address(Identity.from_file_text(text).address)
+    except IdentityError as exc:
+        raise ConfigError(f"identity file {path}: {exc}") from None
+
+
+def parse_fleet(data: Any, base_dir: Path, source: str = "<fleet>") -> Fleet:
+    """A ``Fleet`` from the parsed YAML ``data``; every problem is a ConfigError naming the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"fleet file {source} must be a mapping with a `robots:` key")
+    try:
+        spec = FleetSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+    except AddressError as exc:
+        raise ConfigError(f"invalid fleet file {source}: {exc}") from None
+    members: dict[str, Member] = {}
+    for name, robot in spec.robots.items():
+        if robot.address is not None:
+            address = robot.address
+        else:
+            assert robot.identity_file is not None
+            address = _address_from_identity(base_dir / robot.identity_file)
+        members[name] = Member(name, address, robot.groups, robot.namespace or name)
+    seen: dict[str, str] = {}
+    for member in members.values():
+        if member.address in seen:
+            raise ConfigError(
+                f"invalid fleet file {source}: robots {seen[member.address]!r} and {member.name!r} "
+                f"have the same address {member.address}"
+            )
+        seen[member.address] = member.name
+    known = set(members) | {g for m in members.values() for g in m.groups} | {EVERY_ROBOT}
+    for index, link in enumerate(spec.links or ()):
+        for selector in link:
+            if selector not in known:
+                raise ConfigError(
+                    f"invalid fleet file {source}: links.{index}: {selector!r} is neither a robot nor a group"
+                )
+    return Fleet(members, spec.links)
+
+
+def load_fleet(path: Path) -> Fleet:
+    """Read and parse a fleet file; ConfigError (naming the file, line and key) on any problem."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_FLEET_FILE_SIZE + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read fleet file {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FLEET_FILE_SIZE:
+        raise ConfigError(f"fleet file {path} is larger than {MAX_FLEET_FILE_SIZE} bytes")
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"fleet file {path} is not valid YAML{where}") from None
+    except RecursionError:
+        raise ConfigError(f"fleet file {path} is nested too deeply") from None
+    return parse_fleet(data, path.parent, str(path))
