@@ -45,4 +45,5 @@ LATENCY_PROBE_INTERVAL = 5.0  # authenticated ping on every established session
 PROBE_TIMEOUT = 5.0  # an unanswered probe is forgotten after this
 PENDING_PACKETS_PER_PEER = 32  # packets queued while a handshake is in progress
 MAX_PEERS = 4096  # bound on peer state created by (possibly hostile) traffic
+MAX_HEARD_BEACONS = 256  # beacons remembered from peers not on the whitelist (see Node.whitelist_changed)
 RATE_LIMIT_TABLE_SIZE = 4096

@@ -28,6 +28,7 @@ from .constants import (
     HANDSHAKE_RETRY_MAX_INTERVAL,
     HANDSHAKE_TIMEOUT,
     LATENCY_PROBE_INTERVAL,
+    MAX_HEARD_BEACONS,
     MAX_PEERS,
     PATH_DEAD_AFTER,
     PREVIOUS_SESSION_GRACE,
@@ -86,6 +87,10 @@ class _TokenBucket:
         return True
 
 
+# A beacon, where it came from and when.
+_Heard = tuple[Beacon, Endpoint, float]
+
+
 class Node:
     def __init__(
         self,
@@ -111,6 +116,9 @@ class Node:
         self.outbox: collections.deque[Datagram] = collections.deque()
         self.events: collections.deque[Event] = collections.deque()
         self.counters: collections.Counter[str] = collections.Counter()
+        # Beacons of peers not (yet) on the whitelist, newest last: when the user whitelists one of them the
+        # handshake can start at once instead of after the next beacon. Bounded, so a flood costs nothing.
+        self._heard: collections.OrderedDict[bytes, _Heard] = collections.OrderedDict()
 
     # ------------------------------------------------------------------ helpers
     def _drop(self, reason: str) -> None:
@@ -386,7 +394,12 @@ class Node:
             return
         if not self.is_allowed(beacon.address) and beacon.address not in self.peers:
             self._drop("beacon_not_whitelisted")
+            self._heard.pop(beacon.address, None)
+            self._heard[beacon.address] = (beacon, endpoint, now)
+            if len(self._heard) > MAX_HEARD_BEACONS:
+                self._heard.popitem(last=False)
             return
+        self._heard.pop(beacon.address, None)
         peer = self.ensure_peer(beacon.address)
         if peer is None:
             return
@@ -394,6 +407,17 @@ class Node:
         peer.public_key = beacon.public_key
         source = CandidateSource.LINK_LOCAL if "%" in endpoint[0] else CandidateSource.LAN
         self._learn(peer, endpoint, source, now)
+
+    def whitelist_changed(self, now: float) -> None:
+        """The whitelist changed: peers heard recently that are now allowed are handshaken right away."""
+        for address in [a for a in self._heard if self.is_allowed(a)]:
+            beacon, endpoint, seen = self._heard.pop(address)
+            if now - seen > BEACON_CANDIDATE_TTL:
+                continue
+            self.learn_beacon(beacon, endpoint, seen)
+            peer = self.peers.get(address)
+            if peer is not None:
+                peer.next_handshake_at = now
 
     def add_static_endpoint(self, address: bytes, endpoint: Endpoint, now: float) -> None:
         peer = self.ensure_peer(address)

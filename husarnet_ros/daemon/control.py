@@ -434,18 +434,32 @@ class ControlServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._socket_inode: tuple[int, int] | None = None
         self._failure: BaseException | None = None
+        self._listening_socket: socket.socket | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
         """The control server's event loop while it runs (for ``asyncio.run_coroutine_threadsafe``)."""
         return self._loop
 
+    def bind(self) -> None:
+        """Create the listening socket now, without serving yet.
+
+        The daemon binds while it still holds its capabilities (giving the socket to the control group needs
+        CAP_CHOWN) and serves only after dropping them. ``start()`` binds by itself when this was not called.
+        """
+        if self._listening_socket is not None:
+            return
+        self._listening_socket = _bind_listening_socket(self.socket_path, self._group)
+        st = Path(self.socket_path).stat()
+        self._socket_inode = (st.st_dev, st.st_ino)
+
     def start(self) -> None:
         if self._thread is not None:
             raise ControlSocketError("control server already started")
-        sock = _bind_listening_socket(self.socket_path, self._group)
-        st = Path(self.socket_path).stat()
-        self._socket_inode = (st.st_dev, st.st_ino)
+        self.bind()
+        sock = self._listening_socket
+        assert sock is not None
+        self._listening_socket = None  # owned (and closed) by the serving thread from here on
         config = uvicorn.Config(
             self._app,
             log_config=None,  # the daemon configures logging, uvicorn must not replace it
@@ -482,6 +496,9 @@ class ControlServer:
 
     def stop(self) -> None:
         """Stop serving, cut open long-polls after a short grace period, remove the socket file."""
+        if self._listening_socket is not None:  # bound but never started
+            self._listening_socket.close()
+            self._listening_socket = None
         if self._server is not None:
             self._server.should_exit = True  # polled by uvicorn's main loop
         if self._thread is not None:

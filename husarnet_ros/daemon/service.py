@@ -16,7 +16,6 @@ import logging
 import os
 import select
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -68,7 +67,7 @@ class Daemon:
         self.identity = self.state.load_or_create_identity()
         self.acl = self.state.load_whitelist(default_enabled=config.whitelist_enabled)
         self.host_entries: list[hosts_model.HostEntry] = self.state.load_hosts()
-        self.hostname = config.hostname or socket.gethostname()
+        self.hostname = config.node_hostname
         self.lock = threading.Lock()
         self.started_mono = time.monotonic()
         self._wall_minus_mono = time.time() - self.started_mono
@@ -272,6 +271,7 @@ class Daemon:
         with self.lock:
             self.acl.add(raw)
             self.state.save_whitelist(self.acl)
+            self.node.whitelist_changed(time.monotonic())
         self.wake()
 
     def whitelist_remove(self, address: str) -> None:
@@ -287,6 +287,7 @@ class Daemon:
         with self.lock:
             self.acl.enabled = enabled
             self.state.save_whitelist(self.acl)
+            self.node.whitelist_changed(time.monotonic())
         log.info("whitelist %s", "enabled" if enabled else "disabled")
         self.wake()
 
@@ -433,9 +434,10 @@ def run(config: DaemonConfig) -> int:
     control: ControlServer | None = None
     try:
         daemon.setup_privileged()
+        control = ControlServer(daemon, str(config.control_socket))
+        control.bind()  # still privileged: the socket's group needs CAP_CHOWN
         drop_all_capabilities()
         log.info("all capabilities dropped")
-        control = ControlServer(daemon, str(config.control_socket))
         control.start()
         daemon.start_threads()
         signal.signal(signal.SIGTERM, lambda *_: daemon.stop())

@@ -11,6 +11,7 @@ from fixed_identities import fixed_identity
 
 from husarnet_ros.core import node as node_module
 from husarnet_ros.core import wire
+from husarnet_ros.core.beacon import Beacon
 from husarnet_ros.core.constants import (
     HANDSHAKE_RETRY_INTERVAL,
     HANDSHAKE_TIMEOUT,
@@ -21,6 +22,7 @@ from husarnet_ros.core.constants import (
     REKEY_AFTER_TIME,
     SESSION_IDLE_TIMEOUT,
 )
+from husarnet_ros.core.identity import Identity
 from husarnet_ros.core.node import Node, PeerDown, PeerUp, PongReceived
 from husarnet_ros.core.peer import Endpoint, PathKind
 from husarnet_ros.core.session import Session
@@ -220,6 +222,49 @@ def test_beacon_of_a_non_whitelisted_peer_is_ignored() -> None:
     assert peer is not None
     assert peer.hostname == "b"
     assert ("198.18.0.99", 5582) in peer.candidates
+
+
+def beacon_of(identity: Identity, endpoint: Endpoint) -> Beacon:
+    from husarnet_ros.core import beacon
+
+    return beacon.decode(beacon.encode(identity, "peer", endpoint[1], 1))
+
+
+def test_whitelisting_a_peer_heard_before_starts_the_handshake_at_once() -> None:
+    pair = make_pair(whitelist_all=False)
+    b = pair.b
+    decoded = beacon_of(b.identity, pair.eb)
+    pair.a.learn_beacon(decoded, pair.eb, pair.net.now)
+    assert pair.a.peer(b.address) is None
+    pair.net.allowed[pair.ea].add(b.address)
+    pair.a.whitelist_changed(pair.net.now)
+    peer = pair.a.peer(b.address)
+    assert peer is not None
+    assert pair.eb in peer.candidates
+    pair.a.tick(pair.net.now)
+    inits = [d for e, d in pair.a.outbox if e == pair.eb and d[0] == wire.MSG_HANDSHAKE_INIT]
+    assert len(inits) == 1
+
+
+def test_heard_beacons_are_bounded_and_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+    from husarnet_ros.core.constants import BEACON_CANDIDATE_TTL
+
+    MAX_HEARD_BEACONS = 3
+    monkeypatch.setattr(node_module, "MAX_HEARD_BEACONS", MAX_HEARD_BEACONS)
+    pair = make_pair(whitelist_all=False)
+    first = fixed_identity("heard 0")
+    pair.a.learn_beacon(beacon_of(first, ("198.18.0.50", 5582)), ("198.18.0.50", 5582), pair.net.now)
+    for i in range(1, MAX_HEARD_BEACONS + 1):
+        ident = fixed_identity(f"heard {i}")
+        pair.a.learn_beacon(beacon_of(ident, ("198.18.0.50", 5582)), ("198.18.0.50", 5582), pair.net.now)
+    assert len(pair.a._heard) == MAX_HEARD_BEACONS
+    pair.net.allowed[pair.ea].add(first.address)  # the oldest was pushed out: nothing to start
+    pair.a.whitelist_changed(pair.net.now)
+    assert pair.a.peer(first.address) is None
+    late = fixed_identity(f"heard {MAX_HEARD_BEACONS}")
+    pair.net.allowed[pair.ea].add(late.address)  # heard, but too long ago
+    pair.a.whitelist_changed(pair.net.now + BEACON_CANDIDATE_TTL + 1)
+    assert pair.a.peer(late.address) is None
 
 
 # --------------------------------------------------------------------------- simultaneous open
