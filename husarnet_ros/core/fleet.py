@@ -21,6 +21,7 @@ Pure: parsing and computing only; ``load_fleet`` reads the file, nothing here wr
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,22 @@ from .identity import Identity
 # A fleet file is a few KiB; a bigger one is a mistake (or an attack on whoever parses it).
 MAX_FLEET_FILE_SIZE = 1 << 20
 EVERY_ROBOT = "*"
+# A ROS namespace: tokens of letters, digits and underscores separated by "/", none starting with a digit.
+_NAMESPACE_RE = re.compile(r"/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _check_namespace(namespace: str) -> str:
+    if not _NAMESPACE_RE.fullmatch(namespace) or "__" in namespace:
+        raise ValueError(
+            f"{namespace!r} is not a ROS namespace (letters, digits and '_' in '/'-separated tokens, "
+            "no token starting with a digit, no '__')"
+        )
+    return namespace
+
+
+def default_namespace(name: str) -> str:
+    """The ROS namespace of a robot named ``name``: ROS names allow no '-' or '.', hostnames do."""
+    return name.replace("-", "_").replace(".", "_")
 
 
 class RobotSpec(BaseModel):
@@ -57,10 +74,18 @@ class RobotSpec(BaseModel):
             return None
         return format_address(parse_overlay(value))
 
+    @field_validator("namespace")
+    @classmethod
+    def _ros_namespace(cls, value: str | None) -> str | None:
+        return None if value is None else _check_namespace(value)
+
     @model_validator(mode="after")
     def _one_source_of_address(self) -> RobotSpec:
         if self.address is None and self.identity_file is None:
             raise ValueError("needs `address` or `identity_file`")
+        # Both would be two truths that may disagree; the fleet file must say one thing.
+        if self.address is not None and self.identity_file is not None:
+            raise ValueError("has both `address` and `identity_file`: give only one")
         return self
 
 
@@ -77,9 +102,16 @@ class FleetSpec(BaseModel):
     def _hostnames(cls, robots: dict[str, RobotSpec]) -> dict[str, RobotSpec]:
         if not robots:
             raise ValueError("a fleet needs at least one robot")
-        for name in robots:
+        for name, robot in robots.items():
             if normalize_hostname(name) != name:
                 raise ValueError(f"robot name {name!r} must be a lower-case hostname")
+            if robot.namespace is None:
+                try:
+                    _check_namespace(default_namespace(name))
+                except ValueError:
+                    raise ValueError(
+                        f"robot name {name!r} does not make a ROS namespace: give it a `namespace`"
+                    ) from None
         return robots
 
 
@@ -153,6 +185,8 @@ def _describe(exc: ValidationError, source: str) -> str:
         message = str(error["msg"]).removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key"
+        elif error["type"] == "tuple_type":
+            message = "must be a list"
         problems.append(f"{location}: {message}")
     return f"invalid fleet file {source}: " + "; ".join(problems)
 
@@ -185,7 +219,7 @@ def parse_fleet(data: Any, base_dir: Path, source: str = "<fleet>") -> Fleet:
         else:
             assert robot.identity_file is not None
             address = _address_from_identity(base_dir / robot.identity_file)
-        members[name] = Member(name, address, robot.groups, robot.namespace or name)
+        members[name] = Member(name, address, robot.groups, robot.namespace or default_namespace(name))
     seen: dict[str, str] = {}
     for member in members.values():
         if member.address in seen:
@@ -204,6 +238,35 @@ def parse_fleet(data: Any, base_dir: Path, source: str = "<fleet>") -> Fleet:
     return Fleet(members, spec.links)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping.
+
+    Plain YAML loaders keep the last value silently: two ``robot1:`` entries would lose one robot.
+    """
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in seen
+        except TypeError:  # an unhashable key: the ordinary constructor reports it
+            break
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_unique_mapping,
+)
+
+
 def load_fleet(path: Path) -> Fleet:
     """Read and parse a fleet file; ConfigError (naming the file, line and key) on any problem."""
     try:
@@ -214,11 +277,13 @@ def load_fleet(path: Path) -> Fleet:
     if len(raw) > MAX_FLEET_FILE_SIZE:
         raise ConfigError(f"fleet file {path} is larger than {MAX_FLEET_FILE_SIZE} bytes")
     try:
-        data = yaml.safe_load(raw)
+        data = yaml.load(raw, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"fleet file {path} is not valid YAML{where}") from None
+        problem = getattr(exc, "problem", None)
+        detail = f": {problem}" if isinstance(problem, str) else ""
+        raise ConfigError(f"fleet file {path} is not valid YAML{where}{detail}") from None
     except RecursionError:
         raise ConfigError(f"fleet file {path} is nested too deeply") from None
     return parse_fleet(data, path.parent, str(path))
