@@ -219,6 +219,10 @@ class Node:
             if len(packet) < wire.IPV6_HEADER_SIZE or packet[8:24] != peer.address:
                 self._drop("spoofed")
                 return None
+            # ... and only to us: nothing for other hosts or multicast groups enters through hnet0.
+            if packet[24:40] != self.address:
+                self._drop("wrong_destination")
+                return None
             peer.rx_bytes += len(packet)
             return packet
         if kind == wire.INNER_PING and len(inner) == 1 + wire.PROBE_ID_SIZE:

@@ -648,6 +648,20 @@ def test_spoofed_inner_source_address_is_dropped() -> None:
     assert pair.a.counters["drop_spoofed"] == 1
 
 
+@pytest.mark.parametrize("destination", ["stranger", "multicast"])
+def test_inner_packet_for_another_destination_is_dropped(destination: str) -> None:
+    pair = established()
+    multicast_all_nodes = bytes.fromhex("ff02" + "00" * 13 + "01")
+    to = fixed_identity("stranger").address if destination == "stranger" else multicast_all_nodes
+    packet = ipv6_packet(pair.b.address, to, b"not for a")
+    frame = pair.session(pair.b).seal(bytes([wire.INNER_IPV6]) + packet)
+    assert pair.a.receive_data(frame, pair.eb, pair.net.now) is None
+    assert pair.a.counters["drop_wrong_destination"] == 1
+    ok = ipv6_packet(pair.b.address, pair.a.address, b"ok")
+    good = pair.session(pair.b).seal(bytes([wire.INNER_IPV6]) + ok)
+    assert pair.a.receive_data(good, pair.eb, pair.net.now) is not None
+
+
 # --------------------------------------------------------------------------- garbage
 GARBAGE = [
     b"",
