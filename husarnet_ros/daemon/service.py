@@ -16,6 +16,7 @@ import logging
 import os
 import select
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -424,12 +425,23 @@ def _parse(address: str) -> bytes:
         raise InvalidRequest(str(exc)) from None
 
 
+def _configure_logging(level: str, ring: _RingLog) -> None:
+    """Log to stderr (journald or the launch log picks it up) and into the ring the control API serves."""
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    root.addHandler(ring)
+    if not any(isinstance(h, logging.StreamHandler) and h.stream is sys.stderr for h in root.handlers):
+        stderr = logging.StreamHandler(sys.stderr)
+        stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(stderr)
+
+
 def run(config: DaemonConfig) -> int:
     """Run the daemon in the foreground until SIGTERM/SIGINT; returns the exit code."""
     from .control import ControlServer
 
     ring = _RingLog()
-    logging.getLogger().addHandler(ring)
+    _configure_logging(config.log_level, ring)
     daemon = Daemon(config, ring)
     control: ControlServer | None = None
     try:
