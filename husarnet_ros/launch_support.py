@@ -1,0 +1,254 @@
+"""Decisions the launch files make, as plain functions (no launch, no rclpy), so they are unit-tested.
+
+``launch/robot.launch.py`` and ``launch/fleet.launch.py`` only turn launch arguments into calls of these
+functions and the answers into launch actions:
+
+* whether to start the daemon (``start_daemon`` auto/true/false) and the command that starts it;
+* the robot's view of a fleet file (whitelist, hosts, DDS peers) and the namespace / hostname it implies;
+* the own overlay address and the peer addresses the DDS configuration lists (daemon first, fleet second);
+* the DDS files and the environment variables to set for the nodes (and to print for the user's nodes).
+"""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import dds as dds_config
+from .api import Status, resolve_control_socket
+from .client import ClientError, ControlClient
+from .core.address import format_address, parse_overlay
+from .core.errors import AddressError, ConfigError
+from .core.fleet import RobotView, load_fleet
+
+START_DAEMON_MODES = ("auto", "true", "false")
+DDS_CHOICES = ("fastdds", "cyclonedds", "none")
+# How long one probe of the control socket may take: a daemon that answers at all answers in milliseconds.
+PROBE_TIMEOUT_S = 1.0
+# How long the launch waits for a daemon it has just started before configuring DDS without it.
+DAEMON_START_WAIT_S = 15.0
+DAEMON_POLL_PERIOD_S = 0.2
+
+
+@dataclass(frozen=True)
+class DdsPeers:
+    """Addresses for the DDS configuration and where they came from (said in the launch log)."""
+
+    own: str | None
+    peers: tuple[str, ...]
+    source: str
+
+
+# --- arguments ---------------------------------------------------------------------------------------------
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    normalised = value.strip().lower()
+    if normalised not in choices:
+        raise ConfigError(f"launch argument {name}:={value!r} must be one of {', '.join(choices)}")
+    return normalised
+
+
+def parse_start_daemon(value: str) -> str:
+    """``auto`` / ``true`` / ``false`` (case-insensitive); ConfigError otherwise."""
+    return _choice("start_daemon", value, START_DAEMON_MODES)
+
+
+def parse_dds(value: str) -> str:
+    """``fastdds`` / ``cyclonedds`` / ``none``; ConfigError otherwise."""
+    return _choice("dds", value, DDS_CHOICES)
+
+
+def system_hostname() -> str:
+    """This machine's hostname as a fleet robot name: lower case, without a domain."""
+    return socket.gethostname().split(".", 1)[0].lower()
+
+
+def normalize_namespace(namespace: str) -> str:
+    """'' or '/robot1' form of a ROS namespace ('robot1/' and ' /robot1 ' are accepted)."""
+    stripped = namespace.strip().strip("/")
+    return f"/{stripped}" if stripped else ""
+
+
+# --- daemon ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    """What the launch asks a running daemon: its status and its whitelist."""
+
+    status: Status
+    whitelist: tuple[str, ...]
+
+
+def query_daemon(control_socket: str | None, timeout_s: float = PROBE_TIMEOUT_S) -> DaemonInfo | None:
+    """The daemon's status and whitelist, or None when nothing (working) answers; never raises."""
+    try:
+        with ControlClient(control_socket or None, timeout_s=timeout_s) as client:
+            return DaemonInfo(client.status(), tuple(client.whitelist().addresses))
+    except ClientError:
+        return None
+
+
+def daemon_answers(control_socket: str | None, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    with ControlClient(control_socket or None, timeout_s=timeout_s) as client:
+        return client.is_alive()
+
+
+def should_start_daemon(mode: str, answers: Callable[[], bool]) -> bool:
+    """Start a daemon? ``auto``: only when nothing answers on the control socket (``answers`` is asked)."""
+    mode = parse_start_daemon(mode)
+    if mode == "auto":
+        return not answers()
+    return mode == "true"
+
+
+def husarnet_ros_command(python: str = sys.executable) -> list[str]:
+    """The `husarnet-ros` CLI of the Python running the launch (installed script, else ``-m``)."""
+    script = Path(python).parent / "husarnet-ros"
+    return [str(script)] if script.exists() else [python, "-m", "husarnet_ros.cli"]
+
+
+def daemon_command(
+    *,
+    control_socket: str,
+    state_dir: str = "",
+    hostname: str = "",
+    hosts_file: str = "",
+    config_file: str = "",
+    extra_args: str = "",
+    base: list[str] | None = None,
+) -> list[str]:
+    """``husarnet-ros daemon ...`` with the options that were given (empty = the daemon's default)."""
+    socket_path = resolve_control_socket(control_socket or None)
+    argv = [*(base or husarnet_ros_command()), "--control-socket", socket_path, "daemon"]
+    for option, value in (
+        ("--state-dir", state_dir),
+        ("--hostname", hostname),
+        ("--hosts-file", hosts_file),
+        ("--config", config_file),
+    ):
+        if value:
+            argv += [option, value]
+    try:
+        argv += shlex.split(extra_args)
+    except ValueError as exc:
+        raise ConfigError(f"launch argument daemon_args:={extra_args!r} cannot be split: {exc}") from None
+    return argv
+
+
+# --- fleet -------------------------------------------------------------------------------------------------
+
+
+def fleet_view(fleet_file: str, robot: str) -> RobotView | None:
+    """The robot's view of the fleet file, or None without a fleet file; ConfigError on any problem."""
+    if not fleet_file:
+        return None
+    return load_fleet(Path(fleet_file).expanduser()).view(robot)
+
+
+@dataclass(frozen=True)
+class FleetRobot:
+    """Launch arguments of robot.launch.py that a fleet file decides for one robot."""
+
+    robot: str
+    namespace: str
+    hostname: str
+
+
+def fleet_robot(fleet_file: str, robot: str) -> FleetRobot:
+    """Namespace and hostname of ``robot`` in the fleet (robot names are hostnames)."""
+    if not fleet_file:
+        raise ConfigError("fleet.launch.py needs fleet:=PATH (a fleet YAML file, see config/fleet.yaml)")
+    view = fleet_view(fleet_file, robot)
+    assert view is not None
+    namespace = normalize_namespace(view.me.namespace)
+    return FleetRobot(robot=view.me.name, namespace=namespace, hostname=view.me.name)
+
+
+# --- DDS ---------------------------------------------------------------------------------------------------
+
+
+def _canonical(addresses: Iterable[str]) -> list[str]:
+    result: list[str] = []
+    for text in addresses:
+        try:
+            address = format_address(parse_overlay(text))
+        except AddressError:
+            continue
+        if address not in result:
+            result.append(address)
+    return result
+
+
+def dds_peers(view: RobotView | None, daemon: DaemonInfo | None) -> DdsPeers:
+    """Own and peer addresses for DDS.
+
+    Own address: the running daemon's (it owns the identity), else the fleet's entry for this robot.
+    Peers: the fleet's peers when there is a fleet (the daemon may know more peers than this robot is meant
+    to talk to), else the daemon's whitelist and the peers it knows.
+    """
+    own = daemon.status.address if daemon is not None else (view.me.address if view is not None else None)
+    if view is not None:
+        peers = _canonical(member.address for member in view.peers)
+        source = "fleet file" if daemon is None else "fleet file, own address from the daemon"
+    elif daemon is not None:
+        peers = _canonical([*daemon.whitelist, *(peer.address for peer in daemon.status.peers)])
+        source = "daemon"
+    else:
+        peers, source = [], "nothing (no daemon answering, no fleet file)"
+    return DdsPeers(own=own, peers=tuple(p for p in peers if p != own), source=source)
+
+
+def address_mismatch(view: RobotView | None, daemon: DaemonInfo | None) -> str | None:
+    """A warning when the daemon's address is not the fleet's address of this robot (wrong robot name?)."""
+    if view is None or daemon is None or daemon.status.address == view.me.address:
+        return None
+    return (
+        f"the daemon's address {daemon.status.address} is not {view.me.address}, the address of robot "
+        f"{view.me.name!r} in the fleet file: wrong robot:= or identity?"
+    )
+
+
+def dds_output_dir(requested: str, namespace: str) -> Path:
+    """The directory of the DDS files: the one asked for, else the DDS module's default for the namespace."""
+    if requested:
+        return Path(requested).expanduser()
+    return dds_config.default_output_dir(normalize_namespace(namespace))
+
+
+def dds_environment(dds: str, output_dir: Path, addresses: DdsPeers) -> dict[str, str]:
+    """Write the DDS configuration files and return the variables to set; {} for ``dds:=none``.
+
+    Without an own address (no daemon, no fleet) no file can be written: ConfigError saying what to give.
+    """
+    dds = parse_dds(dds)
+    if dds == "none":
+        return {}
+    if addresses.own is None:
+        raise ConfigError(
+            "cannot configure DDS: no daemon answers and no fleet file gives this robot's address "
+            "(start the daemon, pass fleet:=... robot:=..., or dds:=none)"
+        )
+    return dds_config.write_config(
+        output_dir, addresses.own, list(addresses.peers), rmw=dds, set_rmw_implementation=True
+    )
+
+
+def export_lines(env: Mapping[str, str]) -> str:
+    """Shell lines a user pastes (or ``eval``s) so their own nodes use the same configuration."""
+    return "\n".join(f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items()))
+
+
+def write_env_file(output_dir: Path, env: Mapping[str, str]) -> Path:
+    """``output_dir/env.sh`` with the export lines (atomic), so scripts can source it."""
+    from .fileio import atomic_write_text
+
+    path = output_dir / "env.sh"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, export_lines(env) + "\n", 0o644)
+    return path

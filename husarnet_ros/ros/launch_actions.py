@@ -1,0 +1,298 @@
+"""The launch descriptions of launch/robot.launch.py and launch/fleet.launch.py.
+
+Decisions live in ``husarnet_ros.launch_support`` (plain, unit-tested functions); this module only turns
+launch arguments into those calls and their answers into launch actions. Order matters for one reason:
+Fast DDS and Cyclone DDS read their configuration when a participant is created, so the DDS files are
+written and the environment is set *before* any node starts.
+
+robot.launch.py::
+
+    [daemon]  ExecuteProcess `husarnet-ros daemon ...` (start_daemon true, or auto with no daemon answering)
+       |      then poll its control socket (TimerAction, never blocking the launch loop), bounded
+    [dds]     write the DDS files for own + peer addresses, SetEnvironmentVariable, log the `export` lines
+    [nodes]   peers_node, whitelist_node, hosts_node, dds_node under the namespace
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Submodule imports only: for mypy the repository's launch/ directory shadows the package `launch`.
+from launch.actions import (
+    DeclareLaunchArgument,
+    EmitEvent,
+    ExecuteProcess,
+    IncludeLaunchDescription,
+    LogInfo,
+    OpaqueFunction,
+    RegisterEventHandler,
+    SetEnvironmentVariable,
+    TimerAction,
+)
+from launch.event_handlers import OnProcessExit
+from launch.events import Shutdown
+from launch.launch_context import LaunchContext
+from launch.launch_description import LaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from .. import launch_support as support
+from ..api import resolve_control_socket
+
+PACKAGE = "husarnet_ros"
+# Both in the source tree and in share/husarnet_ros/, the launch files sit next to config/.
+PACKAGE_SHARE = Path(__file__).resolve().parent
+LOG_PREFIX = "[husarnet_ros] "
+
+
+@dataclass(frozen=True)
+class Argument:
+    name: str
+    default: str
+    description: str
+    choices: tuple[str, ...] | None = None
+
+    def declare(self) -> DeclareLaunchArgument:
+        kwargs: dict[str, Any] = {"choices": list(self.choices)} if self.choices else {}
+        return DeclareLaunchArgument(
+            self.name, default_value=self.default, description=self.description, **kwargs
+        )
+
+
+def share_dir(launch_file: str) -> Path:
+    """share/husarnet_ros (or the source tree root) from a launch file's ``__file__``."""
+    return Path(launch_file).resolve().parent.parent
+
+
+def robot_arguments(share: Path) -> tuple[Argument, ...]:
+    return (
+        Argument("namespace", "", "ROS namespace of this robot's nodes, e.g. robot1 ('' = none)"),
+        Argument(
+            "config",
+            str(share / "config" / "robot.yaml"),
+            "ROS parameter file (ros__parameters) for the nodes",
+        ),
+        Argument("hostname", "", "this robot's hostname on the overlay ('' = the system hostname)"),
+        Argument(
+            "start_daemon",
+            "auto",
+            "start `husarnet-ros daemon` (needs root): auto = only when no daemon answers on control_socket",
+            support.START_DAEMON_MODES,
+        ),
+        Argument(
+            "control_socket",
+            "",
+            "control socket of the daemon ('' = $HUSARNET_ROS_CONTROL_SOCKET or default)",
+        ),
+        Argument(
+            "state_dir", "", "state directory of a daemon this launch starts ('' = the daemon's default)"
+        ),
+        Argument("hosts_file", "", "hosts file a daemon this launch starts manages ('' = /etc/hosts)"),
+        Argument("daemon_config", "", "YAML settings file for a daemon this launch starts ('' = none)"),
+        Argument("daemon_args", "", "extra options for a daemon this launch starts, e.g. '--udp-port 5590'"),
+        Argument("fleet", "", "fleet YAML file (see config/fleet.yaml; '' = none)"),
+        Argument("robot", "", "this robot's name in the fleet ('' = hostname)"),
+        Argument("dds", "fastdds", "DDS middleware to configure for the overlay", support.DDS_CHOICES),
+        Argument(
+            "dds_output_dir", "", "where the DDS files go ('' = $ROS_HOME/husarnet_ros/dds[/namespace])"
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class RobotSettings:
+    """The launch arguments of robot.launch.py, resolved and checked."""
+
+    namespace: str
+    config: str
+    hostname: str
+    start_daemon: str
+    control_socket: str
+    state_dir: str
+    hosts_file: str
+    daemon_config: str
+    daemon_args: str
+    fleet: str
+    robot: str
+    dds: str
+    dds_output_dir: Path
+
+    @classmethod
+    def from_context(cls, context: LaunchContext) -> RobotSettings:
+        def arg(name: str) -> str:
+            return str(LaunchConfiguration(name).perform(context)).strip()
+
+        hostname = arg("hostname") or support.system_hostname()
+        namespace = support.normalize_namespace(arg("namespace"))
+        fleet = arg("fleet")
+        return cls(
+            namespace=namespace,
+            config=arg("config"),
+            hostname=hostname,
+            start_daemon=support.parse_start_daemon(arg("start_daemon")),
+            control_socket=resolve_control_socket(arg("control_socket") or None),
+            state_dir=arg("state_dir"),
+            hosts_file=arg("hosts_file"),
+            daemon_config=arg("daemon_config"),
+            daemon_args=arg("daemon_args"),
+            fleet=str(Path(fleet).expanduser().resolve()) if fleet else "",
+            robot=arg("robot") or hostname,
+            dds=support.parse_dds(arg("dds")),
+            dds_output_dir=support.dds_output_dir(arg("dds_output_dir"), namespace),
+        )
+
+
+def _log(message: str) -> LogInfo:
+    return LogInfo(msg=LOG_PREFIX + message)
+
+
+def robot_launch_description(share: Path) -> LaunchDescription:
+    return LaunchDescription(
+        [*(argument.declare() for argument in robot_arguments(share)), OpaqueFunction(function=_robot)]
+    )
+
+
+def _robot(context: LaunchContext) -> list[Any]:
+    settings = RobotSettings.from_context(context)
+    view = support.fleet_view(settings.fleet, settings.robot)  # ConfigError: launch prints it, exits 1
+    if not support.should_start_daemon(
+        settings.start_daemon, lambda: support.daemon_answers(settings.control_socket)
+    ):
+        return _configure_and_start(context, settings, view)
+    daemon = ExecuteProcess(
+        cmd=support.daemon_command(
+            control_socket=settings.control_socket,
+            state_dir=settings.state_dir,
+            hostname=settings.hostname,
+            hosts_file=settings.hosts_file,
+            config_file=settings.daemon_config,
+            extra_args=settings.daemon_args,
+        ),
+        name="husarnet_daemon",
+        output="screen",
+        sigterm_timeout="10",
+    )
+    deadline = time.monotonic() + support.DAEMON_START_WAIT_S
+    return [
+        _log(f"starting the daemon (control socket {settings.control_socket})"),
+        daemon,
+        RegisterEventHandler(
+            OnProcessExit(
+                target_action=daemon,
+                on_exit=[
+                    _log("the husarnet daemon exited: stopping this launch"),
+                    EmitEvent(event=Shutdown(reason="husarnet daemon exited")),
+                ],
+            )
+        ),
+        OpaqueFunction(function=_wait_for_daemon, args=[settings, view, deadline]),
+    ]
+
+
+def _wait_for_daemon(
+    context: LaunchContext, settings: RobotSettings, view: Any, deadline: float
+) -> list[Any]:
+    # Polled through timers: a blocking wait here would stall the launch loop, which has not even spawned
+    # the daemon process yet (ExecuteProcess spawns from an asyncio task).
+    if support.daemon_answers(settings.control_socket, timeout_s=0.5):
+        return _configure_and_start(context, settings, view)
+    if time.monotonic() >= deadline:
+        return [
+            _log(
+                f"the daemon did not answer at {settings.control_socket} within "
+                f"{support.DAEMON_START_WAIT_S:.0f} s; starting the nodes anyway (they retry)"
+            ),
+            *_configure_and_start(context, settings, view),
+        ]
+    retry = OpaqueFunction(function=_wait_for_daemon, args=[settings, view, deadline])
+    return [TimerAction(period=support.DAEMON_POLL_PERIOD_S, actions=[retry])]
+
+
+def _configure_and_start(context: LaunchContext, settings: RobotSettings, view: Any) -> list[Any]:
+    daemon = support.query_daemon(settings.control_socket)
+    actions: list[Any] = []
+    mismatch = support.address_mismatch(view, daemon)
+    if mismatch:
+        actions.append(_log("WARNING: " + mismatch))
+    if settings.dds != "none":
+        addresses = support.dds_peers(view, daemon)
+        env = support.dds_environment(settings.dds, settings.dds_output_dir, addresses)
+        env_file = support.write_env_file(settings.dds_output_dir, env)
+        actions += [SetEnvironmentVariable(name, value) for name, value in sorted(env.items())]
+        actions.append(
+            _log(
+                f"DDS ({settings.dds}) over the overlay: own {addresses.own}, peers "
+                f"{', '.join(addresses.peers) or 'none yet'} (from {addresses.source}). For your own nodes:\n"
+                f"{support.export_lines(env)}\n(or: . {env_file})"
+            )
+        )
+    actions += _nodes(settings, view is not None)
+    return actions
+
+
+def _nodes(settings: RobotSettings, with_fleet: bool) -> list[Node]:
+    config = Path(settings.config) if settings.config else None
+    parameter_files: list[Any] = [str(config)] if config is not None and config.is_file() else []
+    common: dict[Any, Any] = {"control_socket": settings.control_socket}
+    fleet: dict[Any, Any] = {"fleet_file": settings.fleet if with_fleet else "", "robot": settings.robot}
+
+    def node(executable: str, overrides: dict[Any, Any]) -> Node:
+        return Node(
+            package=PACKAGE,
+            executable=executable,
+            namespace=settings.namespace,
+            parameters=[*parameter_files, {**common, **overrides}],
+            output="screen",
+        )
+
+    nodes = [
+        node("peers_node", {}),
+        node("whitelist_node", fleet),
+        node("hosts_node", fleet),
+    ]
+    if settings.dds != "none":
+        nodes.append(
+            node("dds_node", {**fleet, "output_dir": str(settings.dds_output_dir), "rmw": settings.dds})
+        )
+    return nodes
+
+
+# --- fleet.launch.py ----------------------------------------------------------------------------------------
+
+
+def fleet_arguments(share: Path) -> tuple[Argument, ...]:
+    passed_on = {"config", "start_daemon", "control_socket", "state_dir", "hosts_file", "daemon_config"}
+    passed_on |= {"daemon_args", "dds", "dds_output_dir"}
+    inherited = tuple(a for a in robot_arguments(share) if a.name in passed_on)
+    return (
+        Argument("fleet", str(share / "config" / "fleet.yaml"), "fleet YAML file describing every robot"),
+        Argument("robot", "", "which robot of the fleet this launch is ('' = the system hostname)"),
+        *inherited,
+    )
+
+
+def fleet_launch_description(share: Path) -> LaunchDescription:
+    def include(context: LaunchContext) -> list[Any]:
+        fleet = str(LaunchConfiguration("fleet").perform(context))
+        robot = str(LaunchConfiguration("robot").perform(context)).strip() or support.system_hostname()
+        member = support.fleet_robot(fleet, robot)  # ConfigError names the robots of the fleet
+        arguments = {a.name: LaunchConfiguration(a.name) for a in fleet_arguments(share)}
+        arguments |= {
+            "fleet": str(Path(fleet).expanduser().resolve()),
+            "robot": member.robot,
+            "namespace": member.namespace,
+            "hostname": member.hostname,
+        }
+        source = PythonLaunchDescriptionSource(str(share / "launch" / "robot.launch.py"))
+        return [
+            _log(f"robot {member.robot} of fleet {fleet} (namespace {member.namespace or '/'})"),
+            IncludeLaunchDescription(source, launch_arguments=list(arguments.items())),
+        ]
+
+    return LaunchDescription(
+        [*(argument.declare() for argument in fleet_arguments(share)), OpaqueFunction(function=include)]
+    )
