@@ -264,6 +264,9 @@ setup(
             f"{ros_executable_script(name)} = {target}"
             for name, target in available_ros_executables().items()
         ],
+        # `ros2 doctor` plug-in (where ros2doctor is installed): daemon, hnet0 address, base, DDS profile.
+        "ros2doctor.checks": ["husarnet = husarnet_ros.ros.doctor:HusarnetCheck"],
+        "ros2doctor.report": ["husarnet = husarnet_ros.ros.doctor:HusarnetReport"],
     },
     cmdclass={"build_py": BuildPyWithInterfaces},
     distclass=BinaryDistribution,
