@@ -16,7 +16,7 @@ from ..api import CONTROL_SOCKET_ENV, DEFAULT_CONTROL_SOCKET
 from ..client import ControlClient
 from ..core.errors import HusarnetError
 from . import daemon as daemon_command
-from . import identity, lists, network
+from . import doctor, identity, lists, network
 from .state import CliFailure, CliState, cli_state, json_option, print_json
 
 # Set to get a traceback instead of the one-line message for an unexpected error (a bug).
@@ -99,6 +99,7 @@ for command in (
     identity.whoami,
     identity.import_identity,
     daemon_command.daemon,
+    doctor.doctor,
 ):
     cli.add_command(command)
 
