@@ -269,12 +269,12 @@ def check_dds(environ: Mapping[str, str], status: Status | None) -> CheckResult:
 def run_checks(
     control_socket: str | None = None,
     environ: Mapping[str, str] | None = None,
-    read_addresses: Callable[[str], list[str] | None] = interface_addresses,
+    read_addresses: Callable[[str], list[str] | None] | None = None,
 ) -> list[CheckResult]:
     status, path = query_daemon(control_socket)
     return [
         check_daemon(status, path),
-        check_interface(status, read_addresses),
+        check_interface(status, read_addresses or interface_addresses),
         check_base(status),
         check_dds(os.environ if environ is None else environ, status),
     ]
