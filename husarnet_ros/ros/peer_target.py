@@ -59,6 +59,10 @@ def parse_peer_target(address: str, hostname: str) -> PeerTarget:
         try:
             name = normalize_hostname(hostname)
         except HostnameError as exc:
+            if ":" in hostname and len(hostname) <= _MAX_ECHO:
+                raise InvalidPeerRequest(
+                    f"invalid hostname: {_echo(hostname)} looks like an IPv6 address: use the address field"
+                ) from None
             text = str(exc) if len(hostname) <= _MAX_ECHO else f"hostname {_echo(hostname)} is too long"
             raise InvalidPeerRequest(f"invalid hostname: {text}") from None
     return PeerTarget(canonical, name)
