@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import dds as dds_config
-from .api import Status, resolve_control_socket
+from .api import Status, Whitelist, resolve_control_socket
 from .client import ClientError, ControlClient
 from .core.address import format_address, parse_overlay
 from .core.errors import AddressError, ConfigError
@@ -82,14 +82,14 @@ class DaemonInfo:
     """What the launch asks a running daemon: its status and its whitelist."""
 
     status: Status
-    whitelist: tuple[str, ...]
+    whitelist: Whitelist
 
 
 def query_daemon(control_socket: str | None, timeout_s: float = PROBE_TIMEOUT_S) -> DaemonInfo | None:
     """The daemon's status and whitelist, or None when nothing (working) answers; never raises."""
     try:
         with ControlClient(control_socket or None, timeout_s=timeout_s) as client:
-            return DaemonInfo(client.status(), tuple(client.whitelist().addresses))
+            return DaemonInfo(client.status(), client.whitelist())
     except ClientError:
         return None
 
@@ -186,22 +186,26 @@ def _canonical(addresses: Iterable[str]) -> list[str]:
 
 
 def dds_peers(view: RobotView | None, daemon: DaemonInfo | None) -> DdsPeers:
-    """Own and peer addresses for DDS.
+    """Own and peer addresses for DDS, chosen as the husarnet_dds node chooses them (so it keeps the file).
 
     Own address: the running daemon's (it owns the identity), else the fleet's entry for this robot.
-    Peers: the fleet's peers when there is a fleet (the daemon may know more peers than this robot is meant
-    to talk to), else the daemon's whitelist and the peers it knows.
+    Peers: the fleet members this robot may talk to, plus the peers the daemon allows (its whitelist, or
+    every peer it knows when the whitelist is off).
     """
     own = daemon.status.address if daemon is not None else (view.me.address if view is not None else None)
-    if view is not None:
-        peers = _canonical(member.address for member in view.peers)
-        source = "fleet file" if daemon is None else "fleet file, own address from the daemon"
-    elif daemon is not None:
-        peers = _canonical([*daemon.whitelist, *(peer.address for peer in daemon.status.peers)])
-        source = "daemon"
-    else:
-        peers, source = [], "nothing (no daemon answering, no fleet file)"
-    return DdsPeers(own=own, peers=tuple(p for p in peers if p != own), source=source)
+    fleet_peers = [member.address for member in view.peers] if view is not None else []
+    allowed = (
+        sorted(dds_config.discovered_peers(daemon.status, daemon.whitelist)) if daemon is not None else []
+    )
+    sources = [
+        name for name, used in (("fleet file", view is not None), ("daemon", daemon is not None)) if used
+    ]
+    peers = _canonical([*fleet_peers, *allowed])
+    return DdsPeers(
+        own=own,
+        peers=tuple(p for p in peers if p != own),
+        source=" and ".join(sources) or "nothing (no daemon answering, no fleet file)",
+    )
 
 
 def address_mismatch(view: RobotView | None, daemon: DaemonInfo | None) -> str | None:

@@ -94,7 +94,7 @@ def test_daemon_answers_on_the_fake_and_not_on_a_missing_socket(fake: tuple[Fake
     info = launch_support.query_daemon(socket_path)
     assert info is not None
     assert info.status.address == A
-    assert info.whitelist == (B,)
+    assert info.whitelist.addresses == [B]
     assert launch_support.query_daemon("/tmp/hr-no-such-dir/control.sock") is None
 
 
@@ -158,19 +158,25 @@ def test_dds_peers_from_the_fleet_alone(fleet_file: str) -> None:
 def test_dds_peers_from_the_daemon_alone(fake: tuple[FakeController, str]) -> None:
     _, socket_path = fake
     addresses = launch_support.dds_peers(None, launch_support.query_daemon(socket_path))
-    assert addresses.own == A
-    assert addresses.peers == (B, C)  # whitelist first, then the peers the daemon knows
-    assert addresses.source == "daemon"
+    assert (addresses.own, addresses.peers, addresses.source) == (A, (B,), "daemon")  # the whitelist
+    controller, _ = fake
+    controller.whitelist_enabled = False  # then every peer the daemon knows may talk
+    addresses = launch_support.dds_peers(None, launch_support.query_daemon(socket_path))
+    assert addresses.peers == (C,)
 
 
-def test_dds_peers_fleet_limits_the_peers_and_the_daemon_gives_the_own_address(
+def test_dds_peers_fleet_and_whitelist_together_and_the_daemon_gives_the_own_address(
     fleet_file: str, fake: tuple[FakeController, str]
 ) -> None:
-    _, socket_path = fake
+    controller, socket_path = fake
+    controller.whitelist_remove(B)
+    controller.whitelist_add("fc94::d")  # added by the user, not in the fleet
     daemon = launch_support.query_daemon(socket_path)
     view = launch_support.fleet_view(fleet_file, "robot-a")
     addresses = launch_support.dds_peers(view, daemon)
-    assert (addresses.own, addresses.peers) == (A, (B,))  # robot-c may not talk to robot-a
+    # robot-c is neither a fleet peer of robot-a nor whitelisted: not a DDS peer.
+    assert (addresses.own, addresses.peers) == (A, (B, "fc94::d"))
+    assert addresses.source == "fleet file and daemon"
     assert launch_support.address_mismatch(view, daemon) is None
     wrong = launch_support.fleet_view(fleet_file, "robot-b")
     message = launch_support.address_mismatch(wrong, daemon)
