@@ -297,6 +297,11 @@ class Node:
             # Simultaneous open: the lower address keeps its initiation, the higher one answers.
             if self.address < peer.address:
                 self._drop("simultaneous_open")
+                if endpoint != peer.initiation_endpoint:
+                    # Their init came from elsewhere than where ours went (a stale endpoint, a restarted peer
+                    # on a new port): the peer is reachable there, so send our init there too.
+                    peer.initiation_endpoint = endpoint
+                    self.outbox.append((endpoint, peer.initiation.init_bytes))
                 return
             self._abandon_initiation(peer)
         response, state = handshake.respond(self.identity, datagram, self._new_index(), self._ephemeral())

@@ -93,6 +93,10 @@ def test_three_robots_find_each_other_and_exchange_traffic(fleet: Any) -> None:
     ping = a.json("ping", addresses["robot-c"], "-c", "2", "-i", "0.2")
     assert ping["received"] == 2
     assert ping["path"] == "direct"
+    # What happened is in the log, on stderr and through the API.
+    assert "all capabilities dropped" in a.log_path.read_text()
+    lines = a.json("logs")
+    assert any("peer" in line and "up" in line for line in lines["lines"]), lines
 
 
 def test_whitelist_blocks_both_directions_until_disabled(fleet: Any) -> None:

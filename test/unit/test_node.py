@@ -268,6 +268,19 @@ def test_heard_beacons_are_bounded_and_expire(monkeypatch: pytest.MonkeyPatch) -
 
 
 # --------------------------------------------------------------------------- simultaneous open
+def test_crossing_init_from_a_new_endpoint_redirects_the_lower_sides_initiation() -> None:
+    pair = make_pair()
+    a_is_lower = pair.a.address < pair.b.address
+    low, low_ep, high = (pair.a, pair.ea, pair.b) if a_is_lower else (pair.b, pair.eb, pair.a)
+    stale = ("198.18.0.99", 5582)  # where the higher peer used to be: nothing answers there any more
+    low.add_static_endpoint(high.address, stale, pair.net.now)
+    high.add_static_endpoint(low.address, low_ep, pair.net.now)
+    pair.net.advance(0.5)
+    assert low.path_of(high.address) is PathKind.DIRECT
+    assert high.path_of(low.address) is PathKind.DIRECT
+    assert low.counters["drop_simultaneous_open"] >= 1  # the case under test did happen
+
+
 @pytest.mark.parametrize(
     "labels", [("node a", "node b"), ("node b", "node a"), ("sim 1", "sim 2"), ("sim 3", "sim 4")]
 )
