@@ -7,7 +7,8 @@ Parameters
     exclusive minimum, NaN/inf, allowed strings) and declares every spec with a ``ParameterDescriptor``
     (description, ``FloatingPointRange`` for bounded doubles, allowed values in ``additional_constraints``).
     A bad value in a parameter file does not kill the node: it is logged as an error and the default is
-    used; an integer given for a double (``period: 1``) is taken as that double.
+    used; an integer given for a double (``period: 1``, ``ros2 param set N period 1``) is taken as that
+    double. A value of the wrong type is refused by rclpy itself ("Wrong parameter type ...").
     ``COMMON_PARAMETERS`` are declared by every node: ``control_socket`` (string, "" =
     $HUSARNET_ROS_CONTROL_SOCKET or the default socket) and ``retry_period_s`` (double 2.0, 0.1..60).
     ``check_value(spec, value) -> str | None`` is the pure validator (None = valid, else the reason).
@@ -208,8 +209,33 @@ def _declare_one(node: Node, spec: ParamSpec) -> None:
     node.declare_parameter(spec.name, spec.default, descriptor, ignore_override=True)
 
 
+_DOUBLES_ATTRIBUTE = "_husarnet_double_parameters"
+
+
+def _accept_integers_for_doubles(node: Node, specs: Sequence[ParamSpec]) -> None:
+    """`ros2 param set ... poll_period_s 1` sends an integer: take it as 1.0 instead of a type error."""
+    doubles: set[str] | None = getattr(node, _DOUBLES_ATTRIBUTE, None)
+    if doubles is None:
+        doubles = set()
+        setattr(node, _DOUBLES_ATTRIBUTE, doubles)
+        names = doubles
+
+        def coerce(parameters: list[Parameter[Any]]) -> list[Parameter[Any]]:
+            # rclpy concatenates what every pre-set callback returns: there is one per node, this one.
+            return [
+                Parameter(p.name, Parameter.Type.DOUBLE, float(p.value))
+                if p.name in names and p.type_ == Parameter.Type.INTEGER
+                else p
+                for p in parameters
+            ]
+
+        node.add_pre_set_parameters_callback(coerce)
+    doubles.update(spec.name for spec in specs if isinstance(spec.default, float))
+
+
 def declare_parameters(node: Node, specs: Sequence[ParamSpec]) -> None:
     """Declare ``specs`` on ``node`` with descriptors and refuse invalid later changes with a reason."""
+    _accept_integers_for_doubles(node, specs)
     node.add_on_set_parameters_callback(_validator(specs))
     for spec in specs:
         _declare_one(node, spec)
