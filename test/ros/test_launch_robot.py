@@ -1,0 +1,205 @@
+"""launch_testing: robot.launch.py brings up the husarnet nodes against a fake daemon, as a user sees them.
+
+The launch file of the working tree runs the INSTALLED executables (lib/husarnet_ros/*; refresh them with
+scripts/setup.sh). No root: ``start_daemon:=false`` and the daemon is ``serve_fake()``, the real control API
+server on a temporary socket with an in-memory daemon that the tests change. ``dds:=none``: the DDS files
+bind to hnet0, which does not exist here; the DDS path is covered by test/e2e/test_two_robots.py.
+
+Checked: the four nodes come up; a subscriber created after the table was published still receives
+/husarnet/peers (TRANSIENT_LOCAL); /husarnet/add_peer with a valid and an invalid address; the /diagnostics
+level of a peer goes from OK to ERROR when the peer leaves the daemon's table, and back when it returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+import unittest
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import launch_testing
+import launch_testing.actions
+import pytest
+from launch.actions import IncludeLaunchDescription
+from launch.launch_description import LaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+from husarnet_ros.api import PeerStatus
+from husarnet_ros.testing.fake_controller import FakeController, serve_fake
+
+ROBOT_LAUNCH = Path(__file__).resolve().parents[2] / "launch" / "robot.launch.py"
+WAIT_S = 30.0  # bound of every wait, never asserted on
+NODE_NAMES = ("husarnet_peers", "husarnet_whitelist", "husarnet_hosts")
+PEER_A, PEER_B = "fc94::2", "fc94::3"
+T = TypeVar("T")
+
+
+def _peer(address: str, hostname: str) -> PeerStatus:
+    return PeerStatus(
+        address=address,
+        hostname=hostname,
+        path="direct",
+        endpoint="198.18.0.2:5582",
+        rtt_ms=0.4,
+        last_handshake=time.time(),
+        last_seen=time.time(),
+        state="established",
+    )
+
+
+@pytest.mark.ros
+@pytest.mark.launch_test
+def generate_test_description() -> tuple[LaunchDescription, dict[str, Any]]:
+    stack = contextlib.ExitStack()
+    controller = FakeController(address="fc94::1", hostname="robot1")
+    controller.add_peer(_peer(PEER_A, "robot2"))
+    controller.add_peer(_peer(PEER_B, "robot3"))
+    controller.whitelist_add(PEER_A)
+    _, socket_path = stack.enter_context(serve_fake(controller))
+    # The launched nodes and this test's own rclpy context: a domain of their own, logs in a temp dir.
+    saved = {name: os.environ.get(name) for name in ("ROS_DOMAIN_ID", "ROS_LOG_DIR")}
+    os.environ["ROS_DOMAIN_ID"] = str(100 + (os.getpid() + 7) % 100)
+    os.environ["ROS_LOG_DIR"] = tempfile.mkdtemp(prefix="hr-launch-test-log-")
+    stack.callback(lambda: [_restore(name, value) for name, value in saved.items()])
+    robot = IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(str(ROBOT_LAUNCH)),
+        launch_arguments={
+            "start_daemon": "false",
+            "control_socket": socket_path,
+            "dds": "none",
+            "hostname": "robot1",
+        }.items(),
+    )
+    description = LaunchDescription([robot, launch_testing.actions.ReadyToTest()])
+    return description, {"controller": controller, "socket_path": socket_path, "stack": stack}
+
+
+def _restore(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+class TestRobotLaunch(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+
+        cls.context = Context()
+        rclpy.init(context=cls.context, domain_id=int(os.environ["ROS_DOMAIN_ID"]))
+        cls.node = rclpy.create_node("launch_test_probe", context=cls.context)
+        cls.executor = SingleThreadedExecutor(context=cls.context)
+        cls.executor.add_node(cls.node)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.executor.shutdown()
+        cls.node.destroy_node()
+        cls.context.try_shutdown()
+
+    def spin_until(self, value: Callable[[], T | None], what: str) -> T:
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            result = value()
+            if result:
+                return result
+            self.executor.spin_once(timeout_sec=0.1)
+        self.fail(f"timed out after {WAIT_S:.0f} s waiting for {what}")
+
+    def wait_for_nodes(self) -> None:
+        def up() -> bool:
+            names = {name for name, _ns in self.node.get_node_names_and_namespaces()}
+            return all(name in names for name in NODE_NAMES)
+
+        self.spin_until(up, f"nodes {', '.join(NODE_NAMES)}")
+
+    def call(self, service_type: Any, name: str, request: Any) -> Any:
+        client = self.node.create_client(service_type, name)
+        try:
+            self.spin_until(lambda: client.service_is_ready(), f"service {name}")
+            future = client.call_async(request)
+            self.spin_until(lambda: future.done(), f"the answer of {name}")
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    # --- the tests ------------------------------------------------------------------------------------------
+
+    def test_1_nodes_come_up(self) -> None:
+        self.wait_for_nodes()
+
+    def test_2_late_subscriber_receives_the_peer_table(self) -> None:
+        from husarnet_ros.msg import PeerArray
+        from husarnet_ros.ros.common import LATCHED_QOS
+
+        first: list[Any] = []
+        early = self.node.create_subscription(PeerArray, "/husarnet/peers", first.append, LATCHED_QOS)
+        self.spin_until(lambda: first, "a first /husarnet/peers message")
+        # The table is published; a subscriber created only now still gets it (TRANSIENT_LOCAL, depth 1).
+        late: list[Any] = []
+        subscription = self.node.create_subscription(PeerArray, "/husarnet/peers", late.append, LATCHED_QOS)
+        try:
+            message = self.spin_until(lambda: late and late[-1], "/husarnet/peers for the late subscriber")
+            by_address = {peer.address: peer for peer in message.peers}
+            assert set(by_address) == {PEER_A, PEER_B}
+            assert by_address[PEER_A].hostname == "robot2"
+            assert by_address[PEER_A].whitelisted
+            assert not by_address[PEER_B].whitelisted
+        finally:
+            self.node.destroy_subscription(subscription)
+            self.node.destroy_subscription(early)
+
+    def test_3_add_peer_valid_and_invalid(self, controller: FakeController) -> None:
+        from husarnet_ros.srv import AddPeer
+
+        self.wait_for_nodes()
+        good = self.call(AddPeer, "/husarnet/add_peer", AddPeer.Request(address="FC94:0::5", hostname=""))
+        assert good.success, good.message
+        assert "fc94::5" in controller.allowed
+        for bad_address in ("10.0.0.1", "fd00::1", "not-an-address"):
+            with self.subTest(address=bad_address):
+                bad = self.call(
+                    AddPeer, "/husarnet/add_peer", AddPeer.Request(address=bad_address, hostname="")
+                )
+                assert not bad.success
+                assert bad_address in bad.message  # the message says what was refused
+        assert [a for a in controller.allowed if a not in (PEER_A, "fc94::5")] == []
+
+    def test_4_diagnostics_level_follows_a_peer_leaving(self, controller: FakeController) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+        name = "husarnet: peer robot3"
+        levels: list[int] = []
+
+        def on_diagnostics(message: Any) -> None:
+            levels.extend(status.level[0] for status in message.status if status.name == name)
+
+        subscription = self.node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+        try:
+            self.spin_until(lambda: levels and levels[-1] == DiagnosticStatus.OK[0], f"{name} OK")
+            with controller._lock:
+                removed = controller.peers.pop(PEER_B)
+            self.spin_until(lambda: levels[-1] == DiagnosticStatus.ERROR[0], f"{name} ERROR after it left")
+            controller.add_peer(removed)
+            self.spin_until(
+                lambda: levels[-1] == DiagnosticStatus.OK[0], f"{name} OK again after it returned"
+            )
+        finally:
+            self.node.destroy_subscription(subscription)
+
+
+@launch_testing.post_shutdown_test()
+class TestAfterShutdown(unittest.TestCase):
+    def test_nodes_exited_cleanly(self, proc_info: Any, stack: contextlib.ExitStack) -> None:
+        try:
+            # SIGINT from the launch: each node exits 0 (its main() handles the shutdown).
+            launch_testing.asserts.assertExitCodes(proc_info)
+        finally:
+            stack.close()
