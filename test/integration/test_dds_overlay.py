@@ -1,0 +1,241 @@
+"""ROS 2 (Fast DDS) and Cyclone DDS between two robots over the overlay, with only the generated files.
+
+Two namespaces on one LAN, a real daemon in each, whitelisted to each other; multicast is dropped on the
+underlay (nftables, only the daemon's beacons pass) and any DDS packet on the underlay is counted, so a
+message that arrives proves discovery was unicast and went through hnet0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from husarnet_ros import dds
+from husarnet_ros.testing.lab_daemon import Daemon, whitelist_each_other
+from husarnet_ros.testing.netlab import Host
+
+pytestmark = [pytest.mark.integration, pytest.mark.ros]
+
+RUN_S = 60.0  # a talker/writer publishes at most this long
+LISTEN_S = 45.0  # a listener/reader gives up after this long
+DOMAIN_ID = 100 + os.getpid() % 100  # own domain per test process: parallel runs never see each other
+UNDERLAY_TABLE = "dds_underlay"
+
+TALKER = textwrap.dedent(
+    f"""
+    import time, rclpy
+    from std_msgs.msg import String
+    rclpy.init()
+    node = rclpy.create_node("overlay_talker")
+    pub = node.create_publisher(String, "chatter", 10)
+    deadline, count = time.monotonic() + {RUN_S}, 0
+    try:
+        while time.monotonic() < deadline:
+            pub.publish(String(data=f"hello {{count}}"))
+            count += 1
+            rclpy.spin_once(node, timeout_sec=0.05)
+    except Exception:
+        pass
+    """
+)
+
+LISTENER = textwrap.dedent(
+    f"""
+    import json, time, rclpy
+    from std_msgs.msg import String
+    rclpy.init()
+    node = rclpy.create_node("overlay_listener")
+    received = []
+    node.create_subscription(String, "chatter", lambda m: received.append((time.time(), m.data)), 10)
+    deadline = time.monotonic() + {LISTEN_S}
+    while time.monotonic() < deadline and len(received) < 5:
+        rclpy.spin_once(node, timeout_sec=0.05)
+    first = received[0][0] if received else None
+    summary = {{"first": first, "count": len(received), "data": [d for _, d in received]}}
+    print(json.dumps(summary), flush=True)
+    node.destroy_node()
+    rclpy.shutdown()
+    """
+)
+
+CYCLONE_TYPE = textwrap.dedent(
+    """
+    from dataclasses import dataclass
+    from cyclonedds.domain import DomainParticipant
+    from cyclonedds.idl import IdlStruct
+    from cyclonedds.topic import Topic
+
+    @dataclass
+    class Chat(IdlStruct, typename="husarnet_test.Chat"):
+        text: str
+    """
+)
+
+CYCLONE_WRITER = CYCLONE_TYPE + textwrap.dedent(
+    f"""
+    import time
+    from cyclonedds.pub import DataWriter
+    participant = DomainParticipant({DOMAIN_ID})
+    writer = DataWriter(participant, Topic(participant, "overlay_chat", Chat))
+    deadline, count = time.monotonic() + {RUN_S}, 0
+    while time.monotonic() < deadline:
+        writer.write(Chat(text=f"hello {{count}}"))
+        count += 1
+        time.sleep(0.05)
+    """
+)
+
+CYCLONE_READER = CYCLONE_TYPE + textwrap.dedent(
+    f"""
+    import json, time
+    from cyclonedds.sub import DataReader
+    participant = DomainParticipant({DOMAIN_ID})
+    reader = DataReader(participant, Topic(participant, "overlay_chat", Chat))
+    received = []
+    deadline = time.monotonic() + {LISTEN_S}
+    while time.monotonic() < deadline and len(received) < 5:
+        received += [(time.time(), sample.text) for sample in reader.take(N=10)]
+        time.sleep(0.02)
+    first = received[0][0] if received else None
+    summary = {{"first": first, "count": len(received), "data": [d for _, d in received]}}
+    print(json.dumps(summary), flush=True)
+    """
+)
+
+
+def _count_underlay_udp(host: Host) -> None:
+    """Count UDP on the underlay that is not the daemon's (5581 beacons, 5582 tunnel): that would be DDS."""
+    daemon_ports = "{ 5581, 5582 }"
+    rules = "\n".join(
+        f'    {match} "{host.ifname}" meta l4proto udp udp {direction} != {daemon_ports} counter name "leak"'
+        for match, direction in (("iifname", "dport"), ("oifname", "dport"))
+    )
+    ruleset = (
+        f"table inet {UNDERLAY_TABLE} {{\n  counter leak {{ }}\n"
+        f"  chain watch_in {{\n    type filter hook input priority filter; policy accept;\n"
+        f"{rules.splitlines()[0]}\n  }}\n"
+        f"  chain watch_out {{\n    type filter hook output priority filter; policy accept;\n"
+        f"{rules.splitlines()[1]}\n  }}\n}}\n"
+    )
+    host.run(["nft", "-f", "-"], input=ruleset)
+
+
+def _check_counter_counts(sender: Host, receiver: Host) -> None:
+    """One stray datagram on the underlay must show on the counters: they are not blind."""
+    before = _underlay_udp_count(sender)
+    probe = (
+        "import socket; "
+        f"socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).sendto(b'x', ('{receiver.ipv6}', 7399))"
+    )
+    sender.run([sys.executable, "-c", probe])
+    assert _underlay_udp_count(sender) > before, "the underlay UDP counter did not count a probe datagram"
+
+
+def _underlay_udp_count(host: Host) -> int:
+    out = host.run(["nft", "-j", "list", "counter", "inet", UNDERLAY_TABLE, "leak"]).stdout
+    for item in json.loads(out).get("nftables", []):
+        if "counter" in item:
+            return int(item["counter"]["packets"])
+    raise AssertionError(f"no counter {UNDERLAY_TABLE}/leak in {host.netns}")
+
+
+@pytest.fixture
+def robots(fleet: Any) -> tuple[Daemon, Daemon, dict[str, str]]:
+    """Two whitelisted robots with a direct path; the lab removes namespaces, nftables and processes."""
+    a, b = fleet(2)
+    addresses = whitelist_each_other([a, b])
+    a.wait_path(addresses["robot-b"], "direct", timeout=20)
+    b.wait_path(addresses["robot-a"], "direct", timeout=20)
+    for daemon in (a, b):
+        daemon.host.drop_multicast(keep_discovery=True)
+        _count_underlay_udp(daemon.host)
+    return a, b, addresses
+
+
+def _env(base: dict[str, str], log_dir: Path) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("ROS_", "RMW_", "FASTDDS_", "CYCLONEDDS_"))
+    }
+    return env | base | {"ROS_LOG_DIR": str(log_dir), "ROS_DOMAIN_ID": str(DOMAIN_ID)}
+
+
+def _listen(host: Host, program: str, env: dict[str, str]) -> dict[str, Any]:
+    result = host.run([sys.executable, "-c", program], env=env, check=False, timeout=LISTEN_S + 30)
+    assert result.returncode == 0, f"listener in {host.label} failed: {result.stderr[-3000:]}"
+    answer: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return answer
+
+
+def _start(host: Host, program: str, env: dict[str, str]) -> subprocess.Popen[Any]:
+    return host.popen(
+        [sys.executable, "-c", program], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+def test_ros2_topic_crosses_the_overlay_with_multicast_dropped(robots: Any, tmp_path: Path) -> None:
+    a, b, addresses = robots
+    env_a = dds.write_config(tmp_path / "a", addresses["robot-a"], [addresses["robot-b"]], rmw="fastdds")
+    env_b = dds.write_config(tmp_path / "b", addresses["robot-b"], [addresses["robot-a"]], rmw="fastdds")
+    env_a = _env(env_a | {"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp"}, tmp_path / "log")
+    env_b = _env(env_b | {"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp"}, tmp_path / "log")
+
+    started = time.time()
+    talker = _start(a.host, TALKER, env_a)
+    try:
+        remote = _listen(b.host, LISTENER, env_b)
+        assert remote["count"] > 0, "no message from robot-a reached robot-b over the overlay"
+        assert remote["data"][0].startswith("hello ")
+        # Two nodes on the same robot find each other too (the own address is an initial peer).
+        local = _listen(a.host, LISTENER, env_a)
+        assert local["count"] > 0, "a listener on robot-a did not hear the talker on robot-a"
+    finally:
+        a.host.lab.stop_process(talker)
+    first_s = remote["first"] - started
+    drops = {d.hostname: d.host.multicast_drop_count() for d in (a, b)}
+    leaks = {d.hostname: _underlay_udp_count(d.host) for d in (a, b)}
+    print(
+        f"\nFast DDS over the overlay: first message {first_s:.2f} s after the talker started; "
+        f"multicast dropped: {drops}; DDS packets on the underlay: {leaks}"
+    )
+    assert drops == {"robot-a": 0, "robot-b": 0}, f"DDS tried multicast: {drops}"
+    assert leaks == {"robot-a": 0, "robot-b": 0}, f"DDS traffic bypassed the overlay: {leaks}"
+    _check_counter_counts(a.host, b.host)
+
+
+def test_cyclone_dds_crosses_the_overlay_with_multicast_dropped(robots: Any, tmp_path: Path) -> None:
+    pytest.importorskip("cyclonedds", reason="the cyclonedds Python package is not installed")
+    a, b, addresses = robots
+    env_a = _env(
+        dds.write_config(tmp_path / "a", addresses["robot-a"], [addresses["robot-b"]], rmw="cyclonedds"),
+        tmp_path / "log",
+    )
+    env_b = _env(
+        dds.write_config(tmp_path / "b", addresses["robot-b"], [addresses["robot-a"]], rmw="cyclonedds"),
+        tmp_path / "log",
+    )
+    started = time.time()
+    writer = _start(a.host, CYCLONE_WRITER, env_a)
+    try:
+        remote = _listen(b.host, CYCLONE_READER, env_b)
+        assert remote["count"] > 0, "no Cyclone DDS sample from robot-a reached robot-b over the overlay"
+        local = _listen(a.host, CYCLONE_READER, env_a)
+        assert local["count"] > 0, "a Cyclone DDS reader on robot-a did not hear the writer on robot-a"
+    finally:
+        a.host.lab.stop_process(writer)
+    first_s = remote["first"] - started
+    drops = {d.hostname: d.host.multicast_drop_count() for d in (a, b)}
+    leaks = {d.hostname: _underlay_udp_count(d.host) for d in (a, b)}
+    print(
+        f"\nCyclone DDS over the overlay: first sample {first_s:.2f} s after the writer started; "
+        f"multicast dropped: {drops}; DDS packets on the underlay: {leaks}"
+    )
+    assert drops == {"robot-a": 0, "robot-b": 0}, f"Cyclone DDS tried multicast: {drops}"
+    assert leaks == {"robot-a": 0, "robot-b": 0}, f"Cyclone DDS traffic bypassed the overlay: {leaks}"
