@@ -17,6 +17,7 @@ from ..client import ControlClient
 from ..core.errors import HusarnetError
 from . import daemon as daemon_command
 from . import doctor, identity, lists, network
+from .dds import dds_command
 from .state import CliFailure, CliState, cli_state, json_option, print_json
 
 # Set to get a traceback instead of the one-line message for an unexpected error (a bug).
@@ -100,6 +101,7 @@ for command in (
     identity.import_identity,
     daemon_command.daemon,
     doctor.doctor,
+    dds_command,
 ):
     cli.add_command(command)
 
