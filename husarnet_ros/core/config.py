@@ -17,13 +17,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .beacon import DEFAULT_SOURCE_NETWORKS
 from .constants import DEFAULT_MTU, DEFAULT_UDP_PORT, OVERLAY_PREFIX
 from .errors import ConfigError
 from .hosts import HostnameError, normalize_hostname
+from .yamlfile import read_yaml_file
 
 DEFAULT_STATE_DIR = Path("/var/lib/husarnet-ros")
 DEFAULT_CONTROL_SOCKET = Path("/run/husarnet-ros/control.sock")
@@ -183,22 +183,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
     Values are not validated here (``DaemonConfig`` does that); keys are: an unknown key is an error.
     """
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_CONFIG_FILE_SIZE + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_CONFIG_FILE_SIZE:
-        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_FILE_SIZE} bytes")
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
-    except RecursionError:
-        raise ConfigError(f"config file {path} is nested too deeply") from None
+    data = read_yaml_file(path, "config file", MAX_CONFIG_FILE_SIZE)
     if data is None:
         return {}
     if not isinstance(data, dict):

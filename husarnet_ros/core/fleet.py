@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .address import format_address, parse_overlay
 from .errors import AddressError, ConfigError, IdentityError
 from .hosts import normalize_hostname
 from .identity import Identity
+from .yamlfile import read_yaml_file
 
 # A fleet file is a few KiB; a bigger one is a mistake (or an attack on whoever parses it).
 MAX_FLEET_FILE_SIZE = 1 << 20
@@ -238,50 +238,7 @@ def parse_fleet(data: Any, base_dir: Path, source: str = "<fleet>") -> Fleet:
     return Fleet(members, spec.links)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that refuses a key given twice in one mapping.
-
-    Plain YAML loaders keep the last value silently: two ``robot1:`` entries would lose one robot.
-    """
-
-
-def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            duplicate = key in seen
-        except TypeError:  # an unhashable key: the ordinary constructor reports it
-            break
-        if duplicate:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_unique_mapping,
-)
-
-
 def load_fleet(path: Path) -> Fleet:
     """Read and parse a fleet file; ConfigError (naming the file, line and key) on any problem."""
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_FLEET_FILE_SIZE + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read fleet file {path}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_FLEET_FILE_SIZE:
-        raise ConfigError(f"fleet file {path} is larger than {MAX_FLEET_FILE_SIZE} bytes")
-    try:
-        data = yaml.load(raw, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None)
-        detail = f": {problem}" if isinstance(problem, str) else ""
-        raise ConfigError(f"fleet file {path} is not valid YAML{where}{detail}") from None
-    except RecursionError:
-        raise ConfigError(f"fleet file {path} is nested too deeply") from None
+    data = read_yaml_file(path, "fleet file", MAX_FLEET_FILE_SIZE)
     return parse_fleet(data, path.parent, str(path))

@@ -266,6 +266,12 @@ def test_bad_yaml_reports_position(tmp_path: Path) -> None:
         load_config(path)
 
 
+def test_a_setting_given_twice_is_an_error_not_a_silent_override(tmp_path: Path) -> None:
+    path = _write(tmp_path, "mtu: 1400\nudp_port: 1\nmtu: 1500\n")
+    with pytest.raises(ConfigError, match=r"line 3, column 1: duplicate key 'mtu'"):
+        load_config(path)
+
+
 @pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
 def test_top_level_must_be_mapping(tmp_path: Path, text: str) -> None:
     with pytest.raises(ConfigError, match="must be a mapping"):
