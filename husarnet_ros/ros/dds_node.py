@@ -107,7 +107,7 @@ class _FleetCache:
 
 class DdsNode(Node):
     def __init__(self, **node_options: Any) -> None:
-        """``node_options`` go to rclpy's Node (tests: ``parameter_overrides``, ``namespace``, ``context``)."""
+        """``node_options`` go to rclpy's Node (e.g. ``parameter_overrides``, ``namespace``, ``context``)."""
         super().__init__(NODE_NAME, **node_options)
         declare_parameters(self, (*COMMON_PARAMETERS, *DDS_PARAMETERS))
         self.link = DaemonLink.from_parameters(self)
