@@ -11,12 +11,16 @@ functions and the answers into launch actions:
 
 from __future__ import annotations
 
+import os
 import shlex
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from . import dds as dds_config
 from .api import Status, Whitelist, resolve_control_socket
@@ -256,3 +260,15 @@ def write_env_file(output_dir: Path, env: Mapping[str, str]) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, export_lines(env) + "\n", 0o644)
     return path
+
+
+def write_parameter_overrides(node_name: str, values: Mapping[str, str]) -> Path:
+    """A ROS parameter file setting ``values`` for ``node_name`` in any namespace (``/**/<node_name>``).
+
+    In a temporary file that outlives the launch, as launch_ros does with the parameter dicts it is given.
+    """
+    document = {f"/**/{node_name}": {"ros__parameters": dict(values)}}
+    handle, name = tempfile.mkstemp(prefix=f"husarnet_ros_{node_name}_", suffix=".yaml")
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        yaml.safe_dump(document, file, default_flow_style=False)
+    return Path(name)

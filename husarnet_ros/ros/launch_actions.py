@@ -47,6 +47,13 @@ PACKAGE = "husarnet_ros"
 # Both in the source tree and in share/husarnet_ros/, the launch files sit next to config/.
 PACKAGE_SHARE = Path(__file__).resolve().parent
 LOG_PREFIX = "[husarnet_ros] "
+# Default node name of each executable (the names every helper relies on).
+NODE_NAMES = {
+    "peers_node": "husarnet_peers",
+    "whitelist_node": "husarnet_whitelist",
+    "hosts_node": "husarnet_hosts",
+    "dds_node": "husarnet_dds",
+}
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,12 @@ def share_dir(launch_file: str) -> Path:
 
 def robot_arguments(share: Path) -> tuple[Argument, ...]:
     return (
-        Argument("namespace", "", "ROS namespace of this robot's nodes, e.g. robot1 ('' = none)"),
+        Argument(
+            "namespace",
+            "",
+            "ROS namespace of the nodes, e.g. robot1 ('' = the robot's one in the fleet file, else none; "
+            "'/' = none)",
+        ),
         Argument(
             "config",
             str(share / "config" / "robot.yaml"),
@@ -127,8 +139,14 @@ class RobotSettings:
             return str(LaunchConfiguration(name).perform(context)).strip()
 
         hostname = arg("hostname") or support.system_hostname()
-        namespace = support.normalize_namespace(arg("namespace"))
         fleet = arg("fleet")
+        fleet = str(Path(fleet).expanduser().resolve()) if fleet else ""
+        robot = arg("robot") or hostname
+        namespace = arg("namespace")
+        if not namespace and fleet:
+            # ConfigError (unknown robot, bad file): launch prints the message and exits 1.
+            namespace = support.fleet_robot(fleet, robot).namespace
+        namespace = support.normalize_namespace(namespace)
         return cls(
             namespace=namespace,
             config=arg("config"),
@@ -139,8 +157,8 @@ class RobotSettings:
             hosts_file=arg("hosts_file"),
             daemon_config=arg("daemon_config"),
             daemon_args=arg("daemon_args"),
-            fleet=str(Path(fleet).expanduser().resolve()) if fleet else "",
-            robot=arg("robot") or hostname,
+            fleet=fleet,
+            robot=robot,
             dds=support.parse_dds(arg("dds")),
             dds_output_dir=support.dds_output_dir(arg("dds_output_dir"), namespace),
         )
@@ -237,15 +255,19 @@ def _configure_and_start(context: LaunchContext, settings: RobotSettings, view: 
 def _nodes(settings: RobotSettings, with_fleet: bool) -> list[Node]:
     config = Path(settings.config) if settings.config else None
     parameter_files: list[Any] = [str(config)] if config is not None and config.is_file() else []
-    common: dict[Any, Any] = {"control_socket": settings.control_socket}
-    fleet: dict[Any, Any] = {"fleet_file": settings.fleet if with_fleet else "", "robot": settings.robot}
+    common: dict[str, str] = {"control_socket": settings.control_socket}
+    fleet: dict[str, str] = {"fleet_file": settings.fleet if with_fleet else "", "robot": settings.robot}
 
-    def node(executable: str, overrides: dict[Any, Any]) -> Node:
+    def node(executable: str, overrides: dict[str, str]) -> Node:
+        # What the launch decided must beat the parameter file, also its node-specific entries
+        # (`/**/husarnet_dds:` wins over `/**`, whatever the order): same key, in a file given after it.
+        values = {**common, **overrides}
+        override_file = support.write_parameter_overrides(NODE_NAMES[executable], values)
         return Node(
             package=PACKAGE,
             executable=executable,
             namespace=settings.namespace,
-            parameters=[*parameter_files, {**common, **overrides}],
+            parameters=[*parameter_files, str(override_file)],
             output="screen",
         )
 

@@ -232,3 +232,18 @@ def test_export_lines_survive_the_shell(tmp_path: Path) -> None:
         check=True,
     ).stdout
     assert shown == "it's|/tmp/with space/f.xml"
+
+
+def test_parameter_overrides_file_targets_the_node_in_any_namespace() -> None:
+    import yaml
+
+    path = launch_support.write_parameter_overrides(
+        "husarnet_dds", {"output_dir": "/tmp/a b", "rmw": "fastdds"}
+    )
+    try:
+        document = yaml.safe_load(path.read_text())
+        assert document == {
+            "/**/husarnet_dds": {"ros__parameters": {"output_dir": "/tmp/a b", "rmw": "fastdds"}}
+        }
+    finally:
+        path.unlink()

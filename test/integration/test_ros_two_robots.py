@@ -1,0 +1,309 @@
+"""End to end, as a user would run it: two robots from one fleet file, each `ros2 launch` starting its daemon.
+
+Two network namespaces on one LAN; identities are generated first (`husarnet-ros genid` into each state
+directory) so the fleet file can list both addresses before anything runs. Multicast is dropped on the
+underlay (only the daemon's beacons pass), so ROS 2 discovery has to be unicast over hnet0.
+
+- robot-a: ``ros2 launch husarnet_ros fleet.launch.py fleet:=F robot:=robot-a start_daemon:=true ...``
+- robot-b: ``ros2 launch husarnet_ros robot.launch.py fleet:=F robot:=robot-b start_daemon:=true ...``
+
+Then a plain rclpy talker (std_msgs/String) on robot-a and a listener on robot-b, both with the `export`
+lines their launch printed, must exchange messages; the time from the launches to the first message is
+printed. From the command line on robot-b with that environment: `ros2 topic echo --once` of the peers
+topic and `ros2 service call .../add_peer` with a valid and an invalid address.
+
+Uses the INSTALLED package (share/husarnet_ros/launch, lib/husarnet_ros): refresh it with scripts/setup.sh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from husarnet_ros.client import ClientError, ControlClient
+from husarnet_ros.testing.lab_daemon import husarnet_ros_command
+from husarnet_ros.testing.netlab import Host, Lab, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.ros]
+
+VENV_BIN = Path(sys.executable).parent
+ROS2 = str(VENV_BIN / "ros2")
+DOMAIN_ID = 100 + (os.getpid() + 31) % 100
+LAUNCH_READY_S = 60.0  # bound for a launch to print its DDS environment
+PATH_S = 30.0  # bound for the daemons to find a direct path
+RUN_S = 60.0  # the talker publishes at most this long
+LISTEN_S = 45.0  # the listener gives up after this long
+STOP_S = 15.0  # a launch gets this long to stop its daemon and nodes after SIGINT
+EXPORT_RE = re.compile(r"^export ([A-Z_][A-Z0-9_]*)=(\S+)$", re.MULTILINE)
+
+TALKER = textwrap.dedent(
+    f"""
+    import time, rclpy
+    from std_msgs.msg import String
+    rclpy.init()
+    node = rclpy.create_node("e2e_talker")
+    pub = node.create_publisher(String, "chatter", 10)
+    deadline, count = time.monotonic() + {RUN_S}, 0
+    try:
+        while time.monotonic() < deadline:
+            pub.publish(String(data=f"hello {{count}}"))
+            count += 1
+            rclpy.spin_once(node, timeout_sec=0.05)
+    except Exception:
+        pass
+    """
+)
+
+LISTENER = textwrap.dedent(
+    f"""
+    import json, time, rclpy
+    from std_msgs.msg import String
+    rclpy.init()
+    node = rclpy.create_node("e2e_listener")
+    received = []
+    node.create_subscription(String, "chatter", lambda m: received.append((time.time(), m.data)), 10)
+    deadline = time.monotonic() + {LISTEN_S}
+    while time.monotonic() < deadline and len(received) < 5:
+        rclpy.spin_once(node, timeout_sec=0.05)
+    first = received[0][0] if received else None
+    summary = {{"first": first, "count": len(received), "data": [d for _, d in received]}}
+    print(json.dumps(summary), flush=True)
+    node.destroy_node()
+    rclpy.shutdown()
+    """
+)
+
+
+@dataclass
+class Robot:
+    """One robot's files, launch process and the DDS environment its launch printed."""
+
+    name: str
+    host: Host
+    workdir: Path
+    address: str = ""
+    namespace: str = ""
+    launch: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    dds_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.workdir / "state"
+
+    @property
+    def control_socket(self) -> str:
+        return str(self.workdir / "ctl.sock")
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "launch.log"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no launch log)"
+
+    def base_env(self) -> dict[str, str]:
+        """This process's environment without any ROS / DDS setting, plus the test's domain and dirs."""
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("ROS_", "RMW_", "FASTDDS_", "CYCLONEDDS_", "HUSARNET_ROS_"))
+        }
+        return env | {
+            "ROS_DOMAIN_ID": str(DOMAIN_ID),
+            "ROS_LOG_DIR": str(self.workdir / "ros-log"),
+            "ROS_HOME": str(self.workdir / "ros-home"),
+        }
+
+    def user_env(self) -> dict[str, str]:
+        """What a user of this robot has after pasting the launch's `export` lines."""
+        return self.base_env() | self.dds_env
+
+
+def _generate_identity(robot: Robot) -> None:
+    robot.state_dir.mkdir(mode=0o700)
+    out = subprocess.run(
+        [*husarnet_ros_command(), "genid", "--output", str(robot.state_dir / "identity"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    robot.address = json.loads(out)["address"]
+
+
+def _stop_launch(robot: Robot) -> None:
+    """SIGINT the launch (it stops its daemon and nodes), then SIGKILL its process group if needed."""
+    process = robot.launch
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=STOP_S)
+    # The launch ran in a session of its own: its group is the launch and everything it started.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def robots(lab: Lab) -> Iterator[tuple[Robot, Robot, Path]]:
+    """Two robots with identities, their fleet file, multicast dropped; launches stopped on teardown."""
+    hosts = lab.lan(2)
+    made: list[Robot] = []
+    try:
+        for name, host in zip(("robot-a", "robot-b"), hosts, strict=True):
+            workdir = Path(tempfile.mkdtemp(prefix=f"{lab.prefix}-{name}-", dir="/tmp"))
+            (workdir / "hosts").write_text("127.0.0.1\tlocalhost\n::1\tlocalhost\n")
+            robot = Robot(name, host, workdir)
+            made.append(robot)
+            _generate_identity(robot)
+        a, b = made
+        fleet = a.workdir / "fleet.yaml"
+        fleet.write_text(
+            "robots:\n"
+            f"  robot-a: {{address: '{a.address}', namespace: robot_a}}\n"
+            f"  robot-b: {{address: '{b.address}', namespace: robot_b}}\n"
+        )
+        a.namespace, b.namespace = "/robot_a", "/robot_b"
+        for host in hosts:
+            host.drop_multicast(keep_discovery=True)
+        yield a, b, fleet
+    finally:
+        for robot in made:
+            _stop_launch(robot)
+            subprocess.run(
+                robot.host.exec_argv([ROS2, "daemon", "stop"]),
+                env=robot.user_env(),
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
+            shutil.rmtree(robot.workdir, ignore_errors=True)
+
+
+def _launch(robot: Robot, launch_file: str, fleet: Path) -> None:
+    argv = [
+        ROS2, "launch", "husarnet_ros", launch_file,
+        f"fleet:={fleet}", f"robot:={robot.name}", "start_daemon:=true",
+        f"control_socket:={robot.control_socket}", f"state_dir:={robot.state_dir}",
+        f"hosts_file:={robot.workdir / 'hosts'}", f"dds_output_dir:={robot.workdir / 'dds'}",
+    ]  # fmt: skip
+    log = robot.log_path.open("wb")
+    robot.started = time.time()
+    robot.launch = robot.host.popen(
+        argv, env=robot.base_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    log.close()
+
+
+def _wait_for_exports(robot: Robot) -> dict[str, str]:
+    def printed() -> dict[str, str] | None:
+        if robot.launch is not None and robot.launch.poll() is not None:
+            raise AssertionError(f"launch of {robot.name} exited early:\n{robot.log()[-4000:]}")
+        found = dict(EXPORT_RE.findall(robot.log()))
+        return found if "FASTDDS_DEFAULT_PROFILES_FILE" in found else None
+
+    try:
+        return wait_until(printed, LAUNCH_READY_S, interval=0.1, what=f"the DDS exports of {robot.name}")
+    except Exception as exc:
+        raise AssertionError(f"{exc}\n{robot.log()[-4000:]}") from exc
+
+
+def _direct_path(robot: Robot, peer: str) -> bool:
+    try:
+        with ControlClient(robot.control_socket, timeout_s=2.0) as client:
+            return any(p.address == peer and p.path == "direct" for p in client.peers())
+    except ClientError:
+        return False
+
+
+def _ros2(robot: Robot, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return robot.host.run([ROS2, *args], env=robot.user_env(), check=False, timeout=timeout)
+
+
+def test_two_robots_talk_over_the_overlay_with_what_the_launch_printed(
+    robots: tuple[Robot, Robot, Path],
+) -> None:
+    a, b, fleet = robots
+    _launch(a, "fleet.launch.py", fleet)
+    _launch(b, "robot.launch.py", fleet)
+    for robot in (a, b):
+        robot.dds_env = _wait_for_exports(robot)
+        assert robot.dds_env["RMW_IMPLEMENTATION"] == "rmw_fastrtps_cpp"
+        profile = Path(robot.dds_env["FASTDDS_DEFAULT_PROFILES_FILE"])
+        assert profile.is_file()
+        peer = b if robot is a else a
+        assert f"<address>{peer.address}</address>" in profile.read_text()  # the fleet gave the DDS peer
+        assert (robot.workdir / "dds" / "env.sh").read_text().count("export ") == len(robot.dds_env)
+    exports_at = time.time()
+    wait_until(lambda: _direct_path(a, b.address) and _direct_path(b, a.address), PATH_S, interval=0.2,
+               what="a direct path both ways (whitelists from the fleet file)")  # fmt: skip
+    direct_at = time.time()
+
+    talker = a.host.popen(
+        [sys.executable, "-c", TALKER], env=a.user_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        result = b.host.run(
+            [sys.executable, "-c", LISTENER], env=b.user_env(), check=False, timeout=LISTEN_S + 30
+        )
+        assert result.returncode == 0, f"listener failed: {result.stderr[-3000:]}"
+        heard = json.loads(result.stdout.strip().splitlines()[-1])
+        assert heard["count"] > 0, (
+            f"no message from robot-a reached robot-b\n--- robot-a launch ---\n{a.log()[-3000:]}\n"
+            f"--- robot-b launch ---\n{b.log()[-3000:]}"
+        )
+        assert heard["data"][0].startswith("hello ")
+    finally:
+        a.host.lab.stop_process(talker)
+    launched = min(a.started, b.started)
+    print(
+        f"\nlaunch -> DDS exports printed: {exports_at - launched:.2f} s; -> direct path both ways: "
+        f"{direct_at - launched:.2f} s; -> first message on robot-b: {heard['first'] - launched:.2f} s "
+        f"(talker started {direct_at - launched:.2f} s after launch: first message "
+        f"{heard['first'] - direct_at:.2f} s after the talker). Multicast packets dropped on the underlay: "
+        f"a {a.host.multicast_drop_count()}, b {b.host.multicast_drop_count()}"
+    )
+
+    # As a user on robot-b, with the printed environment: the peer table, and add_peer.
+    echo = _ros2(b, "topic", "echo", "--once", "--no-daemon", "--timeout", "30", f"{b.namespace}/husarnet/peers",
+                 "husarnet_ros/msg/PeerArray")  # fmt: skip
+    assert echo.returncode == 0 and echo.stdout, f"{echo.stderr}\n--- robot-b launch ---\n{b.log()[-6000:]}"
+    assert f"address: {a.address}" in echo.stdout
+    assert "hostname: robot-a" in echo.stdout
+    # The same table of robot-a, read on robot-b: the husarnet topics cross the overlay too.
+    remote = _ros2(b, "topic", "echo", "--once", "--no-daemon", "--timeout", "30", f"{a.namespace}/husarnet/peers",
+                   "husarnet_ros/msg/PeerArray")  # fmt: skip
+    assert remote.returncode == 0, remote.stderr
+    assert f"address: {b.address}" in remote.stdout
+
+    new_peer = "fc94:e2e::1"
+    call = _ros2(b, "service", "call", f"{b.namespace}/husarnet/add_peer", "husarnet_ros/srv/AddPeer",
+                 f"{{address: '{new_peer}'}}")  # fmt: skip
+    assert call.returncode == 0, call.stderr
+    assert "success=True" in call.stdout, call.stdout
+    with ControlClient(b.control_socket) as client:
+        assert new_peer in client.whitelist().addresses
+    refused = _ros2(b, "service", "call", f"{b.namespace}/husarnet/add_peer", "husarnet_ros/srv/AddPeer",
+                    "{address: '198.18.0.1'}")  # fmt: skip
+    assert refused.returncode == 0, refused.stderr
+    assert "success=False" in refused.stdout, refused.stdout
+    assert "198.18.0.1" in refused.stdout
