@@ -217,7 +217,7 @@ def test_daemon_absent_then_answering_then_stopped(harness_factory: Callable[...
         h = harness_factory(path)
         h.subscribe()
         h.wait_for("daemon_running false", lambda: h.daemon_running() is False, lambda: h.statuses)
-        assert h.table() == []
+        h.wait_for("empty table", lambda: h.table() == [], h.table)
         h.wait_for("daemon ERROR", lambda: "husarnet: daemon" in h.levels(), h.levels)
         assert h.levels()["husarnet: daemon"] == ("ERROR", "not answering")
 
