@@ -239,6 +239,17 @@ def _ros2(robot: Robot, *args: str, timeout: float = 60.0) -> subprocess.Complet
     return robot.host.run([ROS2, *args], env=robot.user_env(), check=False, timeout=timeout)
 
 
+def _echo_once(robot: Robot, topic: str) -> str:
+    """`ros2 topic echo --once TOPIC` on ``robot`` with its printed environment; the message text."""
+    argv = ["topic", "echo", "--once", "--no-daemon", "--timeout", "30", topic, "husarnet_ros/msg/PeerArray"]
+    result = _ros2(robot, *argv)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout, (
+        f"nothing on {topic} within 30 s\n--- {robot.name} launch ---\n{robot.log()[-6000:]}"
+    )
+    return result.stdout
+
+
 def test_two_robots_talk_over_the_overlay_with_what_the_launch_printed(
     robots: tuple[Robot, Robot, Path],
 ) -> None:
@@ -284,16 +295,11 @@ def test_two_robots_talk_over_the_overlay_with_what_the_launch_printed(
     )
 
     # As a user on robot-b, with the printed environment: the peer table, and add_peer.
-    echo = _ros2(b, "topic", "echo", "--once", "--no-daemon", "--timeout", "30", f"{b.namespace}/husarnet/peers",
-                 "husarnet_ros/msg/PeerArray")  # fmt: skip
-    assert echo.returncode == 0 and echo.stdout, f"{echo.stderr}\n--- robot-b launch ---\n{b.log()[-6000:]}"
-    assert f"address: {a.address}" in echo.stdout
-    assert "hostname: robot-a" in echo.stdout
+    echo = _echo_once(b, f"{b.namespace}/husarnet/peers")
+    assert f"address: {a.address}" in echo
+    assert "hostname: robot-a" in echo
     # The same table of robot-a, read on robot-b: the husarnet topics cross the overlay too.
-    remote = _ros2(b, "topic", "echo", "--once", "--no-daemon", "--timeout", "30", f"{a.namespace}/husarnet/peers",
-                   "husarnet_ros/msg/PeerArray")  # fmt: skip
-    assert remote.returncode == 0, remote.stderr
-    assert f"address: {b.address}" in remote.stdout
+    assert f"address: {b.address}" in _echo_once(b, f"{a.namespace}/husarnet/peers")
 
     new_peer = "fc94:e2e::1"
     call = _ros2(b, "service", "call", f"{b.namespace}/husarnet/add_peer", "husarnet_ros/srv/AddPeer",
