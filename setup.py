@@ -60,7 +60,7 @@ DEV_REQUIRES = [
     "types-PyYAML",
     "schemathesis>=3.30",  # property tests of the control API's OpenAPI schema
     "atheris>=2.3",  # coverage-guided fuzzing of the decoders (test/fuzz/)
-    "cyclonedds>=0.10",  # Cyclone DDS with its C library: proves the generated Cyclone XML (no rmw wheel on PyPI)
+    "cyclonedds>=0.10",  # Cyclone DDS and its C library: checks the generated Cyclone XML (no rmw wheel)
 ]
 
 

@@ -15,7 +15,7 @@ here instead:
 Rendering is pure; :func:`write_config` writes the files (atomically, only when their content changed) and
 returns the environment a ROS process needs (:func:`environment`). Middleware reads these files only when a
 participant is created: processes started before a change keep the old peers, which is why the launch files
-call :func:`write_config` before starting nodes. Findings behind these choices: docs/ROS.md (DDS over the overlay).
+call :func:`write_config` before starting nodes. Findings behind these choices: docs/ROS.md.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def render_fastdds_xml(own: str | None, peers: Iterable[str]) -> str:
     The participant profile is the default profile, so every participant of a process started with
     FASTDDS_DEFAULT_PROFILES_FILE pointing here uses it without code changes. With the own address known,
     participants listen on it only and announce only it, so remote robots send to fc94 addresses and DDS
-    never takes the underlay (an interface allowlist of hnet0 did not work: see docs/ROS.md (DDS over the overlay)).
+    never takes the underlay (an interface allowlist of hnet0 did not work: see docs/ROS.md).
     """
     addresses = overlay_peers(own, peers)
     own_address = addresses[0] if own else None

@@ -45,6 +45,7 @@ main()
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import threading
 import time
@@ -416,6 +417,10 @@ def run_node(
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Cleanup is short; a second Ctrl-C (launch forwards one per keypress) must not interrupt it with a
+        # traceback. The launch escalates to SIGTERM and SIGKILL if a node hangs here.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             close = getattr(node, "close", None)
             if callable(close):

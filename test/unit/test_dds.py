@@ -111,7 +111,7 @@ def test_environment_per_rmw(tmp_path: Path) -> None:
     cyclone = dds.environment(tmp_path, "cyclonedds", set_rmw_implementation=True)
     assert cyclone["RMW_IMPLEMENTATION"] == "rmw_cyclonedds_cpp"
     assert "FASTDDS_DEFAULT_PROFILES_FILE" not in cyclone
-    assert "ROS_STATIC_PEERS" not in both  # refused by rmw_fastrtps for IPv6 peers: see docs/ROS.md (DDS over the overlay)
+    assert "ROS_STATIC_PEERS" not in both  # refused by rmw_fastrtps for IPv6 peers: see docs/ROS.md
     with pytest.raises(ConfigError, match="definite rmw"):
         dds.environment(tmp_path, "auto", set_rmw_implementation=True)
     with pytest.raises(ConfigError, match="unknown rmw"):
