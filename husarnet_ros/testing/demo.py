@@ -5,8 +5,12 @@
 Each robot (robot-a, robot-b, robot-c) is a network namespace on a shared bridge running
 its own ``husarnet-ros daemon``. The demo whitelists the robots to each other, waits until
 they are peers, prints each robot's status table, pings every other robot over its fc94
-address (with ``husarnet-ros ping`` and with ``ping -6``) and prints a summary. Everything
-is removed on exit, on error and on Ctrl-C. Needs root.
+address (with ``husarnet-ros ping`` and with ``ping -6``). Then the ROS 2 part: multicast is
+dropped on the LAN (only the daemons' beacons pass), robot-a and robot-b each run
+``ros2 launch husarnet_ros fleet.launch.py`` from one fleet file, a plain rclpy talker on robot-a
+reaches a listener on robot-b through the overlay with the generated DDS configuration, and
+robot-b's ``/robot_b/husarnet/peers`` table is shown. A summary ends it (``--no-ros`` skips the
+ROS part). Everything is removed on exit, on error and on Ctrl-C. Needs root.
 
 Each step is a function taking the :class:`Fleet`, so later parts (ROS) can add steps.
 """
@@ -15,19 +19,32 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from husarnet_ros.core.errors import HusarnetError
 from husarnet_ros.testing.lab_daemon import Daemon, husarnet_ros_command, husarnet_ros_missing
-from husarnet_ros.testing.netlab import Host, Lab, cleanup_stale, netns_supported
+from husarnet_ros.testing.netlab import Host, Lab, LabError, cleanup_stale, netns_supported
+from husarnet_ros.testing.ros_launch import ROS2, RobotLaunch
 
 ROBOT_NAMES = ("robot-a", "robot-b", "robot-c")
 PING_COUNT = 3
+ROS_ROBOTS = ("robot-a", "robot-b")  # the ROS part: talker on the first, listener on the second
+ROS_DOMAIN_ID = 0  # what a user has by default; the namespaces keep the demo's DDS traffic to itself
+LAUNCH_READY_S = 90.0  # bound for a launch to print its DDS environment
+LISTEN_S = 45.0
+MESSAGES = 5
+CHATTER = [sys.executable, "-m", "husarnet_ros.testing.chatter"]
 
 
 @dataclass
@@ -54,6 +71,10 @@ class Fleet:
     addresses: dict[str, str] = field(default_factory=dict)  # hostname -> fc94 address
     pings: list[PingOutcome] = field(default_factory=list)
     peer_timeout: float = 30.0
+    launches: list[RobotLaunch] = field(default_factory=list)
+    ros_messages: int | None = None  # messages robot-b heard from robot-a; None when the ROS part did not run
+    ros_first_message_s: float | None = None  # from starting the launches to the first message
+    ros_peer_rows: int | None = None  # rows of robot-b's /husarnet/peers table
 
     @property
     def hosts(self) -> list[Host]:
@@ -147,6 +168,101 @@ def print_summary(fleet: Fleet) -> None:
         print(f"{verdict} {pair}: husarnet-ros ping {cli}, ping -6 {kernel}, avg {rtt}")
     good = sum(outcome.ok for outcome in fleet.pings)
     print(f"\n{good}/{len(fleet.pings)} robot pairs reach each other over the overlay", flush=True)
+    if fleet.ros_messages is not None:
+        first = fleet.ros_first_message_s
+        when = "" if first is None else f", the first {first:.1f} s after launch"
+        print(
+            f"ROS 2: {fleet.ros_messages}/{MESSAGES} messages from robot-a reached robot-b{when}; "
+            f"/robot_b/husarnet/peers listed {fleet.ros_peer_rows or 0} peers",
+            flush=True,
+        )
+
+
+def write_fleet_file(fleet: Fleet, path: Path) -> None:
+    """The fleet described once: every robot's address; ROS namespaces robot_a, robot_b, ..."""
+    lines = ["# written by the husarnet_ros demo", "robots:"]
+    for name, address in fleet.addresses.items():
+        lines.append(f"  {name}: {{address: '{address}', namespace: {name.replace('-', '_')}}}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def ros_across_robots(fleet: Fleet) -> None:
+    """Two robots launched from one fleet file; a talker on one reaches a listener on the other."""
+    heading("ROS 2 over the overlay")
+    if not Path(ROS2).exists():
+        raise LabError(f"the ROS part needs the ros2 CLI ({ROS2} is missing): run setup.sh, or --no-ros")
+    workroot = Path(tempfile.mkdtemp(prefix=f"{fleet.lab.prefix}-ros-", dir="/tmp"))
+    fleet_file = workroot / "fleet.yaml"
+    write_fleet_file(fleet, fleet_file)
+    progress(f"fleet file {fleet_file}: {', '.join(fleet.addresses)}")
+    by_name = {daemon.hostname: daemon for daemon in fleet.daemons}
+    for host in fleet.hosts:
+        host.drop_multicast(keep_discovery=True)
+    progress("multicast dropped on the LAN (nftables; only the daemons' beacons pass): DDS must go unicast")
+    try:
+        for name in ROS_ROBOTS:
+            daemon = by_name[name]
+            robot = RobotLaunch(name, daemon.host, workroot / name, ROS_DOMAIN_ID)
+            fleet.launches.append(robot)
+            arguments = {
+                "fleet": str(fleet_file),
+                "robot": name,
+                "start_daemon": "false",
+                "control_socket": str(daemon.control_socket),
+                "dds_output_dir": str(robot.workdir / "dds"),
+            }
+            robot.start("fleet.launch.py", arguments)
+            shown = " ".join(f"{k}:={arguments[k]}" for k in ("fleet", "robot", "start_daemon"))
+            progress(f"{name}: ros2 launch husarnet_ros fleet.launch.py {shown} ...")
+        for robot in fleet.launches:
+            env = robot.wait_for_exports(LAUNCH_READY_S)
+            progress(f"{robot.name}: DDS configured ({env['FASTDDS_DEFAULT_PROFILES_FILE']}), nodes starting")
+        talker_robot, listener_robot = fleet.launches
+        talker = talker_robot.host.popen(
+            [*CHATTER, "talk", "--seconds", str(LISTEN_S + 15)],
+            env=talker_robot.user_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        progress(f"{talker_robot.name}: talker publishing std_msgs/String on /chatter")
+        try:
+            heard = listener_robot.host.run(
+                [*CHATTER, "listen", "--seconds", str(LISTEN_S), "--count", str(MESSAGES)],
+                env=listener_robot.user_env(),
+                check=False,
+                timeout=LISTEN_S + 30,
+            )
+        finally:
+            fleet.lab.stop_process(talker)
+        lines = heard.stdout.strip().splitlines()
+        summary: dict[str, Any] = json.loads(lines[-1]) if lines else {"count": 0}
+        fleet.ros_messages = int(summary["count"])
+        if summary.get("first"):
+            fleet.ros_first_message_s = float(summary["first"]) - min(r.started for r in fleet.launches)
+        for data in summary.get("data", []):
+            print(f"{listener_robot.name} heard: {data}")
+        if not fleet.ros_messages:
+            print(f"{listener_robot.name} heard nothing: {heard.stderr[-2000:]}", flush=True)
+        topic = f"/{listener_robot.name.replace('-', '_')}/husarnet/peers"
+        heading(f"{topic} on {listener_robot.name} (husarnet_ros/msg/PeerArray)")
+        print(f"$ ros2 topic echo --once {topic}   # shown as a table:")
+        table = listener_robot.host.run(
+            [*CHATTER, "peers", "--topic", topic, "--seconds", "30"],
+            env=listener_robot.user_env(),
+            check=False,
+            timeout=60,
+        )
+        print((table.stdout or table.stderr).rstrip(), flush=True)
+        fleet.ros_peer_rows = len(table.stdout.strip().splitlines()) - 1 if table.returncode == 0 else 0
+        drops = [host.multicast_drop_count() for host in fleet.hosts]
+        progress(f"multicast packets dropped on the LAN meanwhile: {sum(drops)} (DDS never needed multicast)")
+    finally:
+        for robot in fleet.launches:
+            robot.stop()
+        if fleet.ros_messages:
+            shutil.rmtree(workroot, ignore_errors=True)
+        else:
+            print(f"ROS part failed: launch logs kept in {workroot}", file=sys.stderr, flush=True)
 
 
 NETWORK_STEPS: tuple[Step, ...] = (
@@ -156,6 +272,7 @@ NETWORK_STEPS: tuple[Step, ...] = (
     show_status,
     ping_each_other,
 )
+ALL_STEPS: tuple[Step, ...] = (*NETWORK_STEPS, ros_across_robots)
 
 
 # --- running ----------------------------------------------------------------------------
@@ -186,7 +303,7 @@ def wait_for_enter(fleet: Fleet) -> None:
         sys.stdin.readline()
 
 
-def run_demo(steps: Sequence[Step] = NETWORK_STEPS, *, keep: bool = False, peer_timeout: float = 30.0) -> int:
+def run_demo(steps: Sequence[Step] = ALL_STEPS, *, keep: bool = False, peer_timeout: float = 30.0) -> int:
     """Run ``steps`` on a fresh fleet, print the summary, clean up; returns the exit status."""
     removed = cleanup_stale()
     if removed:
@@ -207,6 +324,7 @@ def run_demo(steps: Sequence[Step] = NETWORK_STEPS, *, keep: bool = False, peer_
             for daemon in fleet.daemons:
                 daemon.stop()
             failed = not fleet.pings or not all(outcome.ok for outcome in fleet.pings)
+            failed |= ros_across_robots in steps and not (fleet.ros_messages and fleet.ros_peer_rows)
             keep_files = failed
     except KeyboardInterrupt:
         print("\ninterrupted: namespaces, interfaces and processes removed", file=sys.stderr, flush=True)
@@ -232,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="leave the fleet running until Enter is pressed")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for peers (default 30)")
+    parser.add_argument("--no-ros", action="store_true", help="only the overlay part, without ROS 2")
     args = parser.parse_args(argv)
     if not 1 <= args.timeout <= 600:
         parser.error("--timeout must be between 1 and 600 seconds")
@@ -241,7 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     signal.signal(signal.SIGHUP, _terminate_as_interrupt)
-    return run_demo(keep=args.keep, peer_timeout=args.timeout)
+    steps = NETWORK_STEPS if args.no_ros else ALL_STEPS
+    return run_demo(steps, keep=args.keep, peer_timeout=args.timeout)
 
 
 if __name__ == "__main__":

@@ -29,42 +29,10 @@ LISTEN_S = 45.0  # a listener/reader gives up after this long
 DOMAIN_ID = 100 + os.getpid() % 100  # own domain per test process: parallel runs never see each other
 UNDERLAY_TABLE = "dds_underlay"
 
-TALKER = textwrap.dedent(
-    f"""
-    import time, rclpy
-    from std_msgs.msg import String
-    rclpy.init()
-    node = rclpy.create_node("overlay_talker")
-    pub = node.create_publisher(String, "chatter", 10)
-    deadline, count = time.monotonic() + {RUN_S}, 0
-    try:
-        while time.monotonic() < deadline:
-            pub.publish(String(data=f"hello {{count}}"))
-            count += 1
-            rclpy.spin_once(node, timeout_sec=0.05)
-    except Exception:
-        pass
-    """
-)
-
-LISTENER = textwrap.dedent(
-    f"""
-    import json, time, rclpy
-    from std_msgs.msg import String
-    rclpy.init()
-    node = rclpy.create_node("overlay_listener")
-    received = []
-    node.create_subscription(String, "chatter", lambda m: received.append((time.time(), m.data)), 10)
-    deadline = time.monotonic() + {LISTEN_S}
-    while time.monotonic() < deadline and len(received) < 5:
-        rclpy.spin_once(node, timeout_sec=0.05)
-    first = received[0][0] if received else None
-    summary = {{"first": first, "count": len(received), "data": [d for _, d in received]}}
-    print(json.dumps(summary), flush=True)
-    node.destroy_node()
-    rclpy.shutdown()
-    """
-)
+# The same plain rclpy nodes a user would run (husarnet_ros/testing/chatter.py), bounded in time.
+CHATTER = [sys.executable, "-m", "husarnet_ros.testing.chatter"]
+TALKER = [*CHATTER, "talk", "--seconds", str(RUN_S)]
+LISTENER = [*CHATTER, "listen", "--seconds", str(LISTEN_S), "--count", "5"]
 
 CYCLONE_TYPE = textwrap.dedent(
     """
@@ -167,16 +135,16 @@ def _env(base: dict[str, str], log_dir: Path) -> dict[str, str]:
     return env | base | {"ROS_LOG_DIR": str(log_dir), "ROS_DOMAIN_ID": str(DOMAIN_ID)}
 
 
-def _listen(host: Host, program: str, env: dict[str, str]) -> dict[str, Any]:
-    result = host.run([sys.executable, "-c", program], env=env, check=False, timeout=LISTEN_S + 30)
+def _listen(host: Host, program: list[str], env: dict[str, str]) -> dict[str, Any]:
+    result = host.run(program, env=env, check=False, timeout=LISTEN_S + 30)
     assert result.returncode == 0, f"listener in {host.label} failed: {result.stderr[-3000:]}"
     answer: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return answer
 
 
-def _start(host: Host, program: str, env: dict[str, str]) -> subprocess.Popen[Any]:
+def _start(host: Host, program: list[str], env: dict[str, str]) -> subprocess.Popen[Any]:
     return host.popen(
-        [sys.executable, "-c", program], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        program, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
 
 
@@ -223,11 +191,11 @@ def test_cyclone_dds_crosses_the_overlay_with_multicast_dropped(robots: Any, tmp
         tmp_path / "log",
     )
     started = time.time()
-    writer = _start(a.host, CYCLONE_WRITER, env_a)
+    writer = _start(a.host, [sys.executable, "-c", CYCLONE_WRITER], env_a)
     try:
-        remote = _listen(b.host, CYCLONE_READER, env_b)
+        remote = _listen(b.host, [sys.executable, "-c", CYCLONE_READER], env_b)
         assert remote["count"] > 0, "no Cyclone DDS sample from robot-a reached robot-b over the overlay"
-        local = _listen(a.host, CYCLONE_READER, env_a)
+        local = _listen(a.host, [sys.executable, "-c", CYCLONE_READER], env_a)
         assert local["count"] > 0, "a Cyclone DDS reader on robot-a did not hear the writer on robot-a"
     finally:
         a.host.lab.stop_process(writer)

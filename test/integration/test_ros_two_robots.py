@@ -17,89 +17,44 @@ Uses the INSTALLED package (share/husarnet_ros/launch, lib/husarnet_ros): refres
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from husarnet_ros.client import ClientError, ControlClient
 from husarnet_ros.testing.lab_daemon import husarnet_ros_command
-from husarnet_ros.testing.netlab import Host, Lab, wait_until
+from husarnet_ros.testing.netlab import Lab, wait_until
+from husarnet_ros.testing.ros_launch import ROS2, RobotLaunch
 
 pytestmark = [pytest.mark.integration, pytest.mark.ros]
 
-VENV_BIN = Path(sys.executable).parent
-ROS2 = str(VENV_BIN / "ros2")
 DOMAIN_ID = 100 + (os.getpid() + 31) % 100
 LAUNCH_READY_S = 60.0  # bound for a launch to print its DDS environment
 PATH_S = 30.0  # bound for the daemons to find a direct path
 RUN_S = 60.0  # the talker publishes at most this long
 LISTEN_S = 45.0  # the listener gives up after this long
-STOP_S = 15.0  # a launch gets this long to stop its daemon and nodes after SIGINT
-EXPORT_RE = re.compile(r"^export ([A-Z_][A-Z0-9_]*)=(\S+)$", re.MULTILINE)
 
-TALKER = textwrap.dedent(
-    f"""
-    import time, rclpy
-    from std_msgs.msg import String
-    rclpy.init()
-    node = rclpy.create_node("e2e_talker")
-    pub = node.create_publisher(String, "chatter", 10)
-    deadline, count = time.monotonic() + {RUN_S}, 0
-    try:
-        while time.monotonic() < deadline:
-            pub.publish(String(data=f"hello {{count}}"))
-            count += 1
-            rclpy.spin_once(node, timeout_sec=0.05)
-    except Exception:
-        pass
-    """
-)
-
-LISTENER = textwrap.dedent(
-    f"""
-    import json, time, rclpy
-    from std_msgs.msg import String
-    rclpy.init()
-    node = rclpy.create_node("e2e_listener")
-    received = []
-    node.create_subscription(String, "chatter", lambda m: received.append((time.time(), m.data)), 10)
-    deadline = time.monotonic() + {LISTEN_S}
-    while time.monotonic() < deadline and len(received) < 5:
-        rclpy.spin_once(node, timeout_sec=0.05)
-    first = received[0][0] if received else None
-    summary = {{"first": first, "count": len(received), "data": [d for _, d in received]}}
-    print(json.dumps(summary), flush=True)
-    node.destroy_node()
-    rclpy.shutdown()
-    """
-)
+# The same plain rclpy nodes a user would run (husarnet_ros/testing/chatter.py), bounded in time.
+CHATTER = [sys.executable, "-m", "husarnet_ros.testing.chatter"]
+TALKER = [*CHATTER, "talk", "--seconds", str(RUN_S)]
+LISTENER = [*CHATTER, "listen", "--seconds", str(LISTEN_S), "--count", "5"]
 
 
 @dataclass
-class Robot:
-    """One robot's files, launch process and the DDS environment its launch printed."""
+class Robot(RobotLaunch):
+    """A robot's launch (RobotLaunch: start, wait_for_exports, user_env, stop), files and identity."""
 
-    name: str
-    host: Host
-    workdir: Path
     address: str = ""
     namespace: str = ""
-    launch: subprocess.Popen[bytes] | None = None
-    started: float = 0.0
-    dds_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def state_dir(self) -> Path:
@@ -108,33 +63,6 @@ class Robot:
     @property
     def control_socket(self) -> str:
         return str(self.workdir / "ctl.sock")
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "launch.log"
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no launch log)"
-
-    def base_env(self) -> dict[str, str]:
-        """This process's environment without any ROS / DDS setting, plus the test's domain and dirs."""
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("ROS_", "RMW_", "FASTDDS_", "CYCLONEDDS_", "HUSARNET_ROS_"))
-        }
-        return env | {
-            "ROS_DOMAIN_ID": str(DOMAIN_ID),
-            "ROS_LOG_DIR": str(self.workdir / "ros-log"),
-            "ROS_HOME": str(self.workdir / "ros-home"),
-        }
-
-    def user_env(self) -> dict[str, str]:
-        """What a user of this robot has after pasting the launch's `export` lines."""
-        return self.base_env() | self.dds_env
 
 
 def _generate_identity(robot: Robot) -> None:
@@ -149,20 +77,6 @@ def _generate_identity(robot: Robot) -> None:
     robot.address = json.loads(out)["address"]
 
 
-def _stop_launch(robot: Robot) -> None:
-    """SIGINT the launch (it stops its daemon and nodes), then SIGKILL its process group if needed."""
-    process = robot.launch
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGINT)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=STOP_S)
-    # The launch ran in a session of its own: its group is the launch and everything it started.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=10)
-
-
 @pytest.fixture
 def robots(lab: Lab) -> Iterator[tuple[Robot, Robot, Path]]:
     """Two robots with identities, their fleet file, multicast dropped; launches stopped on teardown."""
@@ -172,7 +86,7 @@ def robots(lab: Lab) -> Iterator[tuple[Robot, Robot, Path]]:
         for name, host in zip(("robot-a", "robot-b"), hosts, strict=True):
             workdir = Path(tempfile.mkdtemp(prefix=f"{lab.prefix}-{name}-", dir="/tmp"))
             (workdir / "hosts").write_text("127.0.0.1\tlocalhost\n::1\tlocalhost\n")
-            robot = Robot(name, host, workdir)
+            robot = Robot(name, host, workdir, DOMAIN_ID)
             made.append(robot)
             _generate_identity(robot)
         a, b = made
@@ -188,43 +102,23 @@ def robots(lab: Lab) -> Iterator[tuple[Robot, Robot, Path]]:
         yield a, b, fleet
     finally:
         for robot in made:
-            _stop_launch(robot)
-            subprocess.run(
-                robot.host.exec_argv([ROS2, "daemon", "stop"]),
-                env=robot.user_env(),
-                capture_output=True,
-                timeout=30,
-                check=False,
-            )
+            robot.stop()
             shutil.rmtree(robot.workdir, ignore_errors=True)
 
 
 def _launch(robot: Robot, launch_file: str, fleet: Path) -> None:
-    argv = [
-        ROS2, "launch", "husarnet_ros", launch_file,
-        f"fleet:={fleet}", f"robot:={robot.name}", "start_daemon:=true",
-        f"control_socket:={robot.control_socket}", f"state_dir:={robot.state_dir}",
-        f"hosts_file:={robot.workdir / 'hosts'}", f"dds_output_dir:={robot.workdir / 'dds'}",
-    ]  # fmt: skip
-    log = robot.log_path.open("wb")
-    robot.started = time.time()
-    robot.launch = robot.host.popen(
-        argv, env=robot.base_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    robot.start(
+        launch_file,
+        {
+            "fleet": str(fleet),
+            "robot": robot.name,
+            "start_daemon": "true",
+            "control_socket": robot.control_socket,
+            "state_dir": str(robot.state_dir),
+            "hosts_file": str(robot.workdir / "hosts"),
+            "dds_output_dir": str(robot.workdir / "dds"),
+        },
     )
-    log.close()
-
-
-def _wait_for_exports(robot: Robot) -> dict[str, str]:
-    def printed() -> dict[str, str] | None:
-        if robot.launch is not None and robot.launch.poll() is not None:
-            raise AssertionError(f"launch of {robot.name} exited early:\n{robot.log()[-4000:]}")
-        found = dict(EXPORT_RE.findall(robot.log()))
-        return found if "FASTDDS_DEFAULT_PROFILES_FILE" in found else None
-
-    try:
-        return wait_until(printed, LAUNCH_READY_S, interval=0.1, what=f"the DDS exports of {robot.name}")
-    except Exception as exc:
-        raise AssertionError(f"{exc}\n{robot.log()[-4000:]}") from exc
 
 
 def _direct_path(robot: Robot, peer: str) -> bool:
@@ -257,7 +151,7 @@ def test_two_robots_talk_over_the_overlay_with_what_the_launch_printed(
     _launch(a, "fleet.launch.py", fleet)
     _launch(b, "robot.launch.py", fleet)
     for robot in (a, b):
-        robot.dds_env = _wait_for_exports(robot)
+        robot.wait_for_exports(LAUNCH_READY_S)
         assert robot.dds_env["RMW_IMPLEMENTATION"] == "rmw_fastrtps_cpp"
         profile = Path(robot.dds_env["FASTDDS_DEFAULT_PROFILES_FILE"])
         assert profile.is_file()
@@ -270,11 +164,11 @@ def test_two_robots_talk_over_the_overlay_with_what_the_launch_printed(
     direct_at = time.time()
 
     talker = a.host.popen(
-        [sys.executable, "-c", TALKER], env=a.user_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        TALKER, env=a.user_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
         result = b.host.run(
-            [sys.executable, "-c", LISTENER], env=b.user_env(), check=False, timeout=LISTEN_S + 30
+            LISTENER, env=b.user_env(), check=False, timeout=LISTEN_S + 30
         )
         assert result.returncode == 0, f"listener failed: {result.stderr[-3000:]}"
         heard = json.loads(result.stdout.strip().splitlines()[-1])
