@@ -72,7 +72,9 @@ class Parent:
             text=True,
         )
         hello = self._read()
-        self.helper_pid: int = hello["helper_pid"]
+        helper_pid = hello["helper_pid"]
+        assert isinstance(helper_pid, int), hello
+        self.helper_pid = helper_pid
 
     def _read(self) -> dict[str, object]:
         assert self.process.stdout is not None

@@ -19,7 +19,7 @@ import time
 import unittest
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import launch_testing
 import launch_testing.actions
@@ -30,6 +30,12 @@ from launch.launch_description_sources import PythonLaunchDescriptionSource
 
 from husarnet_ros.api import PeerStatus
 from husarnet_ros.testing.fake_controller import FakeController, serve_fake
+
+if TYPE_CHECKING:  # imported for real in setUpClass, as the ros marker's requirement check allows
+    from rclpy.client import Client
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
 
 ROBOT_LAUNCH = Path(__file__).resolve().parents[2] / "launch" / "robot.launch.py"
 WAIT_S = 30.0  # bound of every wait, never asserted on
@@ -64,7 +70,7 @@ def generate_test_description() -> tuple[LaunchDescription, dict[str, Any]]:
     saved = {name: os.environ.get(name) for name in ("ROS_DOMAIN_ID", "ROS_LOG_DIR")}
     os.environ["ROS_DOMAIN_ID"] = str(100 + (os.getpid() + 7) % 100)
     os.environ["ROS_LOG_DIR"] = tempfile.mkdtemp(prefix="hr-launch-test-log-")
-    stack.callback(lambda: [_restore(name, value) for name, value in saved.items()])
+    stack.callback(_restore_all, saved)
     robot = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(str(ROBOT_LAUNCH)),
         launch_arguments={
@@ -78,14 +84,20 @@ def generate_test_description() -> tuple[LaunchDescription, dict[str, Any]]:
     return description, {"controller": controller, "socket_path": socket_path, "stack": stack}
 
 
-def _restore(name: str, value: str | None) -> None:
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
+def _restore_all(saved: dict[str, str | None]) -> None:
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 class TestRobotLaunch(unittest.TestCase):
+    # Set by setUpClass: one probe node on a context of its own, shared by the tests of the class.
+    context: ClassVar[Context]
+    node: ClassVar[Node]
+    executor: ClassVar[SingleThreadedExecutor]
+
     @classmethod
     def setUpClass(cls) -> None:
         import rclpy
@@ -121,7 +133,8 @@ class TestRobotLaunch(unittest.TestCase):
         self.spin_until(up, f"nodes {', '.join(NODE_NAMES)}")
 
     def call(self, service_type: Any, name: str, request: Any) -> Any:
-        client = self.node.create_client(service_type, name)
+        # rclpy's create_client does not tie the client's type parameters to srv_type: name them here.
+        client: Client[Any, Any] = self.node.create_client(service_type, name)
         try:
             self.spin_until(lambda: client.service_is_ready(), f"service {name}")
             future = client.call_async(request)

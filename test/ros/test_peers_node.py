@@ -253,7 +253,9 @@ def test_invalid_parameters_refused_through_the_parameter_service(
     def set_one(name: str, value: object) -> Any:
         future = client.set_parameters([Parameter(name, value=value)])
         h.wait_for(f"set {name} answer", future.done, lambda: future)
-        (result,) = future.result().results
+        answer = future.result()
+        assert answer is not None, f"set {name}: the parameter service failed: {future.exception()!r}"
+        (result,) = answer.results
         return result
 
     refused = [

@@ -115,7 +115,10 @@ def harness_factory(ros_context: Any) -> Iterator[Callable[..., Harness]]:
     made: list[Harness] = []
 
     def make(socket: str, **params: Any) -> Harness:
-        parameters = [Parameter("control_socket", value=socket), Parameter("retry_period_s", value=0.2)]
+        parameters: list[Parameter[Any]] = [
+            Parameter("control_socket", value=socket),
+            Parameter("retry_period_s", value=0.2),
+        ]
         parameters += [Parameter(name, value=value) for name, value in params.items()]
         harness = Harness(ros_context, parameters)
         made.append(harness)

@@ -207,7 +207,7 @@ def test_overrides_win_over_file_and_none_is_ignored(tmp_path: Path) -> None:
 def test_constructor_with_config_file_reads_it(tmp_path: Path) -> None:
     # The CLI builds DaemonConfig(**options) directly; the file must still apply under the options.
     path = _write(tmp_path, {"udp_port": 6000, "mtu": 1400})
-    c = DaemonConfig(config_file=path, mtu=1500)  # type: ignore[call-arg]
+    c = DaemonConfig(config_file=path, mtu=1500)
     assert (c.udp_port, c.mtu) == (6000, 1500)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ def fake() -> Iterator[tuple[FakeController, str]]:
         yield served
 
 
-def _has(addresses: list[str]) -> object:
+def _has(addresses: list[str]) -> Callable[[str], list[str] | None]:
     return lambda _ifname: addresses
 
 

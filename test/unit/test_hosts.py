@@ -295,7 +295,7 @@ def test_vertical_tab_and_unicode_line_separators_are_not_line_breaks() -> None:
 
 _marker_lines = st.sampled_from([BEGIN_MARKER, END_MARKER, "# BEGIN husarnet-ros", "  # END husarnet-ros  "])
 _plain_line = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"), max_size=30
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\n"), max_size=30
 ).filter(lambda s: not s.strip().startswith(("# BEGIN husarnet-ros", "# END husarnet-ros")))
 _entry_line = st.builds(
     lambda a, h: f"{a} {h}", st.sampled_from([A1_TEXT, A2_TEXT]), st.sampled_from(["x", "y"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -73,7 +73,7 @@ def test_system_hostname_is_a_lower_case_short_name() -> None:
 def test_start_daemon_auto_asks_whether_one_answers() -> None:
     asked: list[bool] = []
 
-    def answers(value: bool) -> object:
+    def answers(value: bool) -> Callable[[], bool]:
         def ask() -> bool:
             asked.append(value)
             return value
