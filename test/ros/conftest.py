@@ -1,23 +1,72 @@
-"""Fixtures shared by the rclpy tests of test/ros/ (kept generic: each test module brings its own helpers).
+"""Fixtures shared by the rclpy tests of test/ros/.
 
 - ``ros_domain_id`` (module): a ROS_DOMAIN_ID of its own per test module and process (100..199), so tests
   running in parallel (other modules, other checkouts) do not see each other's topics.
 - ``ros_env`` (module): sets ROS_DOMAIN_ID and ROS_LOG_DIR (a temp dir) in os.environ for the module's
   duration and returns an environment for subprocesses (also with PYTHONPATH = the working tree).
 - ``rclpy_context`` (function): an initialised rclpy Context of its own on that domain, shut down after.
+- ``ros_context`` (module): one such Context for all tests of a module, with DDS discovery kept to this host
+  (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST), for modules that create their nodes in-process.
+- ``fake_daemon`` (function): the real control API on a temporary socket in front of an in-memory daemon
+  that knows the sample peers (a direct, a tunnelled and an unreachable one): (controller, socket path).
+- ``fleet_file`` (function): a fleet file of four robots, robot1 linked to robot2 and robot3.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
+from husarnet_ros.testing.fake_controller import FakeController, sample_peers, serve_fake
+
+if TYPE_CHECKING:  # rclpy is imported inside the fixtures: the ros marker skips when it is missing
+    from rclpy.context import Context
+
 REPO = Path(__file__).resolve().parents[2]
+FLEET = """\
+robots:
+  robot1: {address: fc94::1}
+  robot2: {address: fc94::2}
+  robot3: {address: fc94::3}
+  robot4: {address: fc94::4}
+links:
+  - [robot1, robot2]
+  - [robot1, robot3]
+"""
+
+
+@contextlib.contextmanager
+def _environ(changes: dict[str, str]) -> Iterator[None]:
+    """Set ``changes`` in os.environ for the block; afterwards each name has its earlier value (or none)."""
+    saved = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _initialised_context(domain_id: int) -> Iterator[Context]:
+    import rclpy
+    from rclpy.context import Context
+
+    context = Context()
+    rclpy.init(context=context, domain_id=domain_id)
+    try:
+        yield context
+    finally:
+        context.try_shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -29,29 +78,38 @@ def ros_domain_id(request: pytest.FixtureRequest) -> int:
 @pytest.fixture(scope="module")
 def ros_env(ros_domain_id: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     log_dir = tmp_path_factory.mktemp("ros-log")
-    changes = {"ROS_DOMAIN_ID": str(ros_domain_id), "ROS_LOG_DIR": str(log_dir)}
-    saved = {name: os.environ.get(name) for name in changes}
-    os.environ.update(changes)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    try:
+    with _environ({"ROS_DOMAIN_ID": str(ros_domain_id), "ROS_LOG_DIR": str(log_dir)}):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         yield env
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture
-def rclpy_context(ros_env: dict[str, str], ros_domain_id: int) -> Iterator[Any]:
-    import rclpy
-    from rclpy.context import Context
-
-    context = Context()
-    rclpy.init(context=context, domain_id=ros_domain_id)
-    try:
+def rclpy_context(ros_env: dict[str, str], ros_domain_id: int) -> Iterator[Context]:
+    with _initialised_context(ros_domain_id) as context:
         yield context
-    finally:
-        context.try_shutdown()
+
+
+@pytest.fixture(scope="module")
+def ros_context(ros_env: dict[str, str], ros_domain_id: int) -> Iterator[Context]:
+    with (
+        _environ({"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}),
+        _initialised_context(ros_domain_id) as context,
+    ):
+        yield context
+
+
+@pytest.fixture
+def fake_daemon() -> Iterator[tuple[FakeController, str]]:
+    controller = FakeController()
+    for peer in sample_peers():
+        controller.add_peer(peer)
+    with serve_fake(controller) as served:
+        yield served
+
+
+@pytest.fixture
+def fleet_file(tmp_path: Path) -> Path:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(FLEET, encoding="utf-8")
+    return path

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,52 +19,20 @@ from rclpy.parameter import Parameter  # noqa: E402
 from husarnet_ros.api import PeerStatus  # noqa: E402
 from husarnet_ros.ros.hosts_node import HostsNode  # noqa: E402
 from husarnet_ros.testing.fake_controller import FakeController, serve_fake  # noqa: E402
+from husarnet_ros.testing.netlab import wait_until  # noqa: E402
 
 CONDITION_TIMEOUT_S = 15.0
 # Long enough that the timer never fires during a test that drives sync() itself.
 MANUAL = 3600.0
-FLEET = """\
-robots:
-  robot1: {address: fc94::1}
-  robot2: {address: fc94::2}
-  robot3: {address: fc94::3}
-  robot4: {address: fc94::4}
-links:
-  - [robot1, robot2]
-  - [robot1, robot3]
-"""
-
-
-@pytest.fixture(scope="module")
-def ros_context() -> Iterator[Any]:
-    saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "ROS_LOG_DIR", "ROS_AUTOMATIC_DISCOVERY_RANGE")}
-    os.environ["ROS_DOMAIN_ID"] = str(170 + os.getpid() % 50)  # another range than the whitelist tests
-    os.environ["ROS_LOG_DIR"] = tempfile.mkdtemp(prefix="hr-roslog-")
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    try:
-        yield context
-    finally:
-        rclpy.try_shutdown(context=context)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+# The link that test/ros/conftest.py's fleet_file gives robot1 to robot3.
+LINK_TO_ROBOT3 = "  - [robot1, robot3]\n"
 
 
 @pytest.fixture
 def fake() -> Iterator[tuple[FakeController, str]]:
+    """A daemon that knows no peers yet (the tests add the ones they need)."""
     with serve_fake(FakeController()) as served:
         yield served
-
-
-@pytest.fixture
-def fleet_file(tmp_path: Path) -> Path:
-    path = tmp_path / "fleet.yaml"
-    path.write_text(FLEET, encoding="utf-8")
-    return path
 
 
 @pytest.fixture
@@ -88,11 +53,10 @@ def make_node(ros_context: Any) -> Iterator[Callable[..., HostsNode]]:
         node.destroy_node()
 
 
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + CONDITION_TIMEOUT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+def _drop_link_to_robot3(fleet_file: Path) -> None:
+    text = fleet_file.read_text(encoding="utf-8")
+    assert LINK_TO_ROBOT3 in text
+    fleet_file.write_text(text.replace(LINK_TO_ROBOT3, ""), encoding="utf-8")
 
 
 def test_fleet_names_written_at_start_foreign_entries_kept(
@@ -111,7 +75,7 @@ def test_peer_leaving_the_fleet_view_loses_its_name(
     controller.host_entries["printer"] = "fc94::99"
     node = make_node(socket, fleet_file=str(fleet_file))
     assert "robot3" in controller.host_entries
-    fleet_file.write_text(FLEET.replace("  - [robot1, robot3]\n", ""), encoding="utf-8")
+    _drop_link_to_robot3(fleet_file)
     node.sync()
     assert controller.host_entries == {"printer": "fc94::99", "robot2": "fc94::2"}
     assert ("hosts_remove", "printer") not in controller.calls
@@ -158,7 +122,7 @@ def test_a_name_repointed_by_the_user_is_left_alone(
     controller, socket = fake
     node = make_node(socket, fleet_file=str(fleet_file))
     controller.host_entries["robot3"] = "fc94::33"  # the user took the name over
-    fleet_file.write_text(FLEET.replace("  - [robot1, robot3]\n", ""), encoding="utf-8")
+    _drop_link_to_robot3(fleet_file)
     node.sync()
     assert controller.host_entries["robot3"] == "fc94::33"
 
@@ -201,9 +165,17 @@ def test_periodic_sync_picks_up_a_newly_whitelisted_peer(
     try:
         controller.add_peer(PeerStatus(address="fc94::7", hostname="cam7"))
         controller.allowed.append("fc94::7")
-        wait_for(lambda: controller.host_entries.get("cam7") == "fc94::7", "cam7 written by the timer")
+        wait_until(
+            lambda: controller.host_entries.get("cam7") == "fc94::7",
+            CONDITION_TIMEOUT_S,
+            what="cam7 written by the timer",
+        )
         controller.allowed.remove("fc94::7")
-        wait_for(lambda: "cam7" not in controller.host_entries, "cam7 removed by the timer")
+        wait_until(
+            lambda: "cam7" not in controller.host_entries,
+            CONDITION_TIMEOUT_S,
+            what="cam7 removed by the timer",
+        )
     finally:
         executor.shutdown(timeout_sec=5.0)
         thread.join(timeout=10.0)

@@ -107,17 +107,6 @@ class Harness:
 
 
 @pytest.fixture
-def fake_daemon() -> Iterator[tuple[Any, str]]:
-    from husarnet_ros.testing.fake_controller import FakeController, sample_peers, serve_fake
-
-    fake = FakeController()
-    for peer in sample_peers():
-        fake.add_peer(peer)
-    with serve_fake(fake) as served:
-        yield served
-
-
-@pytest.fixture
 def harness_factory(rclpy_context: Any) -> Iterator[Callable[..., Harness]]:
     made: list[Harness] = []
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,41 +20,12 @@ from rclpy.parameter import Parameter  # noqa: E402
 from husarnet_ros.msg import Peer  # noqa: E402
 from husarnet_ros.ros.whitelist_node import WhitelistNode  # noqa: E402
 from husarnet_ros.srv import AddPeer, ListPeers, Ping, RemovePeer  # noqa: E402
-from husarnet_ros.testing.fake_controller import FakeController, sample_peers, serve_fake  # noqa: E402
+from husarnet_ros.testing.fake_controller import FakeController, serve_fake  # noqa: E402
+from husarnet_ros.testing.netlab import wait_until  # noqa: E402
 
 # Bounds of every wait; a test that hits one fails with a message, it never asserts on time.
 CALL_TIMEOUT_S = 20.0
 CONDITION_TIMEOUT_S = 15.0
-FLEET = """\
-robots:
-  robot1: {address: fc94::1}
-  robot2: {address: fc94::2}
-  robot3: {address: fc94::3}
-  robot4: {address: fc94::4}
-links:
-  - [robot1, robot2]
-  - [robot1, robot3]
-"""
-
-
-@pytest.fixture(scope="module")
-def ros_context() -> Iterator[Any]:
-    saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "ROS_LOG_DIR", "ROS_AUTOMATIC_DISCOVERY_RANGE")}
-    log_dir = tempfile.mkdtemp(prefix="hr-roslog-")
-    os.environ["ROS_DOMAIN_ID"] = str(120 + os.getpid() % 50)  # unique-ish, distinct from other modules
-    os.environ["ROS_LOG_DIR"] = log_dir
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    try:
-        yield context
-    finally:
-        rclpy.try_shutdown(context=context)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 class Harness:
@@ -94,22 +62,6 @@ class Harness:
         self.client_node.destroy_node()
 
 
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + CONDITION_TIMEOUT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-@pytest.fixture
-def fake() -> Iterator[tuple[FakeController, str]]:
-    controller = FakeController()
-    for peer in sample_peers():
-        controller.add_peer(peer)
-    with serve_fake(controller) as served:
-        yield served
-
-
 @pytest.fixture
 def harness_factory(ros_context: Any) -> Iterator[Callable[..., Harness]]:
     made: list[Harness] = []
@@ -132,8 +84,10 @@ def harness_factory(ros_context: Any) -> Iterator[Callable[..., Harness]]:
 # --- add_peer ------------------------------------------------------------------------------------------
 
 
-def test_add_valid_address(fake: tuple[FakeController, str], harness_factory: Callable[..., Harness]) -> None:
-    controller, socket = fake
+def test_add_valid_address(
+    fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]
+) -> None:
+    controller, socket = fake_daemon
     harness = harness_factory(socket)
     response = harness.call(AddPeer, "husarnet/add_peer", address="FC94:0::9", hostname="")
     assert response.success, response.message
@@ -145,9 +99,9 @@ def test_add_valid_address(fake: tuple[FakeController, str], harness_factory: Ca
 
 
 def test_add_with_hostname_writes_the_hosts_block(
-    fake: tuple[FakeController, str], harness_factory: Callable[..., Harness]
+    fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]
 ) -> None:
-    controller, socket = fake
+    controller, socket = fake_daemon
     harness = harness_factory(socket)
     response = harness.call(AddPeer, "husarnet/add_peer", address="fc94::9", hostname="Lab-Cam")
     assert response.success, response.message
@@ -165,13 +119,13 @@ def test_add_with_hostname_writes_the_hosts_block(
     ],
 )
 def test_malformed_request_fails_cleanly_and_the_node_keeps_serving(
-    fake: tuple[FakeController, str],
+    fake_daemon: tuple[FakeController, str],
     harness_factory: Callable[..., Harness],
     address: str,
     hostname: str,
     expected: str,
 ) -> None:
-    controller, socket = fake
+    controller, socket = fake_daemon
     harness = harness_factory(socket)
     response = harness.call(AddPeer, "husarnet/add_peer", address=address, hostname=hostname)
     assert not response.success
@@ -182,9 +136,9 @@ def test_malformed_request_fails_cleanly_and_the_node_keeps_serving(
 
 
 def test_hostname_only_is_resolved_by_the_daemon(
-    fake: tuple[FakeController, str], harness_factory: Callable[..., Harness]
+    fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]
 ) -> None:
-    controller, socket = fake
+    controller, socket = fake_daemon
     harness = harness_factory(socket)
     response = harness.call(AddPeer, "husarnet/add_peer", address="", hostname="robot3")
     assert response.success, response.message
@@ -193,9 +147,9 @@ def test_hostname_only_is_resolved_by_the_daemon(
 
 
 def test_unknown_hostname_only(
-    fake: tuple[FakeController, str], harness_factory: Callable[..., Harness]
+    fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]
 ) -> None:
-    controller, socket = fake
+    controller, socket = fake_daemon
     harness = harness_factory(socket)
     response = harness.call(AddPeer, "husarnet/add_peer", address="", hostname="nobody")
     assert not response.success
@@ -204,12 +158,10 @@ def test_unknown_hostname_only(
 
 
 def test_hostname_only_is_resolved_by_the_fleet_file(
-    tmp_path: Path, fake: tuple[FakeController, str], harness_factory: Callable[..., Harness]
+    fleet_file: Path, fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]
 ) -> None:
-    controller, socket = fake
-    fleet = tmp_path / "fleet.yaml"
-    fleet.write_text(FLEET, encoding="utf-8")
-    harness = harness_factory(socket, fleet_file=str(fleet))
+    controller, socket = fake_daemon
+    harness = harness_factory(socket, fleet_file=str(fleet_file))
     response = harness.call(AddPeer, "husarnet/add_peer", address="", hostname="robot4")
     assert response.success, response.message
     assert "fc94::4" in controller.allowed
@@ -220,9 +172,9 @@ def test_hostname_only_is_resolved_by_the_fleet_file(
 
 
 def test_remove_by_address_also_forgets_its_names(
-    fake: tuple[FakeController, str], harness_factory: Callable[..., Harness]
+    fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]
 ) -> None:
-    controller, socket = fake
+    controller, socket = fake_daemon
     controller.host_entries["printer"] = "fc94::99"
     harness = harness_factory(socket)
     assert harness.call(AddPeer, "husarnet/add_peer", address="fc94::9", hostname="cam").success
@@ -234,9 +186,9 @@ def test_remove_by_address_also_forgets_its_names(
 
 
 def test_remove_by_hostname(
-    fake: tuple[FakeController, str], harness_factory: Callable[..., Harness]
+    fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]
 ) -> None:
-    controller, socket = fake
+    controller, socket = fake_daemon
     harness = harness_factory(socket)
     assert harness.call(AddPeer, "husarnet/add_peer", address="fc94::9", hostname="cam").success
     response = harness.call(RemovePeer, "husarnet/remove_peer", address="", hostname="cam")
@@ -246,9 +198,9 @@ def test_remove_by_hostname(
 
 
 def test_remove_absent_peer_succeeds_and_says_so(
-    fake: tuple[FakeController, str], harness_factory: Callable[..., Harness]
+    fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]
 ) -> None:
-    _, socket = fake
+    _, socket = fake_daemon
     harness = harness_factory(socket)
     response = harness.call(RemovePeer, "husarnet/remove_peer", address="fc94::77", hostname="")
     assert response.success
@@ -261,8 +213,8 @@ def test_remove_absent_peer_succeeds_and_says_so(
 # --- list_peers and ping -------------------------------------------------------------------------------
 
 
-def test_list_peers(fake: tuple[FakeController, str], harness_factory: Callable[..., Harness]) -> None:
-    controller, socket = fake
+def test_list_peers(fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]) -> None:
+    controller, socket = fake_daemon
     controller.allowed.append("fc94::2")
     harness = harness_factory(socket)
     response = harness.call(ListPeers, "husarnet/list_peers")
@@ -276,33 +228,42 @@ def test_list_peers(fake: tuple[FakeController, str], harness_factory: Callable[
     assert response.whitelist_enabled
 
 
-def test_ping_a_direct_peer(
-    fake: tuple[FakeController, str], harness_factory: Callable[..., Harness]
+@pytest.mark.parametrize(
+    ("address", "hostname", "timeout_s", "rtt_ms", "path", "pinged"),
+    [
+        pytest.param(
+            "fc94::2", "", 1.5, 0.42, Peer.PATH_DIRECT, ("fc94::2", 1.5), id="direct-peer-by-address"
+        ),
+        # timeout_s 0: the daemon is asked with the node's default of 2 s
+        pytest.param(
+            "", "robot3", 0.0, 21.5, Peer.PATH_TUNNELLED, ("fc94::3", 2.0), id="by-hostname-default-timeout"
+        ),
+    ],
+)
+def test_ping_a_peer(
+    fake_daemon: tuple[FakeController, str],
+    harness_factory: Callable[..., Harness],
+    address: str,
+    hostname: str,
+    timeout_s: float,
+    rtt_ms: float,
+    path: int,
+    pinged: tuple[str, float],
 ) -> None:
-    controller, socket = fake
+    controller, socket = fake_daemon
     harness = harness_factory(socket)
-    response = harness.call(Ping, "husarnet/ping", address="fc94::2", hostname="", timeout_s=1.5)
+    response = harness.call(Ping, "husarnet/ping", address=address, hostname=hostname, timeout_s=timeout_s)
     assert response.success, response.message
-    assert response.rtt_ms == pytest.approx(0.42)
-    assert response.path == Peer.PATH_DIRECT
-    assert ("ping", "fc94::2", 1, 1.0, 1.5) in controller.calls
-
-
-def test_ping_by_hostname_default_timeout(
-    fake: tuple[FakeController, str], harness_factory: Callable[..., Harness]
-) -> None:
-    controller, socket = fake
-    harness = harness_factory(socket)
-    response = harness.call(Ping, "husarnet/ping", address="", hostname="robot3", timeout_s=0.0)
-    assert response.success, response.message
-    assert response.path == Peer.PATH_TUNNELLED
-    assert ("ping", "fc94::3", 1, 1.0, 2.0) in controller.calls
+    assert response.rtt_ms == pytest.approx(rtt_ms)
+    assert response.path == path
+    pinged_address, daemon_timeout_s = pinged
+    assert ("ping", pinged_address, 1, 1.0, daemon_timeout_s) in controller.calls
 
 
 def test_ping_without_reply_and_unknown_peer(
-    fake: tuple[FakeController, str], harness_factory: Callable[..., Harness]
+    fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]
 ) -> None:
-    _, socket = fake
+    _, socket = fake_daemon
     harness = harness_factory(socket)
     silent = harness.call(Ping, "husarnet/ping", address="fc94::4", hostname="", timeout_s=0.5)
     assert not silent.success
@@ -321,16 +282,22 @@ def test_ping_without_reply_and_unknown_peer(
 
 
 def test_fleet_file_applied_at_start(
-    tmp_path: Path, fake: tuple[FakeController, str], harness_factory: Callable[..., Harness]
+    fleet_file: Path, fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]
 ) -> None:
-    controller, socket = fake
+    controller, socket = fake_daemon
     controller.host_entries["printer"] = "fc94::99"
     controller.allowed.append("fc94::50")
-    fleet = tmp_path / "fleet.yaml"
-    fleet.write_text(FLEET, encoding="utf-8")
-    harness_factory(socket, fleet_file=str(fleet))  # robot "" = the daemon's hostname, robot1
-    wait_for(lambda: {"fc94::2", "fc94::3"} <= set(controller.allowed), "the fleet peers on the whitelist")
-    wait_for(lambda: "robot3" in controller.host_entries, "the fleet names in the hosts block")
+    harness_factory(socket, fleet_file=str(fleet_file))  # robot "" = the daemon's hostname, robot1
+    wait_until(
+        lambda: {"fc94::2", "fc94::3"} <= set(controller.allowed),
+        CONDITION_TIMEOUT_S,
+        what="the fleet peers on the whitelist",
+    )
+    wait_until(
+        lambda: "robot3" in controller.host_entries,
+        CONDITION_TIMEOUT_S,
+        what="the fleet names in the hosts block",
+    )
     assert controller.host_entries == {"printer": "fc94::99", "robot2": "fc94::2", "robot3": "fc94::3"}
     assert "fc94::1" not in controller.allowed  # never itself
     assert "fc94::4" not in controller.allowed  # not linked to robot1
@@ -338,14 +305,16 @@ def test_fleet_file_applied_at_start(
 
 
 def test_fleet_file_applied_again_after_a_daemon_restart(
-    tmp_path: Path, harness_factory: Callable[..., Harness]
+    fleet_file: Path, harness_factory: Callable[..., Harness]
 ) -> None:
-    fleet = tmp_path / "fleet.yaml"
-    fleet.write_text(FLEET, encoding="utf-8")
     first = FakeController()
     with serve_fake(first) as (_, socket):
-        harness = harness_factory(socket, fleet_file=str(fleet), robot="robot2")
-        wait_for(lambda: first.allowed == ["fc94::1"], "robot2's fleet peer on the whitelist")
+        harness = harness_factory(socket, fleet_file=str(fleet_file), robot="robot2")
+        wait_until(
+            lambda: first.allowed == ["fc94::1"],
+            CONDITION_TIMEOUT_S,
+            what="robot2's fleet peer on the whitelist",
+        )
         alive = harness.call(ListPeers, "husarnet/list_peers")
         assert alive.whitelist_enabled
         socket_path = socket
@@ -361,25 +330,31 @@ def test_fleet_file_applied_again_after_a_daemon_restart(
     server = ControlServer(second, socket_path, group=None)
     server.start()
     try:
-        wait_for(lambda: second.allowed == ["fc94::1"], "the fleet applied to the restarted daemon")
+        wait_until(
+            lambda: second.allowed == ["fc94::1"],
+            CONDITION_TIMEOUT_S,
+            what="the fleet applied to the restarted daemon",
+        )
         assert second.host_entries == {"robot1": "fc94::1"}
     finally:
         server.stop()
 
 
 def test_bad_fleet_file_keeps_the_services_up(
-    tmp_path: Path, fake: tuple[FakeController, str], harness_factory: Callable[..., Harness]
+    fleet_file: Path, fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]
 ) -> None:
-    controller, socket = fake
-    fleet = tmp_path / "fleet.yaml"
-    fleet.write_text("robots:\n  robot1: {address: 2001:db8::1}\n", encoding="utf-8")
-    harness = harness_factory(socket, fleet_file=str(fleet))
+    controller, socket = fake_daemon
+    good = fleet_file.read_text(encoding="utf-8")
+    fleet_file.write_text("robots:\n  robot1: {address: 2001:db8::1}\n", encoding="utf-8")
+    harness = harness_factory(socket, fleet_file=str(fleet_file))
     response = harness.call(AddPeer, "husarnet/add_peer", address="fc94::9", hostname="")
     assert response.success, response.message
     assert controller.allowed == ["fc94::9"]
     # Fixing the file is picked up without a restart.
-    fleet.write_text(FLEET, encoding="utf-8")
-    wait_for(lambda: "fc94::2" in controller.allowed, "the corrected fleet file applied")
+    fleet_file.write_text(good, encoding="utf-8")
+    wait_until(
+        lambda: "fc94::2" in controller.allowed, CONDITION_TIMEOUT_S, what="the corrected fleet file applied"
+    )
 
 
 # --- no daemon -----------------------------------------------------------------------------------------
