@@ -81,14 +81,21 @@ def harness_factory(ros_context: Any) -> Iterator[Callable[..., Harness]]:
         harness.close()
 
 
+@pytest.fixture
+def controller(fake_daemon: tuple[FakeController, str]) -> FakeController:
+    return fake_daemon[0]
+
+
+@pytest.fixture
+def harness(fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]) -> Harness:
+    """A whitelist node with the default parameters, on the fake daemon."""
+    return harness_factory(fake_daemon[1])
+
+
 # --- add_peer ------------------------------------------------------------------------------------------
 
 
-def test_add_valid_address(
-    fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]
-) -> None:
-    controller, socket = fake_daemon
-    harness = harness_factory(socket)
+def test_add_valid_address(controller: FakeController, harness: Harness) -> None:
     response = harness.call(AddPeer, "husarnet/add_peer", address="FC94:0::9", hostname="")
     assert response.success, response.message
     assert "fc94::9" in controller.allowed
@@ -98,11 +105,7 @@ def test_add_valid_address(
     assert "already on the whitelist" in again.message
 
 
-def test_add_with_hostname_writes_the_hosts_block(
-    fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]
-) -> None:
-    controller, socket = fake_daemon
-    harness = harness_factory(socket)
+def test_add_with_hostname_writes_the_hosts_block(controller: FakeController, harness: Harness) -> None:
     response = harness.call(AddPeer, "husarnet/add_peer", address="fc94::9", hostname="Lab-Cam")
     assert response.success, response.message
     assert controller.host_entries["lab-cam"] == "fc94::9"
@@ -119,14 +122,8 @@ def test_add_with_hostname_writes_the_hosts_block(
     ],
 )
 def test_malformed_request_fails_cleanly_and_the_node_keeps_serving(
-    fake_daemon: tuple[FakeController, str],
-    harness_factory: Callable[..., Harness],
-    address: str,
-    hostname: str,
-    expected: str,
+    controller: FakeController, harness: Harness, address: str, hostname: str, expected: str
 ) -> None:
-    controller, socket = fake_daemon
-    harness = harness_factory(socket)
     response = harness.call(AddPeer, "husarnet/add_peer", address=address, hostname=hostname)
     assert not response.success
     assert expected in response.message
@@ -135,22 +132,14 @@ def test_malformed_request_fails_cleanly_and_the_node_keeps_serving(
     assert following.success, following.message
 
 
-def test_hostname_only_is_resolved_by_the_daemon(
-    fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]
-) -> None:
-    controller, socket = fake_daemon
-    harness = harness_factory(socket)
+def test_hostname_only_is_resolved_by_the_daemon(controller: FakeController, harness: Harness) -> None:
     response = harness.call(AddPeer, "husarnet/add_peer", address="", hostname="robot3")
     assert response.success, response.message
     assert "fc94::3" in controller.allowed
     assert "robot3" not in controller.host_entries  # the daemon already knows that name
 
 
-def test_unknown_hostname_only(
-    fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]
-) -> None:
-    controller, socket = fake_daemon
-    harness = harness_factory(socket)
+def test_unknown_hostname_only(controller: FakeController, harness: Harness) -> None:
     response = harness.call(AddPeer, "husarnet/add_peer", address="", hostname="nobody")
     assert not response.success
     assert "cannot resolve hostname 'nobody'" in response.message
@@ -185,11 +174,7 @@ def test_remove_by_address_also_forgets_its_names(
     assert controller.host_entries == {"printer": "fc94::99"}
 
 
-def test_remove_by_hostname(
-    fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]
-) -> None:
-    controller, socket = fake_daemon
-    harness = harness_factory(socket)
+def test_remove_by_hostname(controller: FakeController, harness: Harness) -> None:
     assert harness.call(AddPeer, "husarnet/add_peer", address="fc94::9", hostname="cam").success
     response = harness.call(RemovePeer, "husarnet/remove_peer", address="", hostname="cam")
     assert response.success, response.message
@@ -197,11 +182,7 @@ def test_remove_by_hostname(
     assert "cam" not in controller.host_entries
 
 
-def test_remove_absent_peer_succeeds_and_says_so(
-    fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]
-) -> None:
-    _, socket = fake_daemon
-    harness = harness_factory(socket)
+def test_remove_absent_peer_succeeds_and_says_so(harness: Harness) -> None:
     response = harness.call(RemovePeer, "husarnet/remove_peer", address="fc94::77", hostname="")
     assert response.success
     assert "was not on the whitelist" in response.message
@@ -241,8 +222,8 @@ def test_list_peers(fake_daemon: tuple[FakeController, str], harness_factory: Ca
     ],
 )
 def test_ping_a_peer(
-    fake_daemon: tuple[FakeController, str],
-    harness_factory: Callable[..., Harness],
+    controller: FakeController,
+    harness: Harness,
     address: str,
     hostname: str,
     timeout_s: float,
@@ -250,8 +231,6 @@ def test_ping_a_peer(
     path: int,
     pinged: tuple[str, float],
 ) -> None:
-    controller, socket = fake_daemon
-    harness = harness_factory(socket)
     response = harness.call(Ping, "husarnet/ping", address=address, hostname=hostname, timeout_s=timeout_s)
     assert response.success, response.message
     assert response.rtt_ms == pytest.approx(rtt_ms)
@@ -260,11 +239,7 @@ def test_ping_a_peer(
     assert ("ping", pinged_address, 1, 1.0, daemon_timeout_s) in controller.calls
 
 
-def test_ping_without_reply_and_unknown_peer(
-    fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]
-) -> None:
-    _, socket = fake_daemon
-    harness = harness_factory(socket)
+def test_ping_without_reply_and_unknown_peer(harness: Harness) -> None:
     silent = harness.call(Ping, "husarnet/ping", address="fc94::4", hostname="", timeout_s=0.5)
     assert not silent.success
     assert silent.rtt_ms < 0
