@@ -51,45 +51,47 @@ def test_no_temp_files_left_after_success(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["f"]
 
 
-def test_failed_replace_keeps_old_file_and_removes_temp(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def precious(tmp_path: Path) -> Path:
+    """The only file in its directory, whose content a failed write must leave as it is."""
     target = tmp_path / "f"
     target.write_bytes(b"precious")
+    return target
 
+
+def _assert_only_the_old_file(target: Path) -> None:
+    assert target.read_bytes() == b"precious"
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temp file left behind
+
+
+def test_failed_replace_keeps_old_file_and_removes_temp(
+    precious: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken_replace(self: Path, dst: object) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(fileio.Path, "replace", broken_replace)
     with pytest.raises(OSError, match="No space"):
-        atomic_write(target, b"new")
-    assert target.read_bytes() == b"precious"
-    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+        atomic_write(precious, b"new")
+    _assert_only_the_old_file(precious)
 
 
 def test_failed_write_keeps_old_file_and_removes_temp(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    precious: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    target = tmp_path / "f"
-    target.write_bytes(b"precious")
-
     def broken_fsync(fd: int) -> None:
         raise OSError(5, "I/O error")
 
     monkeypatch.setattr(fileio.os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="I/O error"):
-        atomic_write(target, b"new")
-    assert target.read_bytes() == b"precious"
-    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+        atomic_write(precious, b"new")
+    _assert_only_the_old_file(precious)
 
 
-def test_bad_data_type_keeps_old_file(tmp_path: Path) -> None:
-    target = tmp_path / "f"
-    target.write_bytes(b"precious")
+def test_bad_data_type_keeps_old_file(precious: Path) -> None:
     with pytest.raises(TypeError):
-        atomic_write(target, "not bytes")  # type: ignore[arg-type]
-    assert target.read_bytes() == b"precious"
-    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+        atomic_write(precious, "not bytes")  # type: ignore[arg-type]
+    _assert_only_the_old_file(precious)
 
 
 def test_missing_directory_raises(tmp_path: Path) -> None:
