@@ -70,8 +70,8 @@ class ControlError(ClientError):
 
 def _how_to_reach(socket_path: str) -> str:
     return (
-        "start it with `husarnet-ros daemon` or pass --control-socket "
-        f"(or set {CONTROL_SOCKET_ENV}) if it listens elsewhere"
+        "start it with `husarnet-ros daemon`, or, if it listens elsewhere, give its socket with "
+        f"--control-socket, ${CONTROL_SOCKET_ENV} or the ROS nodes' control_socket parameter"
     )
 
 
