@@ -107,6 +107,18 @@ def _check_counter_counts(sender: Host, receiver: Host) -> None:
     assert _underlay_udp_count(sender) > before, "the underlay UDP counter did not count a probe datagram"
 
 
+def _assert_unicast_over_the_overlay(name: str, a: Daemon, b: Daemon, first_s: float) -> None:
+    """Neither robot tried multicast, no DDS packet went over the underlay (``first_s``: only reported)."""
+    drops = {d.hostname: d.host.multicast_drop_count() for d in (a, b)}
+    leaks = {d.hostname: _underlay_udp_count(d.host) for d in (a, b)}
+    print(
+        f"\n{name} over the overlay: first sample {first_s:.2f} s after the publisher started; "
+        f"multicast dropped: {drops}; DDS packets on the underlay: {leaks}"
+    )
+    assert drops == {"robot-a": 0, "robot-b": 0}, f"{name} tried multicast: {drops}"
+    assert leaks == {"robot-a": 0, "robot-b": 0}, f"{name} traffic bypassed the overlay: {leaks}"
+
+
 def _underlay_udp_count(host: Host) -> int:
     out = host.run(["nft", "-j", "list", "counter", "inet", UNDERLAY_TABLE, "leak"]).stdout
     for item in json.loads(out).get("nftables", []):
@@ -166,15 +178,7 @@ def test_ros2_topic_crosses_the_overlay_with_multicast_dropped(robots: Any, tmp_
         assert local["count"] > 0, "a listener on robot-a did not hear the talker on robot-a"
     finally:
         a.host.lab.stop_process(talker)
-    first_s = remote["first"] - started
-    drops = {d.hostname: d.host.multicast_drop_count() for d in (a, b)}
-    leaks = {d.hostname: _underlay_udp_count(d.host) for d in (a, b)}
-    print(
-        f"\nFast DDS over the overlay: first message {first_s:.2f} s after the talker started; "
-        f"multicast dropped: {drops}; DDS packets on the underlay: {leaks}"
-    )
-    assert drops == {"robot-a": 0, "robot-b": 0}, f"DDS tried multicast: {drops}"
-    assert leaks == {"robot-a": 0, "robot-b": 0}, f"DDS traffic bypassed the overlay: {leaks}"
+    _assert_unicast_over_the_overlay("Fast DDS", a, b, remote["first"] - started)
     _check_counter_counts(a.host, b.host)
 
 
@@ -199,12 +203,4 @@ def test_cyclone_dds_crosses_the_overlay_with_multicast_dropped(robots: Any, tmp
         assert local["count"] > 0, "a Cyclone DDS reader on robot-a did not hear the writer on robot-a"
     finally:
         a.host.lab.stop_process(writer)
-    first_s = remote["first"] - started
-    drops = {d.hostname: d.host.multicast_drop_count() for d in (a, b)}
-    leaks = {d.hostname: _underlay_udp_count(d.host) for d in (a, b)}
-    print(
-        f"\nCyclone DDS over the overlay: first sample {first_s:.2f} s after the writer started; "
-        f"multicast dropped: {drops}; DDS packets on the underlay: {leaks}"
-    )
-    assert drops == {"robot-a": 0, "robot-b": 0}, f"Cyclone DDS tried multicast: {drops}"
-    assert leaks == {"robot-a": 0, "robot-b": 0}, f"Cyclone DDS traffic bypassed the overlay: {leaks}"
+    _assert_unicast_over_the_overlay("Cyclone DDS", a, b, remote["first"] - started)
