@@ -28,6 +28,17 @@ from .netlab import Host, LabError, wait_until
 ROS2 = str(Path(sys.executable).parent / "ros2")
 EXPORT_RE = re.compile(r"^export ([A-Z_][A-Z0-9_]*)=(\S+)$", re.MULTILINE)
 STOP_TIMEOUT_S = 15.0  # a launch gets this long to stop its daemon and nodes after SIGINT
+# ROS_DOMAIN_IDs 1..100: inside the range whose DDS ports (7400 + 250 * id + ...) stay below Linux's ephemeral
+# ports (32768+), so a test's participant never collides with a port the kernel handed out; 0 is the default
+# every other ROS process on the machine uses.
+FIRST_TEST_DOMAIN, TEST_DOMAINS = 1, 100
+
+
+def private_domain_id(salt: int = 0) -> int:
+    """A ROS_DOMAIN_ID for this test process (and ``salt``), so concurrent test runs do not see each other."""
+    return FIRST_TEST_DOMAIN + (os.getpid() + salt) % TEST_DOMAINS
+
+
 # Settings a user's shell may carry that would change what the launch and the nodes do.
 _FOREIGN_PREFIXES = ("ROS_", "RMW_", "FASTDDS_", "CYCLONEDDS_", "HUSARNET_ROS_")
 

@@ -21,12 +21,13 @@ import pytest
 from husarnet_ros import dds
 from husarnet_ros.testing.lab_daemon import Daemon, whitelist_each_other
 from husarnet_ros.testing.netlab import Host
+from husarnet_ros.testing.ros_launch import private_domain_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.ros]
 
 RUN_S = 60.0  # a talker/writer publishes at most this long
 LISTEN_S = 45.0  # a listener/reader gives up after this long
-DOMAIN_ID = 100 + os.getpid() % 100  # own domain per test process: parallel runs never see each other
+DOMAIN_ID = private_domain_id(13)  # own domain per test process: parallel runs never see each other
 UNDERLAY_TABLE = "dds_underlay"
 
 # The same plain rclpy nodes a user would run (husarnet_ros/testing/chatter.py), bounded in time.

@@ -18,7 +18,6 @@ Uses the INSTALLED package (share/husarnet_ros/launch, lib/husarnet_ros): refres
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -33,11 +32,11 @@ import pytest
 from husarnet_ros.client import ClientError, ControlClient
 from husarnet_ros.testing.lab_daemon import husarnet_ros_command
 from husarnet_ros.testing.netlab import Lab, wait_until
-from husarnet_ros.testing.ros_launch import ROS2, RobotLaunch
+from husarnet_ros.testing.ros_launch import ROS2, RobotLaunch, private_domain_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.ros]
 
-DOMAIN_ID = 100 + (os.getpid() + 31) % 100
+DOMAIN_ID = private_domain_id(31)
 LAUNCH_READY_S = 60.0  # bound for a launch to print its DDS environment
 PATH_S = 30.0  # bound for the daemons to find a direct path
 RUN_S = 60.0  # the talker publishes at most this long

@@ -1,7 +1,8 @@
 """Fixtures shared by the rclpy tests of test/ros/.
 
-- ``ros_domain_id`` (module): a ROS_DOMAIN_ID of its own per test module and process (100..199), so tests
-  running in parallel (other modules, other checkouts) do not see each other's topics.
+- ``ros_domain_id`` (module): a ROS_DOMAIN_ID of its own per test module and process (1..100, see
+  husarnet_ros.testing.ros_launch.private_domain_id), so tests running in parallel (other modules, other
+  checkouts) do not see each other's topics.
 - ``ros_env`` (module): sets ROS_DOMAIN_ID and ROS_LOG_DIR (a temp dir) in os.environ for the module's
   duration and returns an environment for subprocesses (also with PYTHONPATH = the working tree).
 - ``rclpy_context`` (function): an initialised rclpy Context of its own on that domain, shut down after.
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from husarnet_ros.testing.fake_controller import FakeController, sample_peers, serve_fake
+from husarnet_ros.testing.ros_launch import private_domain_id
 
 if TYPE_CHECKING:  # rclpy is imported inside the fixtures: the ros marker skips when it is missing
     from rclpy.context import Context
@@ -72,7 +74,7 @@ def _initialised_context(domain_id: int) -> Iterator[Context]:
 @pytest.fixture(scope="module")
 def ros_domain_id(request: pytest.FixtureRequest) -> int:
     module_hash = zlib.crc32(request.module.__name__.encode())
-    return 100 + (os.getpid() + module_hash) % 100
+    return private_domain_id(module_hash)
 
 
 @pytest.fixture(scope="module")

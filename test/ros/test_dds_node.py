@@ -17,6 +17,7 @@ rclpy = pytest.importorskip("rclpy")
 from rclpy.parameter import Parameter  # noqa: E402
 
 from husarnet_ros.testing.fake_controller import FakeController, serve_fake  # noqa: E402
+from husarnet_ros.testing.ros_launch import private_domain_id  # noqa: E402
 
 FASTDDS_NS = "{http://www.eprosima.com}"
 
@@ -34,7 +35,7 @@ def context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         if name.startswith(("FASTDDS_", "CYCLONEDDS_", "ROS_STATIC", "RMW_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("ROS_LOG_DIR", str(tmp_path / "log"))
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(private_domain_id(53)))
     monkeypatch.setenv("ROS_HOME", str(tmp_path / "ros_home"))
     ctx = rclpy.Context()
     rclpy.init(context=ctx)

@@ -30,6 +30,7 @@ from launch.launch_description_sources import PythonLaunchDescriptionSource
 
 from husarnet_ros.api import PeerStatus
 from husarnet_ros.testing.fake_controller import FakeController, serve_fake
+from husarnet_ros.testing.ros_launch import private_domain_id
 
 if TYPE_CHECKING:  # imported for real in setUpClass, as the ros marker's requirement check allows
     from rclpy.client import Client
@@ -68,7 +69,7 @@ def generate_test_description() -> tuple[LaunchDescription, dict[str, Any]]:
     _, socket_path = stack.enter_context(serve_fake(controller))
     # The launched nodes and this test's own rclpy context: a domain of their own, logs in a temp dir.
     saved = {name: os.environ.get(name) for name in ("ROS_DOMAIN_ID", "ROS_LOG_DIR")}
-    os.environ["ROS_DOMAIN_ID"] = str(100 + (os.getpid() + 7) % 100)
+    os.environ["ROS_DOMAIN_ID"] = str(private_domain_id(7))
     os.environ["ROS_LOG_DIR"] = tempfile.mkdtemp(prefix="hr-launch-test-log-")
     stack.callback(_restore_all, saved)
     robot = IncludeLaunchDescription(

@@ -19,6 +19,7 @@ from husarnet_ros.api import PeerStatus, Status, Whitelist
 from husarnet_ros.cli.main import cli
 from husarnet_ros.core.errors import AddressError, ConfigError
 from husarnet_ros.testing.fake_controller import FakeController, serve_fake
+from husarnet_ros.testing.ros_launch import private_domain_id
 
 OWN = "fc94::a"
 PEERS = ["fc94::c", "FC94:0::b", "fc94::c"]
@@ -209,7 +210,7 @@ except DDSException as exc:
 
 def _cyclone_accepts(uri: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CYCLONEDDS")} | {"CYCLONEDDS_URI": uri}
-    domain = str(os.getpid() % 100 + 100)
+    domain = str(private_domain_id(71))
     return subprocess.run(
         [sys.executable, "-c", CYCLONE_PARTICIPANT, domain],
         env=env,
