@@ -18,49 +18,62 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rclpy.node import Node
 
 SPIN_STEP_S = 0.05
 
 
-def talk(topic: str, seconds: float) -> int:
+def _spin(name: str, setup: Callable[[Node], Callable[[], bool]], seconds: float) -> None:
+    """Create node ``name``, let ``setup`` add its publishers/subscriptions and return a step function; spin
+    until the step says done (returns True) or ``seconds`` pass; always clean up."""
     import rclpy
-    from std_msgs.msg import String
 
     rclpy.init()
-    node = rclpy.create_node("husarnet_chatter_talker")
-    publisher = node.create_publisher(String, topic, 10)
-    deadline, count = time.monotonic() + seconds, 0
+    node = rclpy.create_node(name)
+    deadline = time.monotonic() + seconds
     try:
-        while time.monotonic() < deadline:
-            publisher.publish(String(data=f"hello {count} from {node.get_fully_qualified_name()}"))
-            count += 1
+        step = setup(node)
+        while time.monotonic() < deadline and not step():
             rclpy.spin_once(node, timeout_sec=SPIN_STEP_S)
     except KeyboardInterrupt:
         pass
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
+
+
+def talk(topic: str, seconds: float) -> int:
+    from std_msgs.msg import String
+
+    def setup(node: Node) -> Callable[[], bool]:
+        publisher = node.create_publisher(String, topic, 10)
+        sent = [0]
+
+        def publish() -> bool:
+            publisher.publish(String(data=f"hello {sent[0]} from {node.get_fully_qualified_name()}"))
+            sent[0] += 1
+            return False  # until the time is up
+
+        return publish
+
+    _spin("husarnet_chatter_talker", setup, seconds)
     return 0
 
 
 def listen(topic: str, seconds: float, count: int) -> dict[str, object]:
-    import rclpy
     from std_msgs.msg import String
 
-    rclpy.init()
-    node = rclpy.create_node("husarnet_chatter_listener")
     received: list[tuple[float, str]] = []
-    node.create_subscription(String, topic, lambda msg: received.append((time.time(), msg.data)), 10)
-    deadline = time.monotonic() + seconds
-    try:
-        while time.monotonic() < deadline and len(received) < count:
-            rclpy.spin_once(node, timeout_sec=SPIN_STEP_S)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+
+    def setup(node: Node) -> Callable[[], bool]:
+        node.create_subscription(String, topic, lambda msg: received.append((time.time(), msg.data)), 10)
+        return lambda: len(received) >= count
+
+    _spin("husarnet_chatter_listener", setup, seconds)
     first = received[0][0] if received else None
     return {"first": first, "count": len(received), "data": [data for _, data in received]}
 
@@ -70,24 +83,16 @@ PATH_NAMES = {0: "none", 1: "direct", 2: "tunnelled"}
 
 def peers_table(topic: str, seconds: float) -> list[dict[str, object]] | None:
     """The first PeerArray received on ``topic`` (as dicts), or None when nothing came in ``seconds``."""
-    import rclpy
-
     from husarnet_ros.msg import PeerArray
     from husarnet_ros.ros.common import LATCHED_QOS
 
-    rclpy.init()
-    node = rclpy.create_node("husarnet_chatter_peers")
     tables: list[PeerArray] = []
-    node.create_subscription(PeerArray, topic, tables.append, LATCHED_QOS)
-    deadline = time.monotonic() + seconds
-    try:
-        while time.monotonic() < deadline and not tables:
-            rclpy.spin_once(node, timeout_sec=SPIN_STEP_S)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+
+    def setup(node: Node) -> Callable[[], bool]:
+        node.create_subscription(PeerArray, topic, tables.append, LATCHED_QOS)
+        return lambda: bool(tables)
+
+    _spin("husarnet_chatter_peers", setup, seconds)
     if not tables:
         return None
     return [
