@@ -44,8 +44,8 @@ main()
 
 from __future__ import annotations
 
+import contextlib
 import math
-import signal
 import sys
 import threading
 import time
@@ -417,13 +417,12 @@ def run_node(
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        # Cleanup is short; a second Ctrl-C (launch forwards one per keypress) must not interrupt it with a
-        # traceback. The launch escalates to SIGTERM and SIGKILL if a node hangs here.
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if node is not None:
-            close = getattr(node, "close", None)
-            if callable(close):
-                close()
-            node.destroy_node()
-        rclpy.try_shutdown()
+        # A second Ctrl-C (launch forwards one per keypress) must not turn the short cleanup into a traceback.
+        # (Not done by ignoring SIGINT: that would replace rclpy's own signal handler at the OS level.)
+        with contextlib.suppress(KeyboardInterrupt):
+            if node is not None:
+                close = getattr(node, "close", None)
+                if callable(close):
+                    close()
+                node.destroy_node()
+            rclpy.try_shutdown()
