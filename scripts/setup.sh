@@ -64,6 +64,19 @@ install_debian_packages() {
     >/dev/null
 }
 
+# The daemon switches to this account once set up (config `user`): without it, it stays uid 0 with no
+# capabilities, which still owns every root file. Created like a package's postinst would.
+DAEMON_USER=husarnet-ros
+create_daemon_user() {
+  getent passwd "$DAEMON_USER" >/dev/null && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    say "NOTE: no '$DAEMON_USER' account (run this script as root once to create it); the daemon then stays uid 0"
+    return 0
+  fi
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$DAEMON_USER"
+  say "created the system account $DAEMON_USER (the daemon runs as it once set up)"
+}
+
 check_python() {
   "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null \
     || die "$1 is not Python 3.11 (the ROS 2 wheels are cp311); set PYTHON=/path/to/python3.11"
@@ -143,6 +156,7 @@ main() {
   local t0 t
   t0=$(date +%s)
   install_debian_packages
+  create_daemon_user
   [ -d "$WHEELS" ] || die "wheelhouse not found at $WHEELS (expected ../shared/wheels beside the repo, or set \
 HUSARNET_ROS_WHEELS); it holds the launch/ros2cli wheels that PyPI does not have"
   WHEELS=$(cd "$WHEELS" && pwd)

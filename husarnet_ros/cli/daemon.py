@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from ..core.config import (
+    DEFAULT_DAEMON_USER,
     DEFAULT_HOSTS_FILE,
     DEFAULT_INTERFACE,
     DEFAULT_STATE_DIR,
@@ -86,6 +87,11 @@ _path = click.Path(dir_okay=True, file_okay=True)
     help=f"UDP port of the transport; 0 picks a free one. [default: {DEFAULT_UDP_PORT}]",
 )
 @click.option("--hostname", help="This node's hostname on the overlay. [default: the system hostname]")
+@click.option(
+    "--user",
+    help="Account to run as once set up ('' or root: stay uid 0, capabilities dropped all the same). "
+    f"[default: {DEFAULT_DAEMON_USER}]",
+)
 @click.option(
     "--hosts-file",
     type=_path,

@@ -26,6 +26,8 @@ from .hosts import HostnameError, normalize_hostname
 from .yamlfile import read_yaml_file
 
 DEFAULT_STATE_DIR = Path("/var/lib/husarnet-ros")
+# The unprivileged account the daemon runs as after set-up (scripts/setup.sh creates it; see docs/CLI.md).
+DEFAULT_DAEMON_USER = "husarnet-ros"
 DEFAULT_CONTROL_SOCKET = Path("/run/husarnet-ros/control.sock")
 DEFAULT_HOSTS_FILE = Path("/etc/hosts")
 DEFAULT_INTERFACE = "hnet0"
@@ -90,6 +92,11 @@ class DaemonConfig(BaseModel):
         description="CIDR networks whose LAN discovery beacons are believed (overlay sources never are).",
     )
     discovery_enabled: bool = Field(True, description="Send and listen for LAN multicast beacons.")
+    user: str = Field(
+        DEFAULT_DAEMON_USER,
+        description="Account the daemon switches to once set up ('' or 'root': stay uid 0, capabilities "
+        "dropped all the same). A missing account is warned about, not fatal.",
+    )
     config_file: Path | None = Field(None, description="The YAML file these settings were read from.")
 
     @model_validator(mode="before")

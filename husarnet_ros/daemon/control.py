@@ -453,6 +453,16 @@ class ControlServer:
         st = Path(self.socket_path).stat()
         self._socket_inode = (st.st_dev, st.st_ino)
 
+    def give_to(self, uid: int) -> None:
+        """Make the bound socket file owned by ``uid`` (group unchanged), so the daemon can still remove it
+        after switching to that account (a root-owned file in sticky /tmp would stay behind)."""
+        if self._listening_socket is None:
+            return
+        try:
+            os.chown(self.socket_path, uid, -1)
+        except OSError as exc:
+            log.warning("cannot give control socket %s to uid %d: %s", self.socket_path, uid, exc.strerror)
+
     def start(self) -> None:
         if self._thread is not None:
             raise ControlSocketError("control server already started")

@@ -9,11 +9,11 @@ Capabilities are per *thread* on Linux: the call changes only the calling thread
 later inherit its sets). Call it from the main thread before any other thread exists; it checks
 afterwards that every thread of the process has no capabilities left and raises otherwise.
 
-Note what remains: the process keeps uid 0. Without CAP_DAC_OVERRIDE / CAP_FOWNER it gets
-ordinary owner permissions only, but for files *owned by root* ordinary owner permissions are
-often enough (a root-owned 0700 directory, /etc/hosts 0644 root:root). Capabilities limit what
-root-only kernel operations the daemon can do (TUN, netlink changes, raw sockets, low ports,
-reading other users' files, ptrace, module loading...), not access to root's own files.
+Capabilities limit the root-only kernel operations (TUN, netlink changes, raw sockets, low ports,
+reading other users' files, ptrace, module loading...), not access to root's own files: a process
+that keeps uid 0 still has owner permissions on every root-owned file (/etc/hosts, /etc/passwd,
+cron directories). So ``drop_privileges(account)`` also switches to an unprivileged account (after
+the bounding set is emptied, which needs CAP_SETPCAP, and before the thread sets are cleared).
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import pwd
+import stat
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import HusarnetError
@@ -131,11 +134,58 @@ def _set_no_new_privs() -> None:
         raise PrivilegeError(f"cannot set PR_SET_NO_NEW_PRIVS: {exc.strerror}") from None
 
 
-def restrict_capabilities(keep: Iterable[int] = ()) -> None:
+@dataclass(frozen=True)
+class Account:
+    """A local account the daemon can run as."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def find_account(name: str) -> Account | None:
+    """The account called ``name``, or None when this system has none."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return Account(name, entry.pw_uid, entry.pw_gid)
+
+
+def blocked_directory(path: Path, account: Account) -> Path | None:
+    """The first directory from / down to ``path`` that ``account`` may not enter, or None when it may."""
+    target = path.absolute()
+    for directory in (*reversed(target.parents), target):
+        st = directory.stat()
+        if st.st_uid == account.uid:
+            needed = stat.S_IXUSR
+        elif st.st_gid == account.gid:
+            needed = stat.S_IXGRP
+        else:
+            needed = stat.S_IXOTH
+        if not st.st_mode & needed:
+            return directory
+    return None
+
+
+def _become(account: Account) -> None:
+    # glibc applies set*id to every thread of the process; there is only one at this point anyway.
+    try:
+        os.setgroups([])
+        os.setresgid(account.gid, account.gid, account.gid)
+        os.setresuid(account.uid, account.uid, account.uid)
+    except OSError as exc:
+        raise PrivilegeError(f"cannot switch to user {account.name}: {exc.strerror}") from None
+    if os.getresuid() != (account.uid,) * 3 or os.getresgid() != (account.gid,) * 3:
+        raise PrivilegeError(f"switching to user {account.name} did not take effect")
+
+
+def restrict_capabilities(keep: Iterable[int] = (), become: Account | None = None) -> None:
     """Give up every capability except those numbered in ``keep`` (and those only if held now).
 
-    Same steps and the same per-thread caveat as ``drop_all_capabilities``; used by the hosts
-    helper, which keeps only what rewriting a file of any owner needs.
+    With ``become``, also switch to that account (between emptying the bounding set, which needs
+    CAP_SETPCAP, and clearing the thread's sets). Same per-thread caveat as ``drop_all_capabilities``;
+    the hosts helper uses it to keep only what rewriting a file of any owner needs.
     """
     keep_set = frozenset(keep)
     mask = 0
@@ -144,6 +194,9 @@ def restrict_capabilities(keep: Iterable[int] = ()) -> None:
     mask &= capability_sets()["CapPrm"]  # cannot keep what this thread does not have
     _drop_bounding_set(keep_set)
     _clear_ambient_set()
+    if become is not None:
+        _become(become)
+        mask = 0  # a switch away from uid 0 clears the permitted set: nothing is left to keep
     _set_thread_sets(mask)
     _set_no_new_privs()
     still_privileged = [
@@ -157,13 +210,13 @@ def restrict_capabilities(keep: Iterable[int] = ()) -> None:
         )
 
 
-def drop_all_capabilities() -> None:
-    """Irrevocably give up every capability of this process (see the module doc).
+def drop_all_capabilities(become: Account | None = None) -> None:
+    """Irrevocably give up every capability of this process (see the module doc), and uid 0 with ``become``.
 
     Must run in the main thread before any other thread is started. Raises PrivilegeError if
     something could not be dropped, or if a thread of this process still holds capabilities.
     """
-    restrict_capabilities(())
+    restrict_capabilities((), become)
 
 
 def set_parent_death_signal(sig: int) -> None:

@@ -36,8 +36,8 @@ from .controller import Conflict, InvalidRequest, NotFound
 from .dataplane import DataPlane, flush_outbox
 from .discovery import Discovery
 from .hosts_helper import HostsHelper
-from .privileges import drop_all_capabilities
-from .state import StateDir
+from .privileges import Account, blocked_directory, drop_all_capabilities, find_account
+from .state import StateDir, StateError
 from .transport import UdpTransport
 from .tun import Tun
 
@@ -114,6 +114,36 @@ class Daemon:
             self.hostname,
             "on" if self.acl.enabled else "off",
         )
+
+    def unprivileged_account(self) -> Account | None:
+        """The account to run as after set-up, or None to stay uid 0 (said why in the log)."""
+        name = self.config.user
+        if name in ("", "root"):
+            log.info("configured to stay uid 0 (user %r); capabilities are dropped all the same", name)
+            return None
+        account = find_account(name)
+        if account is None:
+            log.warning(
+                "user %r does not exist: staying uid 0 (no capabilities, but it still owns every root file); "
+                "create it (useradd --system --no-create-home --shell /usr/sbin/nologin %s) or set user",
+                name,
+                name,
+            )
+            return None
+        if account.uid == 0:
+            return None
+        # The state directory itself is given to the account; the way to it must be open already.
+        blocked = blocked_directory(self.state.path.parent, account)
+        if blocked is not None:
+            log.warning(
+                "user %s cannot reach the state directory %s (%s is closed to it): staying uid 0 "
+                "without capabilities",
+                name,
+                self.state.path,
+                blocked,
+            )
+            return None
+        return account
 
     def start_threads(self) -> None:
         assert self.tun is not None
@@ -448,8 +478,17 @@ def run(config: DaemonConfig) -> int:
         daemon.setup_privileged()
         control = ControlServer(daemon, str(config.control_socket))
         control.bind()  # still privileged: the socket's group needs CAP_CHOWN
-        drop_all_capabilities()
-        log.info("all capabilities dropped")
+        account = daemon.unprivileged_account()
+        if account is not None:
+            try:
+                daemon.state.give_to(account.uid, account.gid)
+            except StateError as exc:
+                log.warning("%s: staying uid 0 without capabilities", exc)
+                account = None
+            else:
+                control.give_to(account.uid)
+        drop_all_capabilities(account)
+        log.info("all capabilities dropped%s", f"; running as user {account.name}" if account else "")
         control.start()
         daemon.start_threads()
         signal.signal(signal.SIGTERM, lambda *_: daemon.stop())

@@ -137,6 +137,20 @@ class StateDir:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def give_to(self, uid: int, gid: int) -> None:
+        """Let the account ``uid``:``gid`` keep this directory current once the daemon runs as it.
+
+        The directory, the whitelist, the hosts record and the lock file change owner; the identity
+        stays root's (0600): it is read once at start, as root, and the daemon never needs it again.
+        """
+        for path in (self.path, self.whitelist_path, self.hosts_path, self.lock_path):
+            try:
+                os.chown(path, uid, gid)
+            except FileNotFoundError:
+                continue  # not written yet: the daemon will create it as that account
+            except OSError as exc:
+                raise StateError(f"cannot give {path} to uid {uid}: {exc.strerror or exc}") from None
+
     @property
     def locked(self) -> bool:
         return self._lock_fd is not None

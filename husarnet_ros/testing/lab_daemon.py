@@ -79,6 +79,7 @@ class Daemon:
     def create(cls, host: Host, hostname: str, **kwargs: Any) -> Daemon:
         """A daemon (not yet started) with fresh files in a new short directory under /tmp."""
         workdir = Path(tempfile.mkdtemp(prefix=f"{host.lab.prefix}-{hostname}-", dir=WORK_ROOT))
+        workdir.chmod(0o711)  # the daemon, once it runs as its own account, must still reach state/
         (workdir / "state").mkdir(mode=0o700)
         (workdir / "hosts").write_text("127.0.0.1\tlocalhost\n::1\tlocalhost\n")
         return cls(host=host, hostname=hostname, workdir=workdir, **kwargs)

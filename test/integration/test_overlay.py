@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pwd
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from husarnet_ros.core.config import DEFAULT_DAEMON_USER
 from husarnet_ros.daemon.privileges import effective_capabilities
 from husarnet_ros.testing.lab_daemon import Daemon, whitelist_each_other
 from husarnet_ros.testing.netlab import Host, wait_until
@@ -56,6 +58,14 @@ def _tcp_transfer(sender: Host, receiver: Host, address: str) -> tuple[str, str]
     return sent, received
 
 
+def process_uids(pid: int) -> list[int]:
+    """Real, effective, saved and filesystem uid of ``pid`` (the Uid line of /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return [int(field) for field in line.split()[1:]]
+    raise AssertionError(f"no Uid line for pid {pid}")
+
+
 def test_three_robots_find_each_other_and_exchange_traffic(fleet: Any) -> None:
     daemons: list[Daemon] = fleet(3)
     addresses = whitelist_each_other(daemons)
@@ -87,8 +97,13 @@ def test_three_robots_find_each_other_and_exchange_traffic(fleet: Any) -> None:
     status = a.status()
     assert status["whitelist_enabled"] is True
     assert status["address"] == addresses["robot-a"]
-    # The daemon runs with no capabilities at all once it is up.
+    # The daemon runs with no capabilities at all once it is up, as its own account (scripts/setup.sh creates
+    # it) so that root's files are closed to it too; its state directory went with it, its key stayed root's.
     assert effective_capabilities(a.pid) == 0
+    account = pwd.getpwnam(DEFAULT_DAEMON_USER)
+    assert process_uids(a.pid) == [account.pw_uid] * 4
+    assert Path(a.state_dir).stat().st_uid == account.pw_uid
+    assert (Path(a.state_dir) / "identity").stat().st_uid == 0
     # The CLI ping says how it got there.
     ping = a.json("ping", addresses["robot-c"], "-c", "2", "-i", "0.2")
     assert ping["received"] == 2

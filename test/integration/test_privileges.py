@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,11 +31,12 @@ PROBE = textwrap.dedent(
     """
     import errno, fcntl, json, os, socket, struct, subprocess, sys
     from pathlib import Path
-    from husarnet_ros.daemon.privileges import capability_sets, drop_all_capabilities, no_new_privs
+    from husarnet_ros.daemon.privileges import Account, capability_sets, drop_all_capabilities, no_new_privs
 
     work = Path(sys.argv[1])
-    drop_all_capabilities()
-    report = {"sets": capability_sets(), "no_new_privs": no_new_privs()}
+    become = None if sys.argv[2] == "root" else Account("probe", *map(int, sys.argv[2].split(":")))
+    drop_all_capabilities(become)
+    report = {"sets": capability_sets(), "no_new_privs": no_new_privs(), "uids": os.getresuid()}
 
     def attempt(name, fn):
         try:
@@ -74,7 +78,17 @@ PROBE = textwrap.dedent(
 
 
 @pytest.fixture
-def workdir(tmp_path: Path) -> Path:
+def workdir() -> Iterator[Path]:
+    # Under /tmp, open to every account (pytest's tmp_path sits below a 0700 directory): so a refusal seen by
+    # the unprivileged probe comes from the file's own permissions, not from a directory on the way.
+    tmp_path = Path(tempfile.mkdtemp(prefix="hr-priv-", dir="/tmp"))
+    try:
+        yield _populate(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _populate(tmp_path: Path) -> Path:
     private = tmp_path / "root0700"
     private.mkdir(mode=0o700)
     private.chmod(0o700)
@@ -93,9 +107,13 @@ def test_parent_process_still_has_capabilities() -> None:
     assert effective_capabilities() != 0
 
 
-def test_drop_all_capabilities(workdir: Path) -> None:
+DAEMON_UID = 54322  # an unprivileged account for the daemon (needs no passwd entry to switch to)
+
+
+@pytest.mark.parametrize("become", ["root", f"{DAEMON_UID}:{DAEMON_UID}"])
+def test_drop_all_capabilities(workdir: Path, become: str) -> None:
     child = subprocess.Popen(
-        [sys.executable, "-c", PROBE, str(workdir)],
+        [sys.executable, "-c", PROBE, str(workdir), become],
         cwd=REPO,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -125,10 +143,18 @@ def test_drop_all_capabilities(workdir: Path) -> None:
     assert report["raw_socket"] == "EPERM"  # CAP_NET_RAW
     assert report["read_other_users_0600_file"] == "EACCES"  # CAP_DAC_OVERRIDE / DAC_READ_SEARCH
     assert report["chown_to_other_user"] == "EPERM"  # CAP_CHOWN
-    # Kept: uid 0 is still the owner of root's files, so owner permissions apply.
-    assert report["write_root_0700_dir"] == "ok"
-    assert report["write_root_0644_file"] == "ok"
-    assert (workdir / "root0644").read_text() == "changed"
+    if become == "root":
+        # Kept: uid 0 is still the owner of root's files, so owner permissions apply ...
+        assert report["uids"] == [0, 0, 0]
+        assert report["write_root_0700_dir"] == "ok"
+        assert report["write_root_0644_file"] == "ok"
+        assert (workdir / "root0644").read_text() == "changed"
+    else:
+        # ... which is why the daemon switches to an account of its own: then root's files are closed too.
+        assert report["uids"] == [DAEMON_UID] * 3
+        assert report["write_root_0700_dir"] == "EACCES"
+        assert report["write_root_0644_file"] == "EACCES"
+        assert (workdir / "root0644").read_text() == "original"
     # An exec'd program (even as uid 0) gets nothing back: the bounding set is empty.
     assert report["exec_child"] == {"CapPrm": 0, "CapEff": 0, "CapBnd": 0}
 

@@ -84,6 +84,7 @@ def robots(lab: Lab) -> Iterator[tuple[Robot, Robot, Path]]:
     try:
         for name, host in zip(("robot-a", "robot-b"), hosts, strict=True):
             workdir = Path(tempfile.mkdtemp(prefix=f"{lab.prefix}-{name}-", dir="/tmp"))
+            workdir.chmod(0o711)  # the daemon, once it runs as its own account, must still reach state/
             (workdir / "hosts").write_text("127.0.0.1\tlocalhost\n::1\tlocalhost\n")
             robot = Robot(name, host, workdir, DOMAIN_ID)
             made.append(robot)

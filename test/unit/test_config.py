@@ -50,6 +50,7 @@ def test_defaults() -> None:
     assert c.log_level == "info"
     assert c.whitelist_enabled is True
     assert c.discovery_enabled is True
+    assert c.user == "husarnet-ros"
     assert c.config_file is None
     rfc1918 = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
     for network in [*rfc1918, "198.18.0.0/15", "fe80::/10", "fc00::/7"]:
@@ -69,6 +70,7 @@ def test_field_names_are_exactly_these() -> None:
         "whitelist_enabled",
         "discovery_networks",
         "discovery_enabled",
+        "user",
         "config_file",
     }
 
