@@ -28,6 +28,30 @@ def open_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.text = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.text += record.getMessage() + "\n"
+
+
+@pytest.fixture
+def daemon_log() -> Iterator[_Lines]:
+    """What the daemon logs, caught at its own logger: other tests (launch, rclpy) reconfigure logging, and
+    a logger that an earlier dictConfig disabled would leave caplog empty."""
+    logger = logging.getLogger("husarnet_ros.daemon")
+    handler = _Lines()
+    saved = (logger.disabled, logger.level)
+    logger.disabled = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+    logger.disabled, logger.level = saved
+
+
 def daemon_with(state_dir: Path, user: str) -> Daemon:
     config = DaemonConfig(state_dir=state_dir, control_socket=state_dir.parent / "ctl.sock", user=user)
     return Daemon(config)
@@ -77,19 +101,18 @@ def test_daemon_picks_the_configured_account_when_it_can_reach_its_state(open_di
     ],
 )
 def test_daemon_stays_uid_0_and_says_why(
-    open_dir: Path, user: str, expected_log: str, caplog: pytest.LogCaptureFixture
+    open_dir: Path, user: str, expected_log: str, daemon_log: _Lines
 ) -> None:
     daemon = daemon_with(open_dir / "state", user)
     try:
-        with caplog.at_level(logging.INFO):
-            assert daemon.unprivileged_account() is None
+        assert daemon.unprivileged_account() is None
     finally:
         daemon.close()
-    assert expected_log in caplog.text
+    assert expected_log in daemon_log.text
 
 
 def test_daemon_stays_uid_0_when_the_account_cannot_reach_the_state_dir(
-    open_dir: Path, caplog: pytest.LogCaptureFixture
+    open_dir: Path, daemon_log: _Lines
 ) -> None:
     closed = open_dir / "closed"
     closed.mkdir(mode=0o700)
@@ -99,5 +122,5 @@ def test_daemon_stays_uid_0_when_the_account_cannot_reach_the_state_dir(
         assert daemon.unprivileged_account() is None
     finally:
         daemon.close()
-    assert f"cannot reach the state directory {closed / 'state'}" in caplog.text
-    assert f"{closed} is closed to it" in caplog.text
+    assert f"cannot reach the state directory {closed / 'state'}" in daemon_log.text
+    assert f"{closed} is closed to it" in daemon_log.text
