@@ -435,6 +435,7 @@ class ControlServer:
         self._socket_inode: tuple[int, int] | None = None
         self._failure: BaseException | None = None
         self._listening_socket: socket.socket | None = None
+        self._created_dir: Path | None = None  # the socket's directory, when bind() had to create it
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -449,19 +450,23 @@ class ControlServer:
         """
         if self._listening_socket is not None:
             return
+        parent = Path(self.socket_path).absolute().parent
+        self._created_dir = None if parent.exists() else parent
         self._listening_socket = _bind_listening_socket(self.socket_path, self._group)
         st = Path(self.socket_path).stat()
         self._socket_inode = (st.st_dev, st.st_ino)
 
     def give_to(self, uid: int) -> None:
-        """Make the bound socket file owned by ``uid`` (group unchanged), so the daemon can still remove it
-        after switching to that account (a root-owned file in sticky /tmp would stay behind)."""
+        """Make the bound socket file (and its directory, if bind() created it) owned by ``uid``, group
+        unchanged, so the daemon can still remove the socket after switching to that account."""
         if self._listening_socket is None:
             return
-        try:
-            os.chown(self.socket_path, uid, -1)
-        except OSError as exc:
-            log.warning("cannot give control socket %s to uid %d: %s", self.socket_path, uid, exc.strerror)
+        paths = [Path(self.socket_path)] + ([self._created_dir] if self._created_dir is not None else [])
+        for path in paths:
+            try:
+                os.chown(path, uid, -1)
+            except OSError as exc:
+                log.warning("cannot give %s to uid %d: %s", path, uid, exc.strerror)
 
     def start(self) -> None:
         if self._thread is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import stat
@@ -343,3 +344,28 @@ def test_controller_loop_runs_every_call_on_the_daemons_loop(short_dir: Path) ->
         loop_thread.join(10)
         loop.close()
     assert fake.threads == {loop_thread.ident}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to another account needs root")
+def test_give_to_hands_the_socket_and_the_directory_it_created_to_the_daemon_account() -> None:
+    # What lets the daemon remove its socket at stop after switching to its own account.
+    uid = 54323
+    root = Path(tempfile.mkdtemp(prefix="hr-give-", dir="/tmp"))
+    try:
+        existing = root / "ctl.sock"
+        server = ControlServer(FakeController(), str(existing), group=None)
+        server.bind()
+        server.give_to(uid)
+        assert existing.stat().st_uid == uid
+        assert root.stat().st_uid == 0  # it existed before: not ours to give away
+        server.stop()
+        created = root / "made" / "ctl.sock"
+        server = ControlServer(FakeController(), str(created), group=None)
+        server.bind()
+        server.give_to(uid)
+        assert created.stat().st_uid == uid
+        assert created.parent.stat().st_uid == uid
+        server.stop()
+        assert not created.exists()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
