@@ -169,6 +169,12 @@ COMMON_PARAMETERS: tuple[ParamSpec, ...] = (
     ),
 )
 
+# The fleet file and this robot's name in it: the whitelist, hosts and dds nodes each take their part of it.
+FLEET_PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("fleet_file", "", "Fleet YAML file (see config/fleet.yaml); empty = no fleet file"),
+    ParamSpec("robot", "", "This robot's name in the fleet file; empty = the daemon's hostname"),
+)
+
 
 def _validator(specs: Sequence[ParamSpec]) -> Callable[[list[Parameter[Any]]], SetParametersResult]:
     by_name = {spec.name: spec for spec in specs}

@@ -27,6 +27,7 @@ from ..core.errors import HusarnetError
 from ..core.fleet import Fleet, load_fleet
 from .common import (
     COMMON_PARAMETERS,
+    FLEET_PARAMETERS,
     DaemonLink,
     ParamSpec,
     declare_parameters,
@@ -39,8 +40,6 @@ from .common import (
 NODE_NAME = "husarnet_dds"
 
 DDS_PARAMETERS: tuple[ParamSpec, ...] = (
-    ParamSpec("fleet_file", "", "Fleet YAML file whose members become DDS peers; empty = no fleet file"),
-    ParamSpec("robot", "", "This robot's name in the fleet file; empty = the daemon's hostname"),
     ParamSpec(
         "output_dir",
         "",
@@ -109,7 +108,7 @@ class DdsNode(Node):
     def __init__(self, **node_options: Any) -> None:
         """``node_options`` go to rclpy's Node (e.g. ``parameter_overrides``, ``namespace``, ``context``)."""
         super().__init__(NODE_NAME, **node_options)
-        declare_parameters(self, (*COMMON_PARAMETERS, *DDS_PARAMETERS))
+        declare_parameters(self, (*COMMON_PARAMETERS, *FLEET_PARAMETERS, *DDS_PARAMETERS))
         self.link = DaemonLink.from_parameters(self)
         self._fleet = _FleetCache(self)
         self._written: tuple[Path, str, str | None, tuple[str, ...]] | None = None

@@ -27,6 +27,7 @@ from ..client import ControlClient, ControlError
 from ..core.errors import ConfigError
 from .common import (
     COMMON_PARAMETERS,
+    FLEET_PARAMETERS,
     DaemonLink,
     ParamSpec,
     declare_parameters,
@@ -43,7 +44,6 @@ from .fleet_sync import (
     reachable_peers,
     wanted_hosts,
 )
-from .whitelist_node import FLEET_PARAMETERS
 
 NODE_NAME = "husarnet_hosts"
 HTTP_NOT_FOUND = 404

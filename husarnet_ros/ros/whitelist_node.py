@@ -41,8 +41,8 @@ from ..client import ControlClient, ControlError
 from ..core.errors import ConfigError
 from .common import (
     COMMON_PARAMETERS,
+    FLEET_PARAMETERS,
     DaemonLink,
-    ParamSpec,
     Reply,
     declare_parameters,
     param_float,
@@ -54,10 +54,6 @@ from .fleet_sync import FleetState, address_mismatch, hosts_to_write, load_fleet
 from .peer_target import InvalidPeerRequest, PeerTarget, parse_peer_target, ping_timeout
 
 NODE_NAME = "husarnet_whitelist"
-FLEET_PARAMETERS: tuple[ParamSpec, ...] = (
-    ParamSpec("fleet_file", "", "Fleet YAML whose whitelist and hostnames this robot applies; empty = none"),
-    ParamSpec("robot", "", "This robot's name in the fleet file; empty = the daemon's hostname"),
-)
 HTTP_NOT_FOUND = 404
 FileStamp = tuple[int, int] | None
 
