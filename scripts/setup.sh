@@ -67,14 +67,23 @@ install_debian_packages() {
 # The daemon switches to this account once set up (config `user`): without it, it stays uid 0 with no
 # capabilities, which still owns every root file. Created like a package's postinst would.
 DAEMON_USER=husarnet-ros
+# Members of this group may use the daemon's control socket (mode 0660) without root: the ROS nodes of a
+# user who is not root, `husarnet-ros status`. Add a user with: usermod -aG husarnet USER
+CONTROL_GROUP=husarnet
 create_daemon_user() {
-  getent passwd "$DAEMON_USER" >/dev/null && return 0
+  getent passwd "$DAEMON_USER" >/dev/null && getent group "$CONTROL_GROUP" >/dev/null && return 0
   if [ "$(id -u)" -ne 0 ]; then
-    say "NOTE: no '$DAEMON_USER' account (run this script as root once to create it); the daemon then stays uid 0"
+    say "NOTE: no '$DAEMON_USER' account or '$CONTROL_GROUP' group (run this script as root once to create them)"
     return 0
   fi
-  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$DAEMON_USER"
-  say "created the system account $DAEMON_USER (the daemon runs as it once set up)"
+  if ! getent passwd "$DAEMON_USER" >/dev/null; then
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$DAEMON_USER"
+    say "created the system account $DAEMON_USER (the daemon runs as it once set up)"
+  fi
+  if ! getent group "$CONTROL_GROUP" >/dev/null; then
+    groupadd --system "$CONTROL_GROUP"
+    say "created the group $CONTROL_GROUP (its members may use the daemon's control socket)"
+  fi
 }
 
 check_python() {

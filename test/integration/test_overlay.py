@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import pwd
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from husarnet_ros.core.config import DEFAULT_DAEMON_USER
+from husarnet_ros.daemon.control import CONTROL_GROUP
 from husarnet_ros.daemon.privileges import effective_capabilities
 from husarnet_ros.testing.lab_daemon import Daemon, whitelist_each_other
 from husarnet_ros.testing.netlab import Host, wait_until
@@ -56,6 +58,25 @@ def _tcp_transfer(sender: Host, receiver: Host, address: str) -> tuple[str, str]
     count, received = out.split()
     assert int(count) == TRANSFER_BYTES
     return sent, received
+
+
+CONNECT_PROBE = (
+    "import errno, socket, sys\n"
+    "s = socket.socket(socket.AF_UNIX)\n"
+    "try:\n"
+    "    s.connect(sys.argv[1]); print('ok')\n"
+    "except OSError as exc:\n"
+    "    print(errno.errorcode.get(exc.errno, exc.errno))\n"
+)
+
+
+def _connect_as_nobody(socket_path: str | Path, *, with_group: bool) -> str:
+    """Connect to the control socket as an unprivileged user, in the control group or not ('ok' or errno)."""
+    groups = ["--groups", str(grp.getgrnam(CONTROL_GROUP).gr_gid)] if with_group else ["--clear-groups"]
+    nobody = pwd.getpwnam("nobody")
+    argv = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", *groups,
+            "/usr/bin/python3", "-c", CONNECT_PROBE, str(socket_path)]  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout.strip()
 
 
 def process_uids(pid: int) -> list[int]:
@@ -104,6 +125,13 @@ def test_three_robots_find_each_other_and_exchange_traffic(fleet: Any) -> None:
     assert process_uids(a.pid) == [account.pw_uid] * 4
     assert Path(a.state_dir).stat().st_uid == account.pw_uid
     assert (Path(a.state_dir) / "identity").stat().st_uid == 0
+    # The control socket is for root and the control group (scripts/setup.sh creates it): the ROS nodes of a
+    # user who is not root get in through the group.
+    socket_stat = Path(a.control_socket).stat()
+    assert socket_stat.st_gid == grp.getgrnam(CONTROL_GROUP).gr_gid
+    assert socket_stat.st_mode & 0o777 == 0o660
+    assert _connect_as_nobody(a.control_socket, with_group=True) == "ok"
+    assert _connect_as_nobody(a.control_socket, with_group=False) == "EACCES"
     # The CLI ping says how it got there.
     ping = a.json("ping", addresses["robot-c"], "-c", "2", "-i", "0.2")
     assert ping["received"] == 2
