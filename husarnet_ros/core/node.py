@@ -335,8 +335,13 @@ class Node:
         peer = self._responders.get(receiver)
         if peer is None or peer.responder is None:
             session = self._sessions.get(receiver)
-            retransmit = len(datagram) == wire.CONFIRM_SIZE and self._rate_ok(endpoint, now)
-            if session is not None and not session.is_initiator and retransmit:
+            # Only an answerable confirm spends a handshake token (last test): junk must not drain the bucket.
+            if (
+                session is not None
+                and not session.is_initiator
+                and len(datagram) == wire.CONFIRM_SIZE
+                and self._rate_ok(endpoint, now)
+            ):
                 # Our keepalive answering the first confirm was lost: answer the retransmit (rate-limited:
                 # the confirm is not authenticated here, so it must not become a reflector).
                 self.outbox.append((endpoint, session.seal(bytes([wire.INNER_KEEPALIVE]))))
