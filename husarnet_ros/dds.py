@@ -28,6 +28,7 @@ from xml.sax.saxutils import quoteattr
 
 from .api import Status, Whitelist, normalize_overlay
 from .core.errors import ConfigError
+from .core.fleet import RobotView
 from .fileio import atomic_write_text
 
 Rmw = Literal["fastdds", "cyclonedds", "auto"]
@@ -76,6 +77,23 @@ def discovered_peers(status: Status, whitelist: Whitelist) -> set[str]:
     if whitelist.enabled:
         return set(whitelist.addresses)
     return {peer.address for peer in status.peers}
+
+
+def own_and_peers(
+    view: RobotView | None, status: Status | None, whitelist: Whitelist | None
+) -> tuple[str | None, list[str]]:
+    """This robot's overlay address and its DDS peers, from its fleet view and/or the running daemon.
+
+    Own address: the daemon's (it holds the identity), else the fleet's entry for this robot. Peers: the
+    fleet members this robot may talk to, plus, when ``whitelist`` is given (with ``status``), the peers the
+    daemon allows (:func:`discovered_peers`); sorted, without the own address. The one rule the launch, the
+    CLI and the husarnet_dds node share, so they all write the same files.
+    """
+    own = status.address if status is not None else (view.me.address if view is not None else None)
+    peers = {member.address for member in view.peers} if view is not None else set()
+    if status is not None and whitelist is not None:
+        peers |= discovered_peers(status, whitelist)
+    return own, sorted(peers - {own})
 
 
 def _check_interface(interface: str) -> str:

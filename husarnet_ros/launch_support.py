@@ -16,7 +16,7 @@ import shlex
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +25,7 @@ import yaml
 from . import dds as dds_config
 from .api import Status, Whitelist, resolve_control_socket
 from .client import ClientError, ControlClient
-from .core.address import format_address, parse_overlay
-from .core.errors import AddressError, ConfigError
+from .core.errors import ConfigError
 from .core.fleet import RobotView, load_fleet
 
 START_DAEMON_MODES = ("auto", "true", "false")
@@ -177,37 +176,20 @@ def fleet_robot(fleet_file: str, robot: str) -> FleetRobot:
 # --- DDS ---------------------------------------------------------------------------------------------------
 
 
-def _canonical(addresses: Iterable[str]) -> list[str]:
-    result: list[str] = []
-    for text in addresses:
-        try:
-            address = format_address(parse_overlay(text))
-        except AddressError:
-            continue
-        if address not in result:
-            result.append(address)
-    return result
-
-
 def dds_peers(view: RobotView | None, daemon: DaemonInfo | None) -> DdsPeers:
-    """Own and peer addresses for DDS, chosen as the husarnet_dds node chooses them (so it keeps the file).
+    """Own and peer addresses for DDS, by the rule the husarnet_dds node follows (so it keeps the file).
 
-    Own address: the running daemon's (it owns the identity), else the fleet's entry for this robot.
-    Peers: the fleet members this robot may talk to, plus the peers the daemon allows (its whitelist, or
-    every peer it knows when the whitelist is off).
+    See :func:`husarnet_ros.dds.own_and_peers`: the daemon's address else the fleet's, and the fleet
+    members plus the peers the daemon allows.
     """
-    own = daemon.status.address if daemon is not None else (view.me.address if view is not None else None)
-    fleet_peers = [member.address for member in view.peers] if view is not None else []
-    allowed = (
-        sorted(dds_config.discovered_peers(daemon.status, daemon.whitelist)) if daemon is not None else []
-    )
+    status, whitelist = (daemon.status, daemon.whitelist) if daemon is not None else (None, None)
+    own, peers = dds_config.own_and_peers(view, status, whitelist)
     sources = [
         name for name, used in (("fleet file", view is not None), ("daemon", daemon is not None)) if used
     ]
-    peers = _canonical([*fleet_peers, *allowed])
     return DdsPeers(
         own=own,
-        peers=tuple(p for p in peers if p != own),
+        peers=tuple(peers),
         source=" and ".join(sources) or "nothing (no daemon answering, no fleet file)",
     )
 

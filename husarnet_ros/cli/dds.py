@@ -36,24 +36,19 @@ def _plan(fleet_file: Path | None, robot: str | None, output_dir: Path | None, d
         whitelist = client.whitelist() if discovered else None
     except ClientError as exc:
         daemon_error = str(exc)
-    own = status.address if status else None
-    peers: set[str] = set()
-    namespace = ""
+    view = None
     if fleet_file is not None:
         name = robot or (status.hostname if status else None)
         if not name:
             fail(f"--robot is needed to find this robot in {fleet_file} ({daemon_error})")
         view = load_fleet(fleet_file).view(name)
-        own = own or view.me.address
-        peers |= {member.address for member in view.peers}
-        namespace = view.me.namespace
     elif robot:
         fail("--robot needs --fleet")
     elif status is None:
         fail(f"{daemon_error} (or give --fleet FILE --robot NAME)")
-    if status is not None and whitelist is not None:
-        peers |= dds.discovered_peers(status, whitelist)
-    return _Plan(own, sorted(peers), output_dir or dds.default_output_dir(namespace))
+    own, peers = dds.own_and_peers(view, status, whitelist)
+    namespace = view.me.namespace if view is not None else ""
+    return _Plan(own, peers, output_dir or dds.default_output_dir(namespace))
 
 
 def _options(command: Any) -> Any:
