@@ -6,8 +6,9 @@ import math
 
 import pytest
 from builtin_interfaces.msg import Time
+from sample_status import make_status
 
-from husarnet_ros.api import PeerStatus, Status
+from husarnet_ros.api import PeerStatus
 from husarnet_ros.msg import Peer
 from husarnet_ros.ros.convert import (
     BASE_STATE_NONE,
@@ -24,21 +25,6 @@ from husarnet_ros.ros.convert import (
 )
 
 STAMP = Time(sec=1_700_000_000, nanosec=5)
-
-
-def make_status(peers: list[PeerStatus], **changes: object) -> Status:
-    fields: dict[str, object] = {
-        "address": "fc94::1",
-        "hostname": "robot1",
-        "interface": "hnet0",
-        "udp_port": 5582,
-        "whitelist_enabled": True,
-        "version": "test",
-        "uptime_s": 1.0,
-        "peers": peers,
-    }
-    fields.update(changes)
-    return Status.model_validate(fields)
 
 
 # --- time ---------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import math
 
 import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
+from sample_status import make_status
 
 from husarnet_ros.api import PeerStatus, Status
 from husarnet_ros.ros.diagnostics import (
@@ -29,21 +30,6 @@ from husarnet_ros.ros.diagnostics import (
 NOW = 1_700_000_000.0
 SOCKET = "/tmp/test-control.sock"
 THRESHOLD_MS = 200.0
-
-
-def make_status(peers: list[PeerStatus] | None = None, **changes: object) -> Status:
-    fields: dict[str, object] = {
-        "address": "fc94::1",
-        "hostname": "robot1",
-        "interface": "hnet0",
-        "udp_port": 5582,
-        "whitelist_enabled": True,
-        "version": "test",
-        "uptime_s": 12.5,
-        "peers": peers or [],
-    }
-    fields.update(changes)
-    return Status.model_validate(fields)
 
 
 def answering(status: Status | None = None) -> DaemonHealth:
