@@ -21,6 +21,7 @@ call :func:`write_config` before starting nodes. Findings behind these choices: 
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
@@ -236,6 +237,11 @@ def environment(
         env[RMW_IMPLEMENTATION_ENV] = RMW_IMPLEMENTATIONS[choice]
     env[DISCOVERY_RANGE_ENV] = DISCOVERY_RANGE
     return env
+
+
+def export_lines(env: Mapping[str, str]) -> str:
+    """Shell ``export`` lines (sorted, quoted) a user pastes, ``eval``s or sources for the same setup."""
+    return "\n".join(f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items()))
 
 
 def render_files(

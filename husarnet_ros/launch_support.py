@@ -27,6 +27,8 @@ from .api import Status, Whitelist, resolve_control_socket
 from .client import ClientError, ControlClient
 from .core.errors import ConfigError
 from .core.fleet import RobotView, load_fleet
+from .dds import export_lines
+from .fileio import atomic_write_text
 
 START_DAEMON_MODES = ("auto", "true", "false")
 DDS_CHOICES = ("fastdds", "cyclonedds", "none")
@@ -229,15 +231,8 @@ def dds_environment(dds: str, output_dir: Path, addresses: DdsPeers) -> dict[str
     )
 
 
-def export_lines(env: Mapping[str, str]) -> str:
-    """Shell lines a user pastes (or ``eval``s) so their own nodes use the same configuration."""
-    return "\n".join(f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items()))
-
-
 def write_env_file(output_dir: Path, env: Mapping[str, str]) -> Path:
     """``output_dir/env.sh`` with the export lines (atomic), so scripts can source it."""
-    from .fileio import atomic_write_text
-
     path = output_dir / "env.sh"
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, export_lines(env) + "\n", 0o644)

@@ -6,7 +6,6 @@ daemon (its whitelist). The daemon is optional when a fleet file says who this r
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,8 +136,7 @@ def dds_env(
     if cli_state().json:
         _json(plan, files, changed, env)
         return
-    for name, value in env.items():
-        click.echo(f"export {name}={shlex.quote(value)}")
+    click.echo(dds.export_lines(env))
 
 
 @dds_command.command("write")
