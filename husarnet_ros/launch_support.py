@@ -99,11 +99,6 @@ def query_daemon(control_socket: str | None, timeout_s: float = PROBE_TIMEOUT_S)
         return None
 
 
-def daemon_answers(control_socket: str | None, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
-    with ControlClient(control_socket or None, timeout_s=timeout_s) as client:
-        return client.is_alive()
-
-
 def should_start_daemon(mode: str, answers: Callable[[], bool]) -> bool:
     """Start a daemon? ``auto``: only when nothing answers on the control socket (``answers`` is asked)."""
     mode = parse_start_daemon(mode)

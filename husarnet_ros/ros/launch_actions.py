@@ -42,6 +42,7 @@ from launch_ros.actions import Node
 
 from .. import launch_support as support
 from ..api import resolve_control_socket
+from ..core.fleet import RobotView
 
 PACKAGE = "husarnet_ros"
 # Both in the source tree and in share/husarnet_ros/, the launch files sit next to config/.
@@ -132,6 +133,7 @@ class RobotSettings:
     robot: str
     dds: str
     dds_output_dir: Path
+    view: RobotView | None  # this robot's view of the fleet file, None without one
 
     @classmethod
     def from_context(cls, context: LaunchContext) -> RobotSettings:
@@ -142,10 +144,8 @@ class RobotSettings:
         fleet = arg("fleet")
         fleet = str(Path(fleet).expanduser().resolve()) if fleet else ""
         robot = arg("robot") or hostname
-        namespace = arg("namespace")
-        if not namespace and fleet:
-            # ConfigError (unknown robot, bad file): launch prints the message and exits 1.
-            namespace = support.fleet_robot(fleet, robot).namespace
+        view = support.fleet_view(fleet, robot)  # ConfigError (unknown robot, bad file): launch exits 1
+        namespace = arg("namespace") or (view.me.namespace if view is not None else "")
         namespace = support.normalize_namespace(namespace)
         return cls(
             namespace=namespace,
@@ -161,6 +161,7 @@ class RobotSettings:
             robot=robot,
             dds=support.parse_dds(arg("dds")),
             dds_output_dir=support.dds_output_dir(arg("dds_output_dir"), namespace),
+            view=view,
         )
 
 
@@ -176,11 +177,10 @@ def robot_launch_description(share: Path) -> LaunchDescription:
 
 def _robot(context: LaunchContext) -> list[Any]:
     settings = RobotSettings.from_context(context)
-    view = support.fleet_view(settings.fleet, settings.robot)  # ConfigError: launch prints it, exits 1
-    if not support.should_start_daemon(
-        settings.start_daemon, lambda: support.daemon_answers(settings.control_socket)
-    ):
-        return _configure_and_start(context, settings, view)
+    # One probe both tells whether a daemon runs and gives DDS its addresses (none needed when told to start).
+    daemon = None if settings.start_daemon == "true" else support.query_daemon(settings.control_socket)
+    if not support.should_start_daemon(settings.start_daemon, lambda: daemon is not None):
+        return _configure_and_start(settings, daemon)
     daemon = ExecuteProcess(
         cmd=support.daemon_command(
             control_socket=settings.control_socket,
@@ -207,37 +207,35 @@ def _robot(context: LaunchContext) -> list[Any]:
                 ],
             )
         ),
-        OpaqueFunction(function=_wait_for_daemon, args=[settings, view, deadline]),
+        OpaqueFunction(function=_wait_for_daemon, args=[settings, deadline]),
     ]
 
 
-def _wait_for_daemon(
-    context: LaunchContext, settings: RobotSettings, view: Any, deadline: float
-) -> list[Any]:
+def _wait_for_daemon(_context: LaunchContext, settings: RobotSettings, deadline: float) -> list[Any]:
     # Polled through timers: a blocking wait here would stall the launch loop, which has not even spawned
     # the daemon process yet (ExecuteProcess spawns from an asyncio task).
-    if support.daemon_answers(settings.control_socket, timeout_s=0.5):
-        return _configure_and_start(context, settings, view)
+    daemon = support.query_daemon(settings.control_socket, timeout_s=0.5)
+    if daemon is not None:
+        return _configure_and_start(settings, daemon)
     if time.monotonic() >= deadline:
         return [
             _log(
                 f"the daemon did not answer at {settings.control_socket} within "
                 f"{support.DAEMON_START_WAIT_S:.0f} s; starting the nodes anyway (they retry)"
             ),
-            *_configure_and_start(context, settings, view),
+            *_configure_and_start(settings, None),
         ]
-    retry = OpaqueFunction(function=_wait_for_daemon, args=[settings, view, deadline])
+    retry = OpaqueFunction(function=_wait_for_daemon, args=[settings, deadline])
     return [TimerAction(period=support.DAEMON_POLL_PERIOD_S, actions=[retry])]
 
 
-def _configure_and_start(context: LaunchContext, settings: RobotSettings, view: Any) -> list[Any]:
-    daemon = support.query_daemon(settings.control_socket)
+def _configure_and_start(settings: RobotSettings, daemon: support.DaemonInfo | None) -> list[Any]:
     actions: list[Any] = []
-    mismatch = support.address_mismatch(view, daemon)
+    mismatch = support.address_mismatch(settings.view, daemon)
     if mismatch:
         actions.append(_log("WARNING: " + mismatch))
     if settings.dds != "none":
-        addresses = support.dds_peers(view, daemon)
+        addresses = support.dds_peers(settings.view, daemon)
         env = support.dds_environment(settings.dds, settings.dds_output_dir, addresses)
         env_file = support.write_env_file(settings.dds_output_dir, env)
         actions += [SetEnvironmentVariable(name, value) for name, value in sorted(env.items())]
@@ -248,15 +246,15 @@ def _configure_and_start(context: LaunchContext, settings: RobotSettings, view: 
                 f"{support.export_lines(env)}\n(or: . {env_file})"
             )
         )
-    actions += _nodes(settings, view is not None)
+    actions += _nodes(settings)
     return actions
 
 
-def _nodes(settings: RobotSettings, with_fleet: bool) -> list[Node]:
+def _nodes(settings: RobotSettings) -> list[Node]:
     config = Path(settings.config) if settings.config else None
     parameter_files: list[Any] = [str(config)] if config is not None and config.is_file() else []
     common: dict[str, str] = {"control_socket": settings.control_socket}
-    fleet: dict[str, str] = {"fleet_file": settings.fleet if with_fleet else "", "robot": settings.robot}
+    fleet: dict[str, str] = {"fleet_file": settings.fleet, "robot": settings.robot}
 
     def node(executable: str, overrides: dict[str, str]) -> Node:
         # What the launch decided must beat the parameter file, also its node-specific entries

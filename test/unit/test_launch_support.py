@@ -89,8 +89,6 @@ def test_start_daemon_auto_asks_whether_one_answers() -> None:
 
 def test_daemon_answers_on_the_fake_and_not_on_a_missing_socket(fake: tuple[FakeController, str]) -> None:
     _, socket_path = fake
-    assert launch_support.daemon_answers(socket_path)
-    assert not launch_support.daemon_answers("/tmp/hr-no-such-dir/control.sock")
     info = launch_support.query_daemon(socket_path)
     assert info is not None
     assert info.status.address == A
