@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from .. import dds
 from ..api import Status, resolve_control_socket
 from ..client import ClientError, ControlClient
 from ..core.address import format_address, parse_overlay
@@ -32,12 +33,13 @@ from ..core.errors import AddressError
 
 Level = Literal["ok", "info", "warn", "error"]
 CATEGORY = "husarnet"
-DEFAULT_INTERFACE = "hnet0"
-DEFAULT_RMW = "rmw_fastrtps_cpp"  # what rclpy loads when RMW_IMPLEMENTATION is unset
-FASTDDS_RMWS = ("rmw_fastrtps_cpp", "rmw_fastrtps_dynamic_cpp")
-CYCLONEDDS_RMW = "rmw_cyclonedds_cpp"
-FASTDDS_PROFILE_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"
-CYCLONEDDS_ENV = "CYCLONEDDS_URI"
+# The names the files of husarnet_ros.dds are written for, taken from there so the two cannot drift apart.
+DEFAULT_INTERFACE = dds.OVERLAY_INTERFACE
+DEFAULT_RMW = dds.RMW_IMPLEMENTATIONS["fastdds"]  # what rclpy loads when RMW_IMPLEMENTATION is unset
+FASTDDS_RMWS = (DEFAULT_RMW, "rmw_fastrtps_dynamic_cpp")
+CYCLONEDDS_RMW = dds.RMW_IMPLEMENTATIONS["cyclonedds"]
+FASTDDS_PROFILE_ENV = dds.FASTDDS_PROFILES_ENV
+CYCLONEDDS_ENV = dds.CYCLONEDDS_URI_ENV
 # The doctor must answer quickly even when the daemon hangs.
 PROBE_TIMEOUT_S = 2.0
 # A DDS profile is a few KiB; refuse to parse anything absurd.
@@ -135,12 +137,10 @@ def check_interface(
 # --- base servers -------------------------------------------------------------------------------------------
 
 
-def check_base(status: Status | None) -> CheckResult:
-    # The daemon has no base-server client yet: LAN peers work without one, so this is information only.
-    servers = getattr(status, "base_servers", None) if status is not None else None
-    if not servers:
-        return CheckResult("base", "info", "no base server configured (LAN peers only)")
-    return CheckResult("base", "info", f"base servers: {servers}")
+def check_base(_status: Status | None) -> CheckResult:
+    # The daemon has no base-server client yet and its status names none: LAN peers work without one, so
+    # this is information only. Takes the status for when the daemon reports base servers.
+    return CheckResult("base", "info", "no base server configured (LAN peers only)")
 
 
 # --- DDS ----------------------------------------------------------------------------------------------------
@@ -219,7 +219,7 @@ def _read_profile(path: Path) -> str | None:
 
 def check_dds(environ: Mapping[str, str], status: Status | None) -> CheckResult:
     """The profile of the RMW in use is set, exists and lists peers (the daemon's, when it answers)."""
-    rmw = environ.get("RMW_IMPLEMENTATION") or DEFAULT_RMW
+    rmw = environ.get(dds.RMW_IMPLEMENTATION_ENV) or DEFAULT_RMW
     details = {"rmw": rmw}
     if rmw in FASTDDS_RMWS:
         variable, other = FASTDDS_PROFILE_ENV, CYCLONEDDS_ENV
