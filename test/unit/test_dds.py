@@ -15,9 +15,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from husarnet_ros import dds
-from husarnet_ros.api import PeerStatus, Status, Whitelist
+from husarnet_ros.api import PeerStatus, Whitelist
 from husarnet_ros.cli.main import cli
 from husarnet_ros.core.errors import AddressError, ConfigError
+from husarnet_ros.core.fleet import load_fleet
 from husarnet_ros.testing.fake_controller import FakeController, serve_fake
 from husarnet_ros.testing.ros_launch import private_domain_id
 
@@ -171,21 +172,11 @@ def test_default_output_dir(tmp_path: Path) -> None:
         dds.default_output_dir("/a/../b", env)
 
 
-def _status(peers: list[PeerStatus]) -> Status:
-    return Status(
-        address=OWN,
-        hostname="robot1",
-        interface="hnet0",
-        udp_port=5582,
-        whitelist_enabled=True,
-        version="x",
-        uptime_s=1.0,
-        peers=peers,
-    )
-
-
 def test_discovered_peers_are_the_whitelist_or_every_peer_when_it_is_off() -> None:
-    status = _status([PeerStatus(address="fc94::b"), PeerStatus(address="fc94::e")])
+    daemon = FakeController(address=OWN)
+    daemon.add_peer(PeerStatus(address="fc94::b"))
+    daemon.add_peer(PeerStatus(address="fc94::e"))
+    status = daemon.status()
     assert dds.discovered_peers(status, Whitelist(enabled=True, addresses=["fc94::b", "fc94::f"])) == {
         "fc94::b",
         "fc94::f",
@@ -194,6 +185,17 @@ def test_discovered_peers_are_the_whitelist_or_every_peer_when_it_is_off() -> No
         "fc94::b",
         "fc94::e",
     }
+
+
+def test_own_and_peers_prefer_the_daemons_address_and_join_fleet_and_allowed_peers(tmp_path: Path) -> None:
+    view = load_fleet(_fleet(tmp_path)).view("robot1")  # fc94::a, linked to robot2 only
+    assert dds.own_and_peers(view, None, None) == ("fc94::a", ["fc94::2"])
+    assert dds.own_and_peers(None, None, None) == (None, [])
+    daemon = FakeController(address="fc94::9")
+    daemon.allowed.extend(["fc94::b", "fc94::9"])
+    status, whitelist = daemon.status(), daemon.whitelist()
+    assert dds.own_and_peers(view, status, whitelist) == ("fc94::9", ["fc94::2", "fc94::b"])
+    assert dds.own_and_peers(view, status, None) == ("fc94::9", ["fc94::2"])  # discovered peers not wanted
 
 
 CYCLONE_PARTICIPANT = """
