@@ -14,6 +14,8 @@ Parameters
     ``check_value(spec, value) -> str | None`` is the pure validator (None = valid, else the reason).
     Typed getters: ``param_float(node, name)``, ``param_bool(node, name)``, ``param_str(node, name)``.
     To react to accepted changes use rclpy's ``node.add_post_set_parameters_callback``.
+    ``periodic_timer(node, period_parameter, callback, callback_group=None)``: a timer whose period is
+    that double parameter and follows its changes.
 
 Daemon
     ``DaemonLink(node, socket_path="", retry_period_s=2.0)`` owns a ``ControlClient`` for the socket.
@@ -61,6 +63,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, Si
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.timer import Timer
 
 from ..api import resolve_control_socket
 from ..client import ClientError, ControlClient, ControlError, DaemonUnavailable
@@ -258,6 +261,22 @@ def param_bool(node: Node, name: str) -> bool:
 
 def param_str(node: Node, name: str) -> str:
     return str(node.get_parameter(name).value)
+
+
+def periodic_timer(
+    node: Node, period_parameter: str, callback: Callable[[], None], callback_group: Any = None
+) -> Timer:
+    """A timer calling ``callback`` every ``period_parameter`` seconds, following that parameter's changes."""
+    timer = node.create_timer(param_float(node, period_parameter), callback, callback_group=callback_group)
+
+    def follow(parameters: list[Parameter[Any]]) -> None:
+        for parameter in parameters:
+            if parameter.name == period_parameter:
+                timer.timer_period_ns = round(float(parameter.value) * 1e9)
+                timer.reset()  # the new period counts from now, as for a new timer
+
+    node.add_post_set_parameters_callback(follow)
+    return timer
 
 
 # --- the daemon --------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 
 from .. import dds
 from ..api import Status, Whitelist
@@ -32,8 +31,8 @@ from .common import (
     ParamSpec,
     declare_parameters,
     param_bool,
-    param_float,
     param_str,
+    periodic_timer,
     run_node,
 )
 
@@ -114,17 +113,10 @@ class DdsNode(Node):
         self._written: tuple[Path, str, str | None, tuple[str, ...]] | None = None
         self._exported: dict[str, str] | None = None
         self._last_problem = ""
-        self._timer = self.create_timer(param_float(self, "poll_period_s"), self.poll)
-        self.add_post_set_parameters_callback(self._parameters_changed)
+        periodic_timer(self, "poll_period_s", self.poll)
         self.poll()
 
     # --- parameters --------------------------------------------------------------------------------------
-    def _parameters_changed(self, parameters: list[Parameter[Any]]) -> None:
-        if any(parameter.name == "poll_period_s" for parameter in parameters):
-            self._timer.cancel()
-            self.destroy_timer(self._timer)
-            self._timer = self.create_timer(param_float(self, "poll_period_s"), self.poll)
-
     def output_dir(self) -> Path:
         configured = param_str(self, "output_dir")
         if configured:

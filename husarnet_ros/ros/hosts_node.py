@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 
 from ..api import HostEntry, Status
 from ..client import ControlClient, ControlError
@@ -32,8 +31,8 @@ from .common import (
     ParamSpec,
     declare_parameters,
     param_bool,
-    param_float,
     param_str,
+    periodic_timer,
     run_node,
 )
 from .fleet_sync import (
@@ -77,18 +76,11 @@ class HostsNode(Node):
         self._fleet_key: tuple[str, str] | None = None
         self._adopted = False
         self._last_error = ""
-        self._timer = self.create_timer(param_float(self, "sync_period_s"), self.sync)
-        self.add_post_set_parameters_callback(self._parameters_changed)
+        periodic_timer(self, "sync_period_s", self.sync)
         self.sync()
 
     def close(self) -> None:
         self._link.close()
-
-    def _parameters_changed(self, parameters: list[Parameter[Any]]) -> None:
-        for parameter in parameters:
-            if parameter.name == "sync_period_s":
-                self.destroy_timer(self._timer)
-                self._timer = self.create_timer(float(parameter.value), self.sync)
 
     def _fleet_state(self, status: Status) -> FleetState | None:
         """The fleet as this robot sees it now; the last good one while the file is unusable."""

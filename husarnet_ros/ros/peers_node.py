@@ -39,6 +39,7 @@ from .common import (
     ParamSpec,
     declare_parameters,
     param_float,
+    periodic_timer,
     run_node,
 )
 from .convert import daemon_down_status, peer_table_key, peers_to_msg, status_key, status_to_msg
@@ -98,10 +99,8 @@ class PeersNode(Node):
         self._peers_pub = self.create_publisher(PeerArray, PEERS_TOPIC, LATCHED_QOS)
         self._status_pub = self.create_publisher(StatusMsg, STATUS_TOPIC, LATCHED_QOS)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
-        self._poll_timer = self.create_timer(param_float(self, "poll_period_s"), self._poll)
-        self._diagnostics_timer = self.create_timer(
-            param_float(self, "diagnostics_period_s"), self._publish_diagnostics
-        )
+        periodic_timer(self, "poll_period_s", self._poll)
+        periodic_timer(self, "diagnostics_period_s", self._publish_diagnostics)
         self.add_post_set_parameters_callback(self._parameters_changed)
         # Subscribers (and a launch test) get the state at once rather than after the first period.
         self._poll()
@@ -111,17 +110,10 @@ class PeersNode(Node):
         self._link.close()
 
     def _parameters_changed(self, parameters: list[Parameter[Any]]) -> None:
-        for parameter in parameters:
-            if parameter.name == "poll_period_s":
-                self._poll_timer.timer_period_ns = int(float(parameter.value) * 1e9)
-                self._poll_timer.reset()
-            elif parameter.name == "diagnostics_period_s":
-                self._diagnostics_timer.timer_period_ns = int(float(parameter.value) * 1e9)
-                self._diagnostics_timer.reset()
-            elif parameter.name == "control_socket":
-                # Another daemon: what was known about the old one does not describe it.
-                self._last_status = None
-                self._tracker = PeerTracker()
+        if any(parameter.name == "control_socket" for parameter in parameters):
+            # Another daemon: what was known about the old one does not describe it.
+            self._last_status = None
+            self._tracker = PeerTracker()
 
     def _poll(self) -> None:
         status = self._link.call(_read_status)

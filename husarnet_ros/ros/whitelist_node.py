@@ -45,8 +45,8 @@ from .common import (
     DaemonLink,
     Reply,
     declare_parameters,
-    param_float,
     param_str,
+    periodic_timer,
     run_node,
 )
 from .convert import UNKNOWN_RTT_MS, path_code, peer_to_msg
@@ -85,10 +85,7 @@ class WhitelistNode(Node):
         self.create_service(ListPeers, "husarnet/list_peers", self._list_peers, callback_group=services)
         self.create_service(Ping, "husarnet/ping", self._ping, callback_group=services)
 
-        self._timer_group = MutuallyExclusiveCallbackGroup()
-        self._timer = self.create_timer(
-            param_float(self, "retry_period_s"), self._reconcile, callback_group=self._timer_group
-        )
+        periodic_timer(self, "retry_period_s", self._reconcile, MutuallyExclusiveCallbackGroup())
         self.add_post_set_parameters_callback(self._parameters_changed)
         self._reconcile()
 
@@ -96,15 +93,9 @@ class WhitelistNode(Node):
         self._link.close()
 
     def _parameters_changed(self, parameters: list[Parameter[Any]]) -> None:
-        for parameter in parameters:
-            if parameter.name in ("fleet_file", "robot", "control_socket"):
-                with self._lock:
-                    self._applied_for = None
-            elif parameter.name == "retry_period_s":
-                self.destroy_timer(self._timer)
-                self._timer = self.create_timer(
-                    float(parameter.value), self._reconcile, callback_group=self._timer_group
-                )
+        if any(parameter.name in ("fleet_file", "robot", "control_socket") for parameter in parameters):
+            with self._lock:
+                self._applied_for = None
 
     # --- the fleet file ------------------------------------------------------------------------------------
 
