@@ -16,13 +16,11 @@ daemon's control API, whose privileged helper writes the hosts file.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from rclpy.node import Node
 
 from ..api import HostEntry, Status
-from ..client import ControlClient, ControlError
 from ..core.errors import ConfigError
 from .common import (
     COMMON_PARAMETERS,
@@ -35,6 +33,7 @@ from .common import (
     periodic_timer,
     run_node,
 )
+from .daemon_calls import hosts_add, hosts_remove
 from .fleet_sync import (
     FleetState,
     HostsLedger,
@@ -45,7 +44,6 @@ from .fleet_sync import (
 )
 
 NODE_NAME = "husarnet_hosts"
-HTTP_NOT_FOUND = 404
 HOSTS_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "sync_period_s",
@@ -124,35 +122,19 @@ class HostsNode(Node):
             self._adopted = True
         plan = self.ledger.plan(wanted, current)
         for name, address in plan.add.items():
-            written = self._link.call(_add(name, address))
+            written = self._link.call(hosts_add(name, address))
             if written is None:
                 break
             current = _as_map(written)
             self.get_logger().info(f"hosts: {name} -> {address}")
         else:
             for name in plan.remove:
-                left = self._link.call(_remove(name))
+                left = self._link.call(hosts_remove(name))
                 if left is None:
                     break
                 current = _as_map(left)
                 self.get_logger().info(f"hosts: removed {name} (no longer a peer)")
         self.ledger.settle(wanted, current)
-
-
-def _add(name: str, address: str) -> Callable[[ControlClient], list[HostEntry]]:
-    return lambda client: client.hosts_add(name, address)
-
-
-def _remove(name: str) -> Callable[[ControlClient], list[HostEntry]]:
-    def remove(client: ControlClient) -> list[HostEntry]:
-        try:
-            return client.hosts_remove(name)
-        except ControlError as exc:
-            if exc.status == HTTP_NOT_FOUND:  # someone else removed it first: the goal is reached
-                return client.hosts()
-            raise
-
-    return remove
 
 
 def main(args: list[str] | None = None) -> None:

@@ -36,8 +36,8 @@ from rclpy.parameter import Parameter
 from husarnet_ros.msg import Peer
 from husarnet_ros.srv import AddPeer, ListPeers, Ping, RemovePeer
 
-from ..api import HostEntry, Status, Whitelist
-from ..client import ControlClient, ControlError
+from ..api import Status
+from ..client import ControlClient
 from ..core.errors import ConfigError
 from .common import (
     COMMON_PARAMETERS,
@@ -50,11 +50,11 @@ from .common import (
     run_node,
 )
 from .convert import UNKNOWN_RTT_MS, path_code, peer_to_msg
+from .daemon_calls import hosts_add, hosts_remove, whitelist_add, whitelist_remove
 from .fleet_sync import FleetState, address_mismatch, hosts_to_write, load_fleet_view, whitelist_missing
 from .peer_target import InvalidPeerRequest, PeerTarget, parse_peer_target, ping_timeout
 
 NODE_NAME = "husarnet_whitelist"
-HTTP_NOT_FOUND = 404
 FileStamp = tuple[int, int] | None
 
 
@@ -144,13 +144,13 @@ class WhitelistNode(Node):
         current_hosts = {entry.hostname: entry.address for entry in hosts.value}
         added: list[str] = []
         for address in whitelist_missing(state.view.whitelist, whitelist.value.addresses):
-            reply = self._link.request(_whitelist_add(address))
+            reply = self._link.request(whitelist_add(address))
             if not reply.ok:
                 return not self._failed_to_apply(reply.error)
             added.append(address)
         written: list[str] = []
         for name, address in hosts_to_write(state.view.hosts, current_hosts).items():
-            written_reply = self._link.request(_hosts_add(name, address))
+            written_reply = self._link.request(hosts_add(name, address))
             if not written_reply.ok:
                 return not self._failed_to_apply(written_reply.error)
             written.append(name)
@@ -224,7 +224,7 @@ class WhitelistNode(Node):
             message = f"{described} was already on the whitelist" if was_there else f"whitelisted {described}"
             # A name given with the address, or found only in the fleet file, is written to the hosts block.
             if target.hostname and (target.address or self._fleet_address(target.hostname) == address):
-                hosts = self._link.request(_hosts_add(target.hostname, address))
+                hosts = self._link.request(hosts_add(target.hostname, address))
                 if hosts.ok:
                     message += f"; {target.hostname} resolves to {address}"
                 else:
@@ -250,7 +250,7 @@ class WhitelistNode(Node):
                 target = PeerTarget(address, name)
             address = target.address
             assert address is not None
-            removed = self._link.request(_whitelist_remove(address))
+            removed = self._link.request(whitelist_remove(address))
             if removed.value is None:
                 response.success, response.message = False, removed.error
                 return
@@ -258,7 +258,7 @@ class WhitelistNode(Node):
             message = verb.format(target.describe())
             names = self._names_to_forget(address)
             for name in names:
-                self._link.request(_hosts_remove(name))
+                self._link.request(hosts_remove(name))
             if names:
                 message += f"; removed host name(s) {', '.join(names)}"
             response.success, response.message = True, message
@@ -313,44 +313,6 @@ class WhitelistNode(Node):
                 response.message = f"no reply from {peer} within {timeout:g} s (path: {result.path})"
 
         return self._guarded(response, work)
-
-
-# Calls with their arguments bound, so a loop does not capture its variable late.
-def _whitelist_add(address: str) -> Callable[[ControlClient], Whitelist]:
-    return lambda client: client.whitelist_add(address)
-
-
-def _whitelist_remove(address: str) -> Callable[[ControlClient], bool]:
-    """True when the address was removed, False when it was not on the whitelist."""
-
-    def remove(client: ControlClient) -> bool:
-        try:
-            client.whitelist_remove(address)
-        except ControlError as exc:
-            if exc.status == HTTP_NOT_FOUND:
-                return False
-            raise
-        return True
-
-    return remove
-
-
-def _hosts_add(hostname: str, address: str) -> Callable[[ControlClient], list[HostEntry]]:
-    return lambda client: client.hosts_add(hostname, address)
-
-
-def _hosts_remove(hostname: str) -> Callable[[ControlClient], list[HostEntry] | None]:
-    """Removes the entry; None when it was already gone."""
-
-    def remove(client: ControlClient) -> list[HostEntry] | None:
-        try:
-            return client.hosts_remove(hostname)
-        except ControlError as exc:
-            if exc.status == HTTP_NOT_FOUND:
-                return None
-            raise
-
-    return remove
 
 
 def main(args: list[str] | None = None) -> None:
