@@ -23,7 +23,7 @@ from .. import dds
 from ..api import Status, Whitelist
 from ..client import ControlClient
 from ..core.errors import HusarnetError
-from ..core.fleet import Fleet, load_fleet
+from ..core.fleet import Fleet, RobotView, load_fleet
 from .common import (
     COMMON_PARAMETERS,
     FLEET_PARAMETERS,
@@ -134,8 +134,7 @@ class DdsNode(Node):
         """(own address, peers) to write now, or None when there is nothing to go on yet."""
         view = self.link.call(_daemon_view)
         fleet = self._fleet.get(param_str(self, "fleet_file"))
-        own = view.status.address if view else None
-        peers: set[str] = set()
+        me: RobotView | None = None
         if fleet is not None:
             robot = param_str(self, "robot") or (view.status.hostname if view else "")
             if not robot:
@@ -147,18 +146,17 @@ class DdsNode(Node):
                     me = fleet.view(robot)
                 except HusarnetError as exc:
                     self._problem(str(exc))
-                else:
-                    own = own or me.me.address
-                    peers |= {member.address for member in me.peers}
-        if view is not None and param_bool(self, "include_discovered"):
-            peers |= dds.discovered_peers(view.status, view.whitelist)
+        discovered = view is not None and param_bool(self, "include_discovered")
+        own, peers = dds.own_and_peers(
+            me, view.status if view else None, view.whitelist if view and discovered else None
+        )
         if own is None and not peers:
             self._problem(
                 "no DDS peers yet: the daemon is not answering and no fleet file gives any "
                 f"(control socket {self.link.socket_path})"
             )
             return None
-        return own, sorted(peers)
+        return own, peers
 
     def poll(self) -> None:
         wanted = self.desired()
