@@ -85,10 +85,10 @@ class _FleetCache:
         if not path:
             return None
         try:
-            info = Path(path).stat()
+            info = Path(path).expanduser().stat()
             key = (path, info.st_mtime_ns, info.st_size)
             if key != self._key:
-                self._fleet, self._key = load_fleet(Path(path)), key
+                self._fleet, self._key = load_fleet(Path(path).expanduser()), key
                 self._last_error = ""
             return self._fleet
         except (OSError, HusarnetError) as exc:

@@ -113,3 +113,24 @@ def test_invalid_parameters_are_refused_with_a_reason(context: Any, tmp_path: Pa
     finally:
         node.close()
         node.destroy_node()
+
+
+def test_fleet_file_under_home_is_found(
+    context: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `fleet_file: ~/fleet.yaml` works for the whitelist and hosts nodes; the DDS node must read it too.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    robots = "robots:\n  robot1: {address: 'fc94::1'}\n  robot2: {address: 'fc94::2'}\n"
+    (tmp_path / "fleet.yaml").write_text(robots)
+    node = _node(
+        context,
+        control_socket=str(tmp_path / "none.sock"),
+        fleet_file="~/fleet.yaml",
+        robot="robot2",
+        output_dir=str(tmp_path / "dds"),
+    )
+    try:
+        assert _initial_peers(tmp_path / "dds" / "fastdds.xml") == ["fc94::2", "fc94::1"]
+    finally:
+        node.close()
+        node.destroy_node()
