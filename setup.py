@@ -61,6 +61,7 @@ DEV_REQUIRES = [
     "schemathesis>=3.30",  # property tests of the control API's OpenAPI schema
     "atheris>=2.3",  # coverage-guided fuzzing of the decoders (test/fuzz/)
     "cyclonedds>=0.10",  # Cyclone DDS and its C library: checks the generated Cyclone XML (no rmw wheel)
+    "vermin>=1.6",  # checks that the code runs on Python 3.10 (ROS 2 Humble)
 ]
 
 
@@ -253,7 +254,7 @@ setup(
     license="Apache-2.0",
     maintainer="husarnet_ros maintainers",
     maintainer_email="maintainers@husarnet-ros.example",
-    python_requires=">=3.11",
+    python_requires=">=3.10",
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"], exclude=[f"{PACKAGE}.msg*", f"{PACKAGE}.srv*"]),
     zip_safe=False,
     install_requires=INSTALL_REQUIRES,

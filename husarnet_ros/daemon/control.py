@@ -44,7 +44,7 @@ import stat
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Self, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import uvicorn
 from fastapi import FastAPI, Query, Request
@@ -125,7 +125,7 @@ class _Dispatcher:
         self._loop.call_soon_threadsafe(run)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(result), CONTROLLER_CALL_TIMEOUT_S)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             raise NotReady(f"the daemon did not answer within {CONTROLLER_CALL_TIMEOUT_S:g} s") from None
 
     async def run(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
@@ -538,7 +538,7 @@ class ControlServer:
             Path(self.socket_path).unlink(missing_ok=True)
         self._socket_inode = None
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> ControlServer:
         self.start()
         return self
 

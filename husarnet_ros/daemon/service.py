@@ -402,7 +402,7 @@ class Daemon:
             remaining = max(0.0, sent + timeout_s - loop.time())
             try:
                 rtt = await asyncio.wait_for(asyncio.shield(future), remaining)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 rtt = -1.0
             replies.append(PingReply(seq=seq, rtt_ms=round(rtt, 3) if rtt >= 0 else None))
         with self.lock:

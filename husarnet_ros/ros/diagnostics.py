@@ -100,7 +100,7 @@ def _status(
 def _time_text(seconds: float | None, now: float) -> str:
     if seconds is None:
         return "never"
-    stamp = dt.datetime.fromtimestamp(seconds, tz=dt.UTC).isoformat(timespec="milliseconds")
+    stamp = dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc).isoformat(timespec="milliseconds")
     return f"{stamp} ({max(now - seconds, 0.0):.1f} s ago)"
 
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 from husarnet_ros.core.constants import DISCOVERY_GROUP_V4, DISCOVERY_GROUP_V6, DISCOVERY_PORT
 from husarnet_ros.core.errors import HusarnetError
@@ -328,7 +328,7 @@ class Lab:
         self._write_owner_file()
 
     # --- context manager --------------------------------------------------------
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Lab:
         return self
 
     def __exit__(
