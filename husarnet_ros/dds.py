@@ -49,6 +49,10 @@ INITIAL_ANNOUNCEMENTS = 5
 INITIAL_ANNOUNCEMENT_PERIOD_MS = 100
 
 FASTDDS_PROFILES_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"
+# Fast DDS 2.x (ROS 2 Humble, Jazzy) reads only this older name and silently ignores the one above (3.x,
+# Kilted, reads the new name); both are exported, pointing at the same file, so one environment works on all.
+FASTRTPS_PROFILES_ENV = "FASTRTPS_DEFAULT_PROFILES_FILE"
+FASTDDS_PROFILES_ENVS = (FASTDDS_PROFILES_ENV, FASTRTPS_PROFILES_ENV)
 CYCLONEDDS_URI_ENV = "CYCLONEDDS_URI"
 RMW_IMPLEMENTATION_ENV = "RMW_IMPLEMENTATION"
 DISCOVERY_RANGE_ENV = "ROS_AUTOMATIC_DISCOVERY_RANGE"
@@ -109,7 +113,8 @@ def render_fastdds_xml(own: str | None, peers: Iterable[str]) -> str:
     """Fast DDS profiles file: UDPv6 only, no builtin transports (no SHM, no UDPv4), unicast initial peers.
 
     The participant profile is the default profile, so every participant of a process started with
-    FASTDDS_DEFAULT_PROFILES_FILE pointing here uses it without code changes. With the own address known,
+    FASTDDS_DEFAULT_PROFILES_FILE (Fast DDS 3.x) or FASTRTPS_DEFAULT_PROFILES_FILE (2.x) pointing here uses
+    it without code changes. With the own address known,
     participants listen on it only and announce only it, so remote robots send to fc94 addresses and DDS
     never takes the underlay (an interface allowlist of hnet0 did not work: see docs/ROS.md).
     """
@@ -228,7 +233,8 @@ def environment(
     directory = Path(os.path.abspath(output_dir))  # noqa: PTH100 (no symlink resolution wanted)
     env: dict[str, str] = {}
     if "fastdds" in _middlewares(choice):
-        env[FASTDDS_PROFILES_ENV] = str(directory / FASTDDS_FILE)
+        for name in FASTDDS_PROFILES_ENVS:
+            env[name] = str(directory / FASTDDS_FILE)
     if "cyclonedds" in _middlewares(choice):
         env[CYCLONEDDS_URI_ENV] = (directory / CYCLONEDDS_FILE).as_uri()
     if set_rmw_implementation:

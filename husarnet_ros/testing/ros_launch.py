@@ -40,7 +40,7 @@ def private_domain_id(salt: int = 0) -> int:
 
 
 # Settings a user's shell may carry that would change what the launch and the nodes do.
-_FOREIGN_PREFIXES = ("ROS_", "RMW_", "FASTDDS_", "CYCLONEDDS_", "HUSARNET_ROS_")
+_FOREIGN_PREFIXES = ("ROS_", "RMW_", "FASTDDS_", "FASTRTPS_", "CYCLONEDDS_", "HUSARNET_ROS_")
 
 
 @dataclass

@@ -103,16 +103,20 @@ def test_environment_per_rmw(tmp_path: Path) -> None:
     both = dds.environment(tmp_path, "auto")
     assert both == {
         "FASTDDS_DEFAULT_PROFILES_FILE": str(tmp_path / "fastdds.xml"),
+        # Fast DDS 2.x (Humble, Jazzy) reads only this name: without it the profile is silently ignored.
+        "FASTRTPS_DEFAULT_PROFILES_FILE": str(tmp_path / "fastdds.xml"),
         "CYCLONEDDS_URI": (tmp_path / "cyclonedds.xml").as_uri(),
         "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET",
     }
     assert "RMW_IMPLEMENTATION" not in dds.environment(tmp_path, "fastdds")
     fast = dds.environment(tmp_path, "fastdds", set_rmw_implementation=True)
     assert fast["RMW_IMPLEMENTATION"] == "rmw_fastrtps_cpp"
+    assert fast["FASTDDS_DEFAULT_PROFILES_FILE"] == fast["FASTRTPS_DEFAULT_PROFILES_FILE"]
     assert "CYCLONEDDS_URI" not in fast
     cyclone = dds.environment(tmp_path, "cyclonedds", set_rmw_implementation=True)
     assert cyclone["RMW_IMPLEMENTATION"] == "rmw_cyclonedds_cpp"
     assert "FASTDDS_DEFAULT_PROFILES_FILE" not in cyclone
+    assert "FASTRTPS_DEFAULT_PROFILES_FILE" not in cyclone
     assert "ROS_STATIC_PEERS" not in both  # refused by rmw_fastrtps for IPv6 peers: see docs/ROS.md
     with pytest.raises(ConfigError, match="definite rmw"):
         dds.environment(tmp_path, "auto", set_rmw_implementation=True)
@@ -275,13 +279,19 @@ def test_cli_env_prints_exports_that_a_shell_can_eval(
     result = _run(["dds", "env", "--output-dir", str(out)], sock, tmp_path)
     assert result.exit_code == 0, result.output
     shell = subprocess.run(
-        ["sh", "-c", result.output + 'printf "%s\\n" "$FASTDDS_DEFAULT_PROFILES_FILE" "$CYCLONEDDS_URI"'],
+        [
+            "sh",
+            "-c",
+            result.output + 'printf "%s\\n" "$FASTDDS_DEFAULT_PROFILES_FILE" "$FASTRTPS_DEFAULT_PROFILES_FILE" '
+            '"$CYCLONEDDS_URI"',
+        ],
         capture_output=True,
         text=True,
         check=True,
         timeout=10,
     )
-    assert shell.stdout.splitlines() == [str(out / "fastdds.xml"), (out / "cyclonedds.xml").as_uri()]
+    profile = str(out / "fastdds.xml")  # under the Fast DDS 3.x and the 2.x (Jazzy) name
+    assert shell.stdout.splitlines() == [profile, profile, (out / "cyclonedds.xml").as_uri()]
     assert "RMW_IMPLEMENTATION" not in result.output
     assert _fastdds_initial_peers((out / "fastdds.xml").read_text()) == [OWN, "fc94::b"]
 

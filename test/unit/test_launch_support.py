@@ -195,6 +195,11 @@ def test_dds_environment_writes_the_files_before_anything_starts(tmp_path: Path,
     assert "CYCLONEDDS_URI" not in env
     profile = Path(env["FASTDDS_DEFAULT_PROFILES_FILE"])
     assert profile.parent == tmp_path / "dds"
+    # Fast DDS 2.x (Jazzy) reads only the older name: the nodes and env.sh must carry it too.
+    assert env["FASTRTPS_DEFAULT_PROFILES_FILE"] == str(profile)
+    env_file = launch_support.write_env_file(tmp_path / "dds", env).read_text()
+    assert f"export FASTRTPS_DEFAULT_PROFILES_FILE={profile}\n" in env_file
+    assert f"export FASTDDS_DEFAULT_PROFILES_FILE={profile}\n" in env_file
     assert f"<address>{B}</address>" in profile.read_text()
     cyclone = launch_support.dds_environment("cyclonedds", tmp_path / "c", addresses)
     assert cyclone["RMW_IMPLEMENTATION"] == "rmw_cyclonedds_cpp"
