@@ -4,16 +4,20 @@
 #   2. a venv with ROS 2 from the PyPI wheels + the launch/ros2cli wheelhouse (../shared/wheels),
 #   3. the project itself (non-editable), with its runtime and dev dependencies,
 #   4. the generated husarnet_ros.msg / .srv copied into the working tree, so `python -m pytest` from the repo
-#      root tests the working tree's code.
-# Idempotent: steps 2 and 3 are skipped when a stamp (a hash of their inputs) says nothing changed.
+#      root tests the working tree's code;
+#   5. a second, small venv with ROS 2 Jazzy's rclpy and Fast DDS 2.x, in which the DDS tests run their
+#      talker and listener too (test/integration/test_dds_overlay.py), so Fast DDS 2.x and 3.x are both tested.
+# Idempotent: steps 2, 3 and 5 are skipped when a stamp (a hash of their inputs) says nothing changed.
 #
-# Environment: HUSARNET_ROS_VENV   venv to create or adopt (default: <repo>/.venv)
-#              HUSARNET_ROS_WHEELS wheelhouse with launch/ros2cli wheels (default: <repo>/../shared/wheels)
-#              PYTHON              Python 3.11 interpreter for a new venv (default: python3)
+# Environment: HUSARNET_ROS_VENV       venv to create or adopt (default: <repo>/.venv)
+#              HUSARNET_ROS_JAZZY_VENV the Jazzy venv of step 5 (default: <repo>/.venv-jazzy)
+#              HUSARNET_ROS_WHEELS     wheelhouse with launch/ros2cli wheels (default: <repo>/../shared/wheels)
+#              PYTHON                  Python 3.11 interpreter for a new venv (default: python3)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${HUSARNET_ROS_VENV:-$REPO/.venv}
+JAZZY_VENV=${HUSARNET_ROS_JAZZY_VENV:-$REPO/.venv-jazzy}
 WHEELS=${HUSARNET_ROS_WHEELS:-$REPO/../shared/wheels}
 PYTHON=${PYTHON:-python3}
 
@@ -40,6 +44,9 @@ ROS_BUILD=(
   ros-ament-cmake-libraries ros-ament-cmake-gen-version-h ros-ament-cmake-version ros-python-cmake-module
   ros-fastrtps-cmake-module
 )
+# ROS 2 Jazzy (rclpy 7.1, Fast DDS 2.14, also cp311 wheels), only what a plain talker/listener needs. Fast DDS
+# 2.x reads another profile variable than 3.x: the DDS test runs its nodes here too. No husarnet_ros in it.
+JAZZY_RUNTIME=("ros-jazzy-rclpy[fastrtps]" ros-jazzy-std-msgs)
 # Building the project (pyproject.toml's backend, without isolation); colcon refuses setuptools >= 80.
 PACKAGING_TOOLS=("setuptools>=70.1,<80" wheel)
 
@@ -109,10 +116,50 @@ project_inputs_hash() {
 }
 
 # pip's resolver complains that the wheelhouse's launch_ros needs "ament_index_python": PyPI ships that as
-# ros-ament-index-python, which is installed. Hide that one false alarm, keep every other message.
-pip_quiet() {
-  "$VENV/bin/pip" --disable-pip-version-check -q "$@" \
-    2> >(grep -v -e "dependency resolver does not currently take" -e "requires ament_index_python" >&2)
+# ros-ament-index-python, which is installed. Hide that false alarm, and the line per package that pip prints
+# when a configured extra index directory has no entry for it; keep every other message.
+pip_in() {
+  local venv=$1
+  shift
+  "$venv/bin/pip" --disable-pip-version-check -q "$@" \
+    2> >(grep -v -e "dependency resolver does not currently take" -e "requires ament_index_python" \
+                 -e "is ignored: it is neither a file nor a directory" >&2)
+}
+pip_quiet() { pip_in "$VENV" "$@"; }
+
+# Hash of every input of the Jazzy venv: its package list, how it is built, its Python.
+jazzy_inputs_hash() {
+  { printf '%s\n' "${JAZZY_RUNTIME[@]}"; declare -f build_jazzy_venv; "$JAZZY_VENV/bin/python" -VV; } \
+    | sha256sum | cut -d' ' -f1
+}
+
+build_jazzy_venv() {
+  pip_in "$JAZZY_VENV" install "${JAZZY_RUNTIME[@]}"
+  "$JAZZY_VENV/bin/python" -c 'import rclpy, std_msgs.msg' \
+    || die "the Jazzy venv at $JAZZY_VENV does not import rclpy/std_msgs"
+}
+
+# Step 5: the Jazzy venv, keyed on its own stamp (a second run costs a hash).
+ensure_jazzy_venv() {
+  mkdir -p "$JAZZY_VENV"
+  exec 8>"$JAZZY_VENV/.setup.lock"
+  flock 8
+  if [ ! -x "$JAZZY_VENV/bin/python" ]; then
+    check_python "$PYTHON"
+    say "creating the Jazzy venv $JAZZY_VENV"
+    "$PYTHON" -m venv "$JAZZY_VENV"
+  fi
+  check_python "$JAZZY_VENV/bin/python"
+  local hash stamp="$JAZZY_VENV/.husarnet_ros-jazzy.stamp" t
+  hash=$(jazzy_inputs_hash)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]; then
+    t=$(date +%s)
+    say "installing ROS 2 Jazzy (rclpy, Fast DDS 2.x) into $JAZZY_VENV"
+    build_jazzy_venv
+    echo "$hash" > "$stamp"
+    say "Jazzy venv ready ($(elapsed "$t"))"
+  fi
+  exec 8>&-
 }
 
 build_ros_venv() {
@@ -202,7 +249,8 @@ HUSARNET_ROS_WHEELS); it holds the launch/ros2cli wheels that PyPI does not have
     echo "$project_hash" > "$project_stamp"
     say "husarnet_ros installed ($(elapsed "$t"))"
   fi
-  say "ready: $VENV ($(elapsed "$t0"))"
+  ensure_jazzy_venv
+  say "ready: $VENV, $JAZZY_VENV ($(elapsed "$t0"))"
 }
 
 main "$@"

@@ -3,6 +3,10 @@
 Two namespaces on one LAN, a real daemon in each, whitelisted to each other; multicast is dropped on the
 underlay (nftables, only the daemon's beacons pass) and any DDS packet on the underlay is counted, so a
 message that arrives proves discovery was unicast and went through hnet0.
+
+The ROS 2 talker and listener run twice: with this venv's ROS 2 Kilted (Fast DDS 3.x) and with ROS 2 Jazzy
+(Fast DDS 2.x) from the venv scripts/setup.sh builds at $HUSARNET_ROS_JAZZY_VENV (default .venv-jazzy).
+The two read the profile from differently named variables; the daemons always run from this venv.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from husarnet_ros import dds
+from husarnet_ros.testing import chatter
 from husarnet_ros.testing.lab_daemon import Daemon, whitelist_each_other
 from husarnet_ros.testing.netlab import Host
 from husarnet_ros.testing.ros_launch import private_domain_id
@@ -31,9 +37,21 @@ DOMAIN_ID = private_domain_id(13)  # own domain per test process: parallel runs 
 UNDERLAY_TABLE = "dds_underlay"
 
 # The same plain rclpy nodes a user would run (husarnet_ros/testing/chatter.py), bounded in time.
-CHATTER = [sys.executable, "-m", "husarnet_ros.testing.chatter"]
-TALKER = [*CHATTER, "talk", "--seconds", str(RUN_S)]
-LISTENER = [*CHATTER, "listen", "--seconds", str(LISTEN_S), "--count", "5"]
+TALK = ["talk", "--seconds", str(RUN_S)]
+LISTEN = ["listen", "--seconds", str(LISTEN_S), "--count", "5"]
+
+REPO = Path(__file__).resolve().parents[2]
+JAZZY_VENV_ENV = "HUSARNET_ROS_JAZZY_VENV"
+STRICT = os.environ.get("HUSARNET_ROS_STRICT") == "1"
+# What this (Kilted) venv's Python puts into the environment of its children; a Jazzy process that inherited
+# it would load Kilted's libraries (LD_LIBRARY_PATH, and the marker that stops the Jazzy wheels from setting
+# their own) and look for its middleware in Kilted's prefix.
+KILTED_VENV_VARIABLES = (
+    "LD_LIBRARY_PATH",
+    "_ROS_WHEELS_BOOTSTRAP_COMPLETE",
+    "AMENT_PREFIX_PATH",
+    "PYTHONPATH",
+)
 
 CYCLONE_TYPE = textwrap.dedent(
     """
@@ -128,6 +146,56 @@ def _underlay_udp_count(host: Host) -> int:
     raise AssertionError(f"no counter {UNDERLAY_TABLE}/leak in {host.netns}")
 
 
+@dataclass(frozen=True)
+class RosDistro:
+    """Where the ROS 2 talker and listener come from: which Python, with which environment."""
+
+    name: str
+    python: str
+    fastdds_distribution: str  # the pip distribution of Fast DDS in that venv (its version is checked)
+    fastdds_major: str
+    inherited: dict[str, str]  # the environment the DDS processes start from, before the DDS settings
+
+    @property
+    def chatter(self) -> list[str]:
+        # By file, not as a module: the Jazzy venv has rclpy and std_msgs, not husarnet_ros.
+        return [self.python, chatter.__file__]
+
+    def fastdds_version(self) -> str:
+        probe = f"import importlib.metadata as m; print(m.version({self.fastdds_distribution!r}))"
+        result = subprocess.run(
+            [self.python, "-c", probe], env=self.inherited, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, f"no {self.fastdds_distribution} in {self.name}: {result.stderr}"
+        return result.stdout.strip()
+
+
+def jazzy_venv() -> Path:
+    return Path(os.environ.get(JAZZY_VENV_ENV) or REPO / ".venv-jazzy")
+
+
+@pytest.fixture(params=["kilted", "jazzy"])
+def ros_distro(request: pytest.FixtureRequest) -> RosDistro:
+    """This venv's ROS 2 Kilted (Fast DDS 3.x), or the Jazzy venv's (Fast DDS 2.x); checked before the lab."""
+    if request.param == "kilted":
+        distro = RosDistro("ROS 2 Kilted", sys.executable, "ros-fastdds", "3", dict(os.environ))
+    else:
+        python = jazzy_venv() / "bin" / "python"
+        if not python.exists():
+            message = (
+                f"no ROS 2 Jazzy venv at {jazzy_venv()} (${JAZZY_VENV_ENV}): scripts/setup.sh builds it; "
+                "without it Fast DDS 2.x goes untested"
+            )
+            if STRICT:
+                pytest.fail(f"{message} (HUSARNET_ROS_STRICT=1)", pytrace=False)
+            pytest.skip(message)
+        inherited = {k: v for k, v in os.environ.items() if k not in KILTED_VENV_VARIABLES}
+        distro = RosDistro("ROS 2 Jazzy", str(python), "ros-fastrtps", "2", inherited)
+    version = distro.fastdds_version()
+    assert version.split(".")[0] == distro.fastdds_major, f"{distro.name} has Fast DDS {version}"
+    return distro
+
+
 @pytest.fixture
 def robots(fleet: Any) -> tuple[Daemon, Daemon, dict[str, str]]:
     """Two whitelisted robots with a direct path; the lab removes namespaces, nftables and processes."""
@@ -141,10 +209,11 @@ def robots(fleet: Any) -> tuple[Daemon, Daemon, dict[str, str]]:
     return a, b, addresses
 
 
-def _env(base: dict[str, str], log_dir: Path) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("ROS_", "RMW_", "FASTDDS_", "CYCLONEDDS_"))
-    }
+def _env(base: dict[str, str], log_dir: Path, inherited: dict[str, str] | None = None) -> dict[str, str]:
+    """``inherited`` (default: this process's environment) without DDS settings, plus ``base``."""
+    foreign = ("ROS_", "RMW_", "FASTDDS_", "FASTRTPS_", "CYCLONEDDS_")
+    source = os.environ if inherited is None else inherited
+    env = {k: v for k, v in source.items() if not k.startswith(foreign)}
     return env | base | {"ROS_LOG_DIR": str(log_dir), "ROS_DOMAIN_ID": str(DOMAIN_ID)}
 
 
@@ -161,25 +230,32 @@ def _start(host: Host, program: list[str], env: dict[str, str]) -> subprocess.Po
     )
 
 
-def test_ros2_topic_crosses_the_overlay_with_multicast_dropped(robots: Any, tmp_path: Path) -> None:
+def test_ros2_topic_crosses_the_overlay_with_multicast_dropped(
+    ros_distro: RosDistro, robots: Any, tmp_path: Path
+) -> None:
     a, b, addresses = robots
-    env_a = dds.write_config(tmp_path / "a", addresses["robot-a"], [addresses["robot-b"]], rmw="fastdds")
-    env_b = dds.write_config(tmp_path / "b", addresses["robot-b"], [addresses["robot-a"]], rmw="fastdds")
-    env_a = _env(env_a | {"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp"}, tmp_path / "log")
-    env_b = _env(env_b | {"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp"}, tmp_path / "log")
+    # Exactly what `husarnet-ros dds env --rmw fastdds` and the launch export (both profile variable names).
+    a_address, b_address = addresses["robot-a"], addresses["robot-b"]
+    fastdds: dict[str, Any] = {"rmw": "fastdds", "set_rmw_implementation": True}
+    env_a = dds.write_config(tmp_path / "a", a_address, [b_address], **fastdds)
+    env_b = dds.write_config(tmp_path / "b", b_address, [a_address], **fastdds)
+    env_a = _env(env_a, tmp_path / "log", ros_distro.inherited)
+    env_b = _env(env_b, tmp_path / "log", ros_distro.inherited)
+    talker, listener = [*ros_distro.chatter, *TALK], [*ros_distro.chatter, *LISTEN]
 
     started = time.time()
-    talker = _start(a.host, TALKER, env_a)
+    talk = _start(a.host, talker, env_a)
     try:
-        remote = _listen(b.host, LISTENER, env_b)
-        assert remote["count"] > 0, "no message from robot-a reached robot-b over the overlay"
+        remote = _listen(b.host, listener, env_b)
+        assert remote["count"] > 0, f"no message from robot-a reached robot-b ({ros_distro.name})"
         assert remote["data"][0].startswith("hello ")
         # Two nodes on the same robot find each other too (the own address is an initial peer).
-        local = _listen(a.host, LISTENER, env_a)
-        assert local["count"] > 0, "a listener on robot-a did not hear the talker on robot-a"
+        local = _listen(a.host, listener, env_a)
+        assert local["count"] > 0, f"a listener on robot-a did not hear its talker ({ros_distro.name})"
     finally:
-        a.host.lab.stop_process(talker)
-    _assert_unicast_over_the_overlay("Fast DDS", a, b, remote["first"] - started)
+        a.host.lab.stop_process(talk)
+    which = f"Fast DDS {ros_distro.fastdds_version()} ({ros_distro.name})"
+    _assert_unicast_over_the_overlay(which, a, b, remote["first"] - started)
     _check_counter_counts(a.host, b.host)
 
 
