@@ -36,10 +36,12 @@ QoS
     the current value). ``DIAGNOSTICS_QOS``: depth 10, the ROS default, for ``/diagnostics``.
 
 main()
-    ``run_node(NodeClass, args, multi_threaded=False)``: rclpy.init(args), create the node, spin until
-    Ctrl-C / SIGTERM / external shutdown, call ``node.close()`` if the node has one, destroy the node,
-    rclpy.try_shutdown, return (exit code 0). A
-    ``HusarnetError`` raised while creating the node is printed as one line and exits with code 1. Use
+    ``run_node(NodeClass, args, multi_threaded=False)``: first, when a launch asked for it
+    (``husarnet_ros.exit_with_parent``), have the kernel send SIGTERM when that launch exits, so a node never
+    outlives a killed launch; then rclpy.init(args), create the node, spin until Ctrl-C / SIGTERM /
+    external shutdown, call ``node.close()`` if the node has one, destroy the node, rclpy.try_shutdown,
+    return (exit code 0). A ``HusarnetError`` raised before spinning (the launch already gone, creating
+    the node) is printed as one line and exits with code 1. Use
     ``multi_threaded=True`` (with a ``ReentrantCallbackGroup`` for the callbacks that may run in parallel)
     when a service can block for long (ping) and must not stall the other callbacks.
 """
@@ -68,6 +70,7 @@ from rclpy.timer import Timer
 from ..api import resolve_control_socket
 from ..client import ClientError, ControlClient, ControlError, DaemonUnavailable
 from ..core.errors import HusarnetError
+from ..exit_with_parent import exit_with_parent_if_asked
 
 T = TypeVar("T")
 ParamValue = float | bool | str
@@ -424,6 +427,13 @@ def run_node(
     node_factory: Callable[[], Node], args: list[str] | None = None, *, multi_threaded: bool = False
 ) -> None:
     """The body of every node's ``main()``: init, spin until shutdown, clean up; exit code 0."""
+    try:
+        # Before rclpy.init: a SIGTERM from here on either kills the bare process or, once rclpy's handler
+        # is installed, shuts it down cleanly; neither leaves a node behind its launch.
+        exit_with_parent_if_asked()
+    except HusarnetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     # rclpy.init installs SIGINT and SIGTERM handlers that shut the context down: spin then ends.
     rclpy.init(args=args)
     node: Node | None = None

@@ -11,6 +11,9 @@ robot.launch.py::
        |      then poll its control socket (TimerAction, never blocking the launch loop), bounded
     [dds]     write the DDS files for own + peer addresses, SetEnvironmentVariable, log the `export` lines
     [nodes]   peers_node, whitelist_node, hosts_node, dds_node under the namespace
+
+The daemon and the nodes get HUSARNET_ROS_EXIT_WITH_PARENT=<this launch's pid> (see exit_with_parent.py):
+they end when the launch ends, also when a SIGTERM (docker stop, kill) ends it without stopping its children.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from launch_ros.actions import Node
 from .. import launch_support as support
 from ..api import resolve_control_socket
 from ..core.fleet import RobotView
+from ..exit_with_parent import child_environment
 
 PACKAGE = "husarnet_ros"
 # Both in the source tree and in share/husarnet_ros/, the launch files sit next to config/.
@@ -193,6 +197,7 @@ def _robot(context: LaunchContext) -> list[Any]:
         name="husarnet_daemon",
         output="screen",
         sigterm_timeout="10",
+        additional_env=child_environment(),
     )
     deadline = time.monotonic() + support.DAEMON_START_WAIT_S
     return [
@@ -267,6 +272,7 @@ def _nodes(settings: RobotSettings) -> list[Node]:
             namespace=settings.namespace,
             parameters=[*parameter_files, str(override_file)],
             output="screen",
+            additional_env=child_environment(),
         )
 
     nodes = [

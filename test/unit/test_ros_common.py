@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
+from husarnet_ros.exit_with_parent import child_environment
 from husarnet_ros.ros.common import COMMON_PARAMETERS, LATCHED_QOS, ParamSpec, check_value
 from husarnet_ros.ros.peers_node import PEERS_PARAMETERS
 
@@ -84,3 +88,27 @@ def test_latched_qos() -> None:
     assert LATCHED_QOS.durability == DurabilityPolicy.TRANSIENT_LOCAL
     assert LATCHED_QOS.history == HistoryPolicy.KEEP_LAST
     assert LATCHED_QOS.depth == 1
+
+
+def test_run_node_does_not_start_when_its_launch_is_already_gone() -> None:
+    # A node whose launch died before it could tie its life to it must not run on as an orphan: one line,
+    # exit 1, the node never created. In a child process: the prctl would otherwise apply to pytest.
+    ended = subprocess.Popen(["true"])
+    ended.wait(timeout=30)
+    program = (
+        "from husarnet_ros.ros.common import run_node\n"
+        "def factory():\n    print('node created', flush=True)\n    raise SystemExit(3)\n"
+        "run_node(factory)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        env=os.environ | child_environment(ended.pid),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "node created" not in result.stdout
+    assert result.stderr.strip().splitlines() == [
+        f"error: the launch that started this process (pid {ended.pid}) has already exited; not starting"
+    ]
