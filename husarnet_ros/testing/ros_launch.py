@@ -52,6 +52,7 @@ class RobotLaunch:
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     dds_env: dict[str, str] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)  # added to the launch's environment
 
     @property
     def log_path(self) -> Path:
@@ -70,7 +71,7 @@ class RobotLaunch:
             "ROS_DOMAIN_ID": str(self.domain_id),
             "ROS_LOG_DIR": str(self.workdir / "ros-log"),
             "ROS_HOME": str(self.workdir / "ros-home"),
-        }
+        } | self.extra_env
 
     def user_env(self) -> dict[str, str]:
         """What a user of this robot has after pasting the launch's `export` lines."""
