@@ -3,9 +3,11 @@
 The launch file of the working tree runs the INSTALLED executables (lib/husarnet_ros/*; refresh them with
 scripts/setup.sh). No root: ``start_daemon:=false`` and the daemon is ``serve_fake()``, the real control API
 server on a temporary socket with an in-memory daemon that the tests change. ``dds:=none``: the DDS files
-bind to hnet0, which does not exist here; the DDS path is covered by test/e2e/test_two_robots.py.
+name the robot's overlay address, which does not exist here; the DDS path, with a real daemon started by
+the launch, is covered by test/integration/test_ros_two_robots.py, and a SIGTERM to such a launch by
+test/integration/test_launch_lifetime.py.
 
-Checked: the four nodes come up; a subscriber created after the table was published still receives
+Checked: the three nodes come up (no husarnet_dds with dds:=none); a subscriber created after the table was published still receives
 /husarnet/peers (TRANSIENT_LOCAL); /husarnet/add_peer with a valid and an invalid address; the /diagnostics
 level of a peer goes from OK to ERROR when the peer leaves the daemon's table, and back when it returns.
 """
