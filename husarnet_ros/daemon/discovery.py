@@ -8,15 +8,17 @@ Interfaces are re-scanned on every round, so a cable plugged in later is used wi
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import socket
 import struct
 
 from ..core import beacon
 from ..core.constants import DISCOVERY_GROUP_V4, DISCOVERY_GROUP_V6, DISCOVERY_PORT
-from ..core.errors import ProtocolError
+from ..core.errors import HusarnetError, ProtocolError
 from ..core.identity import Identity
 from ..core.peer import Endpoint
+from .in_use import in_use_message
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,20 @@ _GROUP_V4 = socket.inet_aton(DISCOVERY_GROUP_V4)
 _GROUP_V6 = socket.inet_pton(socket.AF_INET6, DISCOVERY_GROUP_V6)
 
 
+class DiscoveryError(HusarnetError):
+    """The LAN discovery sockets could not be opened or bound."""
+
+
 def _mreqn(ifindex: int) -> bytes:
     return struct.pack("4s4si", _GROUP_V4, b"\0\0\0\0", ifindex)
+
+
+def _open_error(port: int, exc: OSError) -> DiscoveryError:
+    remedy = "turn LAN discovery off (discovery_enabled: false in the --config file)"
+    if exc.errno == errno.EADDRINUSE:
+        # Taken by a socket that does not share the port (SO_REUSEADDR): not one of ours.
+        return DiscoveryError(in_use_message(f"UDP port {port} (LAN discovery)", remedy))
+    return DiscoveryError(f"cannot open the LAN discovery sockets on UDP port {port}: {exc.strerror or exc}")
 
 
 class Discovery:
@@ -49,19 +63,29 @@ class Discovery:
         self.received = 0
         self.rejected = 0
 
-        self.sock4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock4.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock4.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
-        self.sock4.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
-        self.sock4.bind(("", port))
-        self.sock6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        self.sock6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        self.sock6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
-        self.sock6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
-        self.sock6.bind(("::", port))
-        for sock in (self.sock4, self.sock6):
-            sock.setblocking(False)
+        opened: list[socket.socket] = []
+        try:
+            self.sock4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            opened.append(self.sock4)
+            # Shared with any other socket on the port that also allows it (another husarnet-ros daemon):
+            # multicast beacons reach every one of them.
+            self.sock4.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock4.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+            self.sock4.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+            self.sock4.bind(("", port))
+            self.sock6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            opened.append(self.sock6)
+            self.sock6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            self.sock6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
+            self.sock6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+            self.sock6.bind(("::", port))
+            for sock in (self.sock4, self.sock6):
+                sock.setblocking(False)
+        except OSError as exc:
+            for sock in opened:
+                sock.close()
+            raise _open_error(port, exc) from None
 
     def sockets(self) -> list[socket.socket]:
         return [self.sock4, self.sock6]

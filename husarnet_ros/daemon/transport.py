@@ -7,10 +7,12 @@ carrying their ``%ifname`` scope, whatever family the socket layer uses internal
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 
 from ..core.errors import HusarnetError
 from ..core.peer import Endpoint
+from .in_use import in_use_message
 
 _SOCKET_BUFFER = 4 * 1024 * 1024
 
@@ -21,7 +23,10 @@ class TransportError(HusarnetError):
 
 class UdpTransport:
     def __init__(self, port: int) -> None:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise TransportError(f"cannot open an IPv6 UDP socket: {exc.strerror or exc}") from None
         try:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
@@ -30,6 +35,10 @@ class UdpTransport:
             sock.bind(("::", port))
         except OSError as exc:
             sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise TransportError(
+                    in_use_message(f"UDP port {port}", "choose another port with --udp-port")
+                ) from None
             raise TransportError(f"cannot bind UDP port {port}: {exc.strerror or exc}") from None
         self.sock = sock
         self.port = sock.getsockname()[1]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
+import socket
 
 import pytun
 from pyroute2 import IPRoute
 
 from ..core.constants import OVERLAY_PREFIX_LEN
 from ..core.errors import HusarnetError
+from .in_use import in_use_message
 
 IFA_F_NODAD = 0x02  # linux/if_addr.h: the overlay address is unique by construction, skip DAD
 
@@ -26,10 +29,7 @@ class Tun:
         try:
             self._dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
         except pytun.Error as exc:
-            raise TunError(
-                f"cannot create TUN device {name!r}: {exc} (needs root/CAP_NET_ADMIN and /dev/net/tun; "
-                "is another daemon using this interface name?)"
-            ) from None
+            raise _open_error(name, exc) from None
         self.name = self._dev.name
         self.fd = self._dev.fileno()
         try:
@@ -47,6 +47,25 @@ class Tun:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._dev.close()
+
+
+def _interface_exists(name: str) -> bool:
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
+def _open_error(name: str, exc: pytun.Error) -> TunError:
+    # EBUSY: a TUN device of that name is open in another process (Husarnet's daemon, another husarnet-ros
+    # daemon); EINVAL: an interface of that name exists but is not a plain TUN device (TAP, veth, multiqueue).
+    if exc.errno in (errno.EBUSY, errno.EINVAL) and _interface_exists(name):
+        return TunError(
+            in_use_message(f"interface {name}", "choose another interface name with --interface")
+        )
+    reason = exc.strerror or str(exc)
+    return TunError(f"cannot create TUN device {name!r}: {reason} (needs root, CAP_NET_ADMIN, /dev/net/tun)")
 
 
 def configure_interface(name: str, address: bytes, mtu: int) -> None:
