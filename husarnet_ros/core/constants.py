@@ -15,14 +15,17 @@ DISCOVERY_PORT = 5581
 DISCOVERY_GROUP_V4 = "224.3.252.148"
 DISCOVERY_GROUP_V6 = "ff02:88bb:31e4:95f7:2b87:6b52:e112:19ac"
 BEACON_INTERVAL = 2.0  # a new robot on the LAN is found within about this long
-BEACON_CANDIDATE_TTL = 30.0  # a beacon-learnt endpoint is forgotten after this
+BEACON_CANDIDATE_TTL = 30.0  # a beacon-learnt endpoint is forgotten after this (unless in use)
+MAX_CANDIDATES_PER_PEER = 16
 
 # --- handshake --------------------------------------------------------------
 HANDSHAKE_RETRY_INTERVAL = 1.0
 HANDSHAKE_RETRY_MAX_INTERVAL = 8.0  # exponential backoff cap while a peer is unreachable
 HANDSHAKE_TIMEOUT = 5.0  # an unanswered initiation is abandoned after this
-HANDSHAKE_INITS_PER_SECOND = 20.0  # per source endpoint, token bucket (DoS resistance)
+HANDSHAKE_INITS_PER_SECOND = 20.0  # per source host, token bucket (DoS resistance)
 HANDSHAKE_INIT_BURST = 10.0
+MAX_INIT_TARGETS = 4  # an init goes to this many of the peer's best candidates at once
+MAX_PENDING_RESPONSES = 1024  # responder states awaiting a confirm, over all peers (oldest evicted)
 
 # --- sessions ---------------------------------------------------------------
 REKEY_AFTER_TIME = 120.0
@@ -31,19 +34,32 @@ REJECT_AFTER_TIME = 180.0  # a session key is never used beyond this age
 REJECT_AFTER_MESSAGES = 2**60
 SESSION_IDLE_TIMEOUT = 180.0  # nothing heard for this long: the peer is gone
 PREVIOUS_SESSION_GRACE = 15.0  # keep the old session this long after a rekey, for packets in flight
-KEEPALIVE_INTERVAL = 10.0  # on an established link; the authenticated ping doubles as keepalive
-NAT_KEEPALIVE_INTERVAL = 25.0
-PATH_DEAD_AFTER = 15.0  # no authenticated frame for this long while probing: try other endpoints
+
+# --- paths: liveness, recovery, preference ------------------------------------
+LATENCY_PROBE_INTERVAL = 5.0  # authenticated ping on every established path (doubles as the keepalive)
+PROBE_TIMEOUT = 5.0  # an unanswered probe is forgotten after this
+PATH_QUIET_AFTER = 0.4  # traffic unanswered this long: ping the path to find out whether it still works
+PATH_PING_INTERVAL = 0.25  # ... and again this often while it stays unanswered
+PATH_DEAD_AFTER = 1.0  # unanswered this long (and at least PATH_DEAD_PINGS pings): the path is dead
+PATH_DEAD_PINGS = 2
+PATH_PROBE_INTERVAL = 0.25  # while no path answers, probe every candidate this often ...
+PATH_FAST_PROBING = 20.0  # ... for this long after the path died, then back off ...
+PATH_PROBE_MAX_INTERVAL = 5.0  # ... up to this interval
+PATH_HANDSHAKE_AFTER = 3.0  # no candidate answers the session's probes: the peer may have lost it, handshake
+MAX_UPGRADE_PROBES = 4  # better-ranked candidates probed per latency round
 
 # --- replay protection (RFC 6479) ------------------------------------------
 REPLAY_WINDOW_BITS = 4096  # packets; must be a power of two and a multiple of 64
 
 # --- data plane -------------------------------------------------------------
 DEFAULT_MTU = 1350
-MAX_DATAGRAM = 65535
-LATENCY_PROBE_INTERVAL = 5.0  # authenticated ping on every established session
-PROBE_TIMEOUT = 5.0  # an unanswered probe is forgotten after this
+MAX_DATAGRAM = 65535  # largest UDP payload read or written
 PENDING_PACKETS_PER_PEER = 32  # packets queued while a handshake is in progress
-MAX_PEERS = 4096  # bound on peer state created by (possibly hostile) traffic
+
+# --- bounds on state that remote input can create ------------------------------
+MAX_PEERS = 4096  # the peer table; the least useful unpinned peer is evicted when it is full
+PEER_FORGET_AFTER = 300.0  # an unpinned peer with no session and nothing heard for this long is forgotten
 MAX_HEARD_BEACONS = 256  # beacons remembered from peers not on the whitelist (see Node.whitelist_changed)
-RATE_LIMIT_TABLE_SIZE = 4096
+RATE_LIMIT_TABLE_SIZE = 4096  # source hosts tracked by the init rate limiter (least recently used evicted)
+MAX_POSTED_EVENTS = 4096  # events the data-plane threads may queue for the control loop
+MAX_POSTED_HANDSHAKES = 256  # handshake datagrams queued for the control loop (a flood is dropped here)

@@ -19,3 +19,11 @@ class AddressError(HusarnetError, ValueError):
 
 class ConfigError(HusarnetError):
     """Invalid configuration: the message says which setting and why."""
+
+
+class AuthenticationError(ProtocolError):
+    """A frame or message whose MAC, tag or signature does not verify: forged or corrupted."""
+
+
+class ReplayError(ProtocolError):
+    """A frame that was already received, or is too old for the replay window."""

@@ -1,14 +1,21 @@
-"""The protocol engine of one node: every peer, session and handshake, fed with bytes and time.
+"""The protocol engine of one node: every peer, session, handshake and path, fed with bytes and time.
 
-Like aioquic's connection it does no I/O: the daemon gives it datagrams (``receive_data`` /
-``receive_control``), packets from the TUN (``send``), beacons (``learn_beacon``) and the time
-(``tick``); it answers with datagrams to send (return values and ``outbox``), packets to deliver
-and events. ``now`` is a monotonic time in seconds chosen by the caller.
+Like aioquic's connection it does no I/O: the daemon gives it datagrams, packets read from the TUN,
+beacons and the time; it answers with datagrams to send, packets to deliver and events. ``now`` is a
+monotonic time in seconds chosen by the caller.
 
-Concurrency contract (the daemon relies on it): ``send`` and ``receive_data`` form the hot path
-and may run concurrently in two threads without a lock; every other method mutates control
-state and must be called under one lock by the caller. The hot path only reads control state
-and does single assignments or deque appends, which are atomic under the GIL.
+Who may call what (the daemon relies on it; see also core/peer.py and core/session.py):
+
+- The **send thread** calls ``send`` (a packet read from the TUN -> a datagram, or None).
+- The **receive thread** calls ``receive`` (a datagram from the socket -> a packet for the TUN, or None)
+  and sends what it then finds in ``replies`` (pongs).
+- Everything else is the **control loop**'s: ``process_posted``, ``tick``, ``learn_beacon``, the whitelist,
+  ``ping``, ``network_changed``, and draining ``outbox`` and ``events``. It owns every table.
+
+The two data-plane threads never change a shared collection: they look things up (single dict reads, atomic
+under the GIL), write the few scalar fields that are theirs alone, and *post* what they learn (a handshake
+datagram, an endpoint that authenticated, a pong, a packet that needs a session) to bounded queues that the
+control loop drains in ``process_posted``. So no table is iterated by one thread while another resizes it.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import handshake, wire
+from .address import is_overlay
 from .beacon import Beacon
 from .constants import (
     BEACON_CANDIDATE_TTL,
@@ -28,9 +36,23 @@ from .constants import (
     HANDSHAKE_RETRY_MAX_INTERVAL,
     HANDSHAKE_TIMEOUT,
     LATENCY_PROBE_INTERVAL,
+    MAX_CANDIDATES_PER_PEER,
     MAX_HEARD_BEACONS,
+    MAX_INIT_TARGETS,
     MAX_PEERS,
+    MAX_PENDING_RESPONSES,
+    MAX_POSTED_EVENTS,
+    MAX_POSTED_HANDSHAKES,
+    MAX_UPGRADE_PROBES,
     PATH_DEAD_AFTER,
+    PATH_DEAD_PINGS,
+    PATH_FAST_PROBING,
+    PATH_HANDSHAKE_AFTER,
+    PATH_PING_INTERVAL,
+    PATH_PROBE_INTERVAL,
+    PATH_PROBE_MAX_INTERVAL,
+    PATH_QUIET_AFTER,
+    PEER_FORGET_AFTER,
     PREVIOUS_SESSION_GRACE,
     PROBE_TIMEOUT,
     RATE_LIMIT_TABLE_SIZE,
@@ -39,23 +61,58 @@ from .constants import (
     REKEY_AFTER_TIME,
     SESSION_IDLE_TIMEOUT,
 )
-from .errors import ProtocolError
+from .errors import AuthenticationError, ProtocolError, ReplayError
+from .handshake import ResponderState
 from .identity import Identity
-from .peer import Candidate, CandidateSource, Endpoint, PathKind, Peer
+from .peer import (
+    Candidate,
+    CandidateSource,
+    Endpoint,
+    PathKind,
+    Peer,
+    Probe,
+    ProbePurpose,
+    Route,
+    endpoint_rank,
+)
 from .session import Session
 
 Datagram = tuple[Endpoint, bytes]
 
 
+# --- events for the daemon (control loop -> daemon) ------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class PeerUp:
+    """A session is established and its path answers."""
+
     address: bytes
     endpoint: Endpoint
 
 
 @dataclass(frozen=True, slots=True)
 class PeerDown:
+    """The peer's session is gone (expired, idle, not whitelisted, forgotten)."""
+
     address: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PathLost:
+    """The session lives, but its endpoint stopped answering: the node probes every candidate."""
+
+    address: bytes
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class PathChanged:
+    """The session's traffic now goes to ``endpoint`` (recovered, roamed or moved to a better endpoint)."""
+
+    address: bytes
+    endpoint: Endpoint
     reason: str
 
 
@@ -67,7 +124,61 @@ class PongReceived:
     endpoint: Endpoint
 
 
-Event = PeerUp | PeerDown | PongReceived
+@dataclass(frozen=True, slots=True)
+class InternalError:
+    """A bug met while handling one input or one peer's timers: that one was skipped, the rest went on.
+
+    The node never lets one bad event stop the others (the daemon logs this with its traceback); tests
+    treat it as a failure (``testing.memnet`` raises it)."""
+
+    where: str
+    error: Exception
+
+
+Event = PeerUp | PeerDown | PathLost | PathChanged | PongReceived | InternalError
+
+
+# --- what the data-plane threads post to the control loop ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _NeedsSession:
+    peer: Peer
+    packet: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _EndpointSeen:
+    """An authenticated frame on the current session came from ``endpoint`` (or arrived while the path was
+    dead). ``probe``: it was a path probe, which alone never moves a working route."""
+
+    peer: Peer
+    session: Session
+    endpoint: Endpoint
+    probe: bool
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class _PongSeen:
+    peer: Peer
+    session: Session
+    probe_id: bytes
+    endpoint: Endpoint
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class _SessionWorks:
+    """The first authenticated frame on a session this node initiated: the responder has the keys."""
+
+    peer: Peer
+    session: Session
+    endpoint: Endpoint
+    now: float
+
+
+_Posted = _NeedsSession | _EndpointSeen | _PongSeen | _SessionWorks
 
 
 class _TokenBucket:
@@ -87,8 +198,18 @@ class _TokenBucket:
         return True
 
 
+@dataclass(slots=True)
+class _Pending:
+    """A response we sent, waiting for its confirm."""
+
+    state: ResponderState
+    started: float
+
+
 # A beacon, where it came from and when.
 _Heard = tuple[Beacon, Endpoint, float]
+
+_KEEPALIVE = bytes([wire.INNER_KEEPALIVE])
 
 
 class Node:
@@ -97,38 +218,63 @@ class Node:
         identity: Identity,
         is_allowed: Callable[[bytes], bool],
         *,
+        is_pinned: Callable[[bytes], bool] | None = None,
         wall_offset_ns: int = 0,
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
-        """``is_allowed(address)`` is the whitelist; ``wall_offset_ns`` maps ``now`` to Unix time
-        (used only for initiation timestamps, which must grow across restarts)."""
+        """``is_allowed(address)`` is the whitelist (read by every thread); ``is_pinned(address)``: peers the
+        user configured, never expired or evicted (default: the allowed ones when the whitelist is on, which
+        the caller knows; here: none). ``wall_offset_ns`` maps ``now`` to Unix time (used only for the
+        initiation timestamps, which must grow across restarts)."""
         self.identity = identity
         self.address = identity.address
         self.is_allowed = is_allowed
+        self.is_pinned = is_pinned or (lambda _address: False)
         self.wall_offset_ns = wall_offset_ns
         self._random = random_bytes
+        # --- control loop's
         self.peers: dict[bytes, Peer] = {}
-        self._sessions: dict[int, Session] = {}
+        self._sessions: dict[int, Session] = {}  # local index -> session (current, next and previous of all)
         self._initiations: dict[int, Peer] = {}
-        self._responders: dict[int, Peer] = {}
-        self._rate: dict[str, _TokenBucket] = {}
+        self._responders: collections.OrderedDict[int, _Pending] = collections.OrderedDict()
+        self._responder_of: dict[bytes, int] = {}  # peer address -> index of its pending response
+        self._rate: collections.OrderedDict[str, _TokenBucket] = collections.OrderedDict()
         self._last_timestamp_ns = 0
         self.outbox: collections.deque[Datagram] = collections.deque()
         self.events: collections.deque[Event] = collections.deque()
-        self.counters: collections.Counter[str] = collections.Counter()
+        self.control_counters: collections.Counter[str] = collections.Counter()
         # Beacons of peers not (yet) on the whitelist, newest last: when the user whitelists one of them the
         # handshake can start at once instead of after the next beacon. Bounded, so a flood costs nothing.
         self._heard: collections.OrderedDict[bytes, _Heard] = collections.OrderedDict()
+        # --- channels from the data-plane threads (appended there, drained by the control loop)
+        self._posted: collections.deque[_Posted] = collections.deque()
+        self._posted_handshakes: collections.deque[tuple[bytes, Endpoint, float]] = collections.deque()
+        # --- the send thread's
+        self.tx_counters: collections.Counter[str] = collections.Counter()
+        # --- the receive thread's
+        self.rx_counters: collections.Counter[str] = collections.Counter()
+        self.replies: collections.deque[Datagram] = collections.deque()
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def counters(self) -> collections.Counter[str]:
+        """All counters (control loop, send and receive threads) added up; a copy."""
+        total: collections.Counter[str] = collections.Counter()
+        for part in (self.control_counters, self.tx_counters, self.rx_counters):
+            total.update(dict(part))  # dict() copies in one step, whatever the owning thread does meanwhile
+        return total
+
     def _drop(self, reason: str) -> None:
-        self.counters["drop_" + reason] += 1
+        self.control_counters["drop_" + reason] += 1
 
     def _new_index(self) -> int:
         while True:
             index = int.from_bytes(self._random(4), "big")
-            if index and index not in self._sessions and index not in self._initiations and (
-                index not in self._responders
+            if (
+                index
+                and index not in self._sessions
+                and index not in self._initiations
+                and (index not in self._responders)
             ):
                 return index
 
@@ -143,73 +289,117 @@ class Node:
     def peer(self, address: bytes) -> Peer | None:
         return self.peers.get(address)
 
-    def ensure_peer(self, address: bytes) -> Peer | None:
-        """The peer for ``address``, created if there is room (bounded against floods)."""
+    def _pinned(self, peer: Peer) -> bool:
+        return self.is_pinned(peer.address) or any(
+            c.source is CandidateSource.STATIC for c in peer.candidates.values()
+        )
+
+    def _admit_peer(self, address: bytes, now: float) -> Peer | None:
+        """The peer for ``address``, created if needed. When the table is full, the least useful unpinned
+        peer makes room (one without a session first, then the longest inactive), so peers that remote input
+        created can never lock a genuine new peer out; None only if every peer is pinned."""
         peer = self.peers.get(address)
-        if peer is None:
-            if len(self.peers) >= MAX_PEERS or address == self.address:
+        if peer is not None:
+            return peer
+        if address == self.address or not is_overlay(address):
+            return None
+        if len(self.peers) >= MAX_PEERS:
+            victims = [p for p in self.peers.values() if not self._pinned(p)]
+            if not victims:
+                self._drop("too_many_peers")
                 return None
-            peer = Peer(address)
-            self.peers[address] = peer
+            victim = min(victims, key=lambda p: (p.route is not None, p.last_activity))
+            self.forget_peer(victim.address, reason="evicted (peer table full)")
+            self.control_counters["peers_evicted"] += 1
+        peer = Peer(address, last_activity=now)
+        self.peers[address] = peer
         return peer
 
-    # ------------------------------------------------------------------ hot path
+    # ------------------------------------------------------------------ hot path: send thread
     def send(self, packet: bytes, now: float) -> Datagram | None:
-        """Seal an IPv6 packet read from the TUN; None if it cannot go now (queued or dropped)."""
+        """Seal an IPv6 packet read from the TUN; None if it cannot go now (handed to the control loop)."""
         if len(packet) < wire.IPV6_HEADER_SIZE or packet[0] >> 4 != 6:
-            self._drop("not_ipv6")
+            self.tx_counters["drop_not_ipv6"] += 1
             return None
         dst = packet[24:40]
         peer = self.peers.get(dst)
-        if peer is None or not self.is_allowed(dst):
-            self._drop("no_peer" if peer is None else "whitelist")
+        if peer is None:
+            self.tx_counters["drop_no_peer"] += 1
             return None
-        session = peer.current
-        endpoint = peer.endpoint
-        if session is None or endpoint is None or now - session.created_at >= REJECT_AFTER_TIME:
-            peer.pending.append(packet)
-            peer.wants_session = True
+        if not self.is_allowed(dst):
+            self.tx_counters["drop_whitelist"] += 1
             return None
-        datagram = session.seal(wire.compress_ipv6(packet, self.address, dst))
+        route = peer.route
+        if route is None or now - route.session.created_at >= REJECT_AFTER_TIME:
+            self._post(_NeedsSession(peer, packet), self.tx_counters)
+            return None
+        session = route.session
+        try:
+            datagram = session.seal(wire.compress_ipv6(packet, self.address, dst))
+        except ProtocolError:  # counter exhausted (never in practice: the session is rekeyed long before)
+            self._post(_NeedsSession(peer, packet), self.tx_counters)
+            return None
+        if session.first_unanswered_send <= session.last_received:
+            session.first_unanswered_send = now
         session.last_sent = now
         peer.tx_bytes += len(packet)
-        return endpoint, datagram
+        return route.endpoint, datagram
+
+    def _post(self, event: _Posted, counters: collections.Counter[str]) -> None:
+        # The length check races only with the control loop shortening the queue: the bound holds.
+        if len(self._posted) < MAX_POSTED_EVENTS:
+            self._posted.append(event)
+        else:
+            counters["drop_posted_overflow"] += 1
+
+    # ------------------------------------------------------------------ hot path: receive thread
+    def receive(self, datagram: bytes, endpoint: Endpoint, now: float) -> bytes | None:
+        """A datagram from the socket: a data frame is opened here (the packet to deliver, or None);
+        anything else is handed to the control loop (``process_posted``)."""
+        if datagram and datagram[0] == wire.MSG_DATA:
+            return self.receive_data(datagram, endpoint, now)
+        if len(self._posted_handshakes) < MAX_POSTED_HANDSHAKES:
+            self._posted_handshakes.append((datagram, endpoint, now))
+        else:
+            self.rx_counters["drop_handshake_queue_full"] += 1
+        return None
 
     def receive_data(self, datagram: bytes, endpoint: Endpoint, now: float) -> bytes | None:
         """Open a data frame; returns an IPv6 packet to deliver, or None. Never raises."""
+        counters = self.rx_counters
         try:
             index, _ = wire.decode_data_header(datagram)
         except ProtocolError:
-            self._drop("malformed")
+            counters["drop_malformed"] += 1
             return None
         session = self._sessions.get(index)
         if session is None:
-            self._drop("unknown_session")
+            counters["drop_unknown_session"] += 1
             return None
         try:
             inner = session.open_(datagram)
-        except ProtocolError as exc:
-            self._drop("replay" if "replay" in str(exc) else "auth")
+        except ReplayError:
+            counters["drop_replay"] += 1
+            return None
+        except AuthenticationError:
+            counters["drop_auth"] += 1
+            return None
+        except ProtocolError:
+            counters["drop_malformed"] += 1
             return None
         peer = self.peers.get(session.peer_address)
         if peer is None or not self.is_allowed(peer.address):
-            self._drop("whitelist")
+            counters["drop_whitelist"] += 1
             return None
         session.last_received = now
         peer.last_seen = now
-        if not session.confirmed:
-            session.confirmed = True
-            peer.confirm_bytes = None
-            self.events.append(PeerUp(peer.address, endpoint))
-        if session is peer.current and peer.endpoint != endpoint:
-            peer.endpoint = endpoint  # the peer roamed: follow authenticated traffic
-            self._learn(peer, endpoint, CandidateSource.LEARNED, now)
         kind = inner[0]
+        self._note_authenticated(peer, session, endpoint, kind, now)
         if kind == wire.INNER_IPV6_COMPRESSED:
             try:
                 packet = wire.decompress_ipv6(inner[1:], peer.address, self.address)
             except ProtocolError:
-                self._drop("malformed")
+                counters["drop_malformed"] += 1
                 return None
             peer.rx_bytes += len(packet)
             return packet
@@ -217,30 +407,145 @@ class Node:
             packet = inner[1:]
             # A peer may only speak for its own address: no spoofed sources into our stack.
             if len(packet) < wire.IPV6_HEADER_SIZE or packet[8:24] != peer.address:
-                self._drop("spoofed")
+                counters["drop_spoofed"] += 1
                 return None
             # ... and only to us: nothing for other hosts or multicast groups enters through hnet0.
             if packet[24:40] != self.address:
-                self._drop("wrong_destination")
+                counters["drop_wrong_destination"] += 1
                 return None
             peer.rx_bytes += len(packet)
             return packet
-        if kind == wire.INNER_PING and len(inner) == 1 + wire.PROBE_ID_SIZE:
-            self.outbox.append((endpoint, session.seal(bytes([wire.INNER_PONG]) + inner[1:])))
+        if kind in (wire.INNER_PING, wire.INNER_PROBE) and len(inner) == 1 + wire.PROBE_ID_SIZE:
+            # Answered on the same session, to where it came from: that is the path being tested.
+            self.replies.append((endpoint, session.seal(bytes([wire.INNER_PONG]) + inner[1:])))
             return None
         if kind == wire.INNER_PONG and len(inner) == 1 + wire.PROBE_ID_SIZE:
-            probe = peer.probes.pop(inner[1:], None)
-            if probe is not None:
-                rtt_ms = (now - probe[0]) * 1000.0
-                peer.rtt_ms = rtt_ms
-                self.events.append(PongReceived(peer.address, inner[1:], rtt_ms, endpoint))
+            self._post(_PongSeen(peer, session, inner[1:], endpoint, now), counters)
             return None
         if kind == wire.INNER_KEEPALIVE and len(inner) == 1:
             return None
-        self._drop("malformed")
+        counters["drop_malformed"] += 1
         return None
 
-    # ------------------------------------------------------------------ control path
+    def _note_authenticated(
+        self, peer: Peer, session: Session, endpoint: Endpoint, kind: int, now: float
+    ) -> None:
+        """Tell the control loop what an authenticated frame proves, once per fact (receive thread)."""
+        route = peer.route
+        if route is not None and session is route.session:
+            if not session.confirmed and not session.confirm_posted:
+                session.confirm_posted = True
+                self._post(_SessionWorks(peer, session, endpoint, now), self.rx_counters)
+            if kind != wire.INNER_PONG and (endpoint != route.endpoint or not peer.path_alive):
+                seen = (peer.path_epoch, endpoint)
+                if peer.roam_posted != seen:
+                    peer.roam_posted = seen
+                    self._post(
+                        _EndpointSeen(peer, session, endpoint, kind == wire.INNER_PROBE, now),
+                        self.rx_counters,
+                    )
+        elif session is peer.next and not session.confirm_posted:
+            session.confirm_posted = True
+            self._post(_SessionWorks(peer, session, endpoint, now), self.rx_counters)
+
+    # ------------------------------------------------------------------ control loop: posted events
+    def process_posted(self, now: float) -> None:
+        """Apply what the data-plane threads posted (a bug in one event skips that event only)."""
+        handshakes, posted = self._posted_handshakes, self._posted
+        while handshakes:
+            datagram, endpoint, at = handshakes.popleft()
+            self.receive_control(datagram, endpoint, at)
+        while posted:
+            event = posted.popleft()
+            try:
+                if isinstance(event, _NeedsSession):
+                    self._on_needs_session(event.peer, event.packet, now)
+                elif isinstance(event, _EndpointSeen):
+                    self._on_endpoint_seen(event)
+                elif isinstance(event, _PongSeen):
+                    self._on_pong(event)
+                else:
+                    self._on_session_works(event)
+            except Exception as exc:  # a bug: count it, report it, go on with the next event
+                self._internal_error(type(event).__name__.lstrip("_"), exc)
+
+    def _internal_error(self, where: str, exc: Exception) -> None:
+        self.control_counters["internal_errors"] += 1
+        self.events.append(InternalError(where, exc))
+
+    def has_posted(self) -> bool:
+        return bool(self._posted or self._posted_handshakes)
+
+    def _on_needs_session(self, peer: Peer, packet: bytes, now: float) -> None:
+        if self.peers.get(peer.address) is not peer or not self.is_allowed(peer.address):
+            self._drop("no_peer")
+            return
+        route = peer.route
+        if route is not None and now - route.session.created_at < REJECT_AFTER_TIME:
+            # The session came up between the send thread's look and now: send it on.
+            self._send_queued(peer, route, packet)
+            return
+        peer.pending.append(packet)
+        peer.wants_session = True
+
+    def _on_endpoint_seen(self, event: _EndpointSeen) -> None:
+        peer, endpoint = event.peer, event.endpoint
+        route = peer.route
+        if self.peers.get(peer.address) is not peer or route is None or event.session is not route.session:
+            return
+        self._learn(peer, endpoint, CandidateSource.LEARNED, event.now, verified=True)
+        if endpoint == route.endpoint:
+            if not peer.path_alive:
+                self._set_route(peer, endpoint, event.now, "answered again")
+        elif not event.probe:
+            self._set_route(peer, endpoint, event.now, "roamed")  # traffic comes from there now: follow it
+        elif not peer.path_alive:
+            self._set_route(peer, endpoint, event.now, "found by a probe")
+
+    def _on_pong(self, event: _PongSeen) -> None:
+        peer, endpoint = event.peer, event.endpoint
+        probe = peer.probes.pop(event.probe_id, None)
+        if probe is None or self.peers.get(peer.address) is not peer:
+            return
+        rtt_ms = max(0.0, (event.now - probe.sent_at) * 1000.0)
+        self.events.append(PongReceived(peer.address, event.probe_id, rtt_ms, endpoint))
+        self._learn(peer, endpoint, CandidateSource.LEARNED, event.now, verified=True)
+        route = peer.route
+        if route is None or event.session is not route.session:
+            return
+        if endpoint == route.endpoint:
+            peer.rtt_ms = rtt_ms
+            if not peer.path_alive:
+                self._set_route(peer, endpoint, event.now, "answered again")
+        elif not peer.path_alive:
+            peer.rtt_ms = rtt_ms
+            self._set_route(peer, endpoint, event.now, "found by a probe")
+        elif endpoint_rank(endpoint) < endpoint_rank(route.endpoint):
+            peer.rtt_ms = rtt_ms
+            self._set_route(peer, endpoint, event.now, "preferred endpoint answers")
+
+    def _on_session_works(self, event: _SessionWorks) -> None:
+        peer, session = event.peer, event.session
+        if self.peers.get(peer.address) is not peer:
+            return
+        if session is peer.next:
+            # Rekey done: the responder has the new keys, so traffic moves to them now (never before).
+            route = peer.route
+            endpoint = route.endpoint if route is not None and peer.path_alive else event.endpoint
+            peer.next = None
+            session.confirmed = True
+            peer.confirm_bytes = None
+            self._install(peer, session, endpoint, event.now)
+        elif session is peer.current and not session.confirmed:
+            before = peer.path
+            session.confirmed = True
+            peer.confirm_bytes = None
+            peer.path_alive = True
+            peer.path_epoch += 1
+            peer.next_probe_at = event.now
+            self._announce(peer, before)
+
+    # ------------------------------------------------------------------ control loop: handshakes
     def receive_control(self, datagram: bytes, endpoint: Endpoint, now: float) -> None:
         """Handle a handshake datagram (replies go to ``outbox``). Never raises."""
         if not datagram:
@@ -258,18 +563,26 @@ class Node:
                 self._drop("misrouted")
             else:
                 self._drop("unknown_type")
+        except AuthenticationError:
+            self._drop("auth")
         except ProtocolError:
             self._drop("handshake")
+        except Exception as exc:  # a bug: this datagram is lost, the node goes on
+            self._internal_error(f"handshake message type {kind:#04x}", exc)
 
     def _rate_ok(self, endpoint: Endpoint, now: float) -> bool:
-        bucket = self._rate.get(endpoint[0])
+        host = endpoint[0]
+        bucket = self._rate.get(host)
         if bucket is None:
             if len(self._rate) >= RATE_LIMIT_TABLE_SIZE:
-                self._rate.clear()  # crude but bounded; legitimate peers refill at once
-            bucket = self._rate[endpoint[0]] = _TokenBucket(now)
+                self._rate.popitem(last=False)
+            bucket = self._rate[host] = _TokenBucket(now)
+        else:
+            self._rate.move_to_end(host)
         return bucket.take(now)
 
     def _on_init(self, datagram: bytes, endpoint: Endpoint, now: float) -> None:
+        # Cheapest checks first; nothing changes until the init is known to be genuine and fresh.
         if not self._rate_ok(endpoint, now):
             self._drop("rate_limited")
             return
@@ -277,65 +590,99 @@ class Node:
         if init.responder_address != self.address:
             self._drop("not_for_us")
             return
-        if not self.is_allowed(init.initiator_address):
+        handshake.check_init_addresses(self.identity, init)
+        address = init.initiator_address
+        if not self.is_allowed(address):
             self._drop("whitelist")
             return
-        peer = self.ensure_peer(init.initiator_address)
-        if peer is None:
-            self._drop("too_many_peers")
+        if not handshake.init_key_matches(init):
+            self._drop("auth")
             return
-        if init.timestamp_ns <= peer.last_init_timestamp:
+        peer = self.peers.get(address)
+        pending = self._pending_of(address)
+        if pending is not None and pending.state.init_bytes == datagram:
+            self.outbox.append((endpoint, pending.state.response_bytes))  # retransmitted init: same answer
+            return
+        floor = max(peer.last_init_timestamp if peer else -1, pending.state.timestamp_ns if pending else -1)
+        if init.timestamp_ns <= floor:
             self._drop("stale_init")
             return
-        pending = peer.responder
-        if pending is not None and pending.timestamp_ns == init.timestamp_ns and pending.remote_index == (
-            init.sender_index
-        ):
-            self.outbox.append((endpoint, pending.response_bytes))  # retransmitted init: same answer
+        if not handshake.init_signature_valid(init):
+            self._drop("auth")
             return
-        if peer.initiation is not None:
-            # Simultaneous open: the lower address keeps its initiation, the higher one answers.
-            if self.address < peer.address:
+        # Authenticated and fresh: the peer really sent this, just now.
+        if peer is not None:
+            peer.last_init_timestamp = init.timestamp_ns
+            peer.last_activity = now
+            if peer.initiation is not None and self.address < address:
+                # Simultaneous open: the lower address keeps its own initiation and the higher one answers
+                # it. The peer evidently sends from here, so our init goes here too (without forgetting
+                # where it already goes).
                 self._drop("simultaneous_open")
-                if endpoint != peer.initiation_endpoint:
-                    # Their init came from elsewhere than where ours went (a stale endpoint, a restarted peer
-                    # on a new port): the peer is reachable there, so send our init there too.
-                    peer.initiation_endpoint = endpoint
+                self._learn(peer, endpoint, CandidateSource.LEARNED, now, verified=True)
+                if endpoint not in peer.initiation_endpoints:
+                    peer.initiation_endpoints.append(endpoint)
                     self.outbox.append((endpoint, peer.initiation.init_bytes))
                 return
-            self._abandon_initiation(peer)
-        response, state = handshake.respond(self.identity, datagram, self._new_index(), self._ephemeral())
-        if peer.responder is not None:
-            self._responders.pop(peer.responder.local_index, None)
-        peer.responder = state
-        peer.responder_started = now
-        self._responders[state.local_index] = peer
+        # (The higher address keeps its own initiation too: it is dropped when a session is installed.)
+        response, state = handshake.respond_verified(
+            self.identity, init, datagram, self._new_index(), self._ephemeral()
+        )
+        self._forget_pending(address)
+        if len(self._responders) >= MAX_PENDING_RESPONSES:
+            _, oldest = self._responders.popitem(last=False)
+            self._responder_of.pop(oldest.state.peer_address, None)
+            self.control_counters["pending_responses_evicted"] += 1
+        self._responders[state.local_index] = _Pending(state, now)
+        self._responder_of[address] = state.local_index
         self.outbox.append((endpoint, response))
+
+    def _pending_of(self, address: bytes) -> _Pending | None:
+        index = self._responder_of.get(address)
+        return None if index is None else self._responders.get(index)
+
+    def _forget_pending(self, address: bytes) -> None:
+        index = self._responder_of.pop(address, None)
+        if index is not None:
+            self._responders.pop(index, None)
 
     def _on_response(self, datagram: bytes, endpoint: Endpoint, now: float) -> None:
         receiver = int.from_bytes(datagram[8:12], "big") if len(datagram) >= 12 else -1
         peer = self._initiations.get(receiver)
-        if peer is None or peer.initiation is None:
+        if peer is None or peer.initiation is None or peer.initiation.local_index != receiver:
             self._drop("unexpected_response")
             return
         confirm, keys = handshake.finish_initiator(self.identity, peer.initiation, datagram)
-        self._initiations.pop(receiver, None)
-        peer.initiation = None
+        # Authenticated from here on.
+        self._abandon_initiation(peer)
+        if self.peers.get(peer.address) is not peer or not self.is_allowed(peer.address):
+            self._drop("whitelist")  # removed from the whitelist while the handshake ran: no session
+            return
         peer.public_key = keys.peer_public_key
-        # The confirm must leave before the queued packets _install seals: the responder knows the
-        # session index only once the confirm arrives, and drops data for an unknown index.
+        peer.last_handshake = peer.last_activity = now
+        session = Session(keys, now)
+        # The confirm must leave before any data sealed under the new keys: the responder learns the
+        # session index only from the confirm and drops data for an unknown index.
         self.outbox.append((endpoint, confirm))
-        self._install(peer, Session(keys, now), endpoint, now)
-        peer.confirm_bytes = confirm
-        peer.initiation_sent = now
-        peer.initiation_started = now
+        peer.confirm_bytes, peer.confirm_endpoint, peer.confirm_sent = confirm, endpoint, now
+        self._learn(peer, endpoint, CandidateSource.LEARNED, now, verified=True)
+        current = peer.current
+        if current is not None and current.confirmed and now - current.created_at < REJECT_AFTER_TIME:
+            # A rekey: traffic stays on the current session until the responder answers on the new one,
+            # so a lost confirm costs a retransmission, not packets.
+            if peer.next is not None:
+                self._sessions.pop(peer.next.local_index, None)
+            peer.next = session
+            self._sessions[session.local_index] = session
+        else:
+            self._install(peer, session, endpoint, now)
 
     def _on_confirm(self, datagram: bytes, endpoint: Endpoint, now: float) -> None:
         receiver = int.from_bytes(datagram[4:8], "big") if len(datagram) >= 8 else -1
-        peer = self._responders.get(receiver)
-        if peer is None or peer.responder is None:
+        pending = self._responders.get(receiver)
+        if pending is None:
             session = self._sessions.get(receiver)
-            # Only an answerable confirm spends a handshake token (last test): junk must not drain the bucket.
+            # Only an answerable confirm spends a handshake token: junk must not drain the bucket.
             if (
                 session is not None
                 and not session.is_initiator
@@ -343,89 +690,257 @@ class Node:
                 and self._rate_ok(endpoint, now)
             ):
                 # Our keepalive answering the first confirm was lost: answer the retransmit (rate-limited:
-                # the confirm is not authenticated here, so it must not become a reflector).
-                self.outbox.append((endpoint, session.seal(bytes([wire.INNER_KEEPALIVE]))))
+                # the confirm is not authenticated here, so it must not become a reflector). Nothing moves.
+                self.outbox.append((endpoint, session.seal(_KEEPALIVE)))
             else:
                 self._drop("unexpected_confirm")
             return
-        state = peer.responder
+        state = pending.state
         keys = handshake.finish_responder(state, datagram)
-        if state.timestamp_ns <= peer.last_init_timestamp:
-            self._drop("stale_init")
+        # Authenticated from here on.
+        address = state.peer_address
+        self._forget_pending(address)
+        if not self.is_allowed(address):
+            self._drop("whitelist")  # removed from the whitelist while the handshake ran: no session
             return
-        peer.last_init_timestamp = state.timestamp_ns
-        self._responders.pop(receiver, None)
-        peer.responder = None
+        peer = self._admit_peer(address, now)
+        if peer is None:
+            return
+        peer.last_init_timestamp = max(peer.last_init_timestamp, state.timestamp_ns)
         peer.public_key = keys.peer_public_key
+        peer.last_handshake = peer.last_activity = now
         session = Session(keys, now)
+        self._abandon_initiation(peer)  # a session exists now: our own (crossing) initiation is moot
+        if peer.next is not None:
+            self._sessions.pop(peer.next.local_index, None)
+            peer.next = None
         self._install(peer, session, endpoint, now)
-        self.events.append(PeerUp(peer.address, endpoint))
         # Tell the initiator we have the keys, so its session becomes confirmed at once.
-        self.outbox.append((endpoint, session.seal(bytes([wire.INNER_KEEPALIVE]))))
+        self.outbox.append((endpoint, session.seal(_KEEPALIVE)))
 
     def _install(self, peer: Peer, session: Session, endpoint: Endpoint, now: float) -> None:
+        """Make ``session`` the one traffic uses; the old one stays as *previous* for frames in flight."""
+        before = peer.path
+        old = peer.current
         if peer.previous is not None:
             self._sessions.pop(peer.previous.local_index, None)
-        peer.previous = peer.current
-        peer.previous_expires = now + PREVIOUS_SESSION_GRACE
+            peer.previous = None
+        if old is not None and old is not session:
+            peer.previous = old
+            peer.previous_expires = now + PREVIOUS_SESSION_GRACE
         self._sessions[session.local_index] = session
-        # Order matters for the lock-free data path: endpoint first, then the session.
-        peer.endpoint = endpoint
-        peer.current = session
-        peer.last_handshake = now
-        peer.last_seen = now
+        peer.route = Route(session, endpoint)
+        peer.path_alive = session.confirmed
+        peer.path_epoch += 1
+        peer.path_lost_at = None
+        peer.liveness_pings = 0
+        peer.last_handshake = peer.last_activity = now
         peer.handshake_backoff = 0.0
         peer.wants_session = False
-        peer.next_probe_at = now  # measure latency of the new path right away
-        self._learn(peer, endpoint, CandidateSource.LEARNED, now)
+        peer.next_probe_at = now  # measure the latency of the new path (and look for a better one) at once
+        self._learn(peer, endpoint, CandidateSource.LEARNED, now, verified=True)
+        route = peer.route
         while peer.pending:
-            packet = peer.pending.popleft()
-            if peer.current is session:
-                self.outbox.append(
-                    (endpoint, session.seal(wire.compress_ipv6(packet, self.address, peer.address)))
-                )
-                peer.tx_bytes += len(packet)
+            self._send_queued(peer, route, peer.pending.popleft())
+        self._announce(peer, before)
+
+    def _send_queued(self, peer: Peer, route: Route, packet: bytes) -> None:
+        datagram = route.session.seal(wire.compress_ipv6(packet, self.address, peer.address))
+        self.outbox.append((route.endpoint, datagram))
+        peer.tx_bytes_queued += len(packet)
+
+    def _announce(self, peer: Peer, before: PathKind) -> None:
+        after = peer.path
+        if before is PathKind.NONE and after is PathKind.DIRECT and peer.endpoint is not None:
+            self.events.append(PeerUp(peer.address, peer.endpoint))
 
     def _abandon_initiation(self, peer: Peer) -> None:
         if peer.initiation is not None:
             self._initiations.pop(peer.initiation.local_index, None)
         peer.initiation = None
+        peer.initiation_endpoints = []
 
-    def _learn(self, peer: Peer, endpoint: Endpoint, source: CandidateSource, now: float) -> None:
+    def _drop_route(self, peer: Peer, reason: str) -> None:
+        session = peer.current
+        if session is not None:
+            self._sessions.pop(session.local_index, None)
+        had_path = peer.path is PathKind.DIRECT
+        peer.route = None
+        peer.path_alive = False
+        peer.path_epoch += 1
+        peer.rtt_ms = None
+        peer.confirm_bytes = None
+        peer.probes.clear()
+        if had_path or (session is not None and session.confirmed):
+            self.events.append(PeerDown(peer.address, reason))
+
+    # ------------------------------------------------------------------ control loop: paths
+    def _learn(
+        self, peer: Peer, endpoint: Endpoint, source: CandidateSource, now: float, verified: bool = False
+    ) -> None:
         candidate = peer.candidates.get(endpoint)
         if candidate is None:
-            if len(peer.candidates) >= 16:
-                oldest = min(peer.candidates.values(), key=lambda c: c.last_seen)
-                del peer.candidates[oldest.endpoint]
-            peer.candidates[endpoint] = Candidate(endpoint, source, now)
+            if len(peer.candidates) >= MAX_CANDIDATES_PER_PEER and not self._evict_candidate(peer):
+                self._drop("candidate_table_full")
+                return
+            candidate = peer.candidates[endpoint] = Candidate(endpoint, source, now)
         else:
-            candidate.last_seen = now
-            if source is not CandidateSource.LEARNED:
+            candidate.last_seen = max(candidate.last_seen, now)
+            if candidate.source is not CandidateSource.STATIC and source is not CandidateSource.LEARNED:
                 candidate.source = source
+        if verified:
+            candidate.verified_at = now
 
-    # ------------------------------------------------------------------ inputs from the daemon
-    def learn_beacon(self, beacon: Beacon, endpoint: Endpoint, now: float) -> None:
-        """A verified beacon arrived from ``endpoint``: remember it as a way to reach the peer."""
-        if beacon.address == self.address:
+    def _evict_candidate(self, peer: Peer) -> bool:
+        """Make room for one candidate: never the endpoint in use, one being tried, or a static one; the
+        unverified before the verified, the oldest first."""
+        keep = {peer.endpoint, peer.confirm_endpoint, *peer.initiation_endpoints}
+        victims = [
+            c
+            for c in peer.candidates.values()
+            if c.endpoint not in keep and c.source is not CandidateSource.STATIC
+        ]
+        if not victims:
+            return False
+        victim = min(victims, key=lambda c: (c.verified_at is not None, c.last_seen))
+        del peer.candidates[victim.endpoint]
+        return True
+
+    def _set_route(self, peer: Peer, endpoint: Endpoint, now: float, reason: str) -> None:
+        """Send the current session's traffic to ``endpoint``, which authenticated frames show to work."""
+        route = peer.route
+        if route is None:
             return
-        if not self.is_allowed(beacon.address) and beacon.address not in self.peers:
+        recovering = not peer.path_alive
+        lost_at = peer.path_lost_at
+        if endpoint != route.endpoint:
+            peer.route = Route(route.session, endpoint)
+        peer.path_alive = True
+        peer.path_epoch += 1
+        peer.path_lost_at = None
+        peer.liveness_pings = 0
+        if endpoint != route.endpoint or recovering:
+            peer.next_probe_at = now
+            if lost_at is not None:
+                reason = f"{reason} after {now - lost_at:.2f} s without a path"
+            self.events.append(PathChanged(peer.address, endpoint, reason))
+
+    def _path_lost(self, peer: Peer, now: float) -> None:
+        route = peer.route
+        if route is None:
+            return
+        peer.path_alive = False
+        peer.path_epoch += 1
+        peer.path_lost_at = now
+        peer.next_path_probe_at = now
+        peer.path_probe_interval = PATH_PROBE_INTERVAL
+        self.events.append(PathLost(peer.address, route.endpoint))
+
+    def _probe(self, peer: Peer, endpoint: Endpoint, purpose: ProbePurpose, now: float) -> bytes | None:
+        route = peer.route
+        if route is None:
+            return None
+        probe_id = self._random(wire.PROBE_ID_SIZE)
+        peer.probes[probe_id] = Probe(now, endpoint, purpose)
+        kind = wire.INNER_PROBE if purpose is ProbePurpose.CANDIDATE else wire.INNER_PING
+        self.outbox.append((endpoint, route.session.seal(bytes([kind]) + probe_id)))
+        return probe_id
+
+    def _unanswered_since(self, peer: Peer, route: Route) -> float | None:
+        """Since when traffic on the route has gone unanswered (data or pings sent after the last
+        authenticated frame received), or None."""
+        session = route.session
+        heard = session.last_received
+        oldest = session.first_unanswered_send if session.first_unanswered_send > heard else None
+        for probe in peer.probes.values():
+            if (
+                probe.endpoint == route.endpoint
+                and probe.purpose is not ProbePurpose.CANDIDATE
+                and probe.sent_at > heard
+                and (oldest is None or probe.sent_at < oldest)
+            ):
+                oldest = probe.sent_at
+        return oldest
+
+    def _tick_path(self, peer: Peer, route: Route, now: float) -> None:
+        """Liveness of a confirmed route: find out quickly when it stops answering, then find another."""
+        if peer.path_alive:
+            since = self._unanswered_since(peer, route)
+            if since is None:
+                peer.liveness_pings = 0
+            else:
+                rtt_s = (peer.rtt_ms or 0.0) / 1000.0
+                dead_after = max(PATH_DEAD_AFTER, PATH_QUIET_AFTER + 3 * rtt_s)
+                if now - since >= dead_after and peer.liveness_pings >= PATH_DEAD_PINGS:
+                    self._path_lost(peer, now)
+                elif now - since >= PATH_QUIET_AFTER and now >= peer.next_liveness_ping_at:
+                    self._probe(peer, route.endpoint, ProbePurpose.LIVENESS, now)
+                    peer.liveness_pings += 1
+                    peer.next_liveness_ping_at = now + PATH_PING_INTERVAL
+        if peer.path_alive:
+            if now >= peer.next_probe_at:
+                self._probe(peer, route.endpoint, ProbePurpose.LATENCY, now)
+                rank = endpoint_rank(route.endpoint)
+                better = [e for e in peer.ordered_candidates() if endpoint_rank(e) < rank]
+                for endpoint in better[:MAX_UPGRADE_PROBES]:
+                    self._probe(peer, endpoint, ProbePurpose.CANDIDATE, now)
+                peer.next_probe_at = now + LATENCY_PROBE_INTERVAL
+            return
+        if now >= peer.next_path_probe_at:
+            # No path answers: try the route's endpoint and every other candidate with the session's keys
+            # (no handshake needed); the first authenticated answer becomes the route.
+            self._probe(peer, route.endpoint, ProbePurpose.LIVENESS, now)
+            for endpoint in peer.ordered_candidates():
+                if endpoint != route.endpoint:
+                    self._probe(peer, endpoint, ProbePurpose.CANDIDATE, now)
+            lost_for = now - (peer.path_lost_at or now)
+            if lost_for >= PATH_FAST_PROBING:
+                peer.path_probe_interval = min(peer.path_probe_interval * 2, PATH_PROBE_MAX_INTERVAL)
+            peer.next_path_probe_at = now + peer.path_probe_interval
+
+    # ------------------------------------------------------------------ control loop: inputs from the daemon
+    def learn_beacon(self, beacon: Beacon, endpoint: Endpoint, now: float) -> None:
+        """A verified beacon arrived from ``endpoint``: remember it as a way to reach the peer.
+
+        Beacons are signed but can be recorded and replayed: one is believed only if its timestamp is newer
+        than the last one believed from that peer, and what it proposes is an unverified candidate, which
+        never displaces the endpoint in use nor one that answered before."""
+        address = beacon.address
+        if address == self.address:
+            return
+        peer = self.peers.get(address)
+        if not self.is_allowed(address):
             self._drop("beacon_not_whitelisted")
-            self._heard.pop(beacon.address, None)
-            self._heard[beacon.address] = (beacon, endpoint, now)
+            heard = self._heard.pop(address, None)
+            if heard is not None and beacon.timestamp_ns <= heard[0].timestamp_ns:
+                self._heard[address] = heard  # keep the newer one
+                self._drop("stale_beacon")
+                return
+            self._heard[address] = (beacon, endpoint, now)
             if len(self._heard) > MAX_HEARD_BEACONS:
                 self._heard.popitem(last=False)
             return
-        self._heard.pop(beacon.address, None)
-        peer = self.ensure_peer(beacon.address)
+        if peer is not None and beacon.timestamp_ns <= peer.last_beacon_timestamp:
+            self._drop("stale_beacon")
+            return
+        self._heard.pop(address, None)
+        peer = peer or self._admit_peer(address, now)
         if peer is None:
             return
+        peer.last_beacon_timestamp = beacon.timestamp_ns
         peer.hostname = beacon.hostname or peer.hostname
         peer.public_key = beacon.public_key
+        peer.last_activity = now
         source = CandidateSource.LINK_LOCAL if "%" in endpoint[0] else CandidateSource.LAN
         self._learn(peer, endpoint, source, now)
 
     def whitelist_changed(self, now: float) -> None:
-        """The whitelist changed: peers heard recently that are now allowed are handshaken right away."""
+        """The whitelist changed: peers no longer allowed are forgotten at once (their sessions, handshakes
+        and candidates); peers heard recently that are now allowed are handshaken right away."""
+        for address in [a for a in self.peers if not self.is_allowed(a)]:
+            self.forget_peer(address, reason="not whitelisted")
+        for address in [a for a in self._responder_of if not self.is_allowed(a)]:
+            self._forget_pending(address)
         for address in [a for a in self._heard if self.is_allowed(a)]:
             beacon, endpoint, seen = self._heard.pop(address)
             if now - seen > BEACON_CANDIDATE_TTL:
@@ -436,164 +951,193 @@ class Node:
                 peer.next_handshake_at = now
 
     def add_static_endpoint(self, address: bytes, endpoint: Endpoint, now: float) -> None:
-        peer = self.ensure_peer(address)
+        peer = self._admit_peer(address, now)
         if peer is not None:
             self._learn(peer, endpoint, CandidateSource.STATIC, now)
-            # Static endpoints never expire: keep them fresh.
-            peer.candidates[endpoint].last_seen = float("inf")
+            candidate = peer.candidates.get(endpoint)
+            if candidate is not None:
+                candidate.source = CandidateSource.STATIC
+                candidate.last_seen = float("inf")  # static endpoints never expire
 
-    def forget_peer(self, address: bytes) -> None:
-        """Drop all state of a peer (e.g. removed from the whitelist)."""
+    def forget_peer(self, address: bytes, reason: str = "forgotten") -> None:
+        """Drop all state of a peer (e.g. removed from the whitelist); its queued traffic is discarded."""
+        self._forget_pending(address)
+        self._heard.pop(address, None)
         peer = self.peers.pop(address, None)
         if peer is None:
             return
-        for session in (peer.current, peer.previous):
-            if session is not None:
-                self._sessions.pop(session.local_index, None)
+        had_session = peer.route is not None
+        for session in peer.sessions():
+            self._sessions.pop(session.local_index, None)
         self._abandon_initiation(peer)
-        if peer.responder is not None:
-            self._responders.pop(peer.responder.local_index, None)
-        peer.current = peer.previous = None
-        self.events.append(PeerDown(address, "forgotten"))
+        peer.route = peer.next = peer.previous = None
+        peer.path_alive = False
+        peer.pending.clear()
+        if had_session:
+            self.events.append(PeerDown(address, reason))
 
     def ping(self, address: bytes, now: float) -> bytes | None:
         """Send an on-demand probe; returns its id, or None when there is no session."""
         peer = self.peers.get(address)
-        if peer is None or peer.current is None or peer.endpoint is None:
+        if peer is None or peer.route is None:
             if peer is not None and self.is_allowed(address):
                 peer.wants_session = True
             return None
-        return self._probe(peer, now, on_demand=True)
+        return self._probe(peer, peer.route.endpoint, ProbePurpose.ON_DEMAND, now)
 
-    def _probe(self, peer: Peer, now: float, on_demand: bool = False) -> bytes | None:
-        session, endpoint = peer.current, peer.endpoint
-        if session is None or endpoint is None:
-            return None
-        probe_id = self._random(wire.PROBE_ID_SIZE)
-        peer.probes[probe_id] = (now, on_demand)
-        self.outbox.append((endpoint, session.seal(bytes([wire.INNER_PING]) + probe_id)))
-        return probe_id
+    def network_changed(self, now: float) -> None:
+        """This host's addresses or links changed: tell every peer where we are now (an authenticated
+        keepalive from our new source moves its endpoint), and re-check every path at once."""
+        for peer in self.peers.values():
+            route = peer.route
+            if route is None or not route.session.confirmed:
+                continue
+            self.outbox.append((route.endpoint, route.session.seal(_KEEPALIVE)))
+            if peer.path_alive:
+                peer.next_probe_at = now
+            else:
+                peer.path_lost_at = now  # probe fast again, as right after the loss
+                peer.path_probe_interval = PATH_PROBE_INTERVAL
+                peer.next_path_probe_at = now
 
-    # ------------------------------------------------------------------ timers
+    # ------------------------------------------------------------------ control loop: timers
     def tick(self, now: float) -> None:
         """Run every timer that is due: retries, rekeys, probes, expiry. Call often (≤ 0.25 s apart)."""
         for peer in list(self.peers.values()):
-            self._tick_peer(peer, now)
+            try:
+                self._tick_peer(peer, now)
+            except Exception as exc:  # a bug: this peer's timers wait for the next tick, the others run
+                self._internal_error("timers of one peer", exc)
+        for index, pending in list(self._responders.items()):
+            if now - pending.started > HANDSHAKE_TIMEOUT:
+                del self._responders[index]
+                if self._responder_of.get(pending.state.peer_address) == index:
+                    del self._responder_of[pending.state.peer_address]
 
     def _tick_peer(self, peer: Peer, now: float) -> None:
-        allowed = self.is_allowed(peer.address)
         if peer.previous is not None and now >= peer.previous_expires:
             self._sessions.pop(peer.previous.local_index, None)
             peer.previous = None
+        keep = {peer.endpoint, *peer.initiation_endpoints}
         for endpoint, candidate in list(peer.candidates.items()):
-            if now - candidate.last_seen > BEACON_CANDIDATE_TTL and endpoint != peer.endpoint:
+            if now - candidate.last_seen > BEACON_CANDIDATE_TTL and endpoint not in keep:
                 del peer.candidates[endpoint]
-        for probe_id, (sent, _) in list(peer.probes.items()):
-            if now - sent > PROBE_TIMEOUT:
+        for probe_id, probe in list(peer.probes.items()):
+            if now - probe.sent_at > PROBE_TIMEOUT:
                 del peer.probes[probe_id]
-        if peer.responder is not None and now - peer.responder_started > HANDSHAKE_TIMEOUT:
-            self._responders.pop(peer.responder.local_index, None)
-            peer.responder = None
 
-        session = peer.current
-        if session is not None:
-            age = now - session.created_at
-            idle = now - session.last_received
-            if not allowed or age >= REJECT_AFTER_TIME or idle >= SESSION_IDLE_TIMEOUT:
-                if not allowed:
-                    reason = "not whitelisted"
-                else:
-                    reason = "expired" if idle < SESSION_IDLE_TIMEOUT else "idle"
-                self._sessions.pop(session.local_index, None)
-                peer.current = None
-                peer.endpoint = None
-                peer.rtt_ms = None
-                self.events.append(PeerDown(peer.address, reason))
-                session = None
-            elif not session.confirmed:
-                if now - peer.initiation_started > HANDSHAKE_TIMEOUT:
-                    self._sessions.pop(session.local_index, None)
-                    peer.current = None
-                    peer.confirm_bytes = None
-                    session = None
-                elif peer.confirm_bytes and now - peer.initiation_sent >= HANDSHAKE_RETRY_INTERVAL:
-                    assert peer.endpoint is not None
-                    self.outbox.append((peer.endpoint, peer.confirm_bytes))
-                    peer.initiation_sent = now
-
-        if not allowed:
-            self._abandon_initiation(peer)
-            peer.pending.clear()
+        if not self.is_allowed(peer.address):
+            # The whitelist changed without whitelist_changed() (the callable is live): same outcome.
+            self.forget_peer(peer.address, reason="not whitelisted")
             return
 
-        if session is not None and session.confirmed:
-            if now >= peer.next_probe_at:
-                self._probe(peer, now)
-                peer.next_probe_at = now + LATENCY_PROBE_INTERVAL
-            rekey_at = REKEY_AFTER_TIME if session.is_initiator else REKEY_AFTER_TIME + 2 * HANDSHAKE_TIMEOUT
-            stale_path = now - session.last_received >= PATH_DEAD_AFTER
-            if peer.initiation is not None:
-                # A rekey (or path probe) init can be lost too: retransmit it, or give up and retry later.
-                self._continue_initiation(peer, now)
-            elif (
-                now - session.created_at >= rekey_at
-                or session.sent_messages >= REKEY_AFTER_MESSAGES
-                or (stale_path and now >= peer.next_handshake_at)
-            ):
-                self._initiate(peer, now, rotate=stale_path)
+        self._expire_sessions(peer, now)
+        route = peer.route
+        if route is not None and route.session.confirmed:
+            self._tick_path(peer, route, now)
+            self._tick_rekey(peer, route, now)
             return
-
         # No usable session: handshake when someone wants traffic or the peer is a known fleet member.
         if peer.initiation is not None:
             self._continue_initiation(peer, now)
+        elif route is None and peer.candidates and now >= peer.next_handshake_at:
+            self._initiate(peer, now)
+        elif route is None and not self._pinned(peer) and now - peer.last_activity > PEER_FORGET_AFTER:
+            self.forget_peer(peer.address, reason="forgotten (nothing heard)")
+            self.control_counters["peers_expired"] += 1
+
+    def _expire_sessions(self, peer: Peer, now: float) -> None:
+        route = peer.route
+        if route is not None:
+            session = route.session
+            idle = now - session.last_received
+            if now - session.created_at >= REJECT_AFTER_TIME or idle >= SESSION_IDLE_TIMEOUT:
+                self._drop_route(peer, "idle" if idle >= SESSION_IDLE_TIMEOUT else "expired")
+            elif not session.confirmed and now - session.created_at > HANDSHAKE_TIMEOUT:
+                self._drop_route(peer, "handshake not confirmed")
+        if peer.next is not None and now - peer.next.created_at > HANDSHAKE_TIMEOUT:
+            self._sessions.pop(peer.next.local_index, None)
+            peer.next = None
+            peer.confirm_bytes = None
+            self._back_off(peer, now)
+        if (
+            peer.confirm_bytes is not None
+            and peer.confirm_endpoint is not None
+            and now - peer.confirm_sent >= HANDSHAKE_RETRY_INTERVAL
+        ):
+            self.outbox.append((peer.confirm_endpoint, peer.confirm_bytes))
+            peer.confirm_sent = now
+
+    def _tick_rekey(self, peer: Peer, route: Route, now: float) -> None:
+        session = route.session
+        if peer.initiation is not None:
+            # A rekey init can be lost too: retransmit it, or give up and retry later.
+            self._continue_initiation(peer, now)
             return
-        if peer.candidates and now >= peer.next_handshake_at and session is None:
-            self._initiate(peer, now, rotate=True)
+        if peer.next is not None:
+            return  # a new session waits for the responder's first frame
+        rekey_at = REKEY_AFTER_TIME if session.is_initiator else REKEY_AFTER_TIME + 2 * HANDSHAKE_TIMEOUT
+        # The session's probes get no answer anywhere: the peer may have restarted and lost the keys.
+        lost_for = now - peer.path_lost_at if peer.path_lost_at is not None else 0.0
+        if (
+            now - session.created_at >= rekey_at
+            or session.sent_messages >= REKEY_AFTER_MESSAGES
+            or (lost_for >= PATH_HANDSHAKE_AFTER and now >= peer.next_handshake_at)
+        ):
+            self._initiate(peer, now)
+
+    def _back_off(self, peer: Peer, now: float) -> None:
+        peer.handshake_backoff = min(
+            max(peer.handshake_backoff * 2, HANDSHAKE_RETRY_INTERVAL), HANDSHAKE_RETRY_MAX_INTERVAL
+        )
+        peer.next_handshake_at = now + peer.handshake_backoff
 
     def _continue_initiation(self, peer: Peer, now: float) -> None:
         """Retransmit a pending init, or abandon it after HANDSHAKE_TIMEOUT and back off."""
         assert peer.initiation is not None
         if now - peer.initiation_started > HANDSHAKE_TIMEOUT:
             self._abandon_initiation(peer)
-            peer.handshake_backoff = min(
-                max(peer.handshake_backoff * 2, HANDSHAKE_RETRY_INTERVAL), HANDSHAKE_RETRY_MAX_INTERVAL
-            )
-            peer.next_handshake_at = now + peer.handshake_backoff
+            self._back_off(peer, now)
         elif now - peer.initiation_sent >= HANDSHAKE_RETRY_INTERVAL:
-            assert peer.initiation_endpoint is not None
-            self.outbox.append((peer.initiation_endpoint, peer.initiation.init_bytes))
+            for endpoint in peer.initiation_endpoints:
+                self.outbox.append((endpoint, peer.initiation.init_bytes))
             peer.initiation_sent = now
 
-    def _initiate(self, peer: Peer, now: float, rotate: bool) -> None:
-        endpoints = peer.ordered_candidates()
-        if not endpoints:
+    def _initiate(self, peer: Peer, now: float) -> None:
+        """Start a handshake over the peer's best candidates at once (the first answer wins)."""
+        targets = peer.ordered_candidates()
+        route = peer.route
+        if route is not None and peer.path_alive:
+            targets = [route.endpoint] + [e for e in targets if e != route.endpoint]
+        targets = targets[:MAX_INIT_TARGETS]
+        if not targets:
             return
-        if rotate:
-            endpoint = endpoints[peer.candidate_cursor % len(endpoints)]
-            peer.candidate_cursor += 1
-        else:
-            endpoint = peer.endpoint if peer.endpoint in peer.candidates else endpoints[0]
-        assert endpoint is not None
         data, state = handshake.start(
             self.identity, peer.address, self._new_index(), self._timestamp_ns(now), self._ephemeral()
         )
         peer.initiation = state
-        peer.initiation_endpoint = endpoint
-        peer.initiation_started = now
-        peer.initiation_sent = now
+        peer.initiation_endpoints = targets
+        peer.initiation_started = peer.initiation_sent = now
         peer.next_handshake_at = now + HANDSHAKE_TIMEOUT
         self._initiations[state.local_index] = peer
-        self.outbox.append((endpoint, data))
+        for endpoint in targets:
+            self.outbox.append((endpoint, data))
 
     def next_timer(self, now: float) -> float:
-        """Latest time by which ``tick`` should run again."""
-        deadline = now + 1.0
+        """Latest time by which ``tick`` should run again (also when the data plane posted nothing: the
+        dead-path check reads timestamps the send thread writes)."""
+        if self.has_posted():
+            return now
         for peer in self.peers.values():
-            if peer.wants_session or peer.initiation is not None or (
-                peer.current is not None and not peer.current.confirmed
+            route = peer.route
+            if (
+                peer.initiation is not None
+                or peer.wants_session
+                or peer.next is not None
+                or (route is not None and (not route.session.confirmed or not peer.path_alive))
             ):
-                deadline = min(deadline, now + 0.05)
-        return deadline
+                return now + 0.05
+        return now + 0.1
 
     # ------------------------------------------------------------------ status
     def path_of(self, address: bytes) -> PathKind:

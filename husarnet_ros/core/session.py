@@ -4,9 +4,15 @@ Data frames are sealed with XChaCha20-Poly1305 (libsodium) under a random 192-bi
 the 16-byte header (type, receiver index, counter) is the associated data, and the counter
 feeds the replay window.
 
-Thread-safety: ``seal`` may run in one thread while ``open_`` runs in another (the counter is an
-``itertools.count``, whose ``next`` is atomic under the GIL; the replay window is touched only
-by ``open_``). libsodium releases the GIL, so the two directions encrypt in parallel.
+Who writes what (the daemon runs a send thread, a receive thread and the control loop):
+
+- ``seal`` may run in any thread: the counter is an ``itertools.count``, whose ``next`` is atomic under
+  the GIL, so no two frames share a counter. ``sent_messages`` is written by every sealer and may lag by
+  the frames being sealed at that instant (it only feeds the rekey-after-messages threshold).
+- ``open_``, ``replay`` and ``last_received`` belong to the receive thread.
+- ``last_sent`` and ``first_unanswered_send`` belong to the send thread (data frames only).
+- ``confirmed`` belongs to the control loop.
+libsodium releases the GIL, so the two directions encrypt in parallel.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from nacl.exceptions import CryptoError
 
 from . import wire
 from .constants import REJECT_AFTER_MESSAGES
-from .errors import ProtocolError
+from .errors import AuthenticationError, ProtocolError, ReplayError
 from .handshake import SessionKeys
 from .replay import ReplayWindow
 
@@ -32,8 +38,10 @@ class Session:
         "_counter",
         "_receive_key",
         "_send_key",
+        "confirm_posted",
         "confirmed",
         "created_at",
+        "first_unanswered_send",
         "is_initiator",
         "last_received",
         "last_sent",
@@ -56,6 +64,10 @@ class Session:
         self.created_at = now
         self.last_received = now
         self.last_sent = now
+        # The first data frame sent after the last authenticated frame received: how long traffic has gone
+        # unanswered (the control loop's dead-path detection). Not later than last_received: nothing pending.
+        self.first_unanswered_send = now
+        self.confirm_posted = False  # the receive thread told the control loop this session works
         self.sent_messages = 0
         # The responder knows the initiator has the keys (it verified the confirm); the
         # initiator knows the responder has them only when a frame from it authenticates.
@@ -76,7 +88,7 @@ class Session:
         """The inner frame of ``datagram``; ProtocolError if forged, corrupt, replayed or too old."""
         _, counter = wire.decode_data_header(datagram)
         if not self.replay.check(counter):
-            raise ProtocolError("replayed or too old data frame")
+            raise ReplayError("replayed or too old data frame")
         try:
             inner = crypto_aead_xchacha20poly1305_ietf_decrypt(
                 datagram[wire.DATA_HEADER_SIZE :],
@@ -85,9 +97,9 @@ class Session:
                 self._receive_key,
             )
         except CryptoError:  # a bad tag
-            raise ProtocolError("data frame failed authentication") from None
+            raise AuthenticationError("data frame failed authentication") from None
         if not self.replay.accept(counter):
-            raise ProtocolError("replayed data frame")
+            raise ReplayError("replayed data frame")
         if not inner:
             raise ProtocolError("empty inner frame")
         return bytes(inner)

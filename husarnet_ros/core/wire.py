@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the init is signed by the initiator (version 1's was not)
 
 MSG_HANDSHAKE_INIT = 0x01
 MSG_HANDSHAKE_RESPONSE = 0x02
@@ -23,9 +23,11 @@ MAC_SIZE = 16
 NONCE_SIZE = 24
 TAG_SIZE = 16
 
-# --- handshake init: type ver rsv(2) sender_index timestamp_ns initiator_addr responder_addr ephemeral
-_INIT = struct.Struct("!BBHIQ16s16s32s")
-INIT_SIZE = _INIT.size  # 80
+# --- handshake init: type ver rsv(2) sender_index timestamp_ns initiator_addr responder_addr ephemeral pubkey
+#     | signature (by pubkey, over everything before it)
+_INIT_SIGNED = struct.Struct("!BBHIQ16s16s32s32s")
+INIT_SIGNED_SIZE = _INIT_SIGNED.size  # 112
+INIT_SIZE = INIT_SIGNED_SIZE + SIGNATURE_SIZE  # 176
 # --- handshake response: type ver rsv(2) sender_index receiver_index ephemeral pubkey | signature mac
 _RESPONSE_SIGNED = struct.Struct("!BBHII32s32s")
 RESPONSE_SIGNED_SIZE = _RESPONSE_SIGNED.size  # 76
@@ -46,6 +48,7 @@ INNER_IPV6_COMPRESSED = 0x01  # IPv6 header without addresses (peer -> me implie
 INNER_KEEPALIVE = 0x02
 INNER_PING = 0x03  # 8-byte probe id
 INNER_PONG = 0x04  # echoes the 8-byte probe id
+INNER_PROBE = 0x05  # 8-byte probe id; answered like a ping, but never moves the receiver's endpoint
 PROBE_ID_SIZE = 8
 
 IPV6_HEADER_SIZE = 40
@@ -58,9 +61,11 @@ class HandshakeInit:
     initiator_address: bytes
     responder_address: bytes
     ephemeral: bytes
+    public_key: bytes
+    signature: bytes
 
-    def encode(self) -> bytes:
-        return _INIT.pack(
+    def signed_part(self) -> bytes:
+        return _INIT_SIGNED.pack(
             MSG_HANDSHAKE_INIT,
             PROTOCOL_VERSION,
             0,
@@ -69,7 +74,11 @@ class HandshakeInit:
             self.initiator_address,
             self.responder_address,
             self.ephemeral,
+            self.public_key,
         )
+
+    def encode(self) -> bytes:
+        return self.signed_part() + self.signature
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +134,8 @@ def _check_header(data: bytes, expected_type: int, size: int, name: str) -> None
 
 def decode_init(data: bytes) -> HandshakeInit:
     _check_header(data, MSG_HANDSHAKE_INIT, INIT_SIZE, "handshake init")
-    _, _, _, sender, ts, init_addr, resp_addr, eph = _INIT.unpack(data)
-    return HandshakeInit(sender, ts, init_addr, resp_addr, eph)
+    _, _, _, sender, ts, init_addr, resp_addr, eph, pub = _INIT_SIGNED.unpack_from(data)
+    return HandshakeInit(sender, ts, init_addr, resp_addr, eph, pub, bytes(data[INIT_SIGNED_SIZE:]))
 
 
 def decode_response(data: bytes) -> HandshakeResponse:

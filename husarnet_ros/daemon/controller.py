@@ -7,7 +7,7 @@ The coroutine methods (``ping``, ``wait_ready``, ``wait_peer``) run on the contr
 daemon's state lives on another event loop, hop there with ``daemon.control.run_on_loop(loop, coro)``.
 
 Errors: raise the ``ControllerError`` subclasses below with a message meant for the user; the server turns
-them into HTTP 404/409/422/503 with ``{"error": message}``. An ``AddressError`` counts as InvalidRequest.
+them into HTTP 404/409/422/503/507 with ``{"error": message}``. An ``AddressError`` counts as InvalidRequest.
 """
 
 from __future__ import annotations
@@ -40,6 +40,12 @@ class Conflict(ControllerError):
     """The request contradicts current state (e.g. a host name already bound to another address)."""
 
     http_status = 409
+
+
+class StorageError(ControllerError):
+    """The change could not be saved (full disk, read-only state directory): nothing was changed."""
+
+    http_status = 507
 
 
 class NotReady(ControllerError):

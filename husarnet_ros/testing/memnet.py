@@ -2,6 +2,8 @@
 
 Each node gets a fake endpoint; ``run`` moves datagrams from outboxes to receivers until the
 network is quiet, optionally through a ``tamper`` hook that can drop, duplicate or rewrite them.
+A datagram reaches a node as it would in the daemon: through ``Node.receive`` (the receive thread),
+then ``Node.process_posted`` (the control loop), so the hand-over between the two is exercised too.
 """
 
 from __future__ import annotations
@@ -9,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from husarnet_ros.core import wire
 from husarnet_ros.core.identity import Identity
-from husarnet_ros.core.node import Node
+from husarnet_ros.core.node import InternalError, Node
 from husarnet_ros.core.peer import Endpoint
 
 Tamper = Callable[[Endpoint, Endpoint, bytes], list[bytes]]
@@ -25,13 +26,16 @@ class MemNet:
     log: list[tuple[Endpoint, Endpoint, bytes]] = field(default_factory=list)
     allowed: dict[Endpoint, set[bytes]] = field(default_factory=dict)
 
-    def add(self, identity: Identity | None = None, whitelist_all: bool = True) -> tuple[Node, Endpoint]:
-        endpoint = (f"198.18.0.{10 + len(self.nodes)}", 5582)
+    def add(
+        self, identity: Identity | None = None, whitelist_all: bool = True, endpoint: Endpoint | None = None
+    ) -> tuple[Node, Endpoint]:
+        endpoint = endpoint or (f"198.18.0.{10 + len(self.nodes)}", 5582)
         allowed: set[bytes] = set()
         self.allowed[endpoint] = allowed
         node = Node(
             identity or Identity.generate(),
             (lambda _addr: True) if whitelist_all else allowed.__contains__,
+            is_pinned=allowed.__contains__,
             wall_offset_ns=1_700_000_000 * 10**9,
         )
         self.nodes[endpoint] = node
@@ -48,23 +52,30 @@ class MemNet:
         self.log.append((src, dst, data))
         if node is None:
             return
-        if data and data[0] == wire.MSG_DATA:
-            packet = node.receive_data(data, src, self.now)
-            if packet is not None:
-                self.delivered[dst].append(packet)
-        else:
-            node.receive_control(data, src, self.now)
+        packet = node.receive(data, src, self.now)
+        if packet is not None:
+            self.delivered[dst].append(packet)
+        node.process_posted(self.now)
+        self.check(node)
+
+    @staticmethod
+    def check(node: Node) -> None:
+        """A node reports bugs as events and goes on (the daemon logs them); in tests they fail at once."""
+        for event in node.events:
+            if isinstance(event, InternalError):
+                raise AssertionError(f"node hit a bug in {event.where}") from event.error
 
     def flush(self, tamper: Tamper | None = None, max_rounds: int = 100) -> None:
         """Deliver everything queued, repeatedly, until no node has anything to send."""
         for _ in range(max_rounds):
             moved = False
             for src, node in list(self.nodes.items()):
-                while node.outbox:
-                    dst, data = node.outbox.popleft()
-                    moved = True
-                    for out in tamper(src, dst, data) if tamper else [data]:
-                        self.deliver(src, dst, out)
+                for queue in (node.replies, node.outbox):
+                    while queue:
+                        dst, data = queue.popleft()
+                        moved = True
+                        for out in tamper(src, dst, data) if tamper else [data]:
+                            self.deliver(src, dst, out)
             if not moved:
                 return
         raise AssertionError("network did not settle")
@@ -75,7 +86,9 @@ class MemNet:
         while self.now < end:
             self.now = min(end, self.now + step)
             for node in self.nodes.values():
+                node.process_posted(self.now)
                 node.tick(self.now)
+                self.check(node)
             self.flush(tamper)
 
     def send(self, src: Endpoint, packet: bytes, tamper: Tamper | None = None) -> None:
@@ -83,6 +96,7 @@ class MemNet:
         out = node.send(packet, self.now)
         if out is not None:
             node.outbox.append(out)
+        node.process_posted(self.now)
         self.flush(tamper)
 
 

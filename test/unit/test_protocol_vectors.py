@@ -1,4 +1,4 @@
-"""Protocol test vectors (test/unit/vectors/handshake_v1.json, also printed in docs/PROTOCOL.md).
+"""Protocol test vectors (test/unit/vectors/handshake_v2.json, also printed in docs/PROTOCOL.md).
 
 Three checks:
 1. the core, fed the vectors' fixed inputs, produces every vector byte for byte;
@@ -33,7 +33,7 @@ from husarnet_ros.core.errors import ProtocolError
 from husarnet_ros.core.identity import Identity
 from husarnet_ros.core.session import Session
 
-VECTORS_PATH = Path(__file__).resolve().parent / "vectors" / "handshake_v1.json"
+VECTORS_PATH = Path(__file__).resolve().parent / "vectors" / "handshake_v2.json"
 PROTOCOL_MD = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
 
 # Fixed inputs. The identity seeds are the first sha256(label || counter) that pass the proof of work
@@ -76,7 +76,7 @@ def compute_vectors(initiator_seed: bytes, responder_seed: bytes) -> dict[str, A
     ciphertext = crypto_aead_xchacha20poly1305_ietf_encrypt(inner, header, DATA_NONCE, i_keys.send_key)
     th2 = r_state.th3_prefix[:32]
     return {
-        "description": "husarnet_ros protocol v1 test vectors; all byte strings are hex",
+        "description": "husarnet_ros protocol v2 test vectors; all byte strings are hex",
         "initiator": {
             "seed": initiator_seed.hex(),
             "public_key": initiator.public_key.hex(),
@@ -174,46 +174,50 @@ def test_messages_transcript_and_keys_match_an_independent_implementation() -> N
     i_eph = crypto_scalarmult_base(bytes.fromhex(inputs["initiator_ephemeral_private"]))
     r_eph = crypto_scalarmult_base(bytes.fromhex(inputs["responder_ephemeral_private"]))
 
-    # init: type 1, version 1, reserved, sender index, timestamp, initiator addr, responder addr, ephemeral
-    assert init == (
-        b"\x01\x01\x00\x00"
+    # init: type 1, version 2, reserved, sender index, timestamp, initiator addr, responder addr, ephemeral,
+    # pubkey | signature by pubkey over the label and all that
+    assert init[:112] == (
+        b"\x01\x02\x00\x00"
         + inputs["initiator_index"].to_bytes(4, "big")
         + inputs["timestamp_ns"].to_bytes(8, "big")
         + i_addr
         + r_addr
         + i_eph
+        + i_pub
     )
-    # response: type 2, version 1, reserved, sender (responder) index, receiver index, ephemeral, pubkey
+    assert len(init) == 176
+    VerifyKey(i_pub).verify(b"husarnet_ros v2 init signature" + init[:112], init[112:])
+    # response: type 2, version 2, reserved, sender (responder) index, receiver index, ephemeral, pubkey
     assert response[:76] == (
-        b"\x02\x01\x00\x00"
+        b"\x02\x02\x00\x00"
         + inputs["responder_index"].to_bytes(4, "big")
         + inputs["initiator_index"].to_bytes(4, "big")
         + r_eph
         + r_pub
     )
-    # confirm: type 3, version 1, reserved, receiver (responder) index, pubkey | sig mac
-    assert confirm[:40] == b"\x03\x01\x00\x00" + inputs["responder_index"].to_bytes(4, "big") + i_pub
+    # confirm: type 3, version 2, reserved, receiver (responder) index, pubkey | sig mac
+    assert confirm[:40] == b"\x03\x02\x00\x00" + inputs["responder_index"].to_bytes(4, "big") + i_pub
 
     shared = crypto_scalarmult(bytes.fromhex(inputs["responder_ephemeral_private"]), i_eph)
     assert shared == crypto_scalarmult(bytes.fromhex(inputs["initiator_ephemeral_private"]), r_eph)
     assert shared.hex() == schedule["shared_secret"]
 
-    th2 = _blake2b(init + response[:76], b"hr1-th2")
+    th2 = _blake2b(init + response[:76], b"hr2-th2")
     assert th2.hex() == schedule["th2"]
-    handshake_key = _blake2b(th2, b"hr1-hs-key", key=shared)
+    handshake_key = _blake2b(th2, b"hr2-hs-key", key=shared)
     assert handshake_key.hex() == schedule["handshake_key"]
     r_sig, r_mac = response[76:140], response[140:156]
-    VerifyKey(r_pub).verify(b"husarnet_ros v1 responder signature" + th2, r_sig)
-    assert r_mac == _blake2b(b"R" + th2 + r_sig, b"hr1-mac", key=handshake_key, size=16)
+    VerifyKey(r_pub).verify(b"husarnet_ros v2 responder signature" + th2, r_sig)
+    assert r_mac == _blake2b(b"R" + th2 + r_sig, b"hr2-mac", key=handshake_key, size=16)
 
-    th3 = _blake2b(th2 + r_sig + r_mac + confirm[:40], b"hr1-th3")
+    th3 = _blake2b(th2 + r_sig + r_mac + confirm[:40], b"hr2-th3")
     i_sig, i_mac = confirm[40:104], confirm[104:120]
-    VerifyKey(i_pub).verify(b"husarnet_ros v1 initiator signature" + th3, i_sig)
-    assert i_mac == _blake2b(b"I" + th3 + i_sig, b"hr1-mac", key=handshake_key, size=16)
+    VerifyKey(i_pub).verify(b"husarnet_ros v2 initiator signature" + th3, i_sig)
+    assert i_mac == _blake2b(b"I" + th3 + i_sig, b"hr2-mac", key=handshake_key, size=16)
 
-    th4 = _blake2b(th3 + i_sig + i_mac, b"hr1-th4")
-    assert _blake2b(b"i2r" + th4, b"hr1-traffic", key=shared).hex() == schedule["initiator_to_responder_key"]
-    assert _blake2b(b"r2i" + th4, b"hr1-traffic", key=shared).hex() == schedule["responder_to_initiator_key"]
+    th4 = _blake2b(th3 + i_sig + i_mac, b"hr2-th4")
+    assert _blake2b(b"i2r" + th4, b"hr2-traffic", key=shared).hex() == schedule["initiator_to_responder_key"]
+    assert _blake2b(b"r2i" + th4, b"hr2-traffic", key=shared).hex() == schedule["responder_to_initiator_key"]
 
 
 def test_data_frame_matches_an_independent_implementation() -> None:

@@ -20,7 +20,8 @@ def b(n: int) -> st.SearchStrategy[bytes]:
 
 
 def test_sizes_are_the_documented_ones() -> None:
-    assert wire.INIT_SIZE == 80
+    assert wire.INIT_SIGNED_SIZE == 112
+    assert wire.INIT_SIZE == 176
     assert wire.RESPONSE_SIGNED_SIZE == 76
     assert wire.RESPONSE_SIZE == 156
     assert wire.CONFIRM_SIGNED_SIZE == 40
@@ -30,23 +31,30 @@ def test_sizes_are_the_documented_ones() -> None:
     assert wire.DATA_MIN_SIZE == 57
     assert (wire.MSG_HANDSHAKE_INIT, wire.MSG_HANDSHAKE_RESPONSE, wire.MSG_HANDSHAKE_CONFIRM) == (1, 2, 3)
     assert wire.MSG_DATA == 4
-    assert wire.PROTOCOL_VERSION == 1
+    assert wire.PROTOCOL_VERSION == 2
 
 
 # --------------------------------------------------------------------------- init
 @settings(max_examples=50)
-@given(sender=u32, ts=u64, ia=b(16), ra=b(16), eph=b(32))
-def test_init_round_trip_and_layout(sender: int, ts: int, ia: bytes, ra: bytes, eph: bytes) -> None:
-    message = wire.HandshakeInit(sender, ts, ia, ra, eph)
+@given(sender=u32, ts=u64, ia=b(16), ra=b(16), eph=b(32), pub=b(32), sig=b(64))
+def test_init_round_trip_and_layout(
+    sender: int, ts: int, ia: bytes, ra: bytes, eph: bytes, pub: bytes, sig: bytes
+) -> None:
+    message = wire.HandshakeInit(sender, ts, ia, ra, eph, pub, sig)
     data = message.encode()
     assert len(data) == wire.INIT_SIZE
-    assert data[:4] == b"\x01\x01\x00\x00"
+    assert data[:4] == b"\x01\x02\x00\x00"
     assert data[4:8] == struct.pack("!I", sender)
     assert data[8:16] == struct.pack("!Q", ts)
     assert data[16:32] == ia
     assert data[32:48] == ra
     assert data[48:80] == eph
-    assert wire.decode_init(data) == message
+    assert data[80:112] == pub
+    assert data[112:176] == sig
+    assert message.signed_part() == data[:112]
+    decoded = wire.decode_init(data)
+    assert decoded == message
+    assert type(decoded.signature) is bytes
 
 
 # --------------------------------------------------------------------------- response
@@ -58,7 +66,7 @@ def test_response_round_trip_and_layout(
     message = wire.HandshakeResponse(sender, receiver, eph, pub, sig, mac)
     data = message.encode()
     assert len(data) == wire.RESPONSE_SIZE
-    assert data[:4] == b"\x02\x01\x00\x00"
+    assert data[:4] == b"\x02\x02\x00\x00"
     assert data[4:8] == struct.pack("!I", sender)
     assert data[8:12] == struct.pack("!I", receiver)
     assert data[12:44] == eph
@@ -79,7 +87,7 @@ def test_confirm_round_trip_and_layout(receiver: int, pub: bytes, sig: bytes, ma
     message = wire.HandshakeConfirm(receiver, pub, sig, mac)
     data = message.encode()
     assert len(data) == wire.CONFIRM_SIZE
-    assert data[:4] == b"\x03\x01\x00\x00"
+    assert data[:4] == b"\x03\x02\x00\x00"
     assert data[4:8] == struct.pack("!I", receiver)
     assert data[8:40] == pub
     assert data[40:104] == sig
@@ -91,7 +99,10 @@ def test_confirm_round_trip_and_layout(receiver: int, pub: bytes, sig: bytes, ma
 # --------------------------------------------------------------------------- malformed handshake headers
 def _valid_messages() -> dict[str, tuple[bytes, object]]:
     return {
-        "init": (wire.HandshakeInit(1, 2, bytes(16), bytes(16), bytes(32)).encode(), wire.decode_init),
+        "init": (
+            wire.HandshakeInit(1, 2, bytes(16), bytes(16), bytes(32), bytes(32), bytes(64)).encode(),
+            wire.decode_init,
+        ),
         "response": (
             wire.HandshakeResponse(1, 2, bytes(32), bytes(32), bytes(64), bytes(16)).encode(),
             wire.decode_response,
@@ -121,7 +132,7 @@ def test_wrong_type_is_a_protocol_error(kind: str, wrong_type: int) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("version", [0, 2, 0xFF])
+@pytest.mark.parametrize("version", [0, 1, 3, 0xFF])
 def test_unsupported_version_is_a_protocol_error(kind: str, version: int) -> None:
     data = bytearray(_valid_messages()[kind][0])
     data[1] = version

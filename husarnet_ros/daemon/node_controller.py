@@ -1,0 +1,422 @@
+"""The daemon's side of the control API (``Controller``), over the protocol node, the state directory
+and the hosts file.
+
+It does no networking and needs no TUN device: the node is driven by whoever *owns* it (the daemon's
+control loop, or a test's in-memory network), and every look at or change of the node goes through that
+owner (``NodeOwner.call``), so the node keeps its single writer. The same class therefore runs in the
+daemon and, unchanged, on ``testing.memnet`` in the tests of the CLI, the ROS nodes and the API schema.
+
+Changes are persisted first and applied second: when the state directory cannot be written (a full
+disk, a read-only file system), the request fails with a message naming the file, and nothing changed,
+neither on disk nor in memory.
+
+Threads: the control server calls the synchronous methods one at a time from its event loop; the
+coroutine methods run on that loop too. ``on_event`` is called by the node's owner. Ping waiters belong
+to the control server's loop: the owner hands pongs over with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from .. import __version__
+from ..api import HostEntry as ApiHostEntry
+from ..api import PeerStatus, PingReply, PingResult, Status, Whitelist
+from ..core import hosts as hosts_model
+from ..core.address import format_address, parse_overlay
+from ..core.errors import AddressError, HusarnetError
+from ..core.identity import Identity
+from ..core.node import (
+    Event,
+    InternalError,
+    Node,
+    PathChanged,
+    PathLost,
+    PeerDown,
+    PeerUp,
+    PongReceived,
+)
+from ..core.peer import PathKind, Peer, format_endpoint
+from ..core.whitelist import Whitelist as Acl
+from .controller import Conflict, InvalidRequest, NotFound, NotReady, StorageError
+from .log_ring import LogRing
+from .state import StateDir, StateError
+
+log = logging.getLogger("husarnet_ros.daemon")
+
+T = TypeVar("T")
+
+# How often the waits look again; only how quickly they notice, never asserted on.
+WAIT_POLL_S = 0.05
+
+
+class NodeOwner(Protocol):
+    """Runs a function on the thread that owns the node and returns its result."""
+
+    def call(self, fn: Callable[[], T], timeout_s: float = ...) -> T: ...
+
+
+class HostsSink(Protocol):
+    """Where the managed hosts block goes (the hosts helper process in the daemon)."""
+
+    def set_entries(self, entries: list[hosts_model.HostEntry]) -> None: ...
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What the status reports about this node besides its peers."""
+
+    hostname: str
+    interface: str
+    udp_port: int
+
+
+class NodeController:
+    """Implements ``daemon.controller.Controller`` over a ``Node`` it creates."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        state: StateDir,
+        acl: Acl,
+        host_entries: list[hosts_model.HostEntry],
+        hosts_sink: HostsSink,
+        info: NodeInfo,
+        *,
+        ring: LogRing | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_minus_mono: float | None = None,
+        extra_counters: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.state = state
+        self.acl = acl  # replaced (never changed in place) on every whitelist change: read by every thread
+        self.host_entries = host_entries
+        self.hosts_sink = hosts_sink
+        self.info = info
+        self._ring = ring or LogRing()
+        self._clock = clock
+        self._wall_minus_mono = time.time() - clock() if wall_minus_mono is None else wall_minus_mono
+        self._extra_counters = extra_counters
+        self.started_mono = clock()
+        self.ready = False
+        self._owner: NodeOwner | None = None
+        self._write_lock = threading.Lock()  # one whitelist or hosts change at a time (persist, then apply)
+        self.node = Node(
+            identity,
+            self._allows,
+            is_pinned=self._pinned,
+            wall_offset_ns=int(self._wall_minus_mono * 1e9),
+        )
+        # Ping waiters: owned by the control server's event loop (see the module docstring).
+        self._ping_loop: asyncio.AbstractEventLoop | None = None
+        self._ping_waiters: dict[bytes, asyncio.Future[float]] = {}
+
+    def _allows(self, address: bytes) -> bool:
+        return self.acl.allows(address)
+
+    def _pinned(self, address: bytes) -> bool:
+        return address in self.acl
+
+    def attach_owner(self, owner: NodeOwner) -> None:
+        self._owner = owner
+
+    def _on_node(self, fn: Callable[[], T]) -> T:
+        if self._owner is None:
+            raise NotReady("the daemon is still starting")
+        return self._owner.call(fn)
+
+    def _wall(self, mono: float | None) -> float | None:
+        return None if mono is None else mono + self._wall_minus_mono
+
+    # ------------------------------------------------------------------ node events (owner's thread)
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, PeerUp):
+            log.info(
+                "peer %s up, direct via %s", format_address(event.address), format_endpoint(event.endpoint)
+            )
+        elif isinstance(event, PeerDown):
+            log.info("peer %s down (%s)", format_address(event.address), event.reason)
+        elif isinstance(event, PathLost):
+            log.info(
+                "peer %s: no answer via %s any more; probing its other endpoints",
+                format_address(event.address),
+                format_endpoint(event.endpoint),
+            )
+        elif isinstance(event, PathChanged):
+            log.info(
+                "peer %s: direct via %s (%s)",
+                format_address(event.address),
+                format_endpoint(event.endpoint),
+                event.reason,
+            )
+        elif isinstance(event, PongReceived):
+            loop = self._ping_loop
+            if loop is not None:
+                with contextlib.suppress(RuntimeError):  # the control server's loop is closed: nobody waits
+                    loop.call_soon_threadsafe(self._deliver_pong, event.probe_id, event.rtt_ms)
+        elif isinstance(event, InternalError):
+            log.error("bug in %s (skipped; the daemon goes on)", event.where, exc_info=event.error)
+
+    def _deliver_pong(self, probe_id: bytes, rtt_ms: float) -> None:
+        future = self._ping_waiters.pop(probe_id, None)
+        if future is not None and not future.done():
+            future.set_result(rtt_ms)
+
+    # ------------------------------------------------------------------ status
+    def _peer_status(self, peer: Peer) -> PeerStatus:
+        path = peer.path
+        route = peer.route
+        if route is not None and route.session.confirmed:
+            state = "established" if peer.path_alive else "no path (probing)"
+        elif peer.initiation is not None or route is not None or peer.next is not None:
+            state = "handshaking"
+        else:
+            state = "idle"
+        last_seen = max((t for t in (peer.last_seen, peer.last_handshake) if t is not None), default=None)
+        return PeerStatus(
+            address=format_address(peer.address),
+            hostname=peer.hostname or self._hostname_of(peer.address),
+            path=path.value,
+            endpoint=format_endpoint(peer.endpoint) if path is PathKind.DIRECT else None,
+            base_server=None,
+            rtt_ms=round(peer.rtt_ms, 3) if peer.rtt_ms is not None and path is not PathKind.NONE else None,
+            last_handshake=self._wall(peer.last_handshake),
+            last_seen=self._wall(last_seen),
+            rx_bytes=peer.rx_bytes,
+            tx_bytes=peer.tx_bytes + peer.tx_bytes_queued,
+            whitelisted=peer.address in self.acl,
+            state=state,
+        )
+
+    def _hostname_of(self, address: bytes) -> str | None:
+        for entry in self.host_entries:
+            if entry.address == address:
+                return entry.hostname
+        return None
+
+    def status(self) -> Status:
+        def snapshot() -> tuple[list[PeerStatus], dict[str, int]]:
+            return [self._peer_status(p) for p in self.node.peers.values()], dict(self.node.counters)
+
+        peers, counters = self._on_node(snapshot)
+        # Whitelisted addresses never heard from are shown too: "is my robot there?" has an answer.
+        known = {p.address for p in peers}
+        for raw in sorted(self.acl.addresses):
+            text = format_address(raw)
+            if text not in known:
+                peers.append(PeerStatus(address=text, hostname=self._hostname_of(raw), whitelisted=True))
+        if self._extra_counters is not None:
+            counters.update(self._extra_counters())
+        return Status(
+            address=format_address(self.identity.address),
+            hostname=self.info.hostname,
+            interface=self.info.interface,
+            udp_port=self.info.udp_port,
+            whitelist_enabled=self.acl.enabled,
+            version=__version__,
+            uptime_s=round(self._clock() - self.started_mono, 3),
+            ready=self.ready,
+            counters=counters,
+            peers=sorted(peers, key=lambda p: (p.hostname or "~", p.address)),
+        )
+
+    # ------------------------------------------------------------------ whitelist
+    def whitelist(self) -> Whitelist:
+        acl = self.acl
+        return Whitelist(enabled=acl.enabled, addresses=[format_address(a) for a in sorted(acl.addresses)])
+
+    def _change_whitelist(self, changed: Acl, what: str) -> None:
+        """Persist ``changed``, then make it the whitelist and tell the node; on a failed write, nothing
+        changes at all."""
+        try:
+            self.state.save_whitelist(changed)
+        except StateError as exc:
+            raise StorageError(f"could not {what}: {exc}; nothing was changed") from None
+        self.acl = changed
+        now = self._clock()
+        self._on_node(lambda: self.node.whitelist_changed(now))
+
+    def whitelist_add(self, address: str) -> None:
+        raw = _parse(address)
+        if raw == self.identity.address:
+            raise InvalidRequest("that is this node's own address")
+        with self._write_lock:
+            if raw in self.acl:
+                return
+            self._change_whitelist(Acl([*self.acl.addresses, raw], self.acl.enabled), "save the whitelist")
+
+    def whitelist_remove(self, address: str) -> None:
+        raw = _parse(address)
+        with self._write_lock:
+            if raw not in self.acl:
+                raise NotFound(f"{format_address(raw)} is not on the whitelist")
+            remaining = [a for a in self.acl.addresses if a != raw]
+            self._change_whitelist(Acl(remaining, self.acl.enabled), "save the whitelist")
+
+    def whitelist_set_enabled(self, enabled: bool) -> None:
+        with self._write_lock:
+            if self.acl.enabled == enabled:
+                return
+            self._change_whitelist(Acl(self.acl.addresses, enabled), "save the whitelist")
+        log.info("whitelist %s", "enabled" if enabled else "disabled")
+
+    # ------------------------------------------------------------------ hosts
+    def hosts(self) -> list[ApiHostEntry]:
+        return [ApiHostEntry(hostname=e.hostname, address=e.address_text) for e in self.host_entries]
+
+    def hosts_add(self, hostname: str, address: str) -> None:
+        try:
+            entry = hosts_model.HostEntry.from_text(hostname, address)
+        except (AddressError, ValueError) as exc:
+            raise InvalidRequest(str(exc)) from None
+        with self._write_lock:
+            self._commit_hosts([e for e in self.host_entries if e.hostname != entry.hostname] + [entry])
+
+    def hosts_remove(self, hostname: str) -> None:
+        name = hostname.lower()
+        with self._write_lock:
+            if not any(e.hostname == name for e in self.host_entries):
+                raise NotFound(f"no host entry named {hostname!r}")
+            self._commit_hosts([e for e in self.host_entries if e.hostname != name])
+
+    def _commit_hosts(self, entries: list[hosts_model.HostEntry]) -> None:
+        """Save the record, then rewrite the hosts file; if the hosts file cannot be written, the record is
+        put back, so the two never disagree."""
+        entries = hosts_model.canonical_entries(entries)
+        previous = self.host_entries
+        try:
+            self.state.save_hosts(entries)
+        except StateError as exc:
+            raise StorageError(f"could not save the hosts record: {exc}; nothing was changed") from None
+        try:
+            self.hosts_sink.set_entries(entries)
+        except HusarnetError as exc:
+            try:
+                self.state.save_hosts(previous)
+            except StateError as undo:
+                log.error("could not restore the hosts record after a failed hosts file update: %s", undo)
+            raise Conflict(f"could not update the hosts file: {exc}; nothing was changed") from None
+        self.host_entries = entries
+
+    # ------------------------------------------------------------------ names
+    def resolve(self, name_or_address: str) -> str:
+        text = name_or_address.strip()
+        with contextlib.suppress(AddressError):
+            return format_address(parse_overlay(text))
+        name = text.lower()
+        for entry in self.host_entries:
+            if entry.hostname == name:
+                return entry.address_text
+
+        def by_peer_hostname() -> str | None:
+            for peer in self.node.peers.values():
+                if peer.hostname and peer.hostname.lower() == name:
+                    return format_address(peer.address)
+            return None
+
+        found = self._on_node(by_peer_hostname)
+        if found is not None:
+            return found
+        raise NotFound(
+            f"unknown host {_quote(text)}: not an fc94 address, not in the hosts block, no peer of that name"
+        )
+
+    # ------------------------------------------------------------------ ping and waits
+    async def ping(self, address: str, count: int, interval_s: float, timeout_s: float) -> PingResult:
+        raw = _parse(address)
+        if raw == self.identity.address:
+            raise InvalidRequest("cannot ping this node's own address through the overlay")
+        if not self.acl.allows(raw):
+            raise InvalidRequest(
+                f"{format_address(raw)} is not on the whitelist (husarnet-ros whitelist add ...)"
+            )
+        loop = asyncio.get_running_loop()
+        self._ping_loop = loop
+        sent: list[tuple[bytes | None, asyncio.Future[float] | None, float]] = []
+        try:
+            for seq in range(count):
+                probe_id = self._on_node(lambda: self.node.ping(raw, self._clock()))
+                future = None
+                if probe_id is not None:
+                    future = self._ping_waiters[probe_id] = loop.create_future()
+                sent.append((probe_id, future, loop.time()))
+                if seq < count - 1:
+                    await asyncio.sleep(interval_s)
+            replies = []
+            for seq, (_, future, at) in enumerate(sent):
+                rtt = None
+                if future is not None:
+                    with contextlib.suppress(asyncio.TimeoutError):  # not the builtin one before 3.11
+                        rtt = await asyncio.wait_for(
+                            asyncio.shield(future), max(0.0, at + timeout_s - loop.time())
+                        )
+                replies.append(PingReply(seq=seq, rtt_ms=round(rtt, 3) if rtt is not None else None))
+        finally:
+            # Probes that timed out (or a cancelled ping) leave no waiter behind.
+            for probe_id, _, _ in sent:
+                if probe_id is not None:
+                    self._ping_waiters.pop(probe_id, None)
+
+        def path_now() -> tuple[PathKind, str | None, str | None]:
+            peer = self.node.peer(raw)
+            path = peer.path if peer else PathKind.NONE
+            endpoint = format_endpoint(peer.endpoint) if peer and path is PathKind.DIRECT else None
+            return path, endpoint, peer.hostname if peer else None
+
+        path, endpoint, hostname = self._on_node(path_now)
+        received = sum(1 for r in replies if r.rtt_ms is not None)
+        return PingResult(
+            address=format_address(raw),
+            hostname=hostname or self._hostname_of(raw),
+            path=path.value,
+            endpoint=endpoint,
+            replies=replies,
+            sent=count,
+            received=received,
+            loss=round(1 - received / count, 4),
+        )
+
+    @property
+    def pending_pings(self) -> int:
+        """Probes still waited for (none once every ping call returned)."""
+        return len(self._ping_waiters)
+
+    async def wait_ready(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not self.ready:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(WAIT_POLL_S)
+        return True
+
+    async def wait_peer(self, address: str, timeout_s: float) -> bool:
+        raw = _parse(address)
+        deadline = time.monotonic() + timeout_s
+        while self._on_node(lambda: self.node.path_of(raw)) is PathKind.NONE:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(WAIT_POLL_S)
+        return True
+
+    def logs(self, limit: int) -> list[str]:
+        return self._ring.tail(limit)
+
+
+def _quote(text: str, limit: int = 80) -> str:
+    """``repr`` of user input, cut to ``limit`` characters: an error message never echoes unbounded input."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _parse(address: str) -> bytes:
+    try:
+        return parse_overlay(address)
+    except AddressError as exc:
+        raise InvalidRequest(str(exc)) from None
