@@ -12,7 +12,6 @@ started later gets the new ones. The node publishes nothing; the files and the l
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,8 +181,8 @@ class DdsNode(Node):
         )
         if env != self._exported:
             self._exported = env
-            exports = "; ".join(f"export {name}={shlex.quote(value)}" for name, value in env.items())
-            self.get_logger().info(f"for ROS processes on this robot: {exports}")
+            # The same lines as `husarnet-ros dds env` and the launch's env.sh (both Fast DDS variable names).
+            self.get_logger().info(f"for ROS processes on this robot:\n{dds.export_lines(env)}")
 
     def close(self) -> None:
         self.link.close()
