@@ -15,38 +15,13 @@ from ..client import ControlClient
 from ..core.address import format_address
 from ..core.config import DEFAULT_STATE_DIR
 from ..core.errors import IdentityError
-from ..core.identity import Identity
-from ..daemon.state import IDENTITY_FILE, StateDir, StateError
-from ..fileio import atomic_write, atomic_write_text
+from ..core.identity import Identity, read_identity_file
+from ..daemon.state import IDENTITY_FILE, MAX_STATE_FILE_SIZE, StateDir, StateError
+from ..fileio import FileReadError, atomic_write, atomic_write_text, read_bounded
 from .state import cli_state, fail, json_option, print_json
 
 PREVIOUS_IDENTITY_FILE_NAME = "identity.previous"
 IDENTITY_MODE = 0o600
-# An identity file is one short line; anything much larger is the wrong file.
-_MAX_IDENTITY_FILE_SIZE = 4096
-
-
-def read_identity_file(path: Path) -> Identity:
-    """Load and validate an identity file; IdentityError naming the file on any problem."""
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(_MAX_IDENTITY_FILE_SIZE + 1)
-    except FileNotFoundError:
-        raise IdentityError(f"no identity file at {path}") from None
-    except IsADirectoryError:
-        raise IdentityError(f"{path} is a directory, not an identity file") from None
-    except OSError as exc:
-        raise IdentityError(f"cannot read {path}: {exc.strerror}") from None
-    if len(data) > _MAX_IDENTITY_FILE_SIZE:
-        raise IdentityError(f"{path} is too large to be an identity file")
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError:
-        raise IdentityError(f"{path} is not a text identity file") from None
-    try:
-        return Identity.from_file_text(text)
-    except IdentityError as exc:
-        raise IdentityError(f"{path}: {exc}") from None
 
 
 def write_identity_file(path: Path, identity: Identity) -> None:
@@ -188,15 +163,19 @@ def _replace_identity(store: StateDir, identity: Identity) -> Identity | None:
         return None
     try:
         previous: Identity | None = read_identity_file(current)
-    except IdentityError:
-        previous = None  # unreadable as an identity, still kept byte for byte below
+    except (IdentityError, FileReadError):
+        previous = None  # not readable as an identity, still kept byte for byte below
     if previous is None or previous.secret_key != identity.secret_key:
         try:
-            atomic_write(store.path / PREVIOUS_IDENTITY_FILE_NAME, current.read_bytes(), IDENTITY_MODE)
+            # Bounded like every state file: a damaged one may be larger than an identity, not unbounded.
+            kept = read_bounded(current, MAX_STATE_FILE_SIZE, "identity file")
+            atomic_write(store.path / PREVIOUS_IDENTITY_FILE_NAME, kept, IDENTITY_MODE)
+        except FileReadError as exc:
+            fail(f"cannot keep the existing identity as {PREVIOUS_IDENTITY_FILE_NAME}: {exc}")
         except OSError as exc:
             fail(
                 f"cannot keep the existing identity {current} as {PREVIOUS_IDENTITY_FILE_NAME}: "
-                f"{exc.strerror}"
+                f"{exc.strerror or exc}"
             )
     store.save_identity(identity)
     return previous

@@ -29,9 +29,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .address import format_address, parse_overlay
-from .errors import AddressError, ConfigError, IdentityError
+from .errors import AddressError, ConfigError, HusarnetError
 from .hosts import normalize_hostname
-from .identity import Identity
+from .identity import read_identity_file
 from .yamlfile import read_yaml_file
 
 # A fleet file is a few KiB; a bigger one is a mistake (or an attack on whoever parses it).
@@ -193,13 +193,9 @@ def _describe(exc: ValidationError, source: str) -> str:
 
 def _address_from_identity(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read identity file {path}: {exc}") from None
-    try:
-        return format_address(Identity.from_file_text(text).address)
-    except IdentityError as exc:
-        raise ConfigError(f"identity file {path}: {exc}") from None
+        return format_address(read_identity_file(path).address)
+    except HusarnetError as exc:  # unreadable (FileReadError) or not an identity (IdentityFileError)
+        raise ConfigError(str(exc)) from None
 
 
 def parse_fleet(data: Any, base_dir: Path, source: str = "<fleet>") -> Fleet:

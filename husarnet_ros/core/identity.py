@@ -3,6 +3,8 @@
 The derivation matches Husarnet's, so an existing Husarnet identity keeps its address:
 ``h = SHA-256(pubkey)``; the key is acceptable only if ``h[0] == 0`` and ``h[1] < 50``
 (a small proof of work, about 1 in 1311 keys); the address is ``fc94`` followed by ``h[3:17]``.
+
+``read_identity_file`` is the one reader of identity files (the daemon's state, the CLI, fleet files).
 """
 
 from __future__ import annotations
@@ -10,16 +12,20 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
+from ..fileio import read_bounded
 from .constants import IDENTITY_POW_BYTE1_LIMIT, OVERLAY_PREFIX
 from .errors import IdentityError
 
 PUBLIC_KEY_SIZE = 32
 SECRET_KEY_SIZE = 64  # libsodium layout: 32-byte seed followed by the 32-byte public key
 SIGNATURE_SIZE = 64
+# An identity file is one line of about 250 bytes; anything much larger is the wrong file.
+MAX_IDENTITY_FILE_SIZE = 4096
 # Bound on key generation attempts: the expected count is ~1311, this is ~1e-150 likely to be hit.
 _MAX_GENERATION_ATTEMPTS = 500_000
 
@@ -124,3 +130,36 @@ class Identity:
                 f"(it derives {ipaddress.IPv6Address(address)})"
             )
         return cls(key, public, address)
+
+
+class IdentityFileError(IdentityError):
+    """An identity file whose content is not a valid identity: ``path`` and the ``problem`` found in it."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[type[IdentityFileError], tuple[Path, str]]:
+        # Picklable despite the two arguments (errors cross process boundaries in tests).
+        return (type(self), (self.path, self.problem))
+
+
+def read_identity_file(path: Path) -> Identity:
+    """The identity stored in ``path`` (Husarnet's one-line format), checked through and through.
+
+    ``fileio.FileReadError`` (``FileMissingError`` when there is none) if the file cannot be read or is
+    larger than MAX_IDENTITY_FILE_SIZE; IdentityFileError naming the file and the problem if its content
+    is not a valid identity. The file is only read, never changed.
+    """
+    data = read_bounded(path, MAX_IDENTITY_FILE_SIZE, "identity file")
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise IdentityFileError(
+            path, "not a text identity file (an identity file is one line of ASCII text)"
+        ) from None
+    try:
+        return Identity.from_file_text(text)
+    except IdentityError as exc:
+        raise IdentityFileError(path, str(exc)) from None

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from ..fileio import FileReadError, read_bounded
 from .errors import ConfigError
 
 # These files are a few KiB; anything bigger is a mistake (or an attack on whoever parses it).
@@ -41,12 +42,9 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 def read_yaml_file(path: Path, what: str, max_size: int = MAX_YAML_FILE_SIZE) -> Any:
     """The parsed content of ``path``; ConfigError naming ``what``, the file, the line and the problem."""
     try:
-        with path.open("rb") as f:
-            raw = f.read(max_size + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if len(raw) > max_size:
-        raise ConfigError(f"{what} {path} is larger than {max_size} bytes")
+        raw = read_bounded(path, max_size, what)
+    except FileReadError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         return yaml.load(raw, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:

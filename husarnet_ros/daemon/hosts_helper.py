@@ -38,7 +38,7 @@ from pathlib import Path
 
 from ..core.errors import HusarnetError
 from ..core.hosts import HostEntry, canonical_entries, render
-from ..fileio import atomic_write
+from ..fileio import FileMissingError, FileReadError, atomic_write, read_bounded_text
 
 MAX_REQUEST_SIZE = 64 * 1024  # ~700 entries; a request that does not fit is refused, not truncated
 MAX_HOSTS_FILE_SIZE = 16 * 1024 * 1024
@@ -176,13 +176,11 @@ class HostsHelper:
 def read_hosts_text(path: Path) -> str:
     """The file as text that encodes back to the very same bytes ('' if it does not exist)."""
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_HOSTS_FILE_SIZE + 1)
-    except FileNotFoundError:
+        return read_bounded_text(path, MAX_HOSTS_FILE_SIZE, "hosts file", encoding=_ENCODING, errors=_ERRORS)
+    except FileMissingError:
         return ""
-    if len(data) > MAX_HOSTS_FILE_SIZE:
-        raise HostsHelperError(f"{path} is larger than {MAX_HOSTS_FILE_SIZE} bytes; refusing to rewrite it")
-    return data.decode(_ENCODING, _ERRORS)
+    except FileReadError as exc:
+        raise HostsHelperError(f"{exc}; refusing to rewrite it") from None
 
 
 def write_managed_block(hosts_file: Path, entries: list[HostEntry]) -> None:

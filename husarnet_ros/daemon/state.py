@@ -8,7 +8,9 @@ Layout (directory mode 0700, files 0600, every write atomic via ``fileio.atomic_
     lock            flock()ed by the running daemon; holds its pid for the error message
 
 A damaged file is never replaced or "repaired": loading it is an error whose message names the
-file, and the file stays as it was for the user to inspect, restore or move away.
+file, and the file stays as it was for the user to inspect, restore or move away. A file that cannot be
+written (full or read-only file system, no permission) is a StateError naming it and saying what to do;
+the atomic writer leaves no partial file behind.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from typing import Any
 
 from ..core.errors import HusarnetError, IdentityError
 from ..core.hosts import HostEntry, canonical_entries
-from ..core.identity import Identity
+from ..core.identity import Identity, IdentityFileError, read_identity_file
 from ..core.whitelist import Whitelist, WhitelistError
-from ..fileio import atomic_write_text
+from ..fileio import FileMissingError, FileReadError, atomic_write_text, read_bounded
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,21 @@ class StateError(HusarnetError):
     """The state directory or one of its files cannot be used; the message names the path."""
 
 
+def _what_to_do(exc: OSError) -> str:
+    """What the user can do about a failed write in the state directory, for the common causes."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "; its file system is full: free some space there, or give the daemon another --state-dir"
+    if exc.errno == errno.EROFS:
+        return "; its file system is read-only: remount it read-write, or give the daemon another --state-dir"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "; the daemon needs write access there: run it as root, or give it another --state-dir"
+    return ""
+
+
+def _cannot(action: str, path: Path, exc: OSError) -> StateError:
+    return StateError(f"cannot {action} {path}: {exc.strerror or exc}{_what_to_do(exc)}")
+
+
 class StateDir:
     """The daemon's state directory. Creating the object creates the directory (mode 0700) if it
     does not exist yet; an existing one is used as it is, unless it is world-writable."""
@@ -59,7 +76,7 @@ class StateDir:
         except FileExistsError:
             self._check_existing_dir()
         except OSError as exc:
-            raise StateError(f"cannot create state directory {self.path}: {exc.strerror or exc}") from None
+            raise _cannot("create state directory", self.path, exc) from None
 
     def _check_existing_dir(self) -> None:
         # An existing directory is never chmod-ed: --state-dir pointing at a shared directory must
@@ -112,7 +129,7 @@ class StateDir:
         try:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         except OSError as exc:
-            raise StateError(f"cannot open lock file {self.lock_path}: {exc.strerror or exc}") from None
+            raise _cannot("open lock file", self.lock_path, exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -125,8 +142,13 @@ class StateDir:
                     "stop it or give this one its own --state-dir"
                 ) from None
             raise StateError(f"cannot lock {self.lock_path}: {exc.strerror or exc}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            # The pid is only for the message another daemon shows; writing it can still fail (full disk).
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            os.close(fd)  # releases the lock; the (empty) lock file stays, as after unlock()
+            raise _cannot("write lock file", self.lock_path, exc) from None
         self._lock_fd = fd
 
     def unlock(self) -> None:
@@ -149,7 +171,9 @@ class StateDir:
             except FileNotFoundError:
                 continue  # not written yet: the daemon will create it as that account
             except OSError as exc:
-                raise StateError(f"cannot give {path} to uid {uid}: {exc.strerror or exc}") from None
+                raise StateError(
+                    f"cannot give {path} to uid {uid}: {exc.strerror or exc}{_what_to_do(exc)}"
+                ) from None
 
     @property
     def locked(self) -> bool:
@@ -167,15 +191,17 @@ class StateDir:
     # -- identity ------------------------------------------------------------------------------
 
     def load_identity(self) -> Identity | None:
-        """The saved identity, None if there is none yet; IdentityError naming the file if corrupt."""
-        text = self._read_text(self.identity_path)
-        if text is None:
-            return None
+        """The saved identity, None if there is none yet; IdentityError naming the file if corrupt,
+        StateError if it cannot be read."""
         try:
-            identity = Identity.from_file_text(text)
-        except IdentityError as exc:
+            identity = read_identity_file(self.identity_path)
+        except FileMissingError:
+            return None
+        except FileReadError as exc:
+            raise StateError(str(exc)) from None
+        except IdentityFileError as exc:
             raise IdentityError(
-                f"identity file {self.identity_path} is corrupt ({exc}); it was left untouched. "
+                f"identity file {self.identity_path} is corrupt ({exc.problem}); it was left untouched. "
                 "Restore it from a backup, or move it away to start over with a new identity "
                 "(this node's overlay address would change)"
             ) from None
@@ -265,14 +291,11 @@ class StateDir:
     @staticmethod
     def _read_text(path: Path) -> str | None:
         try:
-            with path.open("rb") as f:
-                data = f.read(MAX_STATE_FILE_SIZE + 1)
-        except FileNotFoundError:
+            data = read_bounded(path, MAX_STATE_FILE_SIZE, "state file")
+        except FileMissingError:
             return None
-        except OSError as exc:
-            raise StateError(f"cannot read {path}: {exc.strerror or exc}") from None
-        if len(data) > MAX_STATE_FILE_SIZE:
-            raise StateError(f"state file {path} is larger than {MAX_STATE_FILE_SIZE} bytes; damaged?")
+        except FileReadError as exc:
+            raise StateError(str(exc)) from None
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError:
@@ -286,7 +309,7 @@ class StateDir:
         try:
             atomic_write_text(path, text, FILE_MODE)
         except OSError as exc:
-            raise StateError(f"cannot write {path}: {exc.strerror or exc}") from None
+            raise _cannot("write", path, exc) from None
 
     @staticmethod
     def _tighten_mode(path: Path, mode: int) -> None:
@@ -297,7 +320,7 @@ class StateDir:
                 path.chmod(current & mode)
                 log.warning("%s was accessible to other users; changed its mode to %o", path, current & mode)
         except OSError as exc:
-            raise StateError(f"cannot restrict the permissions of {path}: {exc.strerror or exc}") from None
+            raise _cannot("restrict the permissions of", path, exc) from None
 
 
 def _read_small(fd: int) -> str:

@@ -30,6 +30,7 @@ from ..api import Status, resolve_control_socket
 from ..client import ClientError, ControlClient
 from ..core.address import format_address, parse_overlay
 from ..core.errors import AddressError
+from ..fileio import FileReadError, read_bounded_text
 
 Level = Literal["ok", "info", "warn", "error"]
 CATEGORY = "husarnet"
@@ -207,14 +208,11 @@ def _cyclonedds_text(uri: str) -> tuple[str | None, str]:
 
 
 def _read_profile(path: Path) -> str | None:
+    # None (the check then says the profile cannot be used) for a missing, unreadable or oversized file.
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_PROFILE_SIZE + 1)
-    except OSError:
+        return read_bounded_text(path, MAX_PROFILE_SIZE, "DDS profile", errors="replace")
+    except FileReadError:
         return None
-    if len(data) > MAX_PROFILE_SIZE:
-        return None
-    return data.decode("utf-8", errors="replace")
 
 
 def check_dds(environ: Mapping[str, str], status: Status | None) -> CheckResult:

@@ -297,7 +297,7 @@ def test_import_identity_keeps_the_previous_one(state_dir: Path) -> None:
     [
         ("garbage\n", "found 1 field"),
         ("fc94::1 00 00\n", "public key has 1 bytes"),
-        (None, "no identity file at"),
+        (None, "cannot read identity file"),
     ],
 )
 def test_import_identity_rejects_bad_files(state_dir: Path, content: str | None, needle: str) -> None:

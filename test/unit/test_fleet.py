@@ -261,7 +261,7 @@ def test_corrupt_identity_file(tmp_path: Path) -> None:
 def test_identity_file_not_text(tmp_path: Path) -> None:
     (tmp_path / "bin-id").write_bytes(b"\xff\xfe\x00")
     path = write(tmp_path, "robots:\n  r1:\n    identity_file: bin-id\n")
-    with pytest.raises(ConfigError, match="cannot read identity file"):
+    with pytest.raises(ConfigError, match=r"bin-id: not a text identity file"):
         load_fleet(path)
 
 

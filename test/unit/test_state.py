@@ -1,12 +1,21 @@
-"""StateDir: permissions, identity that is never replaced, whitelist/hosts persistence, the lock."""
+"""StateDir: permissions, identity that is never replaced, whitelist/hosts persistence, the lock, and a
+clear error naming the file (and what to do) for every file that cannot be read or written.
+
+Tests of refused permissions run their StateDir calls through ``run_unprivileged`` (a child as nobody when
+the suite runs as root), so they run under root too instead of being skipped.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +24,9 @@ from husarnet_ros.core.errors import HusarnetError, IdentityError
 from husarnet_ros.core.hosts import HostEntry
 from husarnet_ros.core.identity import Identity
 from husarnet_ros.core.whitelist import Whitelist
+from husarnet_ros.daemon import state as state_module
 from husarnet_ros.daemon.state import StateDir, StateError
+from husarnet_ros.testing.unprivileged import run_unprivileged
 
 A1 = bytes.fromhex("fc94" + "11" * 14)
 A2 = bytes.fromhex("fc94" + "22" * 14)
@@ -28,6 +39,20 @@ def _mode(path: Path) -> int:
 @pytest.fixture
 def state(tmp_path: Path) -> StateDir:
     return StateDir(tmp_path / "state")
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory under /tmp that any account may enter (pytest's tmp_path sits below a 0700 one), so that
+    a refusal seen by an unprivileged process comes from the mode of the file or directory under test."""
+    path = Path(tempfile.mkdtemp(prefix="hr-state-", dir="/tmp"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _entries(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir())
 
 
 # --- directory ------------------------------------------------------------------------------
@@ -129,11 +154,19 @@ def test_save_identity_replaces(state: StateDir) -> None:
     assert loaded.address == other.address
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_identity_is_state_error(state: StateDir) -> None:
+def test_unreadable_identity_is_state_error(open_dir: Path) -> None:
+    state = StateDir(open_dir / "state")
     state.load_or_create_identity()
+    state.path.chmod(0o711)  # enterable, so the refusal comes from the identity file's own mode
     state.identity_path.chmod(0o000)
-    with pytest.raises(StateError, match="cannot read"):
+    with pytest.raises(StateError, match=rf"cannot read identity file {state.identity_path}: "):
+        run_unprivileged(state.load_identity)
+    assert _mode(state.identity_path) == 0o000  # left as it was
+
+
+def test_identity_file_too_large_is_refused_unread(state: StateDir) -> None:
+    state.identity_path.write_bytes(b"x" * (1 << 20))
+    with pytest.raises(StateError, match=rf"identity file {state.identity_path} is larger than \d+ bytes"):
         state.load_identity()
 
 
@@ -226,6 +259,66 @@ def test_failed_save_keeps_previous_file(state: StateDir, monkeypatch: pytest.Mo
     monkeypatch.undo()
     assert state.hosts_path.read_bytes() == before
     assert sorted(p.name for p in state.path.iterdir()) == ["hosts.json"]
+
+
+@pytest.mark.parametrize(
+    ("code", "advice"),
+    [
+        (errno.ENOSPC, "file system is full: free some space there, or give the daemon another --state-dir"),
+        (errno.EDQUOT, "file system is full: free some space there, or give the daemon another --state-dir"),
+        (errno.EROFS, "is read-only: remount it read-write, or give the daemon another --state-dir"),
+        (errno.EACCES, "needs write access there: run it as root, or give it another --state-dir"),
+    ],
+)
+def test_a_failed_write_says_which_file_and_what_to_do(
+    state: StateDir, monkeypatch: pytest.MonkeyPatch, code: int, advice: str
+) -> None:
+    def failing_fsync(fd: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(StateError) as info:
+        state.load_or_create_identity()
+    monkeypatch.undo()
+    message = str(info.value)
+    assert message.startswith(f"cannot write {state.identity_path}: {os.strerror(code)}; ")
+    assert advice in message
+    assert "\n" not in message
+    assert _entries(state.path) == []  # no identity, no temporary file
+
+
+def test_lock_file_that_cannot_be_written_is_a_state_error_and_not_held(
+    state: StateDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a full file system the lock file can be created (an inode) but not given the pid (a data block).
+    def full_pwrite(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(state_module.os, "pwrite", full_pwrite)
+    with pytest.raises(StateError, match=rf"cannot write lock file {state.lock_path}: .*file system is full"):
+        state.lock()
+    monkeypatch.undo()
+    assert not state.locked
+    other = StateDir(state.path)
+    other.lock()  # the failed attempt released the lock
+    other.unlock()
+
+
+def test_state_directory_without_write_permission(open_dir: Path) -> None:
+    state = StateDir(open_dir / "state")
+    state.path.chmod(0o555)  # not writable for an unprivileged account, owner or not
+    advice = "the daemon needs write access there: run it as root, or give it another --state-dir"
+    with pytest.raises(StateError, match=rf"cannot open lock file {state.lock_path}: .*; {advice}"):
+        run_unprivileged(state.lock)
+    with pytest.raises(StateError, match=rf"cannot write {state.identity_path}: .*; {advice}"):
+        run_unprivileged(state.load_or_create_identity)
+    assert _entries(state.path) == []
+
+
+def test_uncreatable_state_directory_says_what_to_do(open_dir: Path) -> None:
+    open_dir.chmod(0o555)
+    with pytest.raises(StateError, match=r"cannot create state directory .*; the daemon needs write access"):
+        run_unprivileged(lambda: StateDir(open_dir / "state"))
 
 
 # --- generic JSON ---------------------------------------------------------------------------
