@@ -1,8 +1,10 @@
 """Suite-wide rules for the test markers (registered in pyproject.toml).
 
 A test marked `integration`, `ros` or `build` is skipped, with the reason, when this machine cannot run it:
-not root, no TUN device, no rclpy/launch_ros, no colcon/cmake. scripts/test.sh sets HUSARNET_ROS_STRICT=1
-when it runs as root; then a missing requirement fails the test instead, so CI cannot go green by skipping.
+not root, no TUN device, no rclpy/launch_ros, no colcon/cmake (the checks live in
+husarnet_ros.testing.requirements, where test modules that import ROS find them too). scripts/test.sh sets
+HUSARNET_ROS_STRICT=1 when it runs as root; then a missing requirement fails the test instead, and so does
+every other skip (a skipif, a skip in a fixture, a module-level skip): CI cannot go green by skipping.
 
 It also collects launch_testing files (a module-level `generate_test_description` marked `launch_test` or
 `rostest`). pyproject.toml disables launch_testing's own pytest plugins: they import every test module during
@@ -12,49 +14,21 @@ every test of its directory.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import os
-import shutil
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-STRICT = os.environ.get("HUSARNET_ROS_STRICT") == "1"
+from husarnet_ros.testing.requirements import (
+    STRICT_ENV,
+    build_unavailable,
+    integration_unavailable,
+    ros_unavailable,
+    strict,
+)
 
-
-def _missing_modules(*names: str) -> list[str]:
-    return [name for name in names if importlib.util.find_spec(name) is None]
-
-
-@functools.cache
-def integration_unavailable() -> str | None:
-    """Why integration tests (root, network namespaces, TUN) cannot run here, or None when they can."""
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, TUN)"
-    if not Path("/dev/net/tun").exists():
-        return "needs /dev/net/tun"
-    if shutil.which("ip") is None:
-        return "needs iproute2 (`ip`)"
-    return None
-
-
-@functools.cache
-def ros_unavailable() -> str | None:
-    """Why ROS tests (rclpy, launch, launch_ros) cannot run here, or None when they can."""
-    missing = _missing_modules("rclpy", "launch", "launch_ros")
-    return f"needs {', '.join(missing)} (run scripts/setup.sh)" if missing else None
-
-
-@functools.cache
-def build_unavailable() -> str | None:
-    """Why package build tests (colcon, cmake, ros2 CLI) cannot run here, or None when they can."""
-    missing = _missing_modules("colcon_core", "ros2cli")
-    if shutil.which("cmake") is None:
-        missing.append("cmake")
-    return f"needs {', '.join(missing)} (run scripts/setup.sh)" if missing else None
-
+STRICT = strict()
 
 _REQUIREMENTS = {
     "integration": integration_unavailable,
@@ -71,8 +45,30 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if reason is None:
             continue
         if STRICT:
-            pytest.fail(f"{marker} test cannot run: {reason} (HUSARNET_ROS_STRICT=1)", pytrace=False)
+            pytest.fail(f"{marker} test cannot run: {reason} ({STRICT_ENV}=1)", pytrace=False)
         pytest.skip(f"{marker}: {reason}")
+
+
+def _fail_instead_of_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Under HUSARNET_ROS_STRICT=1 a skipped test or module is a failure that gives the skip's reason."""
+    if not STRICT or not report.skipped or hasattr(report, "wasxfail"):
+        return
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"skipped, but under {STRICT_ENV}=1 every test must run: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    outcome = yield
+    _fail_instead_of_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, Any, None]:
+    outcome = yield
+    _fail_instead_of_skip(outcome.get_result())
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -5,15 +5,12 @@ Every generated request, valid or not, must get a documented answer: never a 500
 
 from __future__ import annotations
 
-import pytest
+import schemathesis  # a dev dependency (setup.py): missing it is an installation error, not a reason to skip
+from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-schemathesis = pytest.importorskip("schemathesis")
-
-from hypothesis import HealthCheck, settings  # noqa: E402
-from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
-
-from husarnet_ros.daemon.control import create_app  # noqa: E402
-from husarnet_ros.testing.fake_controller import FakeController, sample_peers  # noqa: E402
+from husarnet_ros.daemon.control import create_app
+from husarnet_ros.testing.fake_controller import FakeController, sample_peers
 
 
 class _InstantController(FakeController):
