@@ -3,20 +3,25 @@
 Every address in these models is an overlay address (fc94::/16) in canonical compressed text form: the
 validators normalise whatever the caller wrote (``FC94:0::1`` becomes ``fc94::1``), so two spellings of one
 address always compare equal.
+
+Error messages quote what the user sent shortened (``quote_input``), and are bounded as a whole
+(``bound_message``): an error must never echo a 10,000-character argument or a 50 MB body.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from .core.address import format_address, parse_overlay
-from .core.hosts import normalize_hostname
+from .core.errors import AddressError
+from .core.hosts import MAX_HOSTNAME_LENGTH, HostnameError, normalize_hostname
 
-# The one place that knows where the control socket lives by default.
-DEFAULT_CONTROL_SOCKET = "/run/husarnet-ros/control.sock"
+# The one place that knows where the control socket lives by default (daemon config, client, CLI, docs).
+DEFAULT_CONTROL_SOCKET = Path("/run/husarnet-ros/control.sock")
 CONTROL_SOCKET_ENV = "HUSARNET_ROS_CONTROL_SOCKET"
 API_PREFIX = "/v1"
 
@@ -29,16 +34,45 @@ MAX_PING_TIMEOUT_S = 60.0
 MAX_WAIT_TIMEOUT_S = 3600.0
 MAX_LOG_LINES = 10_000
 
+# A value the user gave, quoted in an error message, is cut to this many characters.
+MAX_QUOTED_CHARS = 80
+# An error message as a whole (it may quote several values, or come from an older daemon).
+MAX_MESSAGE_CHARS = 400
+# The longest text form of an IPv6 address is 45 characters; leave room for a scope or stray spaces.
+_MAX_ADDRESS_CHARS = 64
+_ELLIPSIS = "…"
+
+
+def shorten(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    """``text``, cut to ``limit`` characters with an ellipsis if it is longer."""
+    return text if len(text) <= limit else text[: limit - 1] + _ELLIPSIS
+
+
+def quote_input(text: str) -> str:
+    """A value the user gave, quoted for an error message: ``'robot2'``, or ``'xxxx…'`` if it is long."""
+    return repr(shorten(text))
+
+
+def bound_message(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``message`` cut in the middle to ``limit`` characters: the start says what, the end usually why."""
+    if len(message) <= limit:
+        return message
+    tail = limit // 3
+    return message[: limit - tail - 1] + _ELLIPSIS + message[-tail:]
+
 
 def resolve_control_socket(explicit: str | None = None) -> str:
     """The control socket to use: an explicit path, else $HUSARNET_ROS_CONTROL_SOCKET, else the default."""
     if explicit:
         return explicit
-    return os.environ.get(CONTROL_SOCKET_ENV) or DEFAULT_CONTROL_SOCKET
+    return os.environ.get(CONTROL_SOCKET_ENV) or str(DEFAULT_CONTROL_SOCKET)
 
 
 def normalize_overlay(text: str) -> str:
     """Canonical text of an overlay address; AddressError (a ValueError) if it is not one."""
+    stripped = text.strip()
+    if len(stripped) > _MAX_ADDRESS_CHARS:  # the core's message would quote all of it, twice
+        raise AddressError(f"{quote_input(stripped)} is not an IPv6 address ({len(stripped)} characters)")
     return format_address(parse_overlay(text))
 
 
@@ -47,7 +81,21 @@ def validate_hostname(text: str) -> str:
 
     Shared with the hosts file writer, so the API never accepts a name the hosts file would refuse.
     """
-    return normalize_hostname(text)
+    name = text.strip()
+    if len(name) > MAX_HOSTNAME_LENGTH:
+        raise HostnameError(
+            f"hostname {quote_input(name)} is {len(name)} characters long, at most {MAX_HOSTNAME_LENGTH} "
+            "are allowed"
+        )
+    try:
+        return normalize_hostname(text)
+    except HostnameError as exc:
+        # The core quotes the name (and a bad label) in full; a valid-length name is still 253 characters.
+        message = str(exc)
+        for value in (text, *name.lower().split(".")):
+            if len(value) > MAX_QUOTED_CHARS:
+                message = message.replace(repr(value), quote_input(value))
+        raise HostnameError(message) from None
 
 
 OverlayAddress = Annotated[str, AfterValidator(normalize_overlay)]

@@ -7,14 +7,20 @@ Used by the CLI and by the ROS nodes::
             print(peer.address, peer.path, peer.rtt_ms)
 
 Every failure is a ``ClientError``: ``DaemonUnavailable`` when nothing answers on the socket (the message
-says how to start the daemon or point at another socket), ``ControlError`` with the daemon's own message
-(and HTTP status) when it refused the request. Each call has a timeout; long calls (ping, wait) extend it
-by the time they may legitimately take.
+says how to start the daemon or point at another socket; ``SocketAccessDenied`` when the socket is not
+ours to use), ``ControlError`` with the daemon's own message (and HTTP status) when it refused the request,
+``NotFound`` when that status is 404 (unknown peer, host name or whitelist entry). Each call has a timeout;
+long calls (ping, wait) extend it by the time they may legitimately take.
+
+``wait_ready`` and ``wait_peer`` also wait for a daemon to answer at all: a script may start the daemon
+and wait for it at once, or wait while a killed daemon's successor starts.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -34,13 +40,20 @@ from .api import (
     Status,
     WaitResult,
     Whitelist,
+    bound_message,
     resolve_control_socket,
+    shorten,
 )
 from .core.errors import HusarnetError
 
 DEFAULT_TIMEOUT_S = 5.0
 # Added to the time a long call may take on the daemon's side, for the round trip and scheduling.
 _LONG_CALL_MARGIN_S = 5.0
+# How often a wait asks again while no daemon answers (a daemon starts in about a second).
+WAIT_RETRY_INTERVAL_S = 0.25
+HTTP_NOT_FOUND = 404
+HTTP_SERVICE_UNAVAILABLE = 503
+_MAX_UNIX_PATH_BYTES = 107  # sun_path is 108 bytes including the terminating NUL
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -60,12 +73,34 @@ class DaemonUnavailable(ClientError):
         self.socket_path = socket_path
 
 
+class SocketAccessDenied(DaemonUnavailable):
+    """The control socket cannot be used by this user, or its path cannot be a socket: waiting won't help."""
+
+
 class ControlError(ClientError):
     """The daemon answered with an error; ``status`` is the HTTP status (404 unknown, 422 invalid, ...)."""
 
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
+class NotFound(ControlError):
+    """The daemon answered 404: no such peer, host name or whitelist entry."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, HTTP_NOT_FOUND)
+
+
+class WaitTimedOut(ClientError):
+    """A wait ran out of time before a daemon answered it (none running, or the peer's name unknown).
+
+    The message is ``last_error``'s, the reason of the last attempt.
+    """
+
+    def __init__(self, last_error: ClientError) -> None:
+        super().__init__(str(last_error))
+        self.last_error = last_error
 
 
 def _how_to_reach(socket_path: str) -> str:
@@ -77,15 +112,28 @@ def _how_to_reach(socket_path: str) -> str:
 
 def _unavailable(socket_path: str) -> DaemonUnavailable:
     """Say why the socket did not answer, as precisely as the file system tells."""
-    if not Path(socket_path).exists():
-        reason = f"daemon not running (no socket at {socket_path}): {_how_to_reach(socket_path)}"
+    shown = shorten(socket_path)
+    if len(os.fsencode(socket_path)) > _MAX_UNIX_PATH_BYTES:
+        return SocketAccessDenied(
+            f"the control socket path {shown} is too long for a Unix socket "
+            f"(at most {_MAX_UNIX_PATH_BYTES} bytes)",
+            socket_path,
+        )
+    try:
+        exists = Path(socket_path).exists()
+    except OSError as exc:  # e.g. a path component that is too long
+        reason = f"cannot use the control socket {shown}: {exc.strerror or exc}"
+        return SocketAccessDenied(reason, socket_path)
+    if not exists:
+        reason = f"daemon not running (no socket at {shown}): {_how_to_reach(socket_path)}"
     elif not os.access(socket_path, os.R_OK | os.W_OK):
-        reason = (
-            f"permission denied on the control socket {socket_path}: run as root or as a member of the "
-            "'husarnet' group"
+        return SocketAccessDenied(
+            f"permission denied on the control socket {shown}: run as root or as a member of the "
+            "'husarnet' group",
+            socket_path,
         )
     else:
-        reason = f"daemon not running (nothing answers on {socket_path}): {_how_to_reach(socket_path)}"
+        reason = f"daemon not running (nothing answers on {shown}): {_how_to_reach(socket_path)}"
     return DaemonUnavailable(reason, socket_path)
 
 
@@ -95,9 +143,20 @@ def _error_message(response: httpx.Response) -> str:
     except ValueError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return str(body["error"])
+        return bound_message(str(body["error"]))  # bounded by the daemon too, unless it is an old one
     text = response.text.strip().splitlines()[0] if response.text.strip() else response.reason_phrase
-    return f"daemon answered {response.status_code}: {text}"
+    return bound_message(f"daemon answered {response.status_code}: {text}")
+
+
+def _is_retried_by_waits(exc: ClientError, retry_not_found: bool) -> bool:
+    """Whether a wait should ask again: no daemon yet (or a stale socket), or one too busy to answer."""
+    if isinstance(exc, SocketAccessDenied):
+        return False
+    if isinstance(exc, DaemonUnavailable):
+        return True
+    if isinstance(exc, NotFound):
+        return retry_not_found
+    return isinstance(exc, ControlError) and exc.status == HTTP_SERVICE_UNAVAILABLE
 
 
 class ControlClient:
@@ -137,39 +196,76 @@ class ControlClient:
             response = self._http.request(
                 method, API_PREFIX + path, json=json, params=params, timeout=timeout
             )
-        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError, PermissionError):
+        except (httpx.ConnectError, OSError):
+            # OSError: what the socket refused before httpx could wrap it (a path that is too long).
             raise _unavailable(self.socket_path) from None
         except httpx.TimeoutException:
             raise ControlError(
-                f"the daemon at {self.socket_path} did not answer within {timeout:g} s"
+                f"the daemon at {shorten(self.socket_path)} did not answer within {timeout:g} s"
             ) from None
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
             raise DaemonUnavailable(
-                f"the connection to the daemon at {self.socket_path} was lost (did it stop?)",
+                f"the connection to the daemon at {shorten(self.socket_path)} was lost (did it stop?)",
                 self.socket_path,
             ) from None
         except httpx.HTTPError as exc:
-            raise ControlError(f"cannot talk to the daemon at {self.socket_path}: {exc}") from None
+            raise ControlError(
+                bound_message(f"cannot talk to the daemon at {shorten(self.socket_path)}: {exc}")
+            ) from None
+        if response.status_code == HTTP_NOT_FOUND:
+            raise NotFound(_error_message(response))
         if response.is_error:
             raise ControlError(_error_message(response), response.status_code)
         try:
             return response.json()
         except ValueError:
-            raise ControlError(f"the daemon at {self.socket_path} sent an answer that is not JSON") from None
+            raise ControlError(
+                f"the daemon at {shorten(self.socket_path)} sent an answer that is not JSON"
+            ) from None
 
     @staticmethod
     def _parse(model: type[M], data: Any) -> M:
         try:
             return model.model_validate(data)
         except ValidationError as exc:
-            raise ControlError(f"unexpected answer from the daemon (version mismatch?): {exc}") from None
+            raise ControlError(
+                bound_message(f"unexpected answer from the daemon (version mismatch?): {exc}")
+            ) from None
 
     @staticmethod
     def _parse_list(adapter: TypeAdapter[list[T]], data: Any) -> list[T]:
         try:
             return adapter.validate_python(data)
         except ValidationError as exc:
-            raise ControlError(f"unexpected answer from the daemon (version mismatch?): {exc}") from None
+            raise ControlError(
+                bound_message(f"unexpected answer from the daemon (version mismatch?): {exc}")
+            ) from None
+
+    def _until_answered(
+        self,
+        timeout_s: float,
+        ask: Callable[[float], bool],
+        on_retry: Callable[[ClientError], None] | None,
+        retry_not_found: bool = False,
+    ) -> bool:
+        """``ask(remaining seconds)`` until a daemon answers it, for at most ``timeout_s``.
+
+        WaitTimedOut when ``timeout_s`` passed without an answer; ``on_retry`` is told about each error
+        that is retried. Errors that waiting cannot cure are raised at once.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return ask(max(0.0, deadline - time.monotonic()))
+            except ClientError as exc:
+                if not _is_retried_by_waits(exc, retry_not_found):
+                    raise
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WaitTimedOut(exc) from None
+                if on_retry is not None:
+                    on_retry(exc)
+                time.sleep(min(WAIT_RETRY_INTERVAL_S, remaining))
 
     @staticmethod
     def _segment(text: str) -> str:
@@ -195,10 +291,21 @@ class ControlClient:
     def logs(self, limit: int = 100) -> list[str]:
         return self._parse(LogLines, self._request("GET", "/logs", params={"limit": limit})).lines
 
-    def wait_ready(self, timeout_s: float) -> bool:
-        """True once the daemon is ready, False if ``timeout_s`` passed first."""
-        data = self._request("GET", "/wait/ready", params={"timeout": timeout_s}, extra_time_s=timeout_s)
-        return self._parse(WaitResult, data).reached
+    def wait_ready(self, timeout_s: float, on_retry: Callable[[ClientError], None] | None = None) -> bool:
+        """True once the daemon is ready, False if ``timeout_s`` passed first.
+
+        Until a daemon answers (no socket yet, a stale socket left by a killed daemon, a busy daemon), it
+        is asked again every WAIT_RETRY_INTERVAL_S; WaitTimedOut if none answered within ``timeout_s``.
+        Other errors (``SocketAccessDenied``, a refused request) are raised at once.
+        """
+
+        def ask(remaining_s: float) -> bool:
+            data = self._request(
+                "GET", "/wait/ready", params={"timeout": remaining_s}, extra_time_s=remaining_s
+            )
+            return self._parse(WaitResult, data).reached
+
+        return self._until_answered(timeout_s, ask, on_retry)
 
     # --- peers -------------------------------------------------------------------------------------------
 
@@ -206,11 +313,11 @@ class ControlClient:
         return self._parse_list(_PEERS, self._request("GET", "/peers"))
 
     def peer(self, target: str) -> PeerStatus:
-        """One peer by address or host name; ControlError(status=404) if unknown."""
+        """One peer by address or host name; NotFound if unknown."""
         return self._parse(PeerStatus, self._request("GET", f"/peers/{self._segment(target)}"))
 
     def resolve(self, name_or_address: str) -> str:
-        """The overlay address of a host name (or a normalised address); ControlError(404) if unknown."""
+        """The overlay address of a host name (or a normalised address); NotFound if unknown."""
         data = self._request("GET", f"/resolve/{self._segment(name_or_address)}")
         return self._parse(ResolvedAddress, data).address
 
@@ -222,15 +329,25 @@ class ControlClient:
         worst_case = max(0.0, (count - 1) * interval_s) + max(0.0, timeout_s)
         return self._parse(PingResult, self._request("POST", "/ping", json=body, extra_time_s=worst_case))
 
-    def wait_peer(self, target: str, timeout_s: float) -> bool:
-        """True once the peer has a direct or tunnelled path, False if ``timeout_s`` passed first."""
-        data = self._request(
-            "GET",
-            f"/wait/peer/{self._segment(target)}",
-            params={"timeout": timeout_s},
-            extra_time_s=timeout_s,
-        )
-        return self._parse(WaitResult, data).reached
+    def wait_peer(
+        self, target: str, timeout_s: float, on_retry: Callable[[ClientError], None] | None = None
+    ) -> bool:
+        """True once the peer has a direct or tunnelled path, False if ``timeout_s`` passed first.
+
+        Waits for a daemon to answer as ``wait_ready`` does, and for a host name to become known (a peer's
+        name may be learnt only when it connects): WaitTimedOut (saying why) if ``timeout_s`` passed first.
+        """
+
+        def ask(remaining_s: float) -> bool:
+            data = self._request(
+                "GET",
+                f"/wait/peer/{self._segment(target)}",
+                params={"timeout": remaining_s},
+                extra_time_s=remaining_s,
+            )
+            return self._parse(WaitResult, data).reached
+
+        return self._until_answered(timeout_s, ask, on_retry, retry_not_found=True)
 
     # --- whitelist (each call returns the whitelist after the change) ------------------------------------
 

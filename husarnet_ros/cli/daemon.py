@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from ..api import DEFAULT_CONTROL_SOCKET
 from ..core.config import (
     DEFAULT_DAEMON_USER,
     DEFAULT_HOSTS_FILE,
@@ -78,7 +79,7 @@ _path = click.Path(dir_okay=True, file_okay=True)
     "--control-socket",
     type=_path,
     help="Unix socket of the control API (default: the global --control-socket, "
-    "$HUSARNET_ROS_CONTROL_SOCKET or /run/husarnet-ros/control.sock).",
+    f"$HUSARNET_ROS_CONTROL_SOCKET or {DEFAULT_CONTROL_SOCKET}).",
 )
 @click.option("--interface", help=f"TUN interface name. [default: {DEFAULT_INTERFACE}]")
 @click.option(

@@ -1,6 +1,7 @@
 """The `husarnet-ros` command: ``husarnet-ros [--control-socket PATH] [--json] COMMAND``.
 
-Exit status: 0 success, 1 failure (one ``error: ...`` line on stderr), 2 usage error.
+Exit status: 0 success, 1 failure (one ``error: ...`` line on stderr), 2 usage error. No error message
+echoes an argument in full: quoted values are shortened (``api.bound_message``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..api import CONTROL_SOCKET_ENV, DEFAULT_CONTROL_SOCKET
+from ..api import CONTROL_SOCKET_ENV, DEFAULT_CONTROL_SOCKET, MAX_MESSAGE_CHARS, bound_message, shorten
 from ..client import ControlClient
 from ..core.errors import HusarnetError
 from . import daemon as daemon_command
@@ -30,6 +31,12 @@ class _Root(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            # Subcommands parse their arguments in here, and click quotes a bad value in full.
+            message = exc.format_message()
+            if len(message) <= MAX_MESSAGE_CHARS:
+                raise
+            raise click.UsageError(bound_message(message), ctx=exc.ctx) from None
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
             raise
         except HusarnetError as exc:
@@ -85,7 +92,8 @@ def version() -> None:
         print_json({"version": __version__, "daemon_version": daemon_version})
         return
     click.echo(f"husarnet-ros {__version__}")
-    click.echo(f"daemon {daemon_version}" if daemon_version else f"daemon not running at {state.socket_path}")
+    socket_path = shorten(state.socket_path)
+    click.echo(f"daemon {daemon_version}" if daemon_version else f"daemon not running at {socket_path}")
 
 
 for command in (

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Callable
+from typing import NoReturn
 
 import click
 
@@ -15,7 +18,9 @@ from ..api import (
     MIN_PING_INTERVAL_S,
     MIN_PING_TIMEOUT_S,
     PingReply,
+    shorten,
 )
+from ..client import ClientError, DaemonUnavailable, WaitTimedOut
 from . import render
 from .state import cli_state, fail, json_option, print_json
 
@@ -131,11 +136,13 @@ def ping(target: str, count: int, interval: float, timeout: float) -> None:
 def wait() -> None:
     """Block until the daemon is ready or a peer is reachable (for scripts).
 
-    Exits 0 when reached, 1 on timeout.
+    Both commands first wait for a daemon to answer on the control socket: a missing socket (the daemon
+    is still starting) or one nobody answers on (left behind by a killed daemon) is retried until the
+    timeout, so they can follow the command that starts the daemon. Exits 0 when reached, 1 on timeout.
 
     \b
     Examples:
-      husarnet-ros wait ready --timeout 20 && husarnet-ros status
+      husarnet-ros daemon & husarnet-ros wait ready --timeout 20 && husarnet-ros status
       husarnet-ros wait peer robot2 --timeout 60
     """
 
@@ -153,15 +160,22 @@ _timeout_option = click.option(
 @_timeout_option
 @json_option
 def wait_ready(timeout: float) -> None:
-    """Wait until the daemon has its interface up and transport bound.
+    """Wait until a daemon answers on the control socket with its interface up and transport bound.
+
+    A missing or stale control socket is waited for too (see `husarnet-ros wait --help`).
 
     \b
     Example:
       husarnet-ros wait ready --timeout 20
     """
     state = cli_state()
-    reached = state.client().wait_ready(timeout)
-    _report_wait(reached, "daemon ready", f"timed out after {timeout:g} s waiting for the daemon to be ready")
+    client = state.client()
+    what = "waiting for the daemon to be ready"
+    try:
+        reached = client.wait_ready(timeout, on_retry=_progress(state.socket_path))
+    except WaitTimedOut as exc:
+        _never_answered(f"timed out after {timeout:g} s {what}: {exc}")
+    _report_wait(reached, "daemon ready", f"timed out after {timeout:g} s {what}")
 
 
 @wait.command("peer")
@@ -171,15 +185,34 @@ def wait_ready(timeout: float) -> None:
 def wait_peer(target: str, timeout: float) -> None:
     """Wait until a peer has a direct or tunnelled path.
 
+    Waits for a daemon to answer on the control socket first (see `husarnet-ros wait --help`), and for a
+    host name the daemon does not know yet (a peer's name may be learnt only when it connects).
+
     \b
     Example:
       husarnet-ros wait peer robot2 --timeout 60
     """
     state = cli_state()
-    reached = state.client().wait_peer(target, timeout)
-    _report_wait(
-        reached, f"{target} reachable", f"timed out after {timeout:g} s waiting for a path to {target}"
-    )
+    client = state.client()
+    shown = shorten(target)
+    what = f"waiting for a path to {shown}"
+    try:
+        reached = client.wait_peer(target, timeout, on_retry=_progress(state.socket_path))
+    except WaitTimedOut as exc:
+        _never_answered(f"timed out after {timeout:g} s {what}: {exc}")
+    _report_wait(reached, f"{shown} reachable", f"timed out after {timeout:g} s {what}")
+
+
+def _progress(socket_path: str) -> Callable[[ClientError], None]:
+    """Says once on stderr that the wait is for a daemon to answer, when a person is watching."""
+    told: list[bool] = []
+
+    def tell(exc: ClientError) -> None:
+        if not told and isinstance(exc, DaemonUnavailable) and sys.stderr.isatty():
+            click.echo(f"waiting for a daemon to answer on {shorten(socket_path)} ...", err=True)
+            told.append(True)
+
+    return tell
 
 
 def _report_wait(reached: bool, reached_message: str, timeout_message: str) -> None:
@@ -191,6 +224,16 @@ def _report_wait(reached: bool, reached_message: str, timeout_message: str) -> N
     if not reached:
         fail(timeout_message)
     click.echo(reached_message)
+
+
+def _never_answered(message: str) -> NoReturn:
+    """A wait that timed out before the daemon could answer it: for scripts the same timeout as any
+    other (``{"reached": false}``, exit status 1), with the reason on stderr."""
+    if cli_state().json:
+        print_json({"reached": False})
+        click.echo(f"error: {message}", err=True)
+        raise SystemExit(1)
+    fail(message)
 
 
 @click.command()

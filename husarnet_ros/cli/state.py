@@ -10,7 +10,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 from pydantic import BaseModel
 
-from ..api import resolve_control_socket
+from ..api import bound_message, resolve_control_socket
 from ..client import ControlClient
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -22,7 +22,7 @@ class CliFailure(click.ClickException):
     exit_code = 1
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        click.echo(f"error: {bound_message(self.format_message())}", err=True)
 
 
 def fail(message: str) -> NoReturn:

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..api import DEFAULT_CONTROL_SOCKET
 from .beacon import DEFAULT_SOURCE_NETWORKS
 from .constants import DEFAULT_MTU, DEFAULT_UDP_PORT, OVERLAY_PREFIX
 from .errors import ConfigError
@@ -28,7 +29,6 @@ from .yamlfile import read_yaml_file
 DEFAULT_STATE_DIR = Path("/var/lib/husarnet-ros")
 # The unprivileged account the daemon runs as after set-up (scripts/setup.sh creates it; see docs/CLI.md).
 DEFAULT_DAEMON_USER = "husarnet-ros"
-DEFAULT_CONTROL_SOCKET = Path("/run/husarnet-ros/control.sock")
 DEFAULT_HOSTS_FILE = Path("/etc/hosts")
 DEFAULT_INTERFACE = "hnet0"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")

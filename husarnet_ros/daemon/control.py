@@ -9,7 +9,8 @@ never stalls the daemon. Where controller methods run depends on ``controller_lo
 - ``controller_loop=<the daemon's running loop>``: every call, synchronous or coroutine, is executed on that
   loop (``call_soon_threadsafe`` / ``run_coroutine_threadsafe``), so a single-loop daemon needs no locks.
 
-Routes (all JSON; errors are ``{"error": "message"}`` with 404/409/422/503, never a traceback):
+Routes (all JSON; errors are ``{"error": "message"}`` with 404/409/422/503, never a traceback; a value
+the client sent is quoted shortened, never in full):
 
     GET    /v1/health                       Health (answered without the controller)
     GET    /v1/status                       Status
@@ -28,7 +29,8 @@ Routes (all JSON; errors are ``{"error": "message"}`` with 404/409/422/503, neve
     GET    /v1/wait/peer/{target}?timeout=S WaitResult
     GET    /v1/logs?limit=N                 LogLines
 
-The OpenAPI schema is at /openapi.json (and interactive docs at /docs) on the same socket.
+The OpenAPI schema is at /openapi.json (and interactive docs at /docs) on the same socket. How many
+connections, how large and how slow a request may be: ``control_limits.ControlLimits``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import concurrent.futures
 import contextlib
 import grp
 import logging
+import math
 import os
 import socket
 import stat
@@ -71,10 +74,14 @@ from ..api import (
     Status,
     WaitResult,
     Whitelist,
+    bound_message,
     normalize_overlay,
+    quote_input,
+    shorten,
     validate_hostname,
 )
 from ..core.errors import AddressError, HusarnetError
+from .control_limits import ConnectionGuard, ControlHttpProtocol, ControlLimits
 from .controller import Controller, ControllerError, InvalidRequest, NotFound, NotReady
 
 log = logging.getLogger(__name__)
@@ -88,6 +95,8 @@ STARTUP_TIMEOUT_S = 10.0
 SHUTDOWN_TIMEOUT_S = 5.0
 # Open long-poll requests (wait, ping) are cut after this long when the server stops.
 GRACEFUL_SHUTDOWN_S = 1
+# How many validation errors one 422 answer lists (a body with 10,000 unknown keys has 10,000 of them).
+MAX_LISTED_ERRORS = 5
 _MAX_UNIX_PATH = 107  # sun_path is 108 bytes including the terminating NUL
 
 T = TypeVar("T")
@@ -145,7 +154,8 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": message}, headers=headers)
+    # Bounded whatever produced it: a message may quote what the client sent.
+    return JSONResponse(status_code=status, content={"error": bound_message(message)}, headers=headers)
 
 
 def _allowed_methods(request: Request) -> str:
@@ -159,15 +169,22 @@ def _allowed_methods(request: Request) -> str:
 
 
 def _describe_validation_error(exc: RequestValidationError) -> str:
-    """One line naming each bad field and why, e.g. "body.address: 'x' is not an IPv6 address"."""
+    """One line naming each bad field and why, e.g. "address: 'x' is not an IPv6 address".
+
+    Never the rejected input itself (pydantic keeps it in ``input``): only field names, shortened since a
+    client chooses the names of unknown fields too, and the validators' messages, which quote shortened.
+    """
+    errors = exc.errors()
     parts = []
-    for err in exc.errors():
+    for err in errors[:MAX_LISTED_ERRORS]:
         if err.get("type") == "json_invalid":
             parts.append("the request body is not valid JSON")
             continue
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
+        loc = ".".join(shorten(str(p), 40) for p in err.get("loc", ()) if p != "body") or "request"
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
         parts.append(f"{loc}: {msg}")
+    if len(errors) > MAX_LISTED_ERRORS:
+        parts.append(f"and {len(errors) - MAX_LISTED_ERRORS} more")
     return "invalid request: " + "; ".join(parts)
 
 
@@ -183,7 +200,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             headers = {"Allow": _allowed_methods(request)} if exc.status_code == 405 else None
             return _error(
                 exc.status_code,
-                f"the daemon has no API route {request.method} {request.url.path} (version mismatch?)",
+                f"the daemon has no API route {shorten(request.method, 16)} {shorten(request.url.path)} "
+                "(version mismatch?)",
                 headers,
             )
         if exc.status_code == 400:
@@ -246,8 +264,17 @@ def create_app(controller: Controller, controller_loop: asyncio.AbstractEventLoo
     p = API_PREFIX
 
     async def resolve(target: str) -> str:
-        if not target or len(target) > 253:
-            raise InvalidRequest(f"{target!r} is neither an overlay address nor a host name")
+        """The overlay address of ``target``: an address, or a host name the daemon knows (else 404)."""
+        try:
+            normalize_overlay(target)
+        except AddressError:
+            try:
+                validate_hostname(target)
+            except ValueError:
+                # Only valid names reach the controller, which may quote them in its 404.
+                raise InvalidRequest(
+                    f"{quote_input(target)} is neither an overlay address nor a valid host name"
+                ) from None
         return normalize_overlay(await do.call(controller.resolve, target))
 
     @app.get(f"{p}/health", tags=["daemon"])
@@ -268,7 +295,7 @@ def create_app(controller: Controller, controller_loop: asyncio.AbstractEventLoo
         for entry in (await do.call(controller.status)).peers:
             if entry.address == address:
                 return entry
-        raise NotFound(f"{target} is not a known peer")
+        raise NotFound(f"{shorten(target)} is not a known peer")
 
     @app.get(f"{p}/whitelist", tags=["whitelist"])
     async def whitelist() -> Whitelist:
@@ -401,22 +428,40 @@ def _bind_listening_socket(path: str, group: str | None) -> socket.socket:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server that tells another thread when it is listening."""
+    """uvicorn's server, accepting on ``sock`` through a ConnectionGuard; tells another thread when it
+    is listening."""
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(self, config: uvicorn.Config, sock: socket.socket, limits: ControlLimits) -> None:
         super().__init__(config)
         self.listening = threading.Event()
+        self._sock = sock
+        self._limits = limits
+        self._guard: ConnectionGuard | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
+        # No sockets for uvicorn itself: asyncio's own accept loop would take every connection it can.
+        await super().startup(sockets=[])
+        loop = asyncio.get_running_loop()
+        self._guard = ConnectionGuard(self._sock, self._new_protocol, self._limits, loop)
+        self._guard.start()
         self.listening.set()
+
+    def _new_protocol(self) -> ControlHttpProtocol:
+        assert self._guard is not None
+        return ControlHttpProtocol(self.config, self.server_state, self.lifespan.state, self._guard)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._guard is not None:
+            self._guard.close()
+        await super().shutdown(sockets=sockets)
 
 
 class ControlServer:
     """Serves ``create_app(controller)`` on ``socket_path`` (mode 0660, group ``group`` if it exists).
 
-    ``start()`` returns once the socket accepts connections; ``stop()`` shuts down and removes the socket.
-    Usable as a context manager.
+    ``start()`` returns once the socket accepts connections; ``stop()`` shuts down and removes the socket
+    (if it can: see ``stop``). Usable as a context manager. ``limits``: how many connections, how large
+    and how slow a request may be.
     """
 
     def __init__(
@@ -425,9 +470,11 @@ class ControlServer:
         socket_path: str,
         group: str | None = CONTROL_GROUP,
         controller_loop: asyncio.AbstractEventLoop | None = None,
+        limits: ControlLimits | None = None,
     ) -> None:
         self.socket_path = socket_path
         self._group = group
+        self._limits = limits or ControlLimits()
         self._app = create_app(controller, controller_loop)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -477,12 +524,16 @@ class ControlServer:
         self._listening_socket = None  # owned (and closed) by the serving thread from here on
         config = uvicorn.Config(
             self._app,
+            http=ControlHttpProtocol,  # h11 even where httptools is installed: the limits are built on it
             log_config=None,  # the daemon configures logging, uvicorn must not replace it
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            # uvicorn's own timer for idle keep-alive connections; ControlHttpProtocol's request deadline
+            # closes them at the same time and also covers a connection that never sends a whole request.
+            timeout_keep_alive=math.ceil(self._limits.request_timeout_s),
         )
-        self._server = _Server(config)
+        self._server = _Server(config, sock, self._limits)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, args=(sock,), name="control-api", daemon=True)
         self._thread.start()
@@ -497,7 +548,7 @@ class ControlServer:
         assert self._server is not None
         asyncio.set_event_loop(self._loop)
         try:
-            self._loop.run_until_complete(self._server.serve(sockets=[sock]))
+            self._loop.run_until_complete(self._server.serve())
         # Reported by start(); a dying thread must not print a traceback.
         except BaseException as exc:
             self._failure = exc
@@ -510,7 +561,11 @@ class ControlServer:
             self._loop.close()
 
     def stop(self) -> None:
-        """Stop serving, cut open long-polls after a short grace period, remove the socket file."""
+        """Stop serving, cut open long-polls after a short grace period, remove the socket file.
+
+        Never raises for the socket file: a daemon that switched to its own account may not be allowed to
+        remove it (a root-owned directory); that is logged, and the next daemon replaces the stale socket.
+        """
         if self._listening_socket is not None:  # bound but never started
             self._listening_socket.close()
             self._listening_socket = None
@@ -528,15 +583,22 @@ class ControlServer:
 
     def _remove_own_socket(self) -> None:
         # Only our own socket file: a daemon started after us may already own this path.
-        if self._socket_inode is None:
+        inode, self._socket_inode = self._socket_inode, None
+        if inode is None:
             return
         try:
             st = os.lstat(self.socket_path)
+            if (st.st_dev, st.st_ino) == inode:
+                Path(self.socket_path).unlink()
         except FileNotFoundError:
-            return
-        if (st.st_dev, st.st_ino) == self._socket_inode:
-            Path(self.socket_path).unlink(missing_ok=True)
-        self._socket_inode = None
+            pass
+        except OSError as exc:
+            # One line, not an error: the daemon stopped cleanly all the same.
+            log.warning(
+                "cannot remove control socket %s (%s); the next daemon replaces it",
+                self.socket_path,
+                exc.strerror or exc,
+            )
 
     def __enter__(self) -> ControlServer:
         self.start()

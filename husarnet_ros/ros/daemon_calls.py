@@ -8,9 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..api import HostEntry, Whitelist
-from ..client import ControlClient, ControlError
-
-HTTP_NOT_FOUND = 404
+from ..client import ControlClient, NotFound
 
 
 def whitelist_add(address: str) -> Callable[[ControlClient], Whitelist]:
@@ -23,10 +21,8 @@ def whitelist_remove(address: str) -> Callable[[ControlClient], bool]:
     def remove(client: ControlClient) -> bool:
         try:
             client.whitelist_remove(address)
-        except ControlError as exc:
-            if exc.status == HTTP_NOT_FOUND:
-                return False
-            raise
+        except NotFound:
+            return False
         return True
 
     return remove
@@ -42,9 +38,7 @@ def hosts_remove(hostname: str) -> Callable[[ControlClient], list[HostEntry]]:
     def remove(client: ControlClient) -> list[HostEntry]:
         try:
             return client.hosts_remove(hostname)
-        except ControlError as exc:
-            if exc.status == HTTP_NOT_FOUND:  # already gone: the goal is reached
-                return client.hosts()
-            raise
+        except NotFound:  # already gone: the goal is reached
+            return client.hosts()
 
     return remove

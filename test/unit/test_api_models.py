@@ -90,9 +90,9 @@ def test_status_round_trips_through_json() -> None:
 
 def test_control_socket_resolution_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(CONTROL_SOCKET_ENV, raising=False)
-    assert resolve_control_socket(None) == DEFAULT_CONTROL_SOCKET
+    assert resolve_control_socket(None) == str(DEFAULT_CONTROL_SOCKET)
     monkeypatch.setenv(CONTROL_SOCKET_ENV, "/tmp/from-env.sock")
     assert resolve_control_socket(None) == "/tmp/from-env.sock"
     assert resolve_control_socket("/tmp/explicit.sock") == "/tmp/explicit.sock"
     monkeypatch.setenv(CONTROL_SOCKET_ENV, "")
-    assert resolve_control_socket(None) == DEFAULT_CONTROL_SOCKET
+    assert resolve_control_socket(None) == str(DEFAULT_CONTROL_SOCKET)

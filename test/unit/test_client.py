@@ -81,7 +81,7 @@ def test_ping_wait_logs(served: tuple[FakeController, ControlClient]) -> None:
         (lambda c: c.peer("fc94::99"), 404, "not a known peer"),
         (lambda c: c.ping("robot2", count=0), 422, "count"),
         (lambda c: c.ping("fc94::1"), 422, "own address"),
-        (lambda c: c.wait_ready(-1), 422, "timeout"),
+        (lambda c: c.wait_peer("a b", 0), 422, "a b"),
         (lambda c: c.logs(0), 422, "limit"),
     ],
 )
@@ -130,7 +130,7 @@ def test_stopped_daemon_between_calls_is_daemon_unavailable() -> None:
 
 def test_socket_path_comes_from_env_then_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(CONTROL_SOCKET_ENV, raising=False)
-    assert ControlClient().socket_path == DEFAULT_CONTROL_SOCKET
+    assert ControlClient().socket_path == str(DEFAULT_CONTROL_SOCKET)
     monkeypatch.setenv(CONTROL_SOCKET_ENV, "/tmp/env.sock")
     assert ControlClient().socket_path == "/tmp/env.sock"
     assert ControlClient("/tmp/arg.sock").socket_path == "/tmp/arg.sock"
