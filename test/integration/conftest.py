@@ -1,6 +1,8 @@
 """Fixtures for integration tests: network-namespace labs and husarnet-ros daemons in them.
 
-Every test here needs root and working ``ip netns``; otherwise it is skipped with the reason.
+Every test here needs root and working ``ip netns``; otherwise it is skipped with the reason, and under
+HUSARNET_ROS_STRICT=1 (scripts/test.sh as root) that skip is a failure (test/conftest.py turns every skip
+into one). The same holds for what scripts/setup.sh provides (the daemon's account and the control group).
 Labs and daemons are torn down by finalizers, also when the test fails; a failed test's
 report carries the tail of every daemon log (and its path, kept on disk).
 """
@@ -8,11 +10,16 @@ report carries the tail of every daemon log (and its path, kept on disk).
 from __future__ import annotations
 
 import functools
+import grp
+import pwd
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from husarnet_ros.core.config import DEFAULT_DAEMON_USER
+from husarnet_ros.daemon.control import CONTROL_GROUP
 from husarnet_ros.testing.lab_daemon import Daemon, husarnet_ros_missing
 from husarnet_ros.testing.netlab import Host, Lab, cleanup_stale, netns_supported
 
@@ -65,6 +72,28 @@ def husarnet_ros_available() -> None:
     missing = husarnet_ros_missing()
     if missing:
         pytest.skip(f"husarnet-ros CLI not available: {missing}")
+
+
+@dataclass(frozen=True)
+class SetupAccounts:
+    """What scripts/setup.sh creates on the machine: the daemon's own account and the control group."""
+
+    daemon_user: pwd.struct_passwd
+    control_group: grp.struct_group
+
+
+@pytest.fixture(scope="session")
+def setup_accounts() -> SetupAccounts:
+    """The daemon account and control group; skipped with the reason (a failure when STRICT) if missing."""
+    try:
+        user = pwd.getpwnam(DEFAULT_DAEMON_USER)
+        group = grp.getgrnam(CONTROL_GROUP)
+    except KeyError as exc:
+        pytest.skip(
+            f"needs the account {DEFAULT_DAEMON_USER!r} and the group {CONTROL_GROUP!r} "
+            f"({exc.args[0]}): scripts/setup.sh creates them"
+        )
+    return SetupAccounts(user, group)
 
 
 @pytest.hookimpl(hookwrapper=True)

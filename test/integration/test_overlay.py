@@ -87,7 +87,8 @@ def process_uids(pid: int) -> list[int]:
     raise AssertionError(f"no Uid line for pid {pid}")
 
 
-def test_three_robots_find_each_other_and_exchange_traffic(fleet: Any) -> None:
+def test_three_robots_find_each_other_and_exchange_traffic(fleet: Any, setup_accounts: Any) -> None:
+    # setup_accounts: the daemon account and control group checked below exist (scripts/setup.sh)
     daemons: list[Daemon] = fleet(3)
     addresses = whitelist_each_other(daemons)
     for daemon in daemons:
