@@ -39,6 +39,7 @@ def context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
             monkeypatch.delenv(name)
     monkeypatch.setenv("ROS_LOG_DIR", str(tmp_path / "log"))
     monkeypatch.setenv("ROS_DOMAIN_ID", str(private_domain_id(53)))
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # DDS traffic stays on this host
     monkeypatch.setenv("ROS_HOME", str(tmp_path / "ros_home"))
     ctx = rclpy.Context()
     rclpy.init(context=ctx)

@@ -1,15 +1,30 @@
-"""atomic_write: content, permissions, and the old file surviving every failure."""
+"""atomic_write: content, permissions, and the old file surviving every failure (on a real full file
+system: test/integration/test_full_disk.py). read_bounded: the limit, and an error naming the file for every
+failure."""
 
 from __future__ import annotations
 
 import os
+import pickle
+import shutil
 import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from husarnet_ros import fileio
-from husarnet_ros.fileio import atomic_write, atomic_write_text
+from husarnet_ros.core.errors import HusarnetError
+from husarnet_ros.fileio import (
+    FileMissingError,
+    FileReadError,
+    atomic_write,
+    atomic_write_text,
+    read_bounded,
+    read_bounded_text,
+)
+from husarnet_ros.testing.unprivileged import run_unprivileged
 
 
 def _mode(path: Path) -> int:
@@ -118,3 +133,78 @@ def test_owner_can_be_changed_by_root(tmp_path: Path) -> None:
     target = tmp_path / "f"
     atomic_write(target, b"x", owner=(1234, 5678))
     assert (target.stat().st_uid, target.stat().st_gid) == (1234, 5678)
+
+
+# --- read_bounded ---------------------------------------------------------------------------------
+
+
+def test_read_bounded_reads_up_to_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10)
+    assert read_bounded(path, 10, "test file") == b"x" * 10
+    assert read_bounded(str(path), 11, "test file") == b"x" * 10
+
+
+def test_read_bounded_refuses_a_larger_file(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 11)
+    with pytest.raises(FileReadError, match=rf"^test file {path} is larger than 10 bytes$") as info:
+        read_bounded(path, 10, "test file")
+    assert info.value.path == path
+
+
+def test_read_bounded_reads_no_more_than_the_limit_of_an_endless_file() -> None:
+    with pytest.raises(FileReadError, match="larger than 4096 bytes"):
+        read_bounded("/dev/zero", 4096, "device")
+
+
+def test_read_bounded_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "none"
+    with pytest.raises(FileMissingError, match=rf"^cannot read config file {path}: ") as info:
+        read_bounded(path, 10, "config file")
+    assert isinstance(info.value, HusarnetError)  # the CLI prints it as one line
+
+
+def test_read_bounded_directory(tmp_path: Path) -> None:
+    with pytest.raises(FileReadError, match=rf"^cannot read config file {tmp_path}: ") as info:
+        read_bounded(tmp_path, 10, "config file")
+    assert not isinstance(info.value, FileMissingError)
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory under /tmp that any account may enter (pytest's tmp_path sits below a 0700 one)."""
+    path = Path(tempfile.mkdtemp(prefix="hr-fileio-", dir="/tmp"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_read_bounded_unreadable_file(open_dir: Path) -> None:
+    path = open_dir / "secret"
+    path.write_bytes(b"x")
+    path.chmod(0o000)
+    with pytest.raises(FileReadError, match=rf"^cannot read key file {path}: "):
+        run_unprivileged(lambda: read_bounded(path, 10, "key file"))
+
+
+def test_read_bounded_text(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes("żółw\n".encode())
+    assert read_bounded_text(path, 100, "text file") == "żółw\n"
+    path.write_bytes(b"ok \xff")
+    with pytest.raises(
+        FileReadError, match=rf"^text file {path} is not utf-8 text \(byte 3 cannot be decoded\)$"
+    ):
+        read_bounded_text(path, 100, "text file")
+    assert read_bounded_text(path, 100, "text file", errors="replace") == "ok \ufffd"
+    assert (
+        read_bounded_text(path, 100, "text file", errors="surrogateescape").encode("utf-8", "surrogateescape")
+        == b"ok \xff"
+    )
+
+
+def test_read_errors_survive_pickling(tmp_path: Path) -> None:
+    for error in (FileReadError("message", tmp_path), FileMissingError("gone", tmp_path)):
+        again = pickle.loads(pickle.dumps(error))
+        assert (type(again), str(again), again.path) == (type(error), str(error), error.path)

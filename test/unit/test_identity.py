@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import pickle
 import stat
 from pathlib import Path
 
@@ -12,8 +13,15 @@ from fixed_identities import failing_seed, fixed_identity, seed_for
 from nacl.signing import SigningKey
 
 from husarnet_ros.core.errors import IdentityError
-from husarnet_ros.core.identity import Identity, derive_address, verify_signature
-from husarnet_ros.fileio import atomic_write_text
+from husarnet_ros.core.identity import (
+    MAX_IDENTITY_FILE_SIZE,
+    Identity,
+    IdentityFileError,
+    derive_address,
+    read_identity_file,
+    verify_signature,
+)
+from husarnet_ros.fileio import FileMissingError, FileReadError, atomic_write_text
 
 
 def independent_address(public_key: bytes) -> bytes | None:
@@ -235,6 +243,61 @@ def test_corrupt_identity_file_is_a_clear_identity_error(case: str, text: str, m
         Identity.from_file_text(text)
     # The message must not leak the secret key.
     assert _fields()[2] not in str(info.value)
+
+
+# --------------------------------------------------------------------------- read_identity_file
+def test_read_identity_file_reads_a_husarnet_file(tmp_path: Path) -> None:
+    path = tmp_path / "id"
+    line = husarnet_line(seed_for("husarnet import"))
+    path.write_text(line)
+    assert read_identity_file(path).to_file_text().split() == line.split()
+    assert path.read_text() == line  # only read
+
+
+def test_read_identity_file_names_the_file_and_the_problem(tmp_path: Path) -> None:
+    path = tmp_path / "id"
+    path.write_text("fc94::1 00 00\n")
+    with pytest.raises(IdentityFileError) as info:
+        read_identity_file(path)
+    assert info.value.path == path
+    assert "public key has 1 bytes" in info.value.problem
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_read_identity_file_refuses_binary_content(tmp_path: Path) -> None:
+    path = tmp_path / "id"
+    path.write_bytes(husarnet_line(seed_for("binary")).encode() + b"\xff")
+    with pytest.raises(IdentityFileError, match="not a text identity file"):
+        read_identity_file(path)
+
+
+def test_read_identity_file_refuses_a_large_file_without_reading_it_whole(tmp_path: Path) -> None:
+    path = tmp_path / "id"
+    # A valid line followed by padding: the size alone decides, whatever the content.
+    path.write_text(husarnet_line(seed_for("large")) + " " * MAX_IDENTITY_FILE_SIZE)
+    with pytest.raises(
+        FileReadError, match=rf"identity file {path} is larger than {MAX_IDENTITY_FILE_SIZE} bytes"
+    ):
+        read_identity_file(path)
+
+
+def test_read_identity_file_missing_and_unreadable(tmp_path: Path) -> None:
+    with pytest.raises(FileMissingError, match=rf"cannot read identity file {tmp_path / 'none'}: "):
+        read_identity_file(tmp_path / "none")
+    with pytest.raises(FileReadError, match=rf"cannot read identity file {tmp_path}: "):
+        read_identity_file(tmp_path)  # a directory
+
+
+def test_identity_file_errors_survive_pickling(tmp_path: Path) -> None:
+    # They cross process boundaries (husarnet_ros.testing.unprivileged) with their attributes.
+    error = IdentityFileError(tmp_path / "id", "found 1 field(s)")
+    again = pickle.loads(pickle.dumps(error))
+    assert (type(again), again.path, again.problem, str(again)) == (
+        IdentityFileError,
+        error.path,
+        error.problem,
+        str(error),
+    )
 
 
 # --------------------------------------------------------------------------- signatures
