@@ -6,6 +6,8 @@
 
 Nothing husarnet-specific on purpose: they are what a user's own nodes are, and they get the DDS
 configuration only from the environment (``eval "$(husarnet-ros dds env)"`` or the launch's ``env.sh``).
+``talk`` and ``listen`` import only rclpy and std_msgs, so this file also runs by path under another ROS 2
+(the tests run it with the Jazzy venv's Python: ``python .../chatter.py talk``).
 ``listen`` prints one JSON line: ``{"first": UNIX_TIME_OF_FIRST_MESSAGE | null, "count": N, "data": [...]}``
 and exits 0 when it received ``--count`` messages, 1 when ``--seconds`` ran out first.
 ``peers`` subscribes to a ``husarnet_ros/msg/PeerArray`` topic the way a late subscriber must (RELIABLE,

@@ -155,6 +155,8 @@ def test_two_robots_talk_over_the_overlay_with_what_the_launch_printed(
         assert robot.dds_env["RMW_IMPLEMENTATION"] == "rmw_fastrtps_cpp"
         profile = Path(robot.dds_env["FASTDDS_DEFAULT_PROFILES_FILE"])
         assert profile.is_file()
+        # Fast DDS 2.x (Humble, Jazzy) reads only this name: the printed lines must carry it too.
+        assert robot.dds_env["FASTRTPS_DEFAULT_PROFILES_FILE"] == str(profile)
         peer = b if robot is a else a
         assert f"<address>{peer.address}</address>" in profile.read_text()  # the fleet gave the DDS peer
         assert (robot.workdir / "dds" / "env.sh").read_text().count("export ") == len(robot.dds_env)
