@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from husarnet_ros.testing.requirements import (
     STRICT_ENV,
@@ -29,6 +30,12 @@ from husarnet_ros.testing.requirements import (
 )
 
 STRICT = strict()
+
+# How long an example takes depends on the machine and its load (CI shares two cores among several runs), not
+# on the code: no per-example deadline and no "too slow" health check unless a test sets its own bound on
+# purpose (test/unit/test_fuzz.py does, against pathological slowdowns).
+settings.register_profile("husarnet_ros", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("husarnet_ros")
 
 _REQUIREMENTS = {
     "integration": integration_unavailable,
