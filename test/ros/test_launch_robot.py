@@ -7,9 +7,10 @@ name the robot's overlay address, which does not exist here; the DDS path, with 
 the launch, is covered by test/integration/test_ros_two_robots.py, and a SIGTERM to such a launch by
 test/integration/test_launch_lifetime.py.
 
-Checked: the three nodes come up (no husarnet_dds with dds:=none); a subscriber created after the table was published still receives
-/husarnet/peers (TRANSIENT_LOCAL); /husarnet/add_peer with a valid and an invalid address; the /diagnostics
-level of a peer goes from OK to ERROR when the peer leaves the daemon's table, and back when it returns.
+Checked: the three nodes come up (no husarnet_dds with dds:=none); a subscriber created after the table was
+published still receives /husarnet/peers (TRANSIENT_LOCAL); /husarnet/add_peer with a valid and an invalid
+address; the /diagnostics level of a peer goes from OK to ERROR when the peer leaves the daemon's table, and
+back when it returns.
 """
 
 from __future__ import annotations

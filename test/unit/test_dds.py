@@ -282,8 +282,8 @@ def test_cli_env_prints_exports_that_a_shell_can_eval(
         [
             "sh",
             "-c",
-            result.output + 'printf "%s\\n" "$FASTDDS_DEFAULT_PROFILES_FILE" "$FASTRTPS_DEFAULT_PROFILES_FILE" '
-            '"$CYCLONEDDS_URI"',
+            result.output + 'printf "%s\\n" "$FASTDDS_DEFAULT_PROFILES_FILE" '
+            '"$FASTRTPS_DEFAULT_PROFILES_FILE" "$CYCLONEDDS_URI"',
         ],
         capture_output=True,
         text=True,
