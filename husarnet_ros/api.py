@@ -11,6 +11,7 @@ Error messages quote what the user sent shortened (``quote_input``), and are bou
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -41,6 +42,7 @@ MAX_MESSAGE_CHARS = 400
 # The longest text form of an IPv6 address is 45 characters; leave room for a scope or stray spaces.
 _MAX_ADDRESS_CHARS = 64
 _ELLIPSIS = "…"
+_LONG_WORD = re.compile(rf"\S{{{MAX_QUOTED_CHARS + 1},}}")
 
 
 def shorten(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
@@ -54,7 +56,10 @@ def quote_input(text: str) -> str:
 
 
 def bound_message(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    """``message`` cut in the middle to ``limit`` characters: the start says what, the end usually why."""
+    """``message`` made safe to show whatever it quotes: each word longer than MAX_QUOTED_CHARS (a value
+    the user gave, most likely) is cut, keeping its last character (a closing quote); then the whole is cut
+    in the middle to ``limit`` characters, since the start says what and the end usually why."""
+    message = _LONG_WORD.sub(lambda word: word[0][: MAX_QUOTED_CHARS - 2] + _ELLIPSIS + word[0][-1], message)
     if len(message) <= limit:
         return message
     tail = limit // 3

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from husarnet_ros.api import MAX_MESSAGE_CHARS, MAX_QUOTED_CHARS
 from husarnet_ros.daemon.control import ControlServer, ControlSocketError, create_app
 from husarnet_ros.daemon.controller import Controller
 from husarnet_ros.testing.fake_controller import FakeController, sample_peers, serve_fake
@@ -154,6 +155,58 @@ def test_bad_requests_get_a_clear_json_error(
     assert set(response.json()) == {"error"}
     assert needle in response.json()["error"]
     assert "Traceback" not in response.text
+
+
+LONG = "x" * 10_000
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "status"),
+    [
+        ("POST", "/v1/whitelist", {"address": LONG}, 422),
+        ("POST", "/v1/whitelist", {"address": "fc94::" + LONG}, 422),
+        ("POST", "/v1/hosts", {"hostname": LONG, "address": "fc94::2"}, 422),
+        ("POST", "/v1/hosts", {"hostname": "a." + "x" * 200, "address": "fc94::2"}, 422),  # a long label
+        ("POST", "/v1/ping", {"target": LONG}, 422),
+        ("POST", "/v1/whitelist", {LONG: "fc94::2"}, 422),  # the client names unknown fields too
+        ("POST", "/v1/whitelist", {f"{LONG[:50]}{i}": 1 for i in range(500)}, 422),
+        ("DELETE", f"/v1/whitelist/{LONG}", None, 422),
+        ("DELETE", f"/v1/hosts/{LONG}", None, 422),
+        ("GET", f"/v1/resolve/{LONG}", None, 422),
+        ("GET", f"/v1/peers/{LONG}", None, 422),
+        ("GET", f"/v1/wait/peer/{LONG}", None, 422),
+        ("GET", f"/v1/no-such-route/{LONG}", None, 404),
+    ],
+    ids=[
+        "address",
+        "overlay-address",
+        "hostname",
+        "hostname-label",
+        "ping-target",
+        "unknown-field",
+        "500-unknown-fields",
+        "whitelist-path",
+        "hosts-path",
+        "resolve-path",
+        "peer-path",
+        "wait-peer-path",
+        "no-route",
+    ],
+)
+def test_errors_quote_long_input_shortened(
+    shared_http: httpx.Client, method: str, url: str, body: object, status: int
+) -> None:
+    response = shared_http.request(method, url, json=body)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert len(error) <= MAX_MESSAGE_CHARS
+    assert "x" * (MAX_QUOTED_CHARS + 1) not in error
+
+
+def test_a_long_bad_value_is_quoted_with_an_ellipsis(shared_http: httpx.Client) -> None:
+    error = shared_http.post("/v1/whitelist", json={"address": LONG}).json()["error"]
+    assert error.startswith("invalid request: address: 'xxxxxxxx")
+    assert "…' is not an IPv6 address (10000 characters)" in error
 
 
 def test_malformed_json_body(http: httpx.Client) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ from husarnet_ros import __version__
 from husarnet_ros.api import CONTROL_SOCKET_ENV
 from husarnet_ros.cli.main import cli
 from husarnet_ros.core.identity import Identity
+from husarnet_ros.daemon.control import ControlServer
 from husarnet_ros.testing.fake_controller import FakeController, sample_peers, serve_fake
 
 MISSING_SOCKET = "/tmp/hr-no-such-dir/control.sock"
@@ -221,6 +224,87 @@ def test_wait_timeout_exits_1_with_a_message(daemon: tuple[FakeController, str])
     assert json.loads(result.stdout) == {"reached": False}
 
 
+def test_wait_ready_follows_a_daemon_started_after_it() -> None:
+    # What a script does: start the daemon, then wait for it; its socket does not exist yet.
+    directory = Path(tempfile.mkdtemp(prefix="hr-cw-", dir="/tmp"))
+    path = str(directory / "control.sock")
+    server = ControlServer(FakeController(), path, group=None)
+    timer = threading.Timer(0.5, server.start)
+    timer.start()
+    try:
+        result = run("wait", "ready", "--timeout", "10", socket=path)
+        assert result.exit_code == 0, result.output
+        assert result.stdout.strip() == "daemon ready"
+        assert result.stderr == ""  # progress only on a terminal
+    finally:
+        timer.join()
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_wait_without_a_daemon_times_out_like_any_wait() -> None:
+    result = run("wait", "ready", "--timeout", "0.3", "--json", socket=MISSING_SOCKET)
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == {"reached": False}  # the shape scripts parse
+    assert result.stderr.startswith("error: timed out after 0.3 s waiting for the daemon to be ready: ")
+    assert f"no socket at {MISSING_SOCKET}" in result.stderr
+    text = run("wait", "peer", "robot2", "--timeout", "0.3", socket=MISSING_SOCKET)
+    assert_one_line_error(text, "timed out after 0.3 s waiting for a path to robot2: daemon not running")
+
+
+def test_wait_help_says_what_is_waited_for() -> None:
+    for command in (["wait"], ["wait", "ready"], ["wait", "peer"]):
+        help_text = " ".join(run(*command, "--help").stdout.split())
+        assert "control socket" in help_text, command
+    assert "killed daemon" in " ".join(run("wait", "--help").stdout.split())
+
+
+LONG = "x" * 10_000
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["whitelist", "add", LONG], 1),
+        (["whitelist", "rm", LONG], 1),
+        (["hosts", "add", LONG, "fc94::2"], 1),
+        (["hosts", "rm", LONG], 1),
+        (["ping", LONG], 1),
+        (["wait", "peer", LONG, "--timeout", "0"], 1),
+        (["ping", "robot2", "-c", "9" * 10_000], 2),
+        (["logs", "-n", LONG], 2),
+        (["daemon", "--log-level", LONG], 2),
+    ],
+    ids=[
+        "whitelist-add",
+        "whitelist-rm",
+        "hosts-add",
+        "hosts-rm",
+        "ping",
+        "wait-peer",
+        "count",
+        "lines",
+        "level",
+    ],
+)
+def test_errors_never_echo_a_long_argument_in_full(
+    daemon: tuple[FakeController, str], args: list[str], code: int
+) -> None:
+    _, sock = daemon
+    result = run(*args, socket=sock)
+    assert result.exit_code == code, result.output[:500]
+    assert re.search(r"(.)\1{100}", result.output) is None, result.output[:500]
+    assert len(result.stderr) < 1000
+    if code == 1:
+        assert_one_line_error(result, "…")
+
+
+def test_a_long_control_socket_path_is_one_bounded_line() -> None:
+    result = run("status", socket="/tmp/" + LONG)
+    assert_one_line_error(result, "too long for a Unix socket")
+    assert len(result.stderr) < 500
+
+
 def test_logs(daemon: tuple[FakeController, str]) -> None:
     fake, sock = daemon
     fake.log_lines = ["one", "two", "three"]
@@ -348,8 +432,8 @@ def test_import_identity_refuses_while_a_daemon_answers(
         ["hosts", "ls"],
         ["hosts", "add", "robot2", "fc94::2"],
         ["hosts", "rm", "robot2"],
-        ["wait", "ready"],
-        ["wait", "peer", "fc94::2"],
+        ["wait", "ready", "--timeout", "0.2"],  # a wait says so once its time is up
+        ["wait", "peer", "fc94::2", "--timeout", "0.2"],
         ["logs"],
         ["whoami"],
         ["status", "--json"],

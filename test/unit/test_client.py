@@ -5,14 +5,32 @@ from __future__ import annotations
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from husarnet_ros.api import CONTROL_SOCKET_ENV, DEFAULT_CONTROL_SOCKET, HostEntry, PeerStatus, Whitelist
-from husarnet_ros.client import ClientError, ControlClient, ControlError, DaemonUnavailable
+from husarnet_ros.api import (
+    CONTROL_SOCKET_ENV,
+    DEFAULT_CONTROL_SOCKET,
+    MAX_MESSAGE_CHARS,
+    HostEntry,
+    PeerStatus,
+    Whitelist,
+)
+from husarnet_ros.client import (
+    ClientError,
+    ControlClient,
+    ControlError,
+    DaemonUnavailable,
+    NotFound,
+    SocketAccessDenied,
+    WaitTimedOut,
+)
+from husarnet_ros.core.config import DaemonConfig
+from husarnet_ros.daemon.control import ControlServer
 from husarnet_ros.testing.fake_controller import FakeController, sample_peers, serve_fake
 
 
@@ -93,6 +111,8 @@ def test_refusals_carry_the_daemons_message(
         call(client)  # type: ignore[operator]
     assert info.value.status == status
     assert needle in str(info.value)
+    # 404 has its own type (the ROS nodes treat "already gone" as done), the others stay ControlError.
+    assert isinstance(info.value, NotFound) == (status == 404)
 
 
 def test_no_socket_means_daemon_unavailable_with_advice() -> None:
@@ -128,6 +148,19 @@ def test_stopped_daemon_between_calls_is_daemon_unavailable() -> None:
         client.status()
 
 
+def test_a_socket_path_too_long_for_a_unix_socket_is_a_clear_error() -> None:
+    for path in ("/tmp/" + "y" * 200, "/tmp/" + "y" * 10_000):
+        with pytest.raises(SocketAccessDenied, match="too long for a Unix socket") as info:
+            ControlClient(path).status()
+        assert len(str(info.value)) < MAX_MESSAGE_CHARS
+
+
+def test_the_daemon_and_the_client_default_to_the_same_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CONTROL_SOCKET_ENV, raising=False)
+    assert DaemonConfig().control_socket == DEFAULT_CONTROL_SOCKET
+    assert ControlClient().socket_path == str(DaemonConfig().control_socket)
+
+
 def test_socket_path_comes_from_env_then_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(CONTROL_SOCKET_ENV, raising=False)
     assert ControlClient().socket_path == str(DEFAULT_CONTROL_SOCKET)
@@ -154,3 +187,77 @@ def test_a_daemon_that_does_not_answer_in_time_is_an_error_not_a_hang() -> None:
 def test_every_client_error_is_a_client_error() -> None:
     assert issubclass(DaemonUnavailable, ClientError)
     assert issubclass(ControlError, ClientError)
+
+
+# --- waits that start before the daemon ------------------------------------------------------------------
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    directory = Path(tempfile.mkdtemp(prefix="hr-w-", dir="/tmp"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _serve_later(path: Path, delay_s: float) -> tuple[ControlServer, threading.Timer]:
+    server = ControlServer(FakeController(), str(path), group=None)
+    timer = threading.Timer(delay_s, server.start)
+    timer.start()
+    return server, timer
+
+
+def test_wait_ready_waits_for_the_socket_to_appear(socket_dir: Path) -> None:
+    path = socket_dir / "control.sock"
+    server, timer = _serve_later(path, 0.5)
+    retried: list[ClientError] = []
+    try:
+        started = time.monotonic()
+        assert ControlClient(str(path)).wait_ready(10, on_retry=retried.append)
+        assert time.monotonic() - started >= 0.5
+    finally:
+        timer.join()
+        server.stop()
+    assert retried
+    assert all(isinstance(exc, DaemonUnavailable) for exc in retried)
+
+
+def test_wait_ready_waits_through_a_stale_socket(socket_dir: Path) -> None:
+    path = socket_dir / "control.sock"
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(path))  # what a killed daemon leaves behind: connecting is refused
+    dead.close()
+    server, timer = _serve_later(path, 0.5)
+    try:
+        assert ControlClient(str(path)).wait_ready(10)
+    finally:
+        timer.join()
+        server.stop()
+
+
+def test_wait_ready_times_out_saying_why(socket_dir: Path) -> None:
+    path = socket_dir / "control.sock"
+    started = time.monotonic()
+    with pytest.raises(WaitTimedOut, match="daemon not running") as info:
+        ControlClient(str(path)).wait_ready(0.5)
+    assert time.monotonic() - started >= 0.5
+    assert isinstance(info.value.last_error, DaemonUnavailable)
+
+
+def test_a_wait_gives_up_at_once_when_waiting_cannot_help() -> None:
+    started = time.monotonic()
+    with pytest.raises(SocketAccessDenied):
+        ControlClient("/tmp/" + "y" * 200).wait_ready(30)
+    assert time.monotonic() - started < 5
+
+
+def test_wait_peer_waits_for_the_name_to_become_known(served: tuple[FakeController, ControlClient]) -> None:
+    fake, client = served
+    # fc94::2 has a direct path; the name robot7 becomes known a little later (hosts entry, or handshake).
+    timer = threading.Timer(0.5, fake.hosts_add, args=("robot7", "fc94::2"))
+    timer.start()
+    try:
+        assert client.wait_peer("robot7", 10)
+    finally:
+        timer.join()
+    with pytest.raises(WaitTimedOut, match="unknown host name 'robot9'"):
+        client.wait_peer("robot9", 0.3)
