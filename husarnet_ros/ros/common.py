@@ -67,7 +67,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.timer import Timer
 
-from ..api import resolve_control_socket
+from ..api import DEFAULT_CONTROL_SOCKET, resolve_control_socket
 from ..client import ClientError, ControlClient, ControlError, DaemonUnavailable
 from ..core.errors import HusarnetError
 from ..exit_with_parent import exit_with_parent_if_asked
@@ -164,7 +164,7 @@ COMMON_PARAMETERS: tuple[ParamSpec, ...] = (
         "control_socket",
         "",
         "Unix socket of the husarnet_ros daemon's control API; empty = $HUSARNET_ROS_CONTROL_SOCKET or "
-        "/run/husarnet-ros/control.sock",
+        f"{DEFAULT_CONTROL_SOCKET}",
     ),
     ParamSpec(
         "retry_period_s",
