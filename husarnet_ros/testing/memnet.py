@@ -42,6 +42,22 @@ class MemNet:
         self.delivered[endpoint] = []
         return node, endpoint
 
+    def add_node(self, node: Node, endpoint: Endpoint | None = None) -> Endpoint:
+        """Put a node made elsewhere (e.g. by a NodeController) on the network."""
+        endpoint = endpoint or (f"198.18.0.{10 + len(self.nodes)}", 5582)
+        self.nodes[endpoint] = node
+        self.delivered[endpoint] = []
+        return endpoint
+
+    def step(self, now: float, tamper: Tamper | None = None) -> None:
+        """One round at ``now``: every node's posted events and timers, then all traffic."""
+        self.now = max(self.now, now)
+        for node in self.nodes.values():
+            node.process_posted(self.now)
+            node.tick(self.now)
+            self.check(node)
+        self.flush(tamper)
+
     def introduce(self, a: Endpoint, b: Endpoint) -> None:
         """Make a and b know each other's endpoint, as a LAN beacon would."""
         self.nodes[a].add_static_endpoint(self.nodes[b].address, b, self.now)
@@ -84,12 +100,7 @@ class MemNet:
         """Let time pass, ticking every node and delivering traffic."""
         end = self.now + seconds
         while self.now < end:
-            self.now = min(end, self.now + step)
-            for node in self.nodes.values():
-                node.process_posted(self.now)
-                node.tick(self.now)
-                self.check(node)
-            self.flush(tamper)
+            self.step(min(end, self.now + step), tamper)
 
     def send(self, src: Endpoint, packet: bytes, tamper: Tamper | None = None) -> None:
         node = self.nodes[src]
