@@ -32,7 +32,8 @@ DEFAULT_WAIT_TIMEOUT_S = 30.0
 def status() -> None:
     """Show this node's address, hostname, whitelist state and every peer.
 
-    For each peer: path (direct / tunnelled / none), endpoint, RTT, age of the last handshake, bytes.
+    For each peer: path (direct, or none while there is no working path), endpoint, RTT, age of the last
+    handshake, bytes.
 
     \b
     Examples:
@@ -50,7 +51,7 @@ def status() -> None:
 @click.command()
 @json_option
 def peers() -> None:
-    """List peers: address, hostname, direct/tunnelled, endpoint, RTT, last handshake, rx/tx.
+    """List peers: address, hostname, path (direct or none), endpoint, RTT, last handshake, rx/tx.
 
     \b
     Example:
@@ -94,8 +95,8 @@ def peers() -> None:
 def ping(target: str, count: int, interval: float, timeout: float) -> None:
     """Ping a peer with authenticated probes and say how it was reached.
 
-    Each reply line shows the RTT and the path: "direct via ENDPOINT" or "tunnelled via BASE SERVER".
-    Exits 0 if any reply came back, 1 otherwise.
+    Each reply line shows the RTT and the path it took, "direct via ENDPOINT". Exits 0 if any reply came
+    back, 1 otherwise.
 
     \b
     Examples:
@@ -183,7 +184,7 @@ def wait_ready(timeout: float) -> None:
 @_timeout_option
 @json_option
 def wait_peer(target: str, timeout: float) -> None:
-    """Wait until a peer has a direct or tunnelled path.
+    """Wait until the daemon has a working path to a peer.
 
     Waits for a daemon to answer on the control socket first (see `husarnet-ros wait --help`), and for a
     host name the daemon does not know yet (a peer's name may be learnt only when it connects).
