@@ -49,6 +49,11 @@ from .core.errors import HusarnetError
 DEFAULT_TIMEOUT_S = 5.0
 # Added to the time a long call may take on the daemon's side, for the round trip and scheduling.
 _LONG_CALL_MARGIN_S = 5.0
+# One client's share of the daemon's 64 connections: long calls (ping, wait) each hold one; more wait.
+_MAX_CONNECTIONS = 16
+# An idle pooled connection is dropped after this, well before the daemon closes it (5 s), so a request is
+# never sent on a connection the daemon is closing at that very moment.
+_KEEPALIVE_EXPIRY_S = 2.0
 # How often a wait asks again while no daemon answers (a daemon starts in about a second).
 WAIT_RETRY_INTERVAL_S = 0.25
 HTTP_NOT_FOUND = 404
@@ -169,6 +174,11 @@ class ControlClient:
             transport=httpx.HTTPTransport(uds=self.socket_path),
             base_url="http://husarnet-ros",  # host is ignored on a Unix socket, but httpx needs one
             timeout=timeout_s,
+            limits=httpx.Limits(
+                max_connections=_MAX_CONNECTIONS,
+                max_keepalive_connections=4,
+                keepalive_expiry=_KEEPALIVE_EXPIRY_S,
+            ),
         )
 
     def close(self) -> None:

@@ -81,7 +81,7 @@ from ..api import (
     validate_hostname,
 )
 from ..core.errors import AddressError, HusarnetError
-from .control_limits import ConnectionGuard, ControlHttpProtocol, ControlLimits
+from .control_limits import ConnectionGuard, ConnectionSlot, ControlHttpProtocol, ControlLimits
 from .controller import Controller, ControllerError, InvalidRequest, NotFound, NotReady
 
 log = logging.getLogger(__name__)
@@ -446,9 +446,9 @@ class _Server(uvicorn.Server):
         self._guard.start()
         self.listening.set()
 
-    def _new_protocol(self) -> ControlHttpProtocol:
+    def _new_protocol(self, slot: ConnectionSlot) -> ControlHttpProtocol:
         assert self._guard is not None
-        return ControlHttpProtocol(self.config, self.server_state, self.lifespan.state, self._guard)
+        return ControlHttpProtocol(self.config, self.server_state, self.lifespan.state, self._guard, slot)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self._guard is not None:

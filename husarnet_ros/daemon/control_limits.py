@@ -111,16 +111,28 @@ class _RateLimitedWarning:
         self._left_out = 0
 
 
-class ConnectionGuard:
-    """Accepts connections on the listening socket ``sock`` and hands them to ``protocol_factory``.
+class ConnectionSlot:
+    """One of the guard's ``max_connections`` places, held by a connection from accept() until it closes."""
 
-    ``release()`` must be called once for every connection handed over, when it closes.
-    """
+    def __init__(self, guard: ConnectionGuard) -> None:
+        self._guard = guard
+        self._held = True
+
+    def release(self) -> None:
+        """Give the place back; only the first call counts (a failed hand-over and the protocol may both)."""
+        if self._held:
+            self._held = False
+            self._guard.open_connections -= 1
+
+
+class ConnectionGuard:
+    """Accepts connections on the listening socket ``sock`` and hands them to ``protocol_factory``, which
+    gets the connection's ConnectionSlot to release when the connection closes."""
 
     def __init__(
         self,
         sock: socket.socket,
-        protocol_factory: Callable[[], asyncio.Protocol],
+        protocol_factory: Callable[[ConnectionSlot], asyncio.Protocol],
         limits: ControlLimits,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
@@ -144,9 +156,6 @@ class ConnectionGuard:
             self._paused_until = None
         self._loop.remove_reader(self._sock.fileno())
 
-    def release(self) -> None:
-        self.open_connections -= 1
-
     def _on_readable(self) -> None:
         for _ in range(ACCEPT_BATCH):
             try:
@@ -161,8 +170,10 @@ class ConnectionGuard:
                 self._turn_away(conn, refusal)
                 continue
             self.open_connections += 1
-            task = self._loop.create_task(self._loop.connect_accepted_socket(self._protocol_factory, conn))
-            task.add_done_callback(functools.partial(self._handed_over, conn))
+            slot = ConnectionSlot(self)
+            factory = functools.partial(self._protocol_factory, slot)
+            task = self._loop.create_task(self._loop.connect_accepted_socket(factory, conn))
+            task.add_done_callback(functools.partial(self._handed_over, conn, slot))
 
     def _refusal(self, conn: socket.socket) -> str | None:
         """Why ``conn`` cannot be served now, or None."""
@@ -186,9 +197,9 @@ class ConnectionGuard:
             conn.close()
         self.warn(f"turned a connection away with 503: {reason}")
 
-    def _handed_over(self, conn: socket.socket, done: asyncio.Future[Any]) -> None:
+    def _handed_over(self, conn: socket.socket, slot: ConnectionSlot, done: asyncio.Future[Any]) -> None:
         if done.cancelled() or done.exception() is not None:
-            self.release()
+            slot.release()
             conn.close()
 
     def _pause(self, exc: OSError) -> None:
@@ -272,11 +283,13 @@ class ControlHttpProtocol(H11Protocol):
         server_state: ServerState,
         app_state: dict[str, Any],
         guard: ConnectionGuard,
+        slot: ConnectionSlot,
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.logger = _protocol_log
         self._guard = guard
+        self._slot = slot
         self._limits = guard.limits
         self.conn: _BoundedConnection = _BoundedConnection(self._limits)
         self._request_deadline: asyncio.TimerHandle | None = None
@@ -290,7 +303,7 @@ class ControlHttpProtocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_request_deadline()
         super().connection_lost(exc)
-        self._guard.release()
+        self._slot.release()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
