@@ -1,9 +1,11 @@
 """Limits of the control API's HTTP server, so that no local client can exhaust the daemon.
 
-uvicorn (0.54, its h11 protocol) on its own accepts every connection it can, keeps a fresh connection that
-never sends anything open forever, reads request bodies of any size into memory, and asyncio answers
-EMFILE at ``accept()`` with a logged traceback per attempt. A thousand idle connections from a local client
-then exhaust the daemon's file descriptors. Here:
+uvicorn (0.54, its h11 protocol) on its own accepts every connection it can (``limit_concurrency`` still
+accepts, and answers a plain-text 503 only once a request arrives), keeps a fresh connection that never
+sends anything open forever (its keep-alive timer starts after a first answer), limits an incomplete request
+head to 16 KiB with a plain-text 400 but reads request bodies of any size into memory, and asyncio answers
+EMFILE at ``accept()`` with a logged traceback per attempt, up to the listen backlog per wake-up. A thousand
+idle connections from a local client then exhaust the daemon's file descriptors. Here:
 
 - ``ConnectionGuard`` accepts on the control socket itself: at most ``max_connections`` are served at
   once; beyond that, or when the process comes within ``fd_reserve`` descriptors of RLIMIT_NOFILE, a new
