@@ -158,6 +158,7 @@ class ControlLoop:
         if self._network_change_due is not None and now >= self._network_change_due:
             self._network_change_due = None
             self._network_changed_at = now
+            self._transport.forget_routes()
             node.network_changed(now)
             self._next_beacon = now  # tell the LAN where we are now
         node.tick(now)

@@ -42,15 +42,16 @@ class UdpTransport:
             raise TransportError(f"cannot bind UDP port {port}: {exc.strerror or exc}") from None
         self.sock = sock
         self.port = sock.getsockname()[1]
-        # Conversions cached both ways: the hot path must not re-parse addresses per packet.
-        self._to_socket: dict[Endpoint, tuple[str, int]] = {}
-        self._from_socket: dict[tuple[str, int], Endpoint] = {}
+        # Conversions cached both ways: the hot path must not re-parse addresses per packet. Every thread
+        # that sends or receives fills them (single dict operations, atomic under the GIL); forget_routes()
+        # empties them when interfaces change, since an interface index is part of a link-local target.
+        self._to_socket: dict[Endpoint, tuple[str, int, int, int]] = {}
+        self._from_socket: dict[tuple[str, int, int], Endpoint] = {}
 
     def sendto(self, data: bytes, endpoint: Endpoint) -> None:
         target = self._to_socket.get(endpoint)
         if target is None:
-            host, port = endpoint
-            target = (f"::ffff:{host}" if "." in host and ":" not in host else host, port)
+            target = socket_target(endpoint)
             if len(self._to_socket) > 4096:
                 self._to_socket.clear()
             self._to_socket[endpoint] = target
@@ -60,17 +61,52 @@ class UdpTransport:
 
     def recvfrom(self, size: int = 65535) -> tuple[bytes, Endpoint]:
         data, addr = self.sock.recvfrom(size)
-        key = (addr[0], addr[1])
+        key = (addr[0], addr[1], addr[3])
         endpoint = self._from_socket.get(key)
         if endpoint is None:
             host = addr[0]
             if host.startswith("::ffff:") and "." in host:
                 host = host[7:]
+            elif addr[3] and "%" not in host:
+                # Python gives a link-local source without its interface; without it, replies would go out
+                # through whichever interface's fe80::/64 route the kernel finds first (after a link flap:
+                # often hnet0's own), not the one the datagram came in on.
+                host = f"{host}%{_interface_name(addr[3])}"
             endpoint = (host, addr[1])
             if len(self._from_socket) > 4096:
                 self._from_socket.clear()
             self._from_socket[key] = endpoint
         return data, endpoint
 
+    def forget_routes(self) -> None:
+        """Interfaces changed: look interface names up again (a re-plugged adapter gets a new index)."""
+        self._to_socket.clear()
+        self._from_socket.clear()
+
     def close(self) -> None:
         self.sock.close()
+
+
+def _interface_name(index: int) -> str:
+    try:
+        return socket.if_indextoname(index)
+    except OSError:  # gone already: the number still names the scope for sendto()
+        return str(index)
+
+
+def socket_target(endpoint: Endpoint) -> tuple[str, int, int, int]:
+    """The sockaddr for ``endpoint`` on the dual-stack socket. A link-local host's ``%ifname`` becomes the
+    scope id *field*: Python ignores a scope written in the host string of a 2-tuple, and the datagram then
+    leaves through whichever interface's fe80::/64 route the kernel finds first (after a link flap, often
+    hnet0's own), so it never reaches the peer."""
+    host, port = endpoint
+    if "." in host and ":" not in host:
+        return (f"::ffff:{host}", port, 0, 0)
+    address, _, scope = host.partition("%")
+    if not scope:
+        return (host, port, 0, 0)
+    try:
+        index = int(scope) if scope.isdigit() else socket.if_nametoindex(scope)
+    except OSError:  # the interface is gone; the send fails like packet loss until it is back
+        index = 0
+    return (address, port, 0, index)

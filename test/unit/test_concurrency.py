@@ -37,6 +37,9 @@ class _Transport:
     def sendto(self, _data: bytes, _endpoint: Endpoint) -> None:
         self.sent += 1
 
+    def forget_routes(self) -> None:
+        pass
+
 
 def _established() -> tuple[Node, Node, Endpoint]:
     # On the monotonic clock the control loop reads (set up a little in the past).
