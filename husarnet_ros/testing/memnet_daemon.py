@@ -4,28 +4,40 @@ against the real ``NodeController`` (whitelist, hosts, status, ping, waits) with
 ``MemNetFleet`` owns a ``MemNet`` and a pump thread that drives it in real time (the node's owner, as the
 daemon's control loop is), makes every node hear the others' LAN beacons, and hands node events to their
 controllers. Each member has its own state directory (a real ``StateDir``) and an in-memory hosts file.
-``serve()`` puts one member's controller behind the real ``ControlServer`` on a short socket path.
+``serve()`` puts one member's controller behind the real ``ControlServer`` on a short socket path;
+``served_fleet()`` does both: a fleet, its first member served, the others its connected peers.
+
+A member's identity derives from its hostname unless the test gives one, so addresses (and the order in
+which peers are listed) are the same on every run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import logging
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from nacl.signing import SigningKey
+
+from ..api import PeerStatus
 from ..core import beacon
 from ..core import hosts as hosts_model
+from ..core.address import format_address
 from ..core.constants import BEACON_INTERVAL
 from ..core.errors import HusarnetError
-from ..core.identity import Identity
+from ..core.identity import Identity, derive_address
 from ..core.peer import Endpoint
 from ..daemon.control import ControlServer
+from ..daemon.log_ring import LogRing
 from ..daemon.node_controller import NodeController, NodeInfo
 from ..daemon.state import StateDir
 from .memnet import MemNet
@@ -33,6 +45,19 @@ from .memnet import MemNet
 T = TypeVar("T")
 
 PUMP_INTERVAL_S = 0.01
+# How long connect() waits for two members to reach each other (about 30 ms when nothing is wrong).
+CONNECT_TIMEOUT_S = 10.0
+
+
+@functools.cache
+def member_identity(hostname: str) -> Identity:
+    """The identity of a member added without one: the first seed derived from its hostname whose key
+    passes the address proof of work (about 1,300 tries, cached)."""
+    for counter in range(1_000_000):
+        seed = hashlib.sha256(f"memnet member {hostname} {counter}".encode()).digest()
+        if derive_address(bytes(SigningKey(seed).verify_key)) is not None:
+            return Identity.from_seed(seed)
+    raise AssertionError("no valid seed found (impossible in practice)")
 
 
 class HostsFileError(HusarnetError):
@@ -74,6 +99,7 @@ class Member:
     endpoint: Endpoint
     hosts_file: MemoryHostsFile
     state_dir: Path
+    ring: LogRing  # what `husarnet-ros logs` shows for this member: only what a test logs into it
     online: bool = True  # False: it hears nothing and sends nothing (a robot switched off)
 
 
@@ -96,9 +122,9 @@ class MemNetFleet:
         state_dir = self._workdir / hostname / "state"
         state_dir.parent.mkdir(parents=True)
         state = StateDir(state_dir)
-        if identity is not None:
-            state.save_identity(identity)
+        state.save_identity(identity or member_identity(hostname))
         hosts_file = MemoryHostsFile()
+        ring = LogRing()
         controller = NodeController(
             state.load_or_create_identity(),
             state,
@@ -106,17 +132,54 @@ class MemNetFleet:
             state.load_hosts(),
             hosts_file,
             NodeInfo(hostname, "hnet0", 5582),
+            ring=ring,
             clock=self.clock,
         )
         with self.lock:
             endpoint = self.net.add_node(controller.node)
-            self.members.append(Member(hostname, controller, endpoint, hosts_file, state_dir))
+            self.members.append(Member(hostname, controller, endpoint, hosts_file, state_dir, ring))
         controller.attach_owner(_LockedOwner(self.lock))
         controller.ready = True
+        self.beacon_now()  # the others hear the new member at once, not up to BEACON_INTERVAL later
         return controller
 
     def member(self, hostname: str) -> Member:
         return next(m for m in self.members if m.hostname == hostname)
+
+    def address(self, hostname: str) -> str:
+        """The member's overlay address, as the API writes it."""
+        return format_address(self.member(hostname).controller.identity.address)
+
+    def peer(self, hostname: str, other: str) -> PeerStatus | None:
+        """What ``hostname``'s status says about ``other`` (None: not listed at all)."""
+        address = self.address(other)
+        peers = self.member(hostname).controller.status().peers
+        return next((p for p in peers if p.address == address), None)
+
+    def path(self, hostname: str, other: str) -> str | None:
+        peer = self.peer(hostname, other)
+        return peer.path if peer is not None else None
+
+    def connect(self, a: str, b: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+        """Whitelist ``a`` and ``b`` on each other and wait until each has a direct path to the other."""
+        self.member(a).controller.whitelist_add(self.address(b))
+        self.member(b).controller.whitelist_add(self.address(a))
+        self.beacon_now()
+        if not self.wait(lambda: self.path(a, b) == self.path(b, a) == "direct", timeout_s):
+            raise AssertionError(
+                f"{a} and {b} found no direct path within {timeout_s:g} s "
+                f"({a} says {self.path(a, b)}, {b} says {self.path(b, a)})"
+            )
+
+    def log(self, hostname: str, message: str, level: int = logging.INFO) -> None:
+        """A line in the member's log, as the daemon's logging would put it there."""
+        record = logging.LogRecord("husarnet_ros.daemon", level, __file__, 0, message, None, None)
+        self.member(hostname).ring.handle(record)
+
+    def beacon_now(self) -> None:
+        """Every online member beacons at the pump's next step."""
+        with self.lock:
+            self._next_beacon = 0.0
 
     def clock(self) -> float:
         return time.monotonic()
@@ -201,3 +264,36 @@ def serve(controller: NodeController) -> Iterator[str]:
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@dataclass
+class ServedFleet:
+    """A running fleet whose member ``hostname`` is served by the real ControlServer on ``socket_path``."""
+
+    fleet: MemNetFleet
+    hostname: str
+    socket_path: str
+
+    @property
+    def controller(self) -> NodeController:
+        return self.fleet.member(self.hostname).controller
+
+    @property
+    def address(self) -> str:
+        return self.fleet.address(self.hostname)
+
+
+@contextlib.contextmanager
+def served_fleet(
+    hostname: str = "robot1", peers: Sequence[str] = ("robot2",), *, connected: bool = True
+) -> Iterator[ServedFleet]:
+    """A fleet of ``hostname`` and ``peers``, ``hostname`` served; with ``connected``, each peer is on its
+    whitelist (and it on theirs) with a direct path before the block starts."""
+    with MemNetFleet() as fleet:
+        controller = fleet.add(hostname)
+        for peer in peers:
+            fleet.add(peer)
+            if connected:
+                fleet.connect(hostname, peer)
+        with serve(controller) as socket_path:
+            yield ServedFleet(fleet, hostname, socket_path)
