@@ -28,7 +28,7 @@ from typing import Protocol, TypeVar
 
 from .. import __version__
 from ..api import HostEntry as ApiHostEntry
-from ..api import PeerStatus, PingReply, PingResult, Status, Whitelist
+from ..api import PeerStatus, PingReply, PingResult, Status, Whitelist, quote_input
 from ..core import hosts as hosts_model
 from ..core.address import format_address, parse_overlay
 from ..core.errors import AddressError, HusarnetError
@@ -326,7 +326,8 @@ class NodeController:
         if found is not None:
             return found
         raise NotFound(
-            f"unknown host {_quote(text)}: not an fc94 address, not in the hosts block, no peer of that name"
+            f"unknown host {quote_input(text)}: not an fc94 address, not in the hosts block, "
+            "no peer of that name"
         )
 
     # ------------------------------------------------------------------ ping and waits
@@ -408,11 +409,6 @@ class NodeController:
 
     def logs(self, limit: int) -> list[str]:
         return self._ring.tail(limit)
-
-
-def _quote(text: str, limit: int = 80) -> str:
-    """``repr`` of user input, cut to ``limit`` characters: an error message never echoes unbounded input."""
-    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def _parse(address: str) -> bytes:
