@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .lab_daemon import husarnet_ros_env
 from .netlab import Host, LabError, wait_until
 
 ROS2 = str(Path(sys.executable).parent / "ros2")
@@ -66,7 +67,9 @@ class RobotLaunch:
 
     def base_env(self) -> dict[str, str]:
         """This process's environment without ROS / DDS settings, plus the robot's domain and directories."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN_PREFIXES)}
+        # The husarnet_ros this process imports (the working tree under pytest) first on the path, as for the
+        # lab daemons: the launch's nodes and daemon run the code under test, not an older installed copy.
+        env = {k: v for k, v in husarnet_ros_env().items() if not k.startswith(_FOREIGN_PREFIXES)}
         return env | {
             "ROS_DOMAIN_ID": str(self.domain_id),
             "ROS_LOG_DIR": str(self.workdir / "ros-log"),
