@@ -359,7 +359,8 @@ class NodeController:
                         rtt = await asyncio.wait_for(
                             asyncio.shield(future), max(0.0, at + timeout_s - loop.time())
                         )
-                replies.append(PingReply(seq=seq, rtt_ms=round(rtt, 3) if rtt is not None else None))
+                # Numbered from 1, as `husarnet-ros ping` and ping(8) number their lines.
+                replies.append(PingReply(seq=seq + 1, rtt_ms=round(rtt, 3) if rtt is not None else None))
         finally:
             # Probes that timed out (or a cancelled ping) leave no waiter behind.
             for probe_id, _, _ in sent:
