@@ -121,9 +121,30 @@ class MemNetFleet:
     ) -> NodeController:
         state_dir = self._workdir / hostname / "state"
         state_dir.parent.mkdir(parents=True)
+        StateDir(state_dir).save_identity(identity or member_identity(hostname))
+        return self._start(hostname, state_dir, MemoryHostsFile(), whitelist_enabled=whitelist_enabled)
+
+    def restart(self, hostname: str) -> NodeController:
+        """The member's daemon stops and starts again (a reboot): a new controller on the same state
+        directory and hosts file, at the same endpoint. Whoever served the old controller serves a stopped
+        daemon: serve the new one."""
+        with self.lock:
+            old = self.member(hostname)
+            self.members.remove(old)
+            self.net.nodes.pop(old.endpoint, None)
+        return self._start(hostname, old.state_dir, old.hosts_file, endpoint=old.endpoint)
+
+    def _start(
+        self,
+        hostname: str,
+        state_dir: Path,
+        hosts_file: MemoryHostsFile,
+        *,
+        whitelist_enabled: bool = True,
+        endpoint: Endpoint | None = None,
+    ) -> NodeController:
+        """What the daemon does at start: identity, whitelist and hosts from the state directory."""
         state = StateDir(state_dir)
-        state.save_identity(identity or member_identity(hostname))
-        hosts_file = MemoryHostsFile()
         ring = LogRing()
         controller = NodeController(
             state.load_or_create_identity(),
@@ -136,7 +157,7 @@ class MemNetFleet:
             clock=self.clock,
         )
         with self.lock:
-            endpoint = self.net.add_node(controller.node)
+            endpoint = self.net.add_node(controller.node, endpoint)
             self.members.append(Member(hostname, controller, endpoint, hosts_file, state_dir, ring))
         controller.attach_owner(_LockedOwner(self.lock))
         controller.ready = True
