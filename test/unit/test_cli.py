@@ -1,4 +1,5 @@
-"""The husarnet-ros command, driven through click's runner against the real server and a fake daemon."""
+"""The husarnet-ros command, driven through click's runner against the real control server and the real
+daemon controller on the in-memory network (husarnet_ros.testing.memnet_daemon)."""
 
 from __future__ import annotations
 
@@ -21,13 +22,17 @@ import pytest
 from click.testing import CliRunner, Result
 
 from husarnet_ros import __version__
-from husarnet_ros.api import CONTROL_SOCKET_ENV
+from husarnet_ros.api import CONTROL_SOCKET_ENV, PeerStatus
 from husarnet_ros.cli.main import cli
 from husarnet_ros.core.identity import Identity
 from husarnet_ros.daemon.control import ControlServer
-from husarnet_ros.testing.fake_controller import FakeController, sample_peers, serve_fake
+from husarnet_ros.testing.fake_controller import FakeController, serve_fake
+from husarnet_ros.testing.memnet_daemon import MemNetFleet, ServedFleet, serve, served_fleet
 
 MISSING_SOCKET = "/tmp/hr-no-such-dir/control.sock"
+UNHEARD = "fc94::4"  # whitelisted on robot1, but no robot has that address: its path stays none
+RTT = r"\d+\.\d+ ms"  # a measured round-trip time as the CLI writes it
+WAIT_S = "20"  # bound of the waits that must succeed; never reached when nothing is wrong
 
 
 @pytest.fixture(autouse=True)
@@ -36,12 +41,37 @@ def _no_socket_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def daemon() -> Iterator[tuple[FakeController, str]]:
-    fake = FakeController()
-    for peer in sample_peers():
-        fake.add_peer(peer)
-    with serve_fake(fake) as served:
+def daemon() -> Iterator[ServedFleet]:
+    """robot1's daemon, served: robot2 is reached directly, UNHEARD is whitelisted and unreachable."""
+    with served_fleet("robot1", ("robot2",)) as served:
+        served.controller.whitelist_add(UNHEARD)
         yield served
+
+
+@pytest.fixture
+def lonely() -> Iterator[ServedFleet]:
+    """robot1's daemon, served, alone on its network, with an empty whitelist."""
+    with served_fleet("robot1", ()) as served:
+        yield served
+
+
+@pytest.fixture
+def tunnelled() -> Iterator[str]:
+    """A daemon with a peer tunnelled through a base server. Faked: no relay exists yet, so the real node
+    never reports that path."""
+    fake = FakeController()
+    fake.add_peer(
+        PeerStatus(
+            address="fc94::3",
+            hostname="robot3",
+            path="tunnelled",
+            base_server="198.18.0.100:5582",
+            rtt_ms=21.5,
+            state="established",
+        )
+    )
+    with serve_fake(fake) as (_, socket_path):
+        yield socket_path
 
 
 def run(*args: str, socket: str | None = None, env: dict[str, str] | None = None) -> Result:
@@ -63,163 +93,228 @@ def assert_one_line_error(result: Result, needle: str, code: int = 1) -> None:
     assert "Traceback" not in result.output
 
 
+def line_of(out: str, address: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith(address + " "))
+
+
 # --- status and peers -------------------------------------------------------------------------------------
 
 
-def test_status_table_shows_paths_endpoints_and_rtt(daemon: tuple[FakeController, str]) -> None:
-    _, sock = daemon
-    result = run("status", socket=sock)
+def test_status_table_shows_paths_endpoints_and_rtt(daemon: ServedFleet) -> None:
+    result = run("status", socket=daemon.socket_path)
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert "fc94::1" in out
+    assert daemon.address in out
     assert "robot1" in out
     for header in ("ADDRESS", "HOSTNAME", "PATH", "ENDPOINT", "RTT", "HANDSHAKE", "RX", "TX"):
         assert header in out
-    direct = next(line for line in out.splitlines() if line.startswith("fc94::2"))
-    assert direct.split()[:4] == ["fc94::2", "robot2", "direct", "198.18.0.2:5582"]
-    assert "0.42 ms" in direct
+    direct = line_of(out, daemon.fleet.address("robot2"))
+    assert direct.split()[1:4] == ["robot2", "direct", "198.18.0.11:5582"]
+    assert re.search(RTT, direct), direct
     assert "s ago" in direct
-    tunnelled = next(line for line in out.splitlines() if line.startswith("fc94::3"))
-    assert tunnelled.split()[2:4] == ["tunnelled", "198.18.0.100:5582"]
-    unreachable = next(line for line in out.splitlines() if line.startswith("fc94::4"))
+    unreachable = line_of(out, UNHEARD)
+    assert unreachable.split()[1:3] == ["-", "none"]
     assert "never" in unreachable
 
 
+def test_status_table_names_the_base_server_of_a_tunnelled_peer(tunnelled: str) -> None:
+    line = line_of(run("status", socket=tunnelled).stdout, "fc94::3")
+    assert line.split()[2:5] == ["tunnelled", "198.18.0.100:5582", "21.5"]
+
+
+def test_status_says_when_the_daemon_is_not_ready(daemon: ServedFleet) -> None:
+    daemon.controller.ready = False  # what the daemon reports until its interface is up
+    assert "NOT READY" in run("status", socket=daemon.socket_path).stdout
+
+
 @pytest.mark.parametrize("where", ["global", "subcommand"])
-def test_status_json_shape(daemon: tuple[FakeController, str], where: str) -> None:
-    _, sock = daemon
+def test_status_json_shape(daemon: ServedFleet, where: str) -> None:
     args = ["--json", "status"] if where == "global" else ["status", "--json"]
-    result = run(*args, socket=sock)
+    result = run(*args, socket=daemon.socket_path)
     assert result.exit_code == 0, result.output
     status = json.loads(result.stdout)
     assert {"address", "hostname", "whitelist_enabled", "peers"} <= set(status)
-    assert status["address"] == "fc94::1"
+    assert status["address"] == daemon.address
     required = {"address", "hostname", "path", "endpoint", "rtt_ms", "last_handshake", "rx_bytes", "tx_bytes"}
     for peer in status["peers"]:
         assert required <= set(peer)
-    assert {p["address"]: p["path"] for p in status["peers"]}["fc94::3"] == "tunnelled"
+    paths = {p["address"]: p["path"] for p in status["peers"]}
+    assert paths == {daemon.fleet.address("robot2"): "direct", UNHEARD: "none"}
 
 
-def test_peers_table_and_json(daemon: tuple[FakeController, str]) -> None:
-    _, sock = daemon
-    assert "198.18.0.2:5582" in run("peers", socket=sock).stdout
-    peers = run_json("peers", socket=sock)
-    assert [p["address"] for p in peers] == ["fc94::2", "fc94::3", "fc94::4"]
+def test_peers_table_and_json(daemon: ServedFleet) -> None:
+    assert "198.18.0.11:5582" in run("peers", socket=daemon.socket_path).stdout
+    peers = run_json("peers", socket=daemon.socket_path)
+    assert [p["address"] for p in peers] == [daemon.fleet.address("robot2"), UNHEARD]
 
 
-def test_no_peers_says_so(daemon: tuple[FakeController, str]) -> None:
-    fake, sock = daemon
-    fake.peers.clear()
-    assert run("peers", socket=sock).stdout.strip() == "no peers yet"
+def test_no_peers_says_so(lonely: ServedFleet) -> None:
+    assert run("peers", socket=lonely.socket_path).stdout.strip() == "no peers yet"
 
 
 # --- ping -------------------------------------------------------------------------------------------------
 
 
-def test_ping_direct_prints_one_line_per_reply(daemon: tuple[FakeController, str]) -> None:
-    _, sock = daemon
-    result = run("ping", "robot2", "-c", "2", "-i", "0.01", socket=sock)
+def test_ping_direct_prints_one_line_per_reply(daemon: ServedFleet) -> None:
+    robot2 = daemon.fleet.address("robot2")
+    result = run("ping", "robot2", "-c", "2", "-i", "0.01", socket=daemon.socket_path)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0] == "PING robot2 (fc94::2)"
-    assert lines[1] == "reply from fc94::2: seq=1 time=0.42 ms (direct via 198.18.0.2:5582)"
-    assert lines[2] == "reply from fc94::2: seq=2 time=0.42 ms (direct via 198.18.0.2:5582)"
+    assert lines[0] == f"PING robot2 ({robot2})"
+    for seq, line in enumerate(lines[1:3], start=1):
+        expected = rf"reply from {robot2}: seq={seq} time={RTT} \(direct via 198\.18\.0\.11:5582\)"
+        assert re.fullmatch(expected, line), line
     assert lines[-1] == "2 sent, 2 received, 0% loss"
 
 
-def test_ping_tunnelled_names_the_base_server(daemon: tuple[FakeController, str]) -> None:
-    _, sock = daemon
-    result = run("ping", "fc94::3", "-c", "1", socket=sock)
+def test_ping_tunnelled_names_the_base_server(tunnelled: str) -> None:
+    result = run("ping", "fc94::3", "-c", "1", socket=tunnelled)
     assert "(tunnelled via 198.18.0.100:5582)" in result.stdout
 
 
-def test_ping_without_replies_exits_1(daemon: tuple[FakeController, str]) -> None:
-    _, sock = daemon
-    result = run("ping", "fc94::4", "-c", "2", "-i", "0.01", "-W", "0.1", socket=sock)
+def test_ping_without_replies_exits_1(daemon: ServedFleet) -> None:
+    result = run("ping", UNHEARD, "-c", "2", "-i", "0.01", "-W", "0.1", socket=daemon.socket_path)
     assert result.exit_code == 1
-    assert "seq=1 timed out" in result.stdout
+    assert "seq=1 timed out (no path)" in result.stdout
     assert "2 sent, 0 received, 100% loss" in result.stdout
 
 
-def test_ping_json(daemon: tuple[FakeController, str]) -> None:
-    _, sock = daemon
-    answer = run_json("ping", "robot2", "-c", "3", "-i", "0.01", socket=sock)
-    assert answer["address"] == "fc94::2"
+def test_ping_a_robot_that_was_switched_off_exits_1(daemon: ServedFleet) -> None:
+    daemon.fleet.set_online("robot2", False)
+    result = run("ping", "robot2", "-c", "1", "-W", "0.3", socket=daemon.socket_path)
+    assert result.exit_code == 1
+    assert "seq=1 timed out" in result.stdout
+
+
+def test_ping_json(daemon: ServedFleet) -> None:
+    answer = run_json("ping", "robot2", "-c", "3", "-i", "0.01", socket=daemon.socket_path)
+    assert answer["address"] == daemon.fleet.address("robot2")
     assert answer["path"] == "direct"
-    assert answer["endpoint"] == "198.18.0.2:5582"
-    assert [r["seq"] for r in answer["replies"]] == [1, 2, 3]
+    assert answer["endpoint"] == "198.18.0.11:5582"
+    assert [r["seq"] for r in answer["replies"]] == [1, 2, 3]  # numbered as the human output numbers them
     assert (answer["sent"], answer["received"], answer["loss"]) == (3, 3, 0.0)
 
 
-def test_ping_unknown_hostname(daemon: tuple[FakeController, str]) -> None:
-    _, sock = daemon
-    assert_one_line_error(run("ping", "robot9", socket=sock), "unknown host name 'robot9'")
+def test_ping_unknown_hostname(daemon: ServedFleet) -> None:
+    assert_one_line_error(run("ping", "robot9", socket=daemon.socket_path), "unknown host 'robot9'")
+
+
+def test_ping_an_address_not_on_the_whitelist(daemon: ServedFleet) -> None:
+    assert_one_line_error(
+        run("ping", "fc94::9", socket=daemon.socket_path), "fc94::9 is not on the whitelist"
+    )
 
 
 # --- whitelist and hosts ----------------------------------------------------------------------------------
 
 
-def test_whitelist_commands(daemon: tuple[FakeController, str]) -> None:
-    fake, sock = daemon
+def test_whitelist_commands(lonely: ServedFleet) -> None:
+    sock, controller = lonely.socket_path, lonely.controller
     assert (
         run("whitelist", "add", "FC94:0::2", socket=sock).stdout.strip() == "added fc94::2 to the whitelist"
     )
-    assert fake.allowed == ["fc94::2"]
+    assert controller.whitelist().addresses == ["fc94::2"]
     listing = run("whitelist", "ls", socket=sock).stdout
     assert "whitelist enabled, 1 address(es)" in listing
     assert "fc94::2" in listing
     assert run_json("whitelist", "ls", socket=sock) == {"enabled": True, "addresses": ["fc94::2"]}
     assert "disabled" in run("whitelist", "disable", socket=sock).stdout
-    assert fake.whitelist_enabled is False
+    assert controller.whitelist().enabled is False
     assert run_json("whitelist", "enable", socket=sock)["enabled"] is True
     assert run_json("whitelist", "rm", "fc94::2", socket=sock) == {"enabled": True, "addresses": []}
 
 
-def test_json_flag_on_the_group(daemon: tuple[FakeController, str]) -> None:
-    _, sock = daemon
-    result = run("whitelist", "--json", "ls", socket=sock)
+def test_whitelist_rm_cuts_a_connected_peer_off_at_once(daemon: ServedFleet) -> None:
+    robot2 = daemon.fleet.address("robot2")
+    assert run_json("whitelist", "rm", robot2, socket=daemon.socket_path)["addresses"] == [UNHEARD]
+    assert robot2 not in [p["address"] for p in run_json("peers", socket=daemon.socket_path)]
+
+
+def test_whitelist_and_hosts_survive_a_daemon_restart(lonely: ServedFleet) -> None:
+    run_json("whitelist", "add", "fc94::2", socket=lonely.socket_path)
+    run_json("whitelist", "disable", socket=lonely.socket_path)
+    run_json("hosts", "add", "robot5", "fc94::5", socket=lonely.socket_path)
+    with serve(lonely.fleet.restart("robot1")) as restarted:
+        assert run_json("whitelist", "ls", socket=restarted) == {"enabled": False, "addresses": ["fc94::2"]}
+        assert run_json("hosts", "ls", socket=restarted) == [{"hostname": "robot5", "address": "fc94::5"}]
+
+
+def test_json_flag_on_the_group(lonely: ServedFleet) -> None:
+    result = run("whitelist", "--json", "ls", socket=lonely.socket_path)
     assert json.loads(result.stdout) == {"enabled": True, "addresses": []}
 
 
-def test_whitelist_errors(daemon: tuple[FakeController, str]) -> None:
-    _, sock = daemon
+def test_whitelist_errors(daemon: ServedFleet) -> None:
+    sock = daemon.socket_path
     assert_one_line_error(run("whitelist", "add", "bogus", socket=sock), "'bogus' is not an IPv6 address")
     assert_one_line_error(run("whitelist", "add", "fd00::1", socket=sock), "fc94::/16")
+    assert_one_line_error(run("whitelist", "add", daemon.address, socket=sock), "own address")
     assert_one_line_error(run("whitelist", "rm", "fc94::9", socket=sock), "fc94::9 is not on the whitelist")
 
 
-def test_hosts_commands(daemon: tuple[FakeController, str]) -> None:
-    fake, sock = daemon
+def test_hosts_commands(lonely: ServedFleet) -> None:
+    sock = lonely.socket_path
+    hosts_file = lonely.fleet.member("robot1").hosts_file
     assert run("hosts", "ls", socket=sock).stdout.strip() == "no host entries"
     assert run("hosts", "add", "Robot5", "fc94::5", socket=sock).stdout.strip() == "robot5 -> fc94::5"
-    assert fake.host_entries == {"robot5": "fc94::5"}
+    assert [(e.hostname, e.address_text) for e in hosts_file.entries] == [("robot5", "fc94::5")]
     assert run("hosts", "ls", socket=sock).stdout.split() == ["fc94::5", "robot5"]
     assert run_json("hosts", "ls", socket=sock) == [{"hostname": "robot5", "address": "fc94::5"}]
     assert run_json("hosts", "rm", "robot5", socket=sock) == []
-    assert_one_line_error(run("hosts", "rm", "robot5", socket=sock), "no host entry named robot5")
+    assert hosts_file.entries == []
+    assert_one_line_error(run("hosts", "rm", "robot5", socket=sock), "no host entry named 'robot5'")
     assert_one_line_error(run("hosts", "add", "bad_name", "fc94::5", socket=sock), "hostname")
+
+
+def test_a_host_name_is_a_ping_target(daemon: ServedFleet) -> None:
+    sock = daemon.socket_path
+    run_json("hosts", "add", "base", daemon.fleet.address("robot2"), socket=sock)
+    answer = run_json("ping", "base", "-c", "1", socket=sock)
+    assert (answer["address"], answer["received"]) == (daemon.fleet.address("robot2"), 1)
 
 
 # --- wait and logs ----------------------------------------------------------------------------------------
 
 
-def test_wait_ready_and_peer_reached(daemon: tuple[FakeController, str]) -> None:
-    _, sock = daemon
+def test_wait_ready_and_peer_reached(daemon: ServedFleet) -> None:
+    sock = daemon.socket_path
     assert run("wait", "ready", "--timeout", "1", socket=sock).stdout.strip() == "daemon ready"
     assert run("wait", "peer", "robot2", socket=sock).stdout.strip() == "robot2 reachable"
-    assert run_json("wait", "peer", "fc94::2", socket=sock) == {"reached": True}
+    assert run_json("wait", "peer", daemon.fleet.address("robot2"), socket=sock) == {"reached": True}
 
 
-def test_wait_timeout_exits_1_with_a_message(daemon: tuple[FakeController, str]) -> None:
-    fake, sock = daemon
-    fake.ready = False
+def test_wait_peer_follows_a_robot_switched_on_after_it(lonely: ServedFleet) -> None:
+    fleet = lonely.fleet
+    fleet.add("robot3")
+    fleet.set_online("robot3", False)
+    robot3 = fleet.address("robot3")
+    lonely.controller.whitelist_add(robot3)
+    fleet.member("robot3").controller.whitelist_add(lonely.address)
+
+    def switch_on() -> None:
+        fleet.set_online("robot3", True)
+        fleet.beacon_now()
+
+    timer = threading.Timer(0.3, switch_on)
+    timer.start()
+    try:
+        result = run("wait", "peer", robot3, "--timeout", WAIT_S, socket=lonely.socket_path)
+    finally:
+        timer.join()
+    assert result.exit_code == 0, result.output
+    assert fleet.path("robot1", "robot3") == "direct"
+
+
+def test_wait_timeout_exits_1_with_a_message(daemon: ServedFleet) -> None:
+    sock = daemon.socket_path
+    daemon.controller.ready = False  # what the daemon reports until its interface is up
     assert_one_line_error(
         run("wait", "ready", "--timeout", "0", socket=sock), "timed out after 0 s waiting for the daemon"
     )
     assert_one_line_error(
-        run("wait", "peer", "fc94::4", "--timeout", "0.05", socket=sock), "waiting for a path to fc94::4"
+        run("wait", "peer", UNHEARD, "--timeout", "0.05", socket=sock), f"waiting for a path to {UNHEARD}"
     )
-    result = run("wait", "peer", "fc94::4", "--timeout", "0", "--json", socket=sock)
+    result = run("wait", "peer", UNHEARD, "--timeout", "0", "--json", socket=sock)
     assert result.exit_code == 1
     assert json.loads(result.stdout) == {"reached": False}
 
@@ -228,18 +323,19 @@ def test_wait_ready_follows_a_daemon_started_after_it() -> None:
     # What a script does: start the daemon, then wait for it; its socket does not exist yet.
     directory = Path(tempfile.mkdtemp(prefix="hr-cw-", dir="/tmp"))
     path = str(directory / "control.sock")
-    server = ControlServer(FakeController(), path, group=None)
-    timer = threading.Timer(0.5, server.start)
-    timer.start()
-    try:
-        result = run("wait", "ready", "--timeout", "10", socket=path)
-        assert result.exit_code == 0, result.output
-        assert result.stdout.strip() == "daemon ready"
-        assert result.stderr == ""  # progress only on a terminal
-    finally:
-        timer.join()
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+    with MemNetFleet() as fleet:
+        server = ControlServer(fleet.add("robot1"), path, group=None)
+        timer = threading.Timer(0.5, server.start)
+        timer.start()
+        try:
+            result = run("wait", "ready", "--timeout", "10", socket=path)
+            assert result.exit_code == 0, result.output
+            assert result.stdout.strip() == "daemon ready"
+            assert result.stderr == ""  # progress only on a terminal
+        finally:
+            timer.join()
+            server.stop()
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_wait_without_a_daemon_times_out_like_any_wait() -> None:
@@ -287,11 +383,8 @@ LONG = "x" * 10_000
         "level",
     ],
 )
-def test_errors_never_echo_a_long_argument_in_full(
-    daemon: tuple[FakeController, str], args: list[str], code: int
-) -> None:
-    _, sock = daemon
-    result = run(*args, socket=sock)
+def test_errors_never_echo_a_long_argument_in_full(daemon: ServedFleet, args: list[str], code: int) -> None:
+    result = run(*args, socket=daemon.socket_path)
     assert result.exit_code == code, result.output[:500]
     assert re.search(r"(.)\1{100}", result.output) is None, result.output[:500]
     assert len(result.stderr) < 1000
@@ -305,11 +398,14 @@ def test_a_long_control_socket_path_is_one_bounded_line() -> None:
     assert len(result.stderr) < 500
 
 
-def test_logs(daemon: tuple[FakeController, str]) -> None:
-    fake, sock = daemon
-    fake.log_lines = ["one", "two", "three"]
-    assert run("logs", "-n", "2", socket=sock).stdout.splitlines() == ["two", "three"]
-    assert run_json("logs", socket=sock) == {"lines": ["one", "two", "three"]}
+def test_logs(daemon: ServedFleet) -> None:
+    for message in ("one", "two", "three"):
+        daemon.fleet.log("robot1", message)
+    lines = run("logs", "-n", "2", socket=daemon.socket_path).stdout.splitlines()
+    assert [line.rsplit(": ", 1)[1] for line in lines] == ["two", "three"]
+    assert "INFO husarnet_ros.daemon: two" in lines[0]
+    answer = run_json("logs", socket=daemon.socket_path)
+    assert [line.rsplit(": ", 1)[1] for line in answer["lines"]] == ["one", "two", "three"]
 
 
 # --- identity ---------------------------------------------------------------------------------------------
@@ -322,11 +418,11 @@ def state_dir() -> Iterator[Path]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_whoami_asks_the_daemon(daemon: tuple[FakeController, str]) -> None:
-    _, sock = daemon
-    assert run("whoami", socket=sock).stdout.splitlines()[0] == "fc94::1"
+def test_whoami_asks_the_daemon(daemon: ServedFleet) -> None:
+    sock = daemon.socket_path
+    assert run("whoami", socket=sock).stdout.splitlines()[0] == daemon.address
     answer = run_json("whoami", socket=sock)
-    assert (answer["address"], answer["hostname"]) == ("fc94::1", "robot1")
+    assert (answer["address"], answer["hostname"]) == (daemon.address, "robot1")
 
 
 def test_genid_prints_a_valid_identity_file() -> None:
@@ -402,10 +498,8 @@ def test_import_identity_with_a_mismatched_address_is_refused(state_dir: Path) -
     assert_one_line_error(result, "does not match the public key")
 
 
-def test_import_identity_refuses_while_a_daemon_answers(
-    daemon: tuple[FakeController, str], state_dir: Path
-) -> None:
-    _, sock = daemon
+def test_import_identity_refuses_while_a_daemon_answers(lonely: ServedFleet, state_dir: Path) -> None:
+    sock = lonely.socket_path
     source = state_dir.parent / "id"
     source.write_text(Identity.generate().to_file_text())
     args = ("import-identity", str(source), "--state-dir", str(state_dir))
@@ -447,10 +541,9 @@ def test_daemon_not_running_is_one_clear_line(args: list[str]) -> None:
     assert result.stdout == ""
 
 
-def test_control_socket_from_environment(daemon: tuple[FakeController, str]) -> None:
-    _, sock = daemon
-    result = run("whoami", env={CONTROL_SOCKET_ENV: sock})
-    assert result.stdout.splitlines()[0] == "fc94::1"
+def test_control_socket_from_environment(lonely: ServedFleet) -> None:
+    result = run("whoami", env={CONTROL_SOCKET_ENV: lonely.socket_path})
+    assert result.stdout.splitlines()[0] == lonely.address
 
 
 @pytest.mark.parametrize(
@@ -493,19 +586,16 @@ def test_every_command_has_help_with_an_example() -> None:
         assert "husarnet-ros " in result.stdout.split("Example", 1)[1], command
 
 
-def test_version_with_and_without_a_daemon(daemon: tuple[FakeController, str]) -> None:
-    _, sock = daemon
-    assert run_json("version", socket=sock) == {"version": __version__, "daemon_version": __version__}
+def test_version_with_and_without_a_daemon(lonely: ServedFleet) -> None:
+    assert run_json("version", socket=lonely.socket_path) == {
+        "version": __version__,
+        "daemon_version": __version__,
+    }
     assert run_json("version", socket=MISSING_SOCKET) == {"version": __version__, "daemon_version": None}
     result = run("version", socket=MISSING_SOCKET)
     assert result.exit_code == 0
     assert f"husarnet-ros {__version__}" in result.stdout
     assert "daemon not running" in result.stdout
-
-
-class _BrokenController(FakeController):
-    def status(self):  # type: ignore[no-untyped-def]
-        raise RuntimeError("boom")
 
 
 class _Collect(logging.Handler):
@@ -517,30 +607,38 @@ class _Collect(logging.Handler):
         self.messages.append(f"{record.getMessage()} {record.exc_info}")
 
 
-def test_a_daemon_side_bug_is_reported_in_one_line() -> None:
+def test_a_daemon_side_bug_is_reported_in_one_line(
+    lonely: ServedFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from husarnet_ros.daemon import control
+
+    def broken_status() -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(lonely.controller, "status", broken_status)  # a bug in the daemon, injected
 
     # A handler of our own keeps the in-process server's traceback out of the CLI's stderr, whatever
     # logging setup the test environment has (launch's logger class disables propagation).
     collect = _Collect()
     control.log.addHandler(collect)
     try:
-        with serve_fake(_BrokenController()) as (_, sock):
-            assert_one_line_error(run("status", socket=sock), "internal error in the daemon (RuntimeError)")
+        result = run("status", socket=lonely.socket_path)
+        assert_one_line_error(result, "internal error in the daemon (RuntimeError)")
     finally:
         control.log.removeHandler(collect)
     assert any("boom" in message for message in collect.messages)  # the details went to the daemon log
 
 
-def test_a_cli_side_bug_is_one_line_unless_debugging(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cli_side_bug_is_one_line_unless_debugging(
+    lonely: ServedFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import husarnet_ros.cli.network as network
 
     def explode(*_: object) -> None:
         raise KeyError("oops")
 
     monkeypatch.setattr(network.render, "print_status", explode)
-    with serve_fake() as (_, sock):
-        assert_one_line_error(run("status", socket=sock), "unexpected KeyError")
+    assert_one_line_error(run("status", socket=lonely.socket_path), "unexpected KeyError")
 
 
 def test_real_process_exit_codes_and_no_traceback() -> None:
