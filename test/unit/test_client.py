@@ -1,4 +1,5 @@
-"""The typed client against the real control server with a fake daemon behind it."""
+"""The typed client against the real control server and the real daemon controller on the in-memory network
+(husarnet_ros.testing.memnet_daemon)."""
 
 from __future__ import annotations
 
@@ -31,60 +32,68 @@ from husarnet_ros.client import (
 )
 from husarnet_ros.core.config import DaemonConfig
 from husarnet_ros.daemon.control import ControlServer
-from husarnet_ros.testing.fake_controller import FakeController, sample_peers, serve_fake
+from husarnet_ros.testing.memnet_daemon import MemNetFleet, ServedFleet, served_fleet
+
+UNHEARD = "fc94::4"  # whitelisted on robot1, but no robot has that address: its path stays none
+Served = tuple[ServedFleet, ControlClient]
 
 
 @pytest.fixture
-def served() -> Iterator[tuple[FakeController, ControlClient]]:
-    fake = FakeController()
-    for peer in sample_peers():
-        fake.add_peer(peer)
-    with serve_fake(fake) as (_, path), ControlClient(path) as client:
-        yield fake, client
+def served() -> Iterator[Served]:
+    """A client of robot1's daemon: robot2 is reached directly, UNHEARD is whitelisted and unreachable."""
+    with served_fleet("robot1", ("robot2",)) as fleet, ControlClient(fleet.socket_path) as client:
+        fleet.controller.whitelist_add(UNHEARD)
+        yield fleet, client
 
 
-def test_status_and_peers_are_typed(served: tuple[FakeController, ControlClient]) -> None:
-    _, client = served
+@pytest.fixture
+def alone() -> Iterator[Served]:
+    """A client of robot1's daemon, alone on its network, with an empty whitelist."""
+    with served_fleet("robot1", ()) as fleet, ControlClient(fleet.socket_path) as client:
+        yield fleet, client
+
+
+def test_status_and_peers_are_typed(served: Served) -> None:
+    fleet, client = served
     status = client.status()
-    assert status.address == "fc94::1"
+    assert status.address == fleet.address
     assert all(isinstance(p, PeerStatus) for p in status.peers)
-    assert [p.address for p in client.peers()] == ["fc94::2", "fc94::3", "fc94::4"]
-    assert client.peer("robot2").endpoint == "198.18.0.2:5582"
+    assert [p.address for p in client.peers()] == [fleet.fleet.address("robot2"), UNHEARD]
+    assert client.peer("robot2").endpoint == "198.18.0.11:5582"
     assert client.health().ok is True
     assert client.is_alive()
 
 
-def test_whitelist_calls(served: tuple[FakeController, ControlClient]) -> None:
-    fake, client = served
+def test_whitelist_calls(alone: Served) -> None:
+    fleet, client = alone
     assert client.whitelist_add("FC94::2") == Whitelist(enabled=True, addresses=["fc94::2"])
     assert client.whitelist_set_enabled(False).enabled is False
     assert client.whitelist() == Whitelist(enabled=False, addresses=["fc94::2"])
     assert client.whitelist_remove("fc94::2").addresses == []
-    assert fake.calls == [
-        ("whitelist_add", "fc94::2"),
-        ("whitelist_set_enabled", False),
-        ("whitelist_remove", "fc94::2"),
-    ]
+    assert fleet.controller.whitelist() == Whitelist(enabled=False, addresses=[])
 
 
-def test_hosts_calls(served: tuple[FakeController, ControlClient]) -> None:
-    _, client = served
+def test_hosts_calls(alone: Served) -> None:
+    fleet, client = alone
     assert client.hosts() == []
     assert client.hosts_add("robot5", "fc94::5") == [HostEntry(hostname="robot5", address="fc94::5")]
+    assert [e.hostname for e in fleet.fleet.member("robot1").hosts_file.entries] == ["robot5"]
     assert client.resolve("robot5") == "fc94::5"
     assert client.resolve("FC94::0:7") == "fc94::7"
     assert client.hosts_remove("robot5") == []
 
 
-def test_ping_wait_logs(served: tuple[FakeController, ControlClient]) -> None:
-    fake, client = served
-    fake.log_lines = ["a", "b", "c"]
-    result = client.ping("robot3", count=2, interval_s=0.01, timeout_s=0.5)
-    assert (result.path, result.base_server, result.received) == ("tunnelled", "198.18.0.100:5582", 2)
+def test_ping_wait_logs(served: Served) -> None:
+    fleet, client = served
+    for line in ("a", "b", "c"):
+        fleet.fleet.log("robot1", line)
+    result = client.ping("robot2", count=2, interval_s=0.01, timeout_s=5)
+    assert (result.address, result.hostname) == (fleet.fleet.address("robot2"), "robot2")
+    assert (result.path, result.endpoint, result.received) == ("direct", "198.18.0.11:5582", 2)
     assert client.wait_ready(0)
     assert client.wait_peer("robot2", 0)
-    assert not client.wait_peer("fc94::4", 0)
-    assert client.logs(2) == ["b", "c"]
+    assert not client.wait_peer(UNHEARD, 0)
+    assert [line.rsplit(": ", 1)[1] for line in client.logs(2)] == ["b", "c"]
 
 
 @pytest.mark.parametrize(
@@ -95,17 +104,17 @@ def test_ping_wait_logs(served: tuple[FakeController, ControlClient]) -> None:
         (lambda c: c.whitelist_remove("a/b"), 422, "a/b"),
         (lambda c: c.hosts_add("bad name", "fc94::2"), 422, "hostname"),
         (lambda c: c.hosts_remove("robot9"), 404, "no host entry"),
-        (lambda c: c.resolve("robot9"), 404, "unknown host name 'robot9'"),
+        (lambda c: c.resolve("robot9"), 404, "unknown host 'robot9'"),
         (lambda c: c.peer("fc94::99"), 404, "not a known peer"),
         (lambda c: c.ping("robot2", count=0), 422, "count"),
-        (lambda c: c.ping("fc94::1"), 422, "own address"),
+        (lambda c: c.ping(c.status().address), 422, "own address"),
+        (lambda c: c.ping("fc94::9"), 422, "fc94::9 is not on the whitelist"),
+        (lambda c: c.whitelist_add(c.status().address), 422, "own address"),
         (lambda c: c.wait_peer("a b", 0), 422, "a b"),
         (lambda c: c.logs(0), 422, "limit"),
     ],
 )
-def test_refusals_carry_the_daemons_message(
-    served: tuple[FakeController, ControlClient], call: object, status: int, needle: str
-) -> None:
+def test_refusals_carry_the_daemons_message(served: Served, call: object, status: int, needle: str) -> None:
     _, client = served
     with pytest.raises(ControlError) as info:
         call(client)  # type: ignore[operator]
@@ -141,8 +150,8 @@ def test_stale_socket_means_daemon_unavailable() -> None:
 
 
 def test_stopped_daemon_between_calls_is_daemon_unavailable() -> None:
-    with serve_fake() as (_, path):
-        client = ControlClient(path)
+    with served_fleet("robot1", ()) as fleet:
+        client = ControlClient(fleet.socket_path)
         assert client.is_alive()
     with pytest.raises(DaemonUnavailable):
         client.status()
@@ -169,16 +178,18 @@ def test_socket_path_comes_from_env_then_default(monkeypatch: pytest.MonkeyPatch
     assert ControlClient("/tmp/arg.sock").socket_path == "/tmp/arg.sock"
 
 
-class _SlowController(FakeController):
-    def logs(self, limit: int) -> list[str]:
+def test_a_daemon_that_does_not_answer_in_time_is_an_error_not_a_hang(
+    alone: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet, _ = alone
+
+    def stuck_logs(limit: int) -> list[str]:
         time.sleep(1.0)  # longer than the client's timeout below
         return []
 
-
-def test_a_daemon_that_does_not_answer_in_time_is_an_error_not_a_hang() -> None:
+    monkeypatch.setattr(fleet.controller, "logs", stuck_logs)  # a daemon stuck, injected
     with (
-        serve_fake(_SlowController()) as (_, path),
-        ControlClient(path, timeout_s=0.2) as client,
+        ControlClient(fleet.socket_path, timeout_s=0.2) as client,
         pytest.raises(ControlError, match="did not answer within"),
     ):
         client.logs()
@@ -199,16 +210,23 @@ def socket_dir() -> Iterator[Path]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def _serve_later(path: Path, delay_s: float) -> tuple[ControlServer, threading.Timer]:
-    server = ControlServer(FakeController(), str(path), group=None)
+@pytest.fixture
+def fleet() -> Iterator[MemNetFleet]:
+    with MemNetFleet() as fleet:
+        yield fleet
+
+
+def _serve_later(fleet: MemNetFleet, path: Path, delay_s: float) -> tuple[ControlServer, threading.Timer]:
+    """robot1's daemon starts serving on ``path`` after ``delay_s``."""
+    server = ControlServer(fleet.add("robot1"), str(path), group=None)
     timer = threading.Timer(delay_s, server.start)
     timer.start()
     return server, timer
 
 
-def test_wait_ready_waits_for_the_socket_to_appear(socket_dir: Path) -> None:
+def test_wait_ready_waits_for_the_socket_to_appear(socket_dir: Path, fleet: MemNetFleet) -> None:
     path = socket_dir / "control.sock"
-    server, timer = _serve_later(path, 0.5)
+    server, timer = _serve_later(fleet, path, 0.5)
     retried: list[ClientError] = []
     try:
         started = time.monotonic()
@@ -221,12 +239,12 @@ def test_wait_ready_waits_for_the_socket_to_appear(socket_dir: Path) -> None:
     assert all(isinstance(exc, DaemonUnavailable) for exc in retried)
 
 
-def test_wait_ready_waits_through_a_stale_socket(socket_dir: Path) -> None:
+def test_wait_ready_waits_through_a_stale_socket(socket_dir: Path, fleet: MemNetFleet) -> None:
     path = socket_dir / "control.sock"
     dead = socket.socket(socket.AF_UNIX)
     dead.bind(str(path))  # what a killed daemon leaves behind: connecting is refused
     dead.close()
-    server, timer = _serve_later(path, 0.5)
+    server, timer = _serve_later(fleet, path, 0.5)
     try:
         assert ControlClient(str(path)).wait_ready(10)
     finally:
@@ -250,14 +268,14 @@ def test_a_wait_gives_up_at_once_when_waiting_cannot_help() -> None:
     assert time.monotonic() - started < 5
 
 
-def test_wait_peer_waits_for_the_name_to_become_known(served: tuple[FakeController, ControlClient]) -> None:
-    fake, client = served
-    # fc94::2 has a direct path; the name robot7 becomes known a little later (hosts entry, or handshake).
-    timer = threading.Timer(0.5, fake.hosts_add, args=("robot7", "fc94::2"))
+def test_wait_peer_waits_for_the_name_to_become_known(served: Served) -> None:
+    fleet, client = served
+    # robot2 has a direct path; the name robot7 for it becomes known a little later (a hosts entry).
+    timer = threading.Timer(0.5, fleet.controller.hosts_add, args=("robot7", fleet.fleet.address("robot2")))
     timer.start()
     try:
         assert client.wait_peer("robot7", 10)
     finally:
         timer.join()
-    with pytest.raises(WaitTimedOut, match="unknown host name 'robot9'"):
+    with pytest.raises(WaitTimedOut, match="unknown host 'robot9'"):
         client.wait_peer("robot9", 0.3)

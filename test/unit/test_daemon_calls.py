@@ -8,30 +8,27 @@ import pytest
 
 from husarnet_ros.client import ControlClient, ControlError
 from husarnet_ros.ros import daemon_calls
-from husarnet_ros.testing.fake_controller import FakeController, serve_fake
+from husarnet_ros.testing.memnet_daemon import ServedFleet, served_fleet
 
-Served = tuple[FakeController, ControlClient]
+Served = tuple[ServedFleet, ControlClient]
 
 
 @pytest.fixture
 def served() -> Iterator[Served]:
-    with serve_fake() as (fake, path), ControlClient(path) as client:
-        yield fake, client
+    """A client of the real daemon controller (robot1 on the in-memory network, no peers)."""
+    with served_fleet("robot1", ()) as fleet, ControlClient(fleet.socket_path) as client:
+        yield fleet, client
 
 
-def test_whitelist_remove_says_whether_the_address_was_there(
-    served: tuple[FakeController, ControlClient],
-) -> None:
-    fake, client = served
+def test_whitelist_remove_says_whether_the_address_was_there(served: Served) -> None:
+    fleet, client = served
     daemon_calls.whitelist_add("fc94::2")(client)
     assert daemon_calls.whitelist_remove("fc94::2")(client) is True
     assert daemon_calls.whitelist_remove("fc94::2")(client) is False
-    assert fake.allowed == []
+    assert fleet.controller.whitelist().addresses == []
 
 
-def test_hosts_remove_of_a_missing_entry_returns_the_entries(
-    served: tuple[FakeController, ControlClient],
-) -> None:
+def test_hosts_remove_of_a_missing_entry_returns_the_entries(served: Served) -> None:
     _, client = served
     daemon_calls.hosts_add("robot5", "fc94::5")(client)
     assert daemon_calls.hosts_remove("robot9")(client) == client.hosts()
