@@ -1,4 +1,9 @@
-"""The control server: routes and error mapping over a real Unix socket, socket life cycle, threading."""
+"""The control server: routes and error mapping over a real Unix socket, socket life cycle, threading.
+
+Routes are tested against the real daemon controller on the in-memory network (robot1 served, robot2 its
+directly reached peer). The socket life cycle and threading tests need a controller that is never called,
+blocks or records where it runs: FakeController.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +21,16 @@ import httpx
 import pytest
 
 from husarnet_ros.api import MAX_MESSAGE_CHARS, MAX_QUOTED_CHARS
-from husarnet_ros.daemon.control import ControlServer, ControlSocketError, create_app
+from husarnet_ros.daemon.control import ControlServer, ControlSocketError
 from husarnet_ros.daemon.controller import Controller
-from husarnet_ros.testing.fake_controller import FakeController, sample_peers, serve_fake
+from husarnet_ros.testing.fake_controller import FakeController
+from husarnet_ros.testing.memnet_daemon import ServedFleet, served_fleet
+
+UNHEARD = "fc94::4"  # whitelisted on robot1, but no robot has that address: its path stays none
+
+
+def _http(socket_path: str) -> httpx.Client:
+    return httpx.Client(transport=httpx.HTTPTransport(uds=socket_path), base_url="http://daemon", timeout=10)
 
 
 @pytest.fixture
@@ -30,85 +42,98 @@ def short_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def fake() -> FakeController:
-    controller = FakeController()
-    for peer in sample_peers():
-        controller.add_peer(peer)
-    return controller
+def daemon() -> Iterator[ServedFleet]:
+    """robot1's daemon, served: robot2 is reached directly, UNHEARD is whitelisted and unreachable."""
+    with served_fleet("robot1", ("robot2",)) as served:
+        served.controller.whitelist_add(UNHEARD)
+        yield served
 
 
 @pytest.fixture
-def http(fake: FakeController) -> Iterator[httpx.Client]:
-    with (
-        serve_fake(fake) as (_, path),
-        httpx.Client(transport=httpx.HTTPTransport(uds=path), base_url="http://daemon", timeout=10) as client,
-    ):
+def http(daemon: ServedFleet) -> Iterator[httpx.Client]:
+    with _http(daemon.socket_path) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
-def shared_http() -> Iterator[httpx.Client]:
-    """One server for the many requests that are refused and so change nothing."""
-    controller = FakeController()
-    for peer in sample_peers():
-        controller.add_peer(peer)
-    with (
-        serve_fake(controller) as (_, path),
-        httpx.Client(transport=httpx.HTTPTransport(uds=path), base_url="http://daemon", timeout=10) as client,
-    ):
+def shared_daemon() -> Iterator[ServedFleet]:
+    """One daemon for the many requests that are refused and so change nothing."""
+    with served_fleet("robot1", ("robot2",)) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def shared_http(shared_daemon: ServedFleet) -> Iterator[httpx.Client]:
+    with _http(shared_daemon.socket_path) as client:
         yield client
 
 
-def test_fake_controller_satisfies_the_protocol(fake: FakeController) -> None:
-    assert isinstance(fake, Controller)
+def test_both_controllers_satisfy_the_protocol(daemon: ServedFleet) -> None:
+    assert isinstance(daemon.controller, Controller)
+    assert isinstance(FakeController(), Controller)
 
 
-def test_status_and_peers(http: httpx.Client) -> None:
+def test_status_and_peers(http: httpx.Client, daemon: ServedFleet) -> None:
+    robot2 = daemon.fleet.address("robot2")
     status = http.get("/v1/status").json()
-    assert status["address"] == "fc94::1"
-    assert {p["address"]: p["path"] for p in status["peers"]} == {
-        "fc94::2": "direct",
-        "fc94::3": "tunnelled",
-        "fc94::4": "none",
-    }
+    assert status["address"] == daemon.address
+    assert {p["address"]: p["path"] for p in status["peers"]} == {robot2: "direct", UNHEARD: "none"}
     assert http.get("/v1/peers").json() == status["peers"]
-    assert http.get("/v1/peers/robot3").json()["base_server"] == "198.18.0.100:5582"
-    assert http.get("/v1/peers/FC94:0::2").json()["hostname"] == "robot2"
+    assert http.get("/v1/peers/robot2").json()["endpoint"] == "198.18.0.11:5582"
+    assert http.get(f"/v1/peers/{robot2.upper()}").json()["hostname"] == "robot2"
+    assert http.get(f"/v1/peers/{UNHEARD}").json()["whitelisted"] is True
 
 
-def test_whitelist_routes_change_state(http: httpx.Client, fake: FakeController) -> None:
-    assert http.post("/v1/whitelist", json={"address": "FC94:0::2"}).json() == {
-        "enabled": True,
-        "addresses": ["fc94::2"],
-    }
-    assert fake.allowed == ["fc94::2"]
+def test_whitelist_routes_change_state(http: httpx.Client, daemon: ServedFleet) -> None:
+    robot2 = daemon.fleet.address("robot2")
+    added = http.post("/v1/whitelist", json={"address": "FC94:0::2"}).json()
+    assert added == {"enabled": True, "addresses": ["fc94::2", UNHEARD, robot2]}
+    assert daemon.controller.whitelist().addresses == added["addresses"]
     assert http.patch("/v1/whitelist", json={"enabled": False}).json()["enabled"] is False
-    assert fake.whitelist_enabled is False
-    assert http.delete("/v1/whitelist/fc94:0:0::2").json()["addresses"] == []
+    assert daemon.controller.whitelist().enabled is False
+    assert http.patch("/v1/whitelist", json={"enabled": True}).json()["enabled"] is True
+    assert http.delete("/v1/whitelist/fc94:0:0::2").json()["addresses"] == [UNHEARD, robot2]
+    # Removing a connected peer cuts it off at once.
+    assert http.delete(f"/v1/whitelist/{robot2}").json()["addresses"] == [UNHEARD]
+    assert http.get("/v1/peers/robot2").status_code == 404
 
 
-def test_hosts_routes_change_state(http: httpx.Client, fake: FakeController) -> None:
+def test_hosts_routes_change_state(http: httpx.Client, daemon: ServedFleet) -> None:
     answer = http.post("/v1/hosts", json={"hostname": "Robot5", "address": "fc94::5"})
     assert answer.json() == [{"hostname": "robot5", "address": "fc94::5"}]
+    assert [e.hostname for e in daemon.fleet.member("robot1").hosts_file.entries] == ["robot5"]
     assert http.get("/v1/resolve/robot5").json() == {"name": "robot5", "address": "fc94::5"}
     assert http.delete("/v1/hosts/ROBOT5").json() == []
-    assert fake.host_entries == {}
+    assert daemon.controller.hosts() == []
 
 
-def test_ping_resolves_hostnames_first(http: httpx.Client, fake: FakeController) -> None:
+def test_ping_resolves_hostnames_first(http: httpx.Client, daemon: ServedFleet) -> None:
     result = http.post("/v1/ping", json={"target": "robot2", "count": 2, "interval_s": 0.1}).json()
-    assert result["address"] == "fc94::2"
+    assert result["address"] == daemon.fleet.address("robot2")
     assert result["path"] == "direct"
     assert [r["seq"] for r in result["replies"]] == [1, 2]
-    assert fake.calls[-1] == ("ping", "fc94::2", 2, 0.1, 2.0)
+    assert result["received"] == 2
 
 
-def test_waits_and_logs(http: httpx.Client, fake: FakeController) -> None:
-    fake.log_lines = [f"line {i}" for i in range(10)]
+def test_waits_and_logs(http: httpx.Client, daemon: ServedFleet) -> None:
+    for i in range(10):
+        daemon.fleet.log("robot1", f"line {i}")
     assert http.get("/v1/wait/ready", params={"timeout": 0}).json() == {"reached": True}
     assert http.get("/v1/wait/peer/robot2", params={"timeout": 0}).json() == {"reached": True}
-    assert http.get("/v1/wait/peer/fc94::4", params={"timeout": 0}).json() == {"reached": False}
-    assert http.get("/v1/logs", params={"limit": 3}).json() == {"lines": ["line 7", "line 8", "line 9"]}
+    assert http.get(f"/v1/wait/peer/{UNHEARD}", params={"timeout": 0}).json() == {"reached": False}
+    lines = http.get("/v1/logs", params={"limit": 3}).json()["lines"]
+    assert [line.rsplit(": ", 1)[1] for line in lines] == ["line 7", "line 8", "line 9"]
+
+
+def test_refusals_that_name_the_daemon_itself(shared_http: httpx.Client, shared_daemon: ServedFleet) -> None:
+    own = shared_daemon.address
+    for method, url, body in (
+        ("POST", "/v1/ping", {"target": own}),
+        ("POST", "/v1/whitelist", {"address": own}),
+    ):
+        response = shared_http.request(method, url, json=body)
+        assert response.status_code == 422
+        assert "own address" in response.json()["error"]
 
 
 @pytest.mark.parametrize(
@@ -131,13 +156,13 @@ def test_waits_and_logs(http: httpx.Client, fake: FakeController) -> None:
             "count: Input should be a valid integer",
         ),
         ("POST", "/v1/hosts", {"hostname": "a b", "address": "fc94::2"}, 422, "hostname"),
-        ("DELETE", "/v1/hosts/nobody", None, 404, "no host entry named nobody"),
+        ("DELETE", "/v1/hosts/nobody", None, 404, "no host entry named 'nobody'"),
         ("DELETE", "/v1/hosts/a_b", None, 422, "a_b"),
-        ("GET", "/v1/resolve/robot9", None, 404, "unknown host name 'robot9'"),
+        ("GET", "/v1/resolve/robot9", None, 404, "unknown host 'robot9'"),
         ("GET", "/v1/peers/robot9", None, 404, "robot9"),
         ("GET", "/v1/peers/fc94::99", None, 404, "not a known peer"),
         ("POST", "/v1/ping", {"target": "robot2", "count": 0}, 422, "count"),
-        ("POST", "/v1/ping", {"target": "fc94::1"}, 422, "own address"),
+        ("POST", "/v1/ping", {"target": "fc94::9"}, 422, "fc94::9 is not on the whitelist"),
         ("POST", "/v1/ping", {"target": "robot9"}, 404, "robot9"),
         ("GET", "/v1/wait/ready?timeout=-1", None, 422, "timeout"),
         ("GET", "/v1/wait/ready?timeout=abc", None, 422, "timeout"),
@@ -227,24 +252,21 @@ def test_405_lists_every_method_of_the_path(http: httpx.Client) -> None:
     assert response.headers["allow"] == "GET, PATCH, POST"
 
 
-class _BuggyController(FakeController):
-    def logs(self, limit: int) -> list[str]:
+def test_a_bug_in_the_controller_is_a_500_without_traceback_and_the_connection_survives(
+    daemon: ServedFleet, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def buggy_logs(limit: int) -> list[str]:
         raise RuntimeError("secret internals")
 
-
-def test_a_bug_in_the_controller_is_a_500_without_traceback_and_the_connection_survives() -> None:
-    with (
-        serve_fake(_BuggyController()) as (_, path),
-        httpx.Client(transport=httpx.HTTPTransport(uds=path), base_url="http://daemon") as http,
-    ):
-        response = http.get("/v1/logs")
-        assert response.status_code == 500
-        assert response.json() == {"error": "internal error in the daemon (RuntimeError); see the daemon log"}
-        assert http.get("/v1/status").status_code == 200
+    monkeypatch.setattr(daemon.controller, "logs", buggy_logs)  # a bug in the daemon, injected
+    response = http.get("/v1/logs")
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error in the daemon (RuntimeError); see the daemon log"}
+    assert http.get("/v1/status").status_code == 200  # same connection, and the daemon goes on
 
 
-def test_openapi_schema_lists_every_route() -> None:
-    schema = create_app(FakeController()).openapi()
+def test_openapi_schema_lists_every_route(shared_http: httpx.Client) -> None:
+    schema = shared_http.get("/openapi.json").json()
     assert set(schema["paths"]) == {
         "/v1/health",
         "/v1/status",
@@ -263,6 +285,8 @@ def test_openapi_schema_lists_every_route() -> None:
 
 
 # --- socket life cycle ----------------------------------------------------------------------------------
+# The server's own behaviour: the controller is never called (only /v1/health, answered without it), so a
+# FakeController stands in for the daemon.
 
 
 def test_socket_is_0660_and_removed_on_stop(short_dir: Path) -> None:
@@ -325,7 +349,8 @@ def test_stop_leaves_a_newer_daemons_socket_alone(short_dir: Path) -> None:
 
 
 class _HangingController(FakeController):
-    """wait_ready never finishes on its own; tells the test when a request is inside it."""
+    """wait_ready never finishes on its own; tells the test when a request is inside it (a daemon that
+    blocks on purpose: faked)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -366,6 +391,8 @@ def test_stop_ends_open_long_polls(short_dir: Path) -> None:
 
 
 class _LoopRecordingController(FakeController):
+    """Records the threads its methods run on (what the test checks is the server's dispatch: faked)."""
+
     threads: set[int]
 
     def status(self):  # type: ignore[no-untyped-def]
