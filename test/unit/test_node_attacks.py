@@ -35,7 +35,7 @@ from husarnet_ros.core.errors import ProtocolError
 from husarnet_ros.core.identity import Identity
 from husarnet_ros.core.node import Node
 from husarnet_ros.core.peer import Endpoint, PathKind
-from husarnet_ros.testing.memnet import MemNet, ipv6_packet
+from husarnet_ros.testing.memnet import MemNet, Tamper, ipv6_packet
 
 ATTACKER: Endpoint = ("198.18.0.66", 5582)
 WALL_OFFSET_NS = 1_700_000_000 * 10**9
@@ -83,6 +83,17 @@ def established() -> tuple[MemNet, Node, Endpoint, Node, Endpoint]:
     net.advance(0.5)
     assert is_direct(a, b)
     return net, a, ea, b, eb
+
+
+def send_one(net: MemNet, a: Node, b: Node, eb: Endpoint, i: int, tamper: Tamper) -> bool:
+    """Packet number ``i`` from a to b, as the daemon would send it; True if b delivered it."""
+    before = len(net.delivered[eb])
+    out = a.send(ipv6_packet(a.address, b.address, i.to_bytes(4, "big")), net.now)
+    if out is not None:
+        a.outbox.append(out)
+    a.process_posted(net.now)
+    net.flush(tamper=tamper)
+    return len(net.delivered[eb]) > before
 
 
 def initiator_of(a: Node, b: Node) -> tuple[Node, Node]:
@@ -154,15 +165,8 @@ def test_forged_inits_at_every_rekey_cost_no_packets() -> None:
     sent = delivered = longest_gap = gap = 0
     step = 0.2
     for i in range(3001):  # 600 s: five rekeys
-        packet = ipv6_packet(a.address, b.address, i.to_bytes(4, "big"))
-        before = len(net.delivered[eb])
-        out = a.send(packet, net.now)
-        if out is not None:
-            a.outbox.append(out)
-        a.process_posted(net.now)
-        net.flush(tamper=inject)
+        arrived = send_one(net, a, b, eb, i, inject)
         sent += 1
-        arrived = len(net.delivered[eb]) > before
         delivered += arrived
         gap = 0 if arrived else gap + 1
         longest_gap = max(longest_gap, gap)
@@ -270,14 +274,7 @@ def delivered_fraction(rekeying: bool, loss: float, packets: int, seed: int = 7)
 
     delivered = 0
     for i in range(packets):
-        packet = ipv6_packet(a.address, b.address, i.to_bytes(4, "big"))
-        before = len(net.delivered[eb])
-        out = a.send(packet, net.now)
-        if out is not None:
-            a.outbox.append(out)
-        a.process_posted(net.now)
-        net.flush(tamper=lossy)
-        delivered += len(net.delivered[eb]) > before
+        delivered += send_one(net, a, b, eb, i, lossy)
         net.advance(0.2, tamper=lossy)
     return delivered / packets
 
