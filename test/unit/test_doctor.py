@@ -1,4 +1,5 @@
-"""Doctor checks (pure, against the fake daemon) and the ros2doctor entry points as ros2doctor loads them."""
+"""Doctor checks (pure, and against the real daemon controller on the in-memory network: robot1 served,
+robot2 its whitelisted, directly reached peer) and the ros2doctor entry points as ros2doctor loads them."""
 
 from __future__ import annotations
 
@@ -10,21 +11,18 @@ from pathlib import Path
 import pytest
 
 from husarnet_ros import dds
-from husarnet_ros.api import PeerStatus
 from husarnet_ros.cli.main import main as cli_main
 from husarnet_ros.ros import doctor
-from husarnet_ros.testing.fake_controller import FakeController, serve_fake
+from husarnet_ros.testing.memnet_daemon import ServedFleet, served_fleet
 
+# For the checks that run without a daemon.
 OWN = "fc94::1"
 PEER = "fc94::2"
 
 
 @pytest.fixture
-def fake() -> Iterator[tuple[FakeController, str]]:
-    controller = FakeController(address=OWN, hostname="robot1")
-    controller.add_peer(PeerStatus(address=PEER, hostname="robot2", path="direct", rtt_ms=0.5))
-    controller.whitelist_add(PEER)
-    with serve_fake(controller) as served:
+def daemon() -> Iterator[ServedFleet]:
+    with served_fleet("robot1", ("robot2",)) as served:
         yield served
 
 
@@ -39,12 +37,11 @@ def _fastdds_env(tmp_path: Path, own: str, peers: list[str]) -> dict[str, str]:
 # --- daemon and interface ---------------------------------------------------------------------------------
 
 
-def test_daemon_check_reports_address_when_up_and_a_hint_when_down(fake: tuple[FakeController, str]) -> None:
-    _, socket_path = fake
-    status, path = doctor.query_daemon(socket_path)
+def test_daemon_check_reports_address_when_up_and_a_hint_when_down(daemon: ServedFleet) -> None:
+    status, path = doctor.query_daemon(daemon.socket_path)
     up = doctor.check_daemon(status, path)
     assert up.level == "ok"
-    assert up.details["address"] == OWN
+    assert up.details["address"] == daemon.address
     missing, path = doctor.query_daemon("/tmp/hr-no-such-dir/control.sock")
     down = doctor.check_daemon(missing, path)
     assert down.failed
@@ -52,20 +49,18 @@ def test_daemon_check_reports_address_when_up_and_a_hint_when_down(fake: tuple[F
     assert "husarnet-ros daemon" in down.details["hint"]
 
 
-def test_daemon_not_ready_is_a_warning(fake: tuple[FakeController, str]) -> None:
-    controller, socket_path = fake
-    controller.ready = False
-    assert doctor.check_daemon(*doctor.query_daemon(socket_path)).level == "warn"
+def test_daemon_not_ready_is_a_warning(daemon: ServedFleet) -> None:
+    daemon.controller.ready = False  # what the daemon reports until its interface is up
+    assert doctor.check_daemon(*doctor.query_daemon(daemon.socket_path)).level == "warn"
 
 
-def test_interface_check_wants_the_daemons_own_address(fake: tuple[FakeController, str]) -> None:
-    _, socket_path = fake
-    status, _ = doctor.query_daemon(socket_path)
-    good = doctor.check_interface(status, _has(["fe80::1", "FC94:0::1"]))  # any spelling of the address
+def test_interface_check_wants_the_daemons_own_address(daemon: ServedFleet) -> None:
+    status, _ = doctor.query_daemon(daemon.socket_path)
+    good = doctor.check_interface(status, _has(["fe80::1", daemon.address.upper()]))  # any spelling
     assert good.level == "ok"
     wrong = doctor.check_interface(status, _has(["fe80::1", "fc94::99"]))
     assert wrong.failed
-    assert "fc94::1" in wrong.summary
+    assert daemon.address in wrong.summary
     assert doctor.check_interface(status, lambda _ifname: None).failed  # no such interface
 
 
@@ -88,34 +83,24 @@ def test_base_is_information_only_while_no_base_server_exists() -> None:
 # --- DDS ----------------------------------------------------------------------------------------------------
 
 
-def test_dds_profile_for_fastdds_listing_the_peers_is_ok(
-    tmp_path: Path, fake: tuple[FakeController, str]
-) -> None:
-    _, socket_path = fake
-    status, _ = doctor.query_daemon(socket_path)
-    env = _fastdds_env(tmp_path, OWN, [PEER])
-    result = doctor.check_dds(env, status)
+def test_dds_profile_for_fastdds_listing_the_peers_is_ok(tmp_path: Path, daemon: ServedFleet) -> None:
+    status, _ = doctor.query_daemon(daemon.socket_path)
+    robot2 = daemon.fleet.address("robot2")
+    result = doctor.check_dds(_fastdds_env(tmp_path, daemon.address, [robot2]), status)
     assert result.level == "ok", result
-    assert result.details["peers"] == PEER  # the own address is not counted as a peer
+    assert result.details["peers"] == robot2  # the own address is not counted as a peer
 
 
-def test_dds_missing_a_whitelisted_peer_is_a_warning(
-    tmp_path: Path, fake: tuple[FakeController, str]
-) -> None:
-    _, socket_path = fake
-    status, _ = doctor.query_daemon(socket_path)
-    env = _fastdds_env(tmp_path, OWN, ["fc94::3"])
-    result = doctor.check_dds(env, status)
+def test_dds_missing_a_whitelisted_peer_is_a_warning(tmp_path: Path, daemon: ServedFleet) -> None:
+    status, _ = doctor.query_daemon(daemon.socket_path)
+    result = doctor.check_dds(_fastdds_env(tmp_path, daemon.address, ["fc94::3"]), status)
     assert result.level == "warn"
-    assert result.details["missing"] == PEER
+    assert result.details["missing"] == daemon.fleet.address("robot2")
 
 
-def test_dds_profile_listing_only_the_own_address_is_a_warning(
-    tmp_path: Path, fake: tuple[FakeController, str]
-) -> None:
-    _, socket_path = fake
-    status, _ = doctor.query_daemon(socket_path)
-    result = doctor.check_dds(_fastdds_env(tmp_path, OWN, []), status)
+def test_dds_profile_listing_only_the_own_address_is_a_warning(tmp_path: Path, daemon: ServedFleet) -> None:
+    status, _ = doctor.query_daemon(daemon.socket_path)
+    result = doctor.check_dds(_fastdds_env(tmp_path, daemon.address, []), status)
     assert result.level == "warn"
     assert "no overlay peers" in result.summary
 
@@ -166,17 +151,23 @@ def test_peer_parsers_read_what_the_dds_module_writes() -> None:
 # --- all together: CLI and ros2doctor entry points ----------------------------------------------------------
 
 
+def _configure_like_robot1(daemon: ServedFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DDS profile naming robot1 and its peer, and an hnet0 with robot1's address."""
+    own, peers = daemon.address, [daemon.fleet.address("robot2")]
+    for name, value in _fastdds_env(tmp_path, own, peers).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("RMW_IMPLEMENTATION", raising=False)
+    monkeypatch.setattr(doctor, "interface_addresses", _has([own]))
+
+
 def test_cli_doctor_json(
     tmp_path: Path,
-    fake: tuple[FakeController, str],
+    daemon: ServedFleet,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _, socket_path = fake
-    for name, value in _fastdds_env(tmp_path, OWN, [PEER]).items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("RMW_IMPLEMENTATION", raising=False)
-    monkeypatch.setattr(doctor, "interface_addresses", _has([OWN]))
+    socket_path = daemon.socket_path
+    _configure_like_robot1(daemon, tmp_path, monkeypatch)
     assert cli_main(["--control-socket", socket_path, "doctor", "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert answer["ok"] is True
@@ -193,14 +184,10 @@ def _entry_point(group: str) -> importlib.metadata.EntryPoint:
 
 
 def test_ros2doctor_entry_points_load_and_run(
-    tmp_path: Path, fake: tuple[FakeController, str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, daemon: ServedFleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, socket_path = fake
-    monkeypatch.setenv("HUSARNET_ROS_CONTROL_SOCKET", socket_path)
-    for name, value in _fastdds_env(tmp_path, OWN, [PEER]).items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("RMW_IMPLEMENTATION", raising=False)
-    monkeypatch.setattr(doctor, "interface_addresses", _has([OWN]))
+    monkeypatch.setenv("HUSARNET_ROS_CONTROL_SOCKET", daemon.socket_path)
+    _configure_like_robot1(daemon, tmp_path, monkeypatch)
     # As ros2doctor's run_checks / generate_reports do: load, instantiate, category(), check() / report().
     check = _entry_point("ros2doctor.checks").load()()
     assert check.category() == "husarnet"
@@ -212,7 +199,7 @@ def test_ros2doctor_entry_points_load_and_run(
     assert content.name == "HUSARNET"
     items = dict(content.items)
     assert items["daemon"].startswith("ok:")
-    assert items["daemon.address"] == OWN
+    assert items["daemon.address"] == daemon.address
     # A broken setup counts as errors, which is what makes `ros2 doctor` report the category as failed.
     monkeypatch.setenv("HUSARNET_ROS_CONTROL_SOCKET", "/tmp/hr-no-such-dir/control.sock")
     monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE")
