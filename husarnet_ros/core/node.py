@@ -30,8 +30,6 @@ from .address import is_overlay
 from .beacon import Beacon
 from .constants import (
     BEACON_CANDIDATE_TTL,
-    HANDSHAKE_INIT_BURST,
-    HANDSHAKE_INITS_PER_SECOND,
     HANDSHAKE_RETRY_INTERVAL,
     HANDSHAKE_RETRY_MAX_INTERVAL,
     HANDSHAKE_TIMEOUT,
@@ -55,13 +53,26 @@ from .constants import (
     PEER_FORGET_AFTER,
     PREVIOUS_SESSION_GRACE,
     PROBE_TIMEOUT,
-    RATE_LIMIT_TABLE_SIZE,
     REJECT_AFTER_TIME,
     REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME,
     SESSION_IDLE_TIMEOUT,
 )
 from .errors import AuthenticationError, ProtocolError, ReplayError
+from .events import (
+    EndpointSeen,
+    Event,
+    InternalError,
+    NeedsSession,
+    PathChanged,
+    PathLost,
+    PeerDown,
+    PeerUp,
+    PongReceived,
+    PongSeen,
+    Posted,
+    SessionWorks,
+)
 from .handshake import ResponderState
 from .identity import Identity
 from .peer import (
@@ -75,127 +86,10 @@ from .peer import (
     Route,
     endpoint_rank,
 )
+from .ratelimit import RateLimiter
 from .session import Session
 
 Datagram = tuple[Endpoint, bytes]
-
-
-# --- events for the daemon (control loop -> daemon) ------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PeerUp:
-    """A session is established and its path answers."""
-
-    address: bytes
-    endpoint: Endpoint
-
-
-@dataclass(frozen=True, slots=True)
-class PeerDown:
-    """The peer's session is gone (expired, idle, not whitelisted, forgotten)."""
-
-    address: bytes
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class PathLost:
-    """The session lives, but its endpoint stopped answering: the node probes every candidate."""
-
-    address: bytes
-    endpoint: Endpoint
-
-
-@dataclass(frozen=True, slots=True)
-class PathChanged:
-    """The session's traffic now goes to ``endpoint`` (recovered, roamed or moved to a better endpoint)."""
-
-    address: bytes
-    endpoint: Endpoint
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class PongReceived:
-    address: bytes
-    probe_id: bytes
-    rtt_ms: float
-    endpoint: Endpoint
-
-
-@dataclass(frozen=True, slots=True)
-class InternalError:
-    """A bug met while handling one input or one peer's timers: that one was skipped, the rest went on.
-
-    The node never lets one bad event stop the others (the daemon logs this with its traceback); tests
-    treat it as a failure (``testing.memnet`` raises it)."""
-
-    where: str
-    error: Exception
-
-
-Event = PeerUp | PeerDown | PathLost | PathChanged | PongReceived | InternalError
-
-
-# --- what the data-plane threads post to the control loop ----------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _NeedsSession:
-    peer: Peer
-    packet: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class _EndpointSeen:
-    """An authenticated frame on the current session came from ``endpoint`` (or arrived while the path was
-    dead). ``probe``: it was a path probe, which alone never moves a working route."""
-
-    peer: Peer
-    session: Session
-    endpoint: Endpoint
-    probe: bool
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class _PongSeen:
-    peer: Peer
-    session: Session
-    probe_id: bytes
-    endpoint: Endpoint
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class _SessionWorks:
-    """The first authenticated frame on a session this node initiated: the responder has the keys."""
-
-    peer: Peer
-    session: Session
-    endpoint: Endpoint
-    now: float
-
-
-_Posted = _NeedsSession | _EndpointSeen | _PongSeen | _SessionWorks
-
-
-class _TokenBucket:
-    __slots__ = ("tokens", "updated")
-
-    def __init__(self, now: float) -> None:
-        self.tokens = HANDSHAKE_INIT_BURST
-        self.updated = now
-
-    def take(self, now: float) -> bool:
-        refill = (now - self.updated) * HANDSHAKE_INITS_PER_SECOND
-        self.tokens = min(HANDSHAKE_INIT_BURST, self.tokens + refill)
-        self.updated = now
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
 
 
 @dataclass(slots=True)
@@ -238,7 +132,7 @@ class Node:
         self._initiations: dict[int, Peer] = {}
         self._responders: collections.OrderedDict[int, _Pending] = collections.OrderedDict()
         self._responder_of: dict[bytes, int] = {}  # peer address -> index of its pending response
-        self._rate: collections.OrderedDict[str, _TokenBucket] = collections.OrderedDict()
+        self._rate = RateLimiter()
         self._last_timestamp_ns = 0
         self.outbox: collections.deque[Datagram] = collections.deque()
         self.events: collections.deque[Event] = collections.deque()
@@ -247,7 +141,7 @@ class Node:
         # handshake can start at once instead of after the next beacon. Bounded, so a flood costs nothing.
         self._heard: collections.OrderedDict[bytes, _Heard] = collections.OrderedDict()
         # --- channels from the data-plane threads (appended there, drained by the control loop)
-        self._posted: collections.deque[_Posted] = collections.deque()
+        self._posted: collections.deque[Posted] = collections.deque()
         self._posted_handshakes: collections.deque[tuple[bytes, Endpoint, float]] = collections.deque()
         # --- the send thread's
         self.tx_counters: collections.Counter[str] = collections.Counter()
@@ -331,13 +225,13 @@ class Node:
             return None
         route = peer.route
         if route is None or now - route.session.created_at >= REJECT_AFTER_TIME:
-            self._post(_NeedsSession(peer, packet), self.tx_counters)
+            self._post(NeedsSession(peer, packet), self.tx_counters)
             return None
         session = route.session
         try:
             datagram = session.seal(wire.compress_ipv6(packet, self.address, dst))
         except ProtocolError:  # counter exhausted (never in practice: the session is rekeyed long before)
-            self._post(_NeedsSession(peer, packet), self.tx_counters)
+            self._post(NeedsSession(peer, packet), self.tx_counters)
             return None
         if session.first_unanswered_send <= session.last_received:
             session.first_unanswered_send = now
@@ -345,7 +239,7 @@ class Node:
         peer.tx_bytes += len(packet)
         return route.endpoint, datagram
 
-    def _post(self, event: _Posted, counters: collections.Counter[str]) -> None:
+    def _post(self, event: Posted, counters: collections.Counter[str]) -> None:
         # The length check races only with the control loop shortening the queue: the bound holds.
         if len(self._posted) < MAX_POSTED_EVENTS:
             self._posted.append(event)
@@ -420,7 +314,7 @@ class Node:
             self.replies.append((endpoint, session.seal(bytes([wire.INNER_PONG]) + inner[1:])))
             return None
         if kind == wire.INNER_PONG and len(inner) == 1 + wire.PROBE_ID_SIZE:
-            self._post(_PongSeen(peer, session, inner[1:], endpoint, now), counters)
+            self._post(PongSeen(peer, session, inner[1:], endpoint, now), counters)
             return None
         if kind == wire.INNER_KEEPALIVE and len(inner) == 1:
             return None
@@ -435,18 +329,18 @@ class Node:
         if route is not None and session is route.session:
             if not session.confirmed and not session.confirm_posted:
                 session.confirm_posted = True
-                self._post(_SessionWorks(peer, session, endpoint, now), self.rx_counters)
+                self._post(SessionWorks(peer, session, endpoint, now), self.rx_counters)
             if kind != wire.INNER_PONG and (endpoint != route.endpoint or not peer.path_alive):
                 seen = (peer.path_epoch, endpoint)
                 if peer.roam_posted != seen:
                     peer.roam_posted = seen
                     self._post(
-                        _EndpointSeen(peer, session, endpoint, kind == wire.INNER_PROBE, now),
+                        EndpointSeen(peer, session, endpoint, kind == wire.INNER_PROBE, now),
                         self.rx_counters,
                     )
         elif session is peer.next and not session.confirm_posted:
             session.confirm_posted = True
-            self._post(_SessionWorks(peer, session, endpoint, now), self.rx_counters)
+            self._post(SessionWorks(peer, session, endpoint, now), self.rx_counters)
 
     # ------------------------------------------------------------------ control loop: posted events
     def process_posted(self, now: float) -> None:
@@ -458,11 +352,11 @@ class Node:
         while posted:
             event = posted.popleft()
             try:
-                if isinstance(event, _NeedsSession):
+                if isinstance(event, NeedsSession):
                     self._on_needs_session(event.peer, event.packet, now)
-                elif isinstance(event, _EndpointSeen):
+                elif isinstance(event, EndpointSeen):
                     self._on_endpoint_seen(event)
-                elif isinstance(event, _PongSeen):
+                elif isinstance(event, PongSeen):
                     self._on_pong(event)
                 else:
                     self._on_session_works(event)
@@ -488,7 +382,7 @@ class Node:
         peer.pending.append(packet)
         peer.wants_session = True
 
-    def _on_endpoint_seen(self, event: _EndpointSeen) -> None:
+    def _on_endpoint_seen(self, event: EndpointSeen) -> None:
         peer, endpoint = event.peer, event.endpoint
         route = peer.route
         if self.peers.get(peer.address) is not peer or route is None or event.session is not route.session:
@@ -502,7 +396,7 @@ class Node:
         elif not peer.path_alive:
             self._set_route(peer, endpoint, event.now, "found by a probe")
 
-    def _on_pong(self, event: _PongSeen) -> None:
+    def _on_pong(self, event: PongSeen) -> None:
         peer, endpoint = event.peer, event.endpoint
         probe = peer.probes.pop(event.probe_id, None)
         if probe is None or self.peers.get(peer.address) is not peer:
@@ -524,7 +418,7 @@ class Node:
             peer.rtt_ms = rtt_ms
             self._set_route(peer, endpoint, event.now, "preferred endpoint answers")
 
-    def _on_session_works(self, event: _SessionWorks) -> None:
+    def _on_session_works(self, event: SessionWorks) -> None:
         peer, session = event.peer, event.session
         if self.peers.get(peer.address) is not peer:
             return
@@ -571,15 +465,7 @@ class Node:
             self._internal_error(f"handshake message type {kind:#04x}", exc)
 
     def _rate_ok(self, endpoint: Endpoint, now: float) -> bool:
-        host = endpoint[0]
-        bucket = self._rate.get(host)
-        if bucket is None:
-            if len(self._rate) >= RATE_LIMIT_TABLE_SIZE:
-                self._rate.popitem(last=False)
-            bucket = self._rate[host] = _TokenBucket(now)
-        else:
-            self._rate.move_to_end(host)
-        return bucket.take(now)
+        return self._rate.allow(endpoint[0], now)
 
     def _on_init(self, datagram: bytes, endpoint: Endpoint, now: float) -> None:
         # Cheapest checks first; nothing changes until the init is known to be genuine and fresh.
