@@ -10,11 +10,13 @@ import contextlib
 import errno
 import socket
 
+from ..core.constants import MAX_DATAGRAM
 from ..core.errors import HusarnetError
 from ..core.peer import Endpoint
 from .in_use import in_use_message
 
 _SOCKET_BUFFER = 4 * 1024 * 1024
+_MAX_CACHED_ENDPOINTS = 4096  # address conversions kept; a flood of sources only empties the cache
 
 
 class TransportError(HusarnetError):
@@ -52,14 +54,14 @@ class UdpTransport:
         target = self._to_socket.get(endpoint)
         if target is None:
             target = socket_target(endpoint)
-            if len(self._to_socket) > 4096:
+            if len(self._to_socket) > _MAX_CACHED_ENDPOINTS:
                 self._to_socket.clear()
             self._to_socket[endpoint] = target
         # Unreachable networks and full buffers behave like packet loss.
         with contextlib.suppress(OSError):
             self.sock.sendto(data, target)
 
-    def recvfrom(self, size: int = 65535) -> tuple[bytes, Endpoint]:
+    def recvfrom(self, size: int = MAX_DATAGRAM) -> tuple[bytes, Endpoint]:
         data, addr = self.sock.recvfrom(size)
         key = (addr[0], addr[1], addr[3])
         endpoint = self._from_socket.get(key)
@@ -73,7 +75,7 @@ class UdpTransport:
                 # often hnet0's own), not the one the datagram came in on.
                 host = f"{host}%{_interface_name(addr[3])}"
             endpoint = (host, addr[1])
-            if len(self._from_socket) > 4096:
+            if len(self._from_socket) > _MAX_CACHED_ENDPOINTS:
                 self._from_socket.clear()
             self._from_socket[key] = endpoint
         return data, endpoint

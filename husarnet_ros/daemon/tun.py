@@ -11,7 +11,7 @@ import socket
 import pytun
 from pyroute2 import IPRoute
 
-from ..core.constants import OVERLAY_PREFIX_LEN
+from ..core.constants import MAX_DATAGRAM, OVERLAY_PREFIX_LEN
 from ..core.errors import HusarnetError
 from .in_use import in_use_message
 
@@ -38,7 +38,7 @@ class Tun:
             self._dev.close()
             raise
 
-    def read(self, size: int = 65535) -> bytes:
+    def read(self, size: int = MAX_DATAGRAM) -> bytes:
         return os.read(self.fd, size)
 
     def write(self, packet: bytes) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from husarnet_ros.core.constants import DEFAULT_UDP_PORT
 from husarnet_ros.core.identity import Identity
 from husarnet_ros.core.node import InternalError, Node
 from husarnet_ros.core.peer import Endpoint
@@ -29,7 +30,7 @@ class MemNet:
     def add(
         self, identity: Identity | None = None, whitelist_all: bool = True, endpoint: Endpoint | None = None
     ) -> tuple[Node, Endpoint]:
-        endpoint = endpoint or (f"198.18.0.{10 + len(self.nodes)}", 5582)
+        endpoint = endpoint or (f"198.18.0.{10 + len(self.nodes)}", DEFAULT_UDP_PORT)
         allowed: set[bytes] = set()
         self.allowed[endpoint] = allowed
         node = Node(
@@ -44,7 +45,7 @@ class MemNet:
 
     def add_node(self, node: Node, endpoint: Endpoint | None = None) -> Endpoint:
         """Put a node made elsewhere (e.g. by a NodeController) on the network."""
-        endpoint = endpoint or (f"198.18.0.{10 + len(self.nodes)}", 5582)
+        endpoint = endpoint or (f"198.18.0.{10 + len(self.nodes)}", DEFAULT_UDP_PORT)
         self.nodes[endpoint] = node
         self.delivered[endpoint] = []
         return endpoint
