@@ -32,7 +32,8 @@ from ..api import PeerStatus
 from ..core import beacon
 from ..core import hosts as hosts_model
 from ..core.address import format_address
-from ..core.constants import BEACON_INTERVAL
+from ..core.config import DEFAULT_INTERFACE
+from ..core.constants import BEACON_INTERVAL, DEFAULT_UDP_PORT
 from ..core.errors import HusarnetError
 from ..core.identity import Identity, derive_address
 from ..core.peer import Endpoint
@@ -152,7 +153,7 @@ class MemNetFleet:
             state.load_whitelist(default_enabled=whitelist_enabled),
             state.load_hosts(),
             hosts_file,
-            NodeInfo(hostname, "hnet0", 5582),
+            NodeInfo(hostname, DEFAULT_INTERFACE, DEFAULT_UDP_PORT),
             ring=ring,
             clock=self.clock,
         )
@@ -243,7 +244,8 @@ class MemNetFleet:
         online = [m for m in self.members if m.online]
         for sender in online:
             identity = sender.controller.identity
-            data = beacon.decode(beacon.encode(identity, sender.hostname, 5582, int((now + 1.7e9) * 1e9)))
+            timestamp_ns = int((now + 1.7e9) * 1e9)
+            data = beacon.decode(beacon.encode(identity, sender.hostname, DEFAULT_UDP_PORT, timestamp_ns))
             for receiver in online:
                 if receiver is not sender:
                     receiver.controller.node.learn_beacon(data, sender.endpoint, now)
