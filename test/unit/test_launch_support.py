@@ -1,4 +1,5 @@
-"""The decisions the launch files make (husarnet_ros.launch_support), without launch or rclpy."""
+"""The decisions the launch files make (husarnet_ros.launch_support), without launch or rclpy; what they ask
+the daemon is answered by the real daemon controller on the in-memory network."""
 
 from __future__ import annotations
 
@@ -10,16 +11,18 @@ from pathlib import Path
 import pytest
 
 from husarnet_ros import dds, launch_support
-from husarnet_ros.api import PeerStatus
 from husarnet_ros.core.errors import ConfigError
-from husarnet_ros.testing.fake_controller import FakeController, serve_fake
+from husarnet_ros.testing.memnet_daemon import ServedFleet, served_fleet
 
 A, B, C = "fc94::a", "fc94::b", "fc94::c"
-FLEET = f"""
+
+
+def _fleet(a: str = A, c: str = C) -> str:
+    return f"""
 robots:
-  robot-a: {{address: "{A}", namespace: ra}}
+  robot-a: {{address: "{a}", namespace: ra}}
   robot-b: {{address: "{B}"}}
-  robot-c: {{address: "{C}", groups: [lonely]}}
+  robot-c: {{address: "{c}", groups: [lonely]}}
 links:
   - [robot-a, robot-b]
 """
@@ -28,16 +31,17 @@ links:
 @pytest.fixture
 def fleet_file(tmp_path: Path) -> str:
     path = tmp_path / "fleet.yaml"
-    path.write_text(FLEET)
+    path.write_text(_fleet())
     return str(path)
 
 
 @pytest.fixture
-def fake() -> Iterator[tuple[FakeController, str]]:
-    controller = FakeController(address=A, hostname="robot-a")
-    controller.whitelist_add(B)
-    controller.add_peer(PeerStatus(address=C, hostname="robot-c", path="direct"))
-    with serve_fake(controller) as served:
+def daemon() -> Iterator[ServedFleet]:
+    """robot-a's daemon, served: B whitelisted (no robot has that address); robot-c on the same network,
+    not on robot-a's whitelist (robot-a is on robot-c's)."""
+    with served_fleet("robot-a", ("robot-c",), connected=False) as served:
+        served.controller.whitelist_add(B)
+        served.fleet.member("robot-c").controller.whitelist_add(served.address)
         yield served
 
 
@@ -87,11 +91,10 @@ def test_start_daemon_auto_asks_whether_one_answers() -> None:
     assert asked == [False, True]  # true/false never probe the socket
 
 
-def test_daemon_answers_on_the_fake_and_not_on_a_missing_socket(fake: tuple[FakeController, str]) -> None:
-    _, socket_path = fake
-    info = launch_support.query_daemon(socket_path)
+def test_daemon_answers_and_a_missing_socket_does_not(daemon: ServedFleet) -> None:
+    info = launch_support.query_daemon(daemon.socket_path)
     assert info is not None
-    assert info.status.address == A
+    assert info.status.address == daemon.address
     assert info.whitelist.addresses == [B]
     assert launch_support.query_daemon("/tmp/hr-no-such-dir/control.sock") is None
 
@@ -153,31 +156,32 @@ def test_dds_peers_from_the_fleet_alone(fleet_file: str) -> None:
     assert (addresses.own, addresses.peers, addresses.source) == (A, (B,), "fleet file")
 
 
-def test_dds_peers_from_the_daemon_alone(fake: tuple[FakeController, str]) -> None:
-    _, socket_path = fake
+def test_dds_peers_from_the_daemon_alone(daemon: ServedFleet) -> None:
+    socket_path, robot_c = daemon.socket_path, daemon.fleet.address("robot-c")
     addresses = launch_support.dds_peers(None, launch_support.query_daemon(socket_path))
-    assert (addresses.own, addresses.peers, addresses.source) == (A, (B,), "daemon")  # the whitelist
-    controller, _ = fake
-    controller.whitelist_enabled = False  # then every peer the daemon knows may talk
+    assert (addresses.own, addresses.peers, addresses.source) == (daemon.address, (B,), "daemon")  # whitelist
+    daemon.controller.whitelist_set_enabled(False)  # then every peer the daemon knows may talk
+    assert daemon.fleet.wait(lambda: daemon.fleet.path("robot-a", "robot-c") == "direct")
     addresses = launch_support.dds_peers(None, launch_support.query_daemon(socket_path))
-    assert addresses.peers == (C,)
+    assert set(addresses.peers) == {B, robot_c}  # robot-c now, and B, still listed as whitelisted
 
 
 def test_dds_peers_fleet_and_whitelist_together_and_the_daemon_gives_the_own_address(
-    fleet_file: str, fake: tuple[FakeController, str]
+    tmp_path: Path, daemon: ServedFleet
 ) -> None:
-    controller, socket_path = fake
-    controller.whitelist_remove(B)
-    controller.whitelist_add("fc94::d")  # added by the user, not in the fleet
-    daemon = launch_support.query_daemon(socket_path)
-    view = launch_support.fleet_view(fleet_file, "robot-a")
-    addresses = launch_support.dds_peers(view, daemon)
+    fleet_file = tmp_path / "fleet.yaml"
+    fleet_file.write_text(_fleet(a=daemon.address, c=daemon.fleet.address("robot-c")))
+    daemon.controller.whitelist_remove(B)
+    daemon.controller.whitelist_add("fc94::d")  # added by the user, not in the fleet
+    info = launch_support.query_daemon(daemon.socket_path)
+    view = launch_support.fleet_view(str(fleet_file), "robot-a")
+    addresses = launch_support.dds_peers(view, info)
     # robot-c is neither a fleet peer of robot-a nor whitelisted: not a DDS peer.
-    assert (addresses.own, addresses.peers) == (A, (B, "fc94::d"))
+    assert (addresses.own, addresses.peers) == (daemon.address, (B, "fc94::d"))
     assert addresses.source == "fleet file and daemon"
-    assert launch_support.address_mismatch(view, daemon) is None
-    wrong = launch_support.fleet_view(fleet_file, "robot-b")
-    message = launch_support.address_mismatch(wrong, daemon)
+    assert launch_support.address_mismatch(view, info) is None
+    wrong = launch_support.fleet_view(str(fleet_file), "robot-b")
+    message = launch_support.address_mismatch(wrong, info)
     assert message is not None
     assert "wrong robot:=" in message
 
