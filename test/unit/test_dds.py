@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from sample_status import make_status
 
 from husarnet_ros import dds
 from husarnet_ros.api import PeerStatus, Whitelist
 from husarnet_ros.cli.main import cli
 from husarnet_ros.core.errors import AddressError, ConfigError
 from husarnet_ros.core.fleet import load_fleet
-from husarnet_ros.testing.fake_controller import FakeController, serve_fake
+from husarnet_ros.testing.memnet_daemon import ServedFleet, served_fleet
 from husarnet_ros.testing.ros_launch import private_domain_id
 
 OWN = "fc94::a"
@@ -177,10 +178,7 @@ def test_default_output_dir(tmp_path: Path) -> None:
 
 
 def test_discovered_peers_are_the_whitelist_or_every_peer_when_it_is_off() -> None:
-    daemon = FakeController(address=OWN)
-    daemon.add_peer(PeerStatus(address="fc94::b"))
-    daemon.add_peer(PeerStatus(address="fc94::e"))
-    status = daemon.status()
+    status = make_status([PeerStatus(address="fc94::b"), PeerStatus(address="fc94::e")], address=OWN)
     assert dds.discovered_peers(status, Whitelist(enabled=True, addresses=["fc94::b", "fc94::f"])) == {
         "fc94::b",
         "fc94::f",
@@ -195,9 +193,8 @@ def test_own_and_peers_prefer_the_daemons_address_and_join_fleet_and_allowed_pee
     view = load_fleet(_fleet(tmp_path)).view("robot1")  # fc94::a, linked to robot2 only
     assert dds.own_and_peers(view, None, None) == ("fc94::a", ["fc94::2"])
     assert dds.own_and_peers(None, None, None) == (None, [])
-    daemon = FakeController(address="fc94::9")
-    daemon.allowed.extend(["fc94::b", "fc94::9"])
-    status, whitelist = daemon.status(), daemon.whitelist()
+    status = make_status(address="fc94::9")
+    whitelist = Whitelist(enabled=True, addresses=["fc94::b", "fc94::9"])
     assert dds.own_and_peers(view, status, whitelist) == ("fc94::9", ["fc94::2", "fc94::b"])
     assert dds.own_and_peers(view, status, None) == ("fc94::9", ["fc94::2"])  # discovered peers not wanted
 
@@ -229,6 +226,7 @@ def _cyclone_accepts(uri: str) -> subprocess.CompletedProcess[str]:
 def test_cyclonedds_accepts_the_generated_config(tmp_path: Path) -> None:
     # A dev dependency (setup.py): missing it is an installation error, not a reason to skip.
     import cyclonedds  # noqa: F401
+
     # Loopback stands in for hnet0 (which exists only where the daemon runs); the rest is what robots get.
     env = dds.write_config(tmp_path, OWN, ["fc94::b"], rmw="cyclonedds", interface="lo")
     accepted = _cyclone_accepts(env["CYCLONEDDS_URI"])
@@ -247,10 +245,10 @@ def test_cyclonedds_accepts_the_generated_config(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def daemon() -> Iterator[tuple[FakeController, str]]:
-    fake = FakeController(address=OWN, hostname="robot1")
-    fake.allowed.extend(["fc94::b"])
-    with serve_fake(fake) as served:
+def daemon() -> Iterator[ServedFleet]:
+    """robot1's daemon (the real controller on the in-memory network), served, with fc94::b whitelisted."""
+    with served_fleet("robot1", ()) as served:
+        served.controller.whitelist_add("fc94::b")
         yield served
 
 
@@ -259,11 +257,11 @@ def _run(argv: list[str], socket: str, tmp_path: Path) -> Result:
     return CliRunner().invoke(cli, argv, env=env, catch_exceptions=False)
 
 
-def _fleet(tmp_path: Path) -> Path:
+def _fleet(tmp_path: Path, robot1: str = OWN) -> Path:
     path = tmp_path / "fleet.yaml"
     path.write_text(
         "robots:\n"
-        "  robot1: {address: 'fc94::a', namespace: r1}\n"
+        f"  robot1: {{address: '{robot1}', namespace: r1}}\n"
         "  robot2: {address: 'fc94::2'}\n"
         "  robot3: {address: 'fc94::3'}\n"
         "links:\n  - [robot1, robot2]\n"
@@ -271,10 +269,8 @@ def _fleet(tmp_path: Path) -> Path:
     return path
 
 
-def test_cli_env_prints_exports_that_a_shell_can_eval(
-    daemon: tuple[FakeController, str], tmp_path: Path
-) -> None:
-    _, sock = daemon
+def test_cli_env_prints_exports_that_a_shell_can_eval(daemon: ServedFleet, tmp_path: Path) -> None:
+    sock = daemon.socket_path
     out = tmp_path / "out dir"  # a space: the export lines must be quoted
     result = _run(["dds", "env", "--output-dir", str(out)], sock, tmp_path)
     assert result.exit_code == 0, result.output
@@ -293,17 +289,17 @@ def test_cli_env_prints_exports_that_a_shell_can_eval(
     profile = str(out / "fastdds.xml")  # under the Fast DDS 3.x and the 2.x (Jazzy) name
     assert shell.stdout.splitlines() == [profile, profile, (out / "cyclonedds.xml").as_uri()]
     assert "RMW_IMPLEMENTATION" not in result.output
-    assert _fastdds_initial_peers((out / "fastdds.xml").read_text()) == [OWN, "fc94::b"]
+    assert _fastdds_initial_peers((out / "fastdds.xml").read_text()) == [daemon.address, "fc94::b"]
 
 
-def test_cli_env_with_fleet_and_rmw_json(daemon: tuple[FakeController, str], tmp_path: Path) -> None:
-    _, sock = daemon
-    fleet = _fleet(tmp_path)
+def test_cli_env_with_fleet_and_rmw_json(daemon: ServedFleet, tmp_path: Path) -> None:
+    sock = daemon.socket_path
+    fleet = _fleet(tmp_path, robot1=daemon.address)
     result = _run(["dds", "env", "--fleet", str(fleet), "--rmw", "fastdds", "--json"], sock, tmp_path)
     assert result.exit_code == 0, result.output
     answer = json.loads(result.output)
     out = tmp_path / "ros_home" / "husarnet_ros" / "dds" / "r1"  # the robot's namespace from the fleet
-    assert answer["own_address"] == OWN
+    assert answer["own_address"] == daemon.address
     assert answer["peers"] == ["fc94::2", "fc94::b"]  # fleet link + daemon whitelist; robot3 not linked
     assert answer["output_dir"] == str(out)
     assert answer["environment"]["RMW_IMPLEMENTATION"] == "rmw_fastrtps_cpp"
@@ -347,8 +343,8 @@ def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in no_daemon.output + no_robot.output + unknown.output
 
 
-def test_cli_exports_are_shell_quoted(daemon: tuple[FakeController, str], tmp_path: Path) -> None:
-    _, sock = daemon
+def test_cli_exports_are_shell_quoted(daemon: ServedFleet, tmp_path: Path) -> None:
+    sock = daemon.socket_path
     out = tmp_path / "it's $HOME"
     result = _run(["dds", "env", "--output-dir", str(out), "--rmw", "cyclonedds"], sock, tmp_path)
     lines = dict(line.removeprefix("export ").split("=", 1) for line in result.output.splitlines())
