@@ -24,7 +24,7 @@ import pytest
 
 from husarnet_ros.daemon.control import ControlServer
 from husarnet_ros.daemon.control_limits import ControlLimits
-from husarnet_ros.testing.fake_controller import FakeController
+from husarnet_ros.testing.memnet_daemon import MemNetFleet
 
 REPO = Path(__file__).resolve().parents[2]
 # Short limits, so the tests wait fractions of a second; the defaults are checked by the integration test.
@@ -42,7 +42,8 @@ def socket_path() -> Iterator[str]:
 
 @pytest.fixture
 def served(socket_path: str) -> Iterator[str]:
-    with ControlServer(FakeController(), socket_path, group=None, limits=LIMITS):
+    """These limits in front of the real daemon controller (robot1 on the in-memory network)."""
+    with MemNetFleet() as fleet, ControlServer(fleet.add("robot1"), socket_path, group=None, limits=LIMITS):
         yield socket_path
 
 
@@ -159,11 +160,11 @@ def test_a_body_that_never_completes_is_answered_408(served: str) -> None:
 def test_a_long_poll_is_not_cut_by_the_request_timeout(served: str) -> None:
     # The deadline covers receiving a request, not answering it.
     with httpx.Client(transport=httpx.HTTPTransport(uds=served), base_url="http://d", timeout=10) as http:
-        fake_timeout_s = LIMITS.request_timeout_s * 3
+        wait_s = LIMITS.request_timeout_s * 3
         started = time.monotonic()
-        answer = http.get("/v1/wait/peer/fc94::77", params={"timeout": fake_timeout_s})
+        answer = http.get("/v1/wait/peer/fc94::77", params={"timeout": wait_s})  # no robot has that address
         assert answer.json() == {"reached": False}
-        assert time.monotonic() - started >= fake_timeout_s
+        assert time.monotonic() - started >= wait_s
 
 
 # --- sizes -----------------------------------------------------------------------------------------------
@@ -221,6 +222,8 @@ def test_garbage_is_a_json_400(served: str) -> None:
 
 # --- descriptors and the process --------------------------------------------------------------------------
 
+# The server alone is under test in these processes: its controller is never called (only /v1/health, which
+# the server answers itself), so a FakeController stands in for the daemon.
 SERVER_SCRIPT = textwrap.dedent(
     """
     import logging, resource, signal, sys, threading
@@ -305,6 +308,7 @@ def test_many_idle_connections_never_exhaust_the_servers_descriptors(
     assert 1 <= err.count("turned a connection away") <= 3, err[-2000:]
 
 
+# A server that is only started and stopped: its controller is never called (a FakeController).
 STOP_AS_ANOTHER_USER = textwrap.dedent(
     """
     import logging, os, sys
