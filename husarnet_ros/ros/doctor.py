@@ -219,8 +219,10 @@ def check_dds(environ: Mapping[str, str], status: Status | None) -> CheckResult:
     """The profile of the RMW in use is set, exists and lists peers (the daemon's, when it answers)."""
     rmw = environ.get(dds.RMW_IMPLEMENTATION_ENV) or DEFAULT_RMW
     details = {"rmw": rmw}
+    fastdds_set = [name for name in dds.FASTDDS_PROFILES_ENVS if environ.get(name)]
     if rmw in FASTDDS_RMWS:
-        variable, other = FASTDDS_PROFILE_ENV, CYCLONEDDS_ENV
+        # Fast DDS 3.x (Kilted, Rolling) reads the first name, 2.x (Humble, Jazzy) the second.
+        variable, other = (fastdds_set or [FASTDDS_PROFILE_ENV])[0], CYCLONEDDS_ENV
         value = environ.get(variable, "")
         text, where = (_read_profile(Path(value)), value) if value else (None, "")
         parse = fastdds_peers
@@ -258,6 +260,15 @@ def check_dds(environ: Mapping[str, str], status: Status | None) -> CheckResult:
             return CheckResult(
                 "dds", "warn", f"{where} lacks {len(missing)} whitelisted peer(s) of the daemon", details
             )
+    if rmw in FASTDDS_RMWS and len(fastdds_set) < len(dds.FASTDDS_PROFILES_ENVS):
+        unset = next(name for name in dds.FASTDDS_PROFILES_ENVS if name not in fastdds_set)
+        return CheckResult(
+            "dds",
+            "warn",
+            f"only {variable} is set: a Fast DDS that reads {unset} (2.x on Humble and Jazzy reads "
+            f"{dds.FASTRTPS_PROFILES_ENV}, 3.x {dds.FASTDDS_PROFILES_ENV}) would ignore the profile",
+            {**details, "hint": hint},
+        )
     return CheckResult("dds", "ok", f"{rmw} profile lists {len(peers)} peer(s)", details)
 
 

@@ -105,6 +105,20 @@ def test_dds_profile_listing_only_the_own_address_is_a_warning(tmp_path: Path, d
     assert "no overlay peers" in result.summary
 
 
+@pytest.mark.parametrize("only", dds.FASTDDS_PROFILES_ENVS)
+def test_dds_profile_named_for_one_fast_dds_generation_only_is_a_warning(
+    tmp_path: Path, daemon: ServedFleet, only: str
+) -> None:
+    """Fast DDS 2.x (Humble, Jazzy) and 3.x (Kilted) read different variables: both must be set."""
+    status, _ = doctor.query_daemon(daemon.socket_path)
+    env = _fastdds_env(tmp_path, daemon.address, [daemon.fleet.address("robot2")])
+    other = next(name for name in dds.FASTDDS_PROFILES_ENVS if name != only)
+    env = {name: value for name, value in env.items() if name != other}
+    result = doctor.check_dds(env, status)
+    assert result.level == "warn", result
+    assert f"only {only} is set" in result.summary
+
+
 def test_dds_unset_or_for_the_other_middleware_is_an_error(tmp_path: Path) -> None:
     unset = doctor.check_dds({}, None)
     assert unset.failed
@@ -202,5 +216,6 @@ def test_ros2doctor_entry_points_load_and_run(
     assert items["daemon.address"] == daemon.address
     # A broken setup counts as errors, which is what makes `ros2 doctor` report the category as failed.
     monkeypatch.setenv("HUSARNET_ROS_CONTROL_SOCKET", "/tmp/hr-no-such-dir/control.sock")
-    monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE")
+    for name in dds.FASTDDS_PROFILES_ENVS:
+        monkeypatch.delenv(name)
     assert check.check().error >= 2
