@@ -61,6 +61,12 @@ def member_identity(hostname: str) -> Identity:
     raise AssertionError("no valid seed found (impossible in practice)")
 
 
+def member_address(hostname: str) -> str:
+    """The overlay address a member added as ``hostname`` (without an identity) has, e.g. for fleet files
+    written before the fleet exists."""
+    return format_address(member_identity(hostname).address)
+
+
 class HostsFileError(HusarnetError):
     """The in-memory hosts file was told to fail (a test of the rollback)."""
 
