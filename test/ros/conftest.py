@@ -8,9 +8,13 @@
 - ``rclpy_context`` (function): an initialised rclpy Context of its own on that domain, shut down after.
 - ``ros_context`` (module): one such Context for all tests of a module, with DDS discovery kept to this host
   (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST), for modules that create their nodes in-process.
-- ``fake_daemon`` (function): the real control API on a temporary socket in front of an in-memory daemon
-  that knows the sample peers (a direct, a tunnelled and an unreachable one): (controller, socket path).
-- ``fleet_file`` (function): a fleet file of four robots, robot1 linked to robot2 and robot3.
+- ``daemon`` (function): robot1's daemon, the real control API on a temporary socket in front of the real
+  daemon controller on the in-memory network (husarnet_ros.testing.memnet_daemon.ServedFleet): robot2 is
+  whitelisted and reached directly; UNHEARD is whitelisted, but no robot has that address (path none);
+  robot3 is on the network and has robot1 on its whitelist, but is not on robot1's (so robot1 lists it
+  only once it is whitelisted, and then reaches it).
+- ``fleet_file`` (function): a fleet file of four robots, robot1 linked to robot2 and robot3, with the
+  addresses those robots have on the in-memory network (``member_address``).
 """
 
 from __future__ import annotations
@@ -24,23 +28,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from husarnet_ros.testing.fake_controller import FakeController, sample_peers, serve_fake
+from husarnet_ros.testing.memnet_daemon import ServedFleet, member_address, served_fleet
 from husarnet_ros.testing.ros_launch import private_domain_id
 
 if TYPE_CHECKING:  # rclpy is imported inside the fixtures: the ros marker skips when it is missing
     from rclpy.context import Context
 
 REPO = Path(__file__).resolve().parents[2]
-FLEET = """\
-robots:
-  robot1: {address: fc94::1}
-  robot2: {address: fc94::2}
-  robot3: {address: fc94::3}
-  robot4: {address: fc94::4}
-links:
-  - [robot1, robot2]
-  - [robot1, robot3]
-"""
+UNHEARD = "fc94::4"
+ROBOTS = ("robot1", "robot2", "robot3", "robot4")
+FLEET = "robots:\n{robots}links:\n  - [robot1, robot2]\n  - [robot1, robot3]\n"
 
 
 @contextlib.contextmanager
@@ -102,16 +99,17 @@ def ros_context(ros_env: dict[str, str], ros_domain_id: int) -> Iterator[Context
 
 
 @pytest.fixture
-def fake_daemon() -> Iterator[tuple[FakeController, str]]:
-    controller = FakeController()
-    for peer in sample_peers():
-        controller.add_peer(peer)
-    with serve_fake(controller) as served:
+def daemon() -> Iterator[ServedFleet]:
+    with served_fleet("robot1", ("robot2",)) as served:
+        served.controller.whitelist_add(UNHEARD)
+        robot3 = served.fleet.add("robot3")
+        robot3.whitelist_add(served.address)
         yield served
 
 
 @pytest.fixture
 def fleet_file(tmp_path: Path) -> Path:
     path = tmp_path / "fleet.yaml"
-    path.write_text(FLEET, encoding="utf-8")
+    robots = "".join(f"  {name}: {{address: '{member_address(name)}'}}\n" for name in ROBOTS)
+    path.write_text(FLEET.format(robots=robots), encoding="utf-8")
     return path

@@ -1,4 +1,5 @@
-"""The husarnet_peers node against the real control API server with an in-memory daemon (FakeController).
+"""The husarnet_peers node against the real control API server and the real daemon controller on the
+in-memory network (test/ros/conftest.py's ``daemon``: robot2 reached directly, UNHEARD whitelisted only).
 
 In-process: the node and the test's own subscribers share one rclpy context and executor, spun by the test
 until what it waits for arrives (bounded; a timeout fails with what was last seen). One test runs the node
@@ -19,24 +20,16 @@ from typing import Any
 
 import pytest
 
+from husarnet_ros.client import ControlClient
+from husarnet_ros.daemon.control import ControlServer
+from husarnet_ros.testing.memnet_daemon import MemNetFleet, ServedFleet, member_address
+
 pytestmark = pytest.mark.ros
 
 WAIT_S = 20.0  # bound of every wait; never asserted on, only a failure limit
 FAST = {"poll_period_s": 0.05, "retry_period_s": 0.1, "diagnostics_period_s": 0.1, "publish_period_s": 3600.0}
-
-
-def _direct(address: str, hostname: str | None = None, rtt_ms: float = 1.0) -> Any:
-    from husarnet_ros.api import PeerStatus
-
-    return PeerStatus(
-        address=address,
-        hostname=hostname,
-        path="direct",
-        endpoint="198.18.0.2:5582",
-        rtt_ms=rtt_ms,
-        last_seen=time.time(),
-        state="established",
-    )
+UNHEARD = "fc94::4"  # on the daemon fixture's whitelist, but no robot has that address
+ROBOT2 = member_address("robot2")
 
 
 class Harness:
@@ -121,53 +114,56 @@ def harness_factory(rclpy_context: Any) -> Iterator[Callable[..., Harness]]:
 
 
 def test_late_subscriber_gets_the_current_table_and_changes(
-    fake_daemon: tuple[Any, str], harness_factory: Callable[..., Harness]
+    daemon: ServedFleet, harness_factory: Callable[..., Harness]
 ) -> None:
-    fake, path = fake_daemon
-    h = harness_factory(path)
+    h = harness_factory(daemon.socket_path)
     # The node published in its constructor; with publish_period_s = 1 h nothing is re-sent on its own,
     # so only TRANSIENT_LOCAL durability can bring that table to this subscriber created afterwards.
     h.spin_for(0.3)
     h.subscribe()
     h.wait_for("latched peer table", lambda: h.table() is not None, h.table)
-    assert h.table() == ["fc94::2", "fc94::3", "fc94::4"]
+    assert h.table() == sorted([ROBOT2, UNHEARD])
     h.wait_for("latched status", lambda: h.daemon_running() is not None, lambda: h.statuses)
     status = h.statuses[-1]
-    assert (status.address, status.hostname, status.daemon_running) == ("fc94::1", "robot1", True)
-    assert (status.peers_total, status.peers_direct, status.peers_tunnelled) == (3, 1, 1)
+    assert (status.address, status.hostname, status.daemon_running) == (daemon.address, "robot1", True)
+    assert (status.peers_total, status.peers_direct, status.peers_tunnelled) == (2, 1, 0)
     assert status.base_state == "none"
 
-    fake.add_peer(_direct("fc94::5", "robot5"))
-    h.wait_for("table with the added peer", lambda: "fc94::5" in (h.table() or []), h.table)
-    h.wait_for("status counting it", lambda: h.statuses[-1].peers_total == 4, lambda: h.statuses[-1])
+    daemon.fleet.add("robot5")
+    daemon.fleet.connect("robot1", "robot5")
+    robot5 = member_address("robot5")
+    h.wait_for("table with the new peer", lambda: robot5 in (h.table() or []), h.table)
+    h.wait_for("status counting it", lambda: h.statuses[-1].peers_direct == 2, lambda: h.statuses[-1])
 
-    with fake._lock:
-        del fake.peers["fc94::2"]
-    h.wait_for("table without the removed peer", lambda: "fc94::2" not in (h.table() or []), h.table)
-    assert h.table() == ["fc94::3", "fc94::4", "fc94::5"]
+    daemon.controller.whitelist_remove(ROBOT2)
+    h.wait_for("table without the removed peer", lambda: ROBOT2 not in (h.table() or []), h.table)
+    assert h.table() == sorted([UNHEARD, robot5])
 
 
 def test_counter_changes_alone_are_not_republished(
-    fake_daemon: tuple[Any, str], harness_factory: Callable[..., Harness]
+    daemon: ServedFleet, harness_factory: Callable[..., Harness]
 ) -> None:
-    fake, path = fake_daemon
-    h = harness_factory(path)
+    h = harness_factory(daemon.socket_path)
     h.subscribe()
     h.wait_for("first table", lambda: h.table() is not None, h.table)
-    for step in range(5):
-        fake.add_peer(fake.peers["fc94::2"].model_copy(update={"rx_bytes": 10_000 + step}))
-        h.spin_for(0.1)
-    # A path change after the counter changes is what must come next, not a message per counter.
-    fake.add_peer(fake.peers["fc94::2"].model_copy(update={"path": "none", "endpoint": None}))
-    h.wait_for("path change", lambda: h.peers[-1].peers[0].path == 0, lambda: h.peers[-1])
-    assert len(h.peers) == 2
+    # Pings change robot2's RTT and last-seen time in every poll of the node: no new table for that.
+    with ControlClient(daemon.socket_path) as client:
+        assert client.ping("robot2", count=5, interval_s=0.05, timeout_s=5.0).received == 5
+    h.spin_for(0.5)
+    assert len(h.peers) == 1, h.peers
+    # A path change is published.
+    daemon.fleet.set_online("robot2", False)
+
+    def robot2_path() -> int | None:
+        return next((p.path for p in h.peers[-1].peers if p.address == ROBOT2), None)
+
+    h.wait_for("robot2's path none", lambda: robot2_path() == 0, lambda: h.peers[-1])
 
 
 def test_diagnostics_follow_a_peer_from_direct_to_none_to_gone(
-    fake_daemon: tuple[Any, str], harness_factory: Callable[..., Harness]
+    daemon: ServedFleet, harness_factory: Callable[..., Harness]
 ) -> None:
-    fake, path = fake_daemon
-    h = harness_factory(path, latency_warn_ms=100.0)
+    h = harness_factory(daemon.socket_path)
     h.subscribe()
     name = "husarnet: peer robot2"
 
@@ -179,28 +175,43 @@ def test_diagnostics_follow_a_peer_from_direct_to_none_to_gone(
     levels = h.levels()
     assert levels["husarnet: daemon"][0] == "OK"
     assert levels["husarnet: base server"] == ("OK", "no base server configured (LAN only)")
-    assert levels["husarnet: peer robot3"][0] == "WARN"  # tunnelled
-    assert levels["husarnet: peer fc94::4"][0] == "ERROR"  # path none, no hostname
+    assert levels[f"husarnet: peer {UNHEARD}"][0] == "ERROR"  # path none, no hostname
 
-    fake.add_peer(fake.peers["fc94::2"].model_copy(update={"rtt_ms": 150.0}))
-    h.wait_for("robot2 WARN (latency)", lambda: level() == "WARN", h.levels)
-
-    fake.add_peer(fake.peers["fc94::2"].model_copy(update={"path": "none", "endpoint": None, "rtt_ms": None}))
+    daemon.fleet.set_online("robot2", False)  # switched off: the daemon finds its path dead
     h.wait_for("robot2 ERROR (unreachable)", lambda: level() == "ERROR", h.levels)
     assert h.levels()[name][1].startswith("unreachable")
 
-    fake.add_peer(fake.peers["fc94::2"].model_copy(update={"path": "direct", "rtt_ms": 1.0}))
+    daemon.fleet.set_online("robot2", True)
+    daemon.fleet.beacon_now()
     h.wait_for("robot2 OK again", lambda: level() == "OK", h.levels)
-    with fake._lock:
-        del fake.peers["fc94::2"]
+    daemon.controller.whitelist_remove(ROBOT2)
     h.wait_for("robot2 ERROR (gone)", lambda: level() == "ERROR", h.levels)
     assert h.levels()[name][1].startswith("gone")
 
 
-def test_daemon_absent_then_answering_then_stopped(harness_factory: Callable[..., Harness]) -> None:
-    from husarnet_ros.daemon.control import ControlServer
-    from husarnet_ros.testing.fake_controller import FakeController
+@pytest.fixture
+def slow_peer() -> Iterator[str]:
+    """A daemon whose one peer answers in 150 ms. Faked: the in-memory network answers in well under a
+    millisecond, and the real node reports the RTT it measures."""
+    from husarnet_ros.api import PeerStatus
+    from husarnet_ros.testing.fake_controller import FakeController, serve_fake
 
+    fake = FakeController()
+    fake.add_peer(PeerStatus(address="fc94::2", hostname="robot2", path="direct", rtt_ms=150.0))
+    with serve_fake(fake) as (_, socket_path):
+        yield socket_path
+
+
+def test_diagnostics_warn_above_the_latency_parameter(
+    slow_peer: str, harness_factory: Callable[..., Harness]
+) -> None:
+    h = harness_factory(slow_peer, latency_warn_ms=100.0)
+    h.subscribe()
+    h.wait_for("robot2 WARN (latency)", lambda: "husarnet: peer robot2" in h.levels(), h.levels)
+    assert h.levels()["husarnet: peer robot2"][0] == "WARN"
+
+
+def test_daemon_absent_then_answering_then_stopped(harness_factory: Callable[..., Harness]) -> None:
     with tempfile.TemporaryDirectory(prefix="hr-peers-", dir="/tmp") as directory:
         path = f"{directory}/control.sock"
         h = harness_factory(path)
@@ -210,32 +221,31 @@ def test_daemon_absent_then_answering_then_stopped(harness_factory: Callable[...
         h.wait_for("daemon ERROR", lambda: "husarnet: daemon" in h.levels(), h.levels)
         assert h.levels()["husarnet: daemon"] == ("ERROR", "not answering")
 
-        fake = FakeController()
-        fake.add_peer(_direct("fc94::2", "robot2"))
-        server = ControlServer(fake, path, group=None)
-        server.start()
-        try:
-            h.wait_for("daemon_running true", lambda: h.daemon_running() is True, lambda: h.statuses)
-            h.wait_for("robot2 in the table", lambda: h.table() == ["fc94::2"], h.table)
-            h.wait_for("daemon OK", lambda: h.levels().get("husarnet: daemon", ("",))[0] == "OK", h.levels)
-        finally:
-            server.stop()
+        with MemNetFleet() as fleet:
+            robot1 = fleet.add("robot1")
+            fleet.add("robot2")
+            fleet.connect("robot1", "robot2")
+            with ControlServer(robot1, path, group=None):
+                h.wait_for("daemon_running true", lambda: h.daemon_running() is True, lambda: h.statuses)
+                h.wait_for("robot2 in the table", lambda: h.table() == [ROBOT2], h.table)
+                h.wait_for(
+                    "daemon OK", lambda: h.levels().get("husarnet: daemon", ("",))[0] == "OK", h.levels
+                )
         h.wait_for("daemon_running false again", lambda: h.daemon_running() is False, lambda: h.statuses)
         h.wait_for("daemon STALE", lambda: h.levels().get("husarnet: daemon", ("",))[0] == "STALE", h.levels)
         levels = h.levels()
         assert levels["husarnet: peer robot2"][0] == "STALE"
         # The node's own identity stays visible while its daemon is down.
-        assert h.statuses[-1].address == "fc94::1"
+        assert h.statuses[-1].address == member_address("robot1")
 
 
 def test_invalid_parameters_refused_through_the_parameter_service(
-    fake_daemon: tuple[Any, str], harness_factory: Callable[..., Harness]
+    daemon: ServedFleet, harness_factory: Callable[..., Harness]
 ) -> None:
     from rclpy.parameter import Parameter
     from rclpy.parameter_client import AsyncParameterClient
 
-    _, path = fake_daemon
-    h = harness_factory(path)
+    h = harness_factory(daemon.socket_path)
     client = AsyncParameterClient(h.probe, "husarnet_peers")
     h.wait_for("parameter services", client.services_are_ready, lambda: "not ready")
 
@@ -274,19 +284,18 @@ def test_invalid_parameters_refused_through_the_parameter_service(
 
 
 def test_invalid_value_in_overrides_falls_back_to_default(
-    fake_daemon: tuple[Any, str], harness_factory: Callable[..., Harness]
+    daemon: ServedFleet, harness_factory: Callable[..., Harness]
 ) -> None:
-    _, path = fake_daemon
-    h = harness_factory(path, latency_warn_ms=-5.0, publish_period_s=7)
+    h = harness_factory(daemon.socket_path, latency_warn_ms=-5.0, publish_period_s=7)
     assert h.node.get_parameter("latency_warn_ms").value == 200.0
     assert h.node.get_parameter("publish_period_s").value == 7.0  # an int for a double is taken
 
 
 @pytest.fixture
 def subprocess_node(
-    fake_daemon: tuple[Any, str], ros_env: dict[str, str], tmp_path: Path
+    daemon: ServedFleet, ros_env: dict[str, str], tmp_path: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
-    _, path = fake_daemon
+    path = daemon.socket_path
     log = (tmp_path / "node.log").open("wb")
     command = [
         sys.executable,
@@ -330,7 +339,7 @@ def test_main_in_a_namespace_and_clean_sigterm(
             executor.spin_once(timeout_sec=0.1)
         log = (tmp_path / "node.log").read_text(errors="replace")
         assert received, f"no /robot7/husarnet/peers from the node; its output:\n{log}"
-        assert [p.address for p in received[-1].peers] == ["fc94::2", "fc94::3", "fc94::4"]
+        assert [p.address for p in received[-1].peers] == sorted([ROBOT2, UNHEARD])
     finally:
         executor.shutdown()
         probe.destroy_node()

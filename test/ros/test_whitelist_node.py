@@ -1,7 +1,10 @@
-"""The whitelist manager with real rclpy service clients against the real control API of a fake daemon."""
+"""The whitelist manager with real rclpy service clients against the real control API and the real daemon
+controller on the in-memory network (test/ros/conftest.py's ``daemon``)."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from husarnet_ros.testing.fake_controller import FakeController, serve_fake
+from husarnet_ros.daemon.control import ControlServer
+from husarnet_ros.daemon.node_controller import NodeController
+from husarnet_ros.testing.memnet_daemon import MemNetFleet, ServedFleet, member_address
 from husarnet_ros.testing.netlab import wait_until
 from husarnet_ros.testing.requirements import ros_unavailable
 
@@ -29,6 +34,7 @@ if ros_unavailable() is None:
 # Bounds of every wait; a test that hits one fails with a message, it never asserts on time.
 CALL_TIMEOUT_S = 20.0
 CONDITION_TIMEOUT_S = 15.0
+UNHEARD = "fc94::4"  # on the daemon fixture's whitelist, but no robot has that address
 
 
 class Harness:
@@ -85,34 +91,51 @@ def harness_factory(ros_context: Any) -> Iterator[Callable[..., Harness]]:
 
 
 @pytest.fixture
-def controller(fake_daemon: tuple[FakeController, str]) -> FakeController:
-    return fake_daemon[0]
+def controller(daemon: ServedFleet) -> NodeController:
+    return daemon.controller
 
 
 @pytest.fixture
-def harness(fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]) -> Harness:
-    """A whitelist node with the default parameters, on the fake daemon."""
-    return harness_factory(fake_daemon[1])
+def harness(daemon: ServedFleet, harness_factory: Callable[..., Harness]) -> Harness:
+    """A whitelist node with the default parameters, on robot1's daemon."""
+    return harness_factory(daemon.socket_path)
+
+
+def whitelisted(controller: NodeController) -> list[str]:
+    return controller.whitelist().addresses
+
+
+def host_entries(controller: NodeController) -> dict[str, str]:
+    return {entry.hostname: entry.address for entry in controller.hosts()}
 
 
 # --- add_peer ------------------------------------------------------------------------------------------
 
 
-def test_add_valid_address(controller: FakeController, harness: Harness) -> None:
+def test_add_valid_address(controller: NodeController, harness: Harness) -> None:
     response = harness.call(AddPeer, "husarnet/add_peer", address="FC94:0::9", hostname="")
     assert response.success, response.message
-    assert "fc94::9" in controller.allowed
+    assert "fc94::9" in whitelisted(controller)
     assert "whitelisted fc94::9" in response.message
     again = harness.call(AddPeer, "husarnet/add_peer", address="fc94::9", hostname="")
     assert again.success
     assert "already on the whitelist" in again.message
 
 
-def test_add_with_hostname_writes_the_hosts_block(controller: FakeController, harness: Harness) -> None:
+def test_add_with_hostname_writes_the_hosts_block(daemon: ServedFleet, harness: Harness) -> None:
     response = harness.call(AddPeer, "husarnet/add_peer", address="fc94::9", hostname="Lab-Cam")
     assert response.success, response.message
-    assert controller.host_entries["lab-cam"] == "fc94::9"
-    assert "fc94::9" in controller.allowed
+    assert host_entries(daemon.controller)["lab-cam"] == "fc94::9"
+    assert "fc94::9" in whitelisted(daemon.controller)
+    written = daemon.fleet.member("robot1").hosts_file.entries
+    assert [(e.hostname, e.address_text) for e in written] == [("lab-cam", "fc94::9")]
+
+
+def test_added_robot_is_reached(daemon: ServedFleet, harness: Harness) -> None:
+    response = harness.call(AddPeer, "husarnet/add_peer", address=member_address("robot3"), hostname="")
+    assert response.success, response.message
+    # robot3 already allowed robot1: now both do, and they find a direct path.
+    assert daemon.fleet.wait(lambda: daemon.fleet.path("robot1", "robot3") == "direct", CONDITION_TIMEOUT_S)
 
 
 @pytest.mark.parametrize(
@@ -125,64 +148,82 @@ def test_add_with_hostname_writes_the_hosts_block(controller: FakeController, ha
     ],
 )
 def test_malformed_request_fails_cleanly_and_the_node_keeps_serving(
-    controller: FakeController, harness: Harness, address: str, hostname: str, expected: str
+    controller: NodeController, harness: Harness, address: str, hostname: str, expected: str
 ) -> None:
+    before = whitelisted(controller)
     response = harness.call(AddPeer, "husarnet/add_peer", address=address, hostname=hostname)
     assert not response.success
     assert expected in response.message
-    assert not any(call[0] == "whitelist_add" for call in controller.calls)
+    assert whitelisted(controller) == before
     following = harness.call(AddPeer, "husarnet/add_peer", address="fc94::a", hostname="")
     assert following.success, following.message
 
 
-def test_hostname_only_is_resolved_by_the_daemon(controller: FakeController, harness: Harness) -> None:
+def test_own_address_is_refused_by_the_daemon(daemon: ServedFleet, harness: Harness) -> None:
+    response = harness.call(AddPeer, "husarnet/add_peer", address=daemon.address, hostname="")
+    assert not response.success
+    assert "own address" in response.message
+
+
+def test_hostname_only_is_resolved_by_the_daemon(daemon: ServedFleet, harness: Harness) -> None:
+    # robot2 is a peer, and its signed beacon told the daemon its name.
+    known = harness.call(AddPeer, "husarnet/add_peer", address="", hostname="robot2")
+    assert known.success, known.message
+    assert f"{member_address('robot2')} (robot2) was already on the whitelist" in known.message
+    # A name from the daemon's hosts block is whitelisted, and not written again.
+    daemon.controller.hosts_add("robot3", member_address("robot3"))
     response = harness.call(AddPeer, "husarnet/add_peer", address="", hostname="robot3")
     assert response.success, response.message
-    assert "fc94::3" in controller.allowed
-    assert "robot3" not in controller.host_entries  # the daemon already knows that name
+    assert member_address("robot3") in whitelisted(daemon.controller)
+    assert host_entries(daemon.controller) == {"robot3": member_address("robot3")}
 
 
-def test_unknown_hostname_only(controller: FakeController, harness: Harness) -> None:
+def test_unknown_hostname_only(controller: NodeController, harness: Harness) -> None:
+    before = whitelisted(controller)
     response = harness.call(AddPeer, "husarnet/add_peer", address="", hostname="nobody")
     assert not response.success
     assert "cannot resolve hostname 'nobody'" in response.message
-    assert controller.allowed == []
+    assert whitelisted(controller) == before
 
 
 def test_hostname_only_is_resolved_by_the_fleet_file(
-    fleet_file: Path, fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]
+    fleet_file: Path, daemon: ServedFleet, harness_factory: Callable[..., Harness]
 ) -> None:
-    controller, socket = fake_daemon
-    harness = harness_factory(socket, fleet_file=str(fleet_file))
+    harness = harness_factory(daemon.socket_path, fleet_file=str(fleet_file))
     response = harness.call(AddPeer, "husarnet/add_peer", address="", hostname="robot4")
     assert response.success, response.message
-    assert "fc94::4" in controller.allowed
-    assert controller.host_entries["robot4"] == "fc94::4"
+    assert member_address("robot4") in whitelisted(daemon.controller)
+    assert host_entries(daemon.controller)["robot4"] == member_address("robot4")
 
 
 # --- remove_peer ---------------------------------------------------------------------------------------
 
 
 def test_remove_by_address_also_forgets_its_names(
-    fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]
+    daemon: ServedFleet, harness_factory: Callable[..., Harness]
 ) -> None:
-    controller, socket = fake_daemon
-    controller.host_entries["printer"] = "fc94::99"
-    harness = harness_factory(socket)
+    controller = daemon.controller
+    controller.hosts_add("printer", "fc94::99")
+    harness = harness_factory(daemon.socket_path)
     assert harness.call(AddPeer, "husarnet/add_peer", address="fc94::9", hostname="cam").success
     response = harness.call(RemovePeer, "husarnet/remove_peer", address="fc94::9", hostname="")
     assert response.success, response.message
-    assert "fc94::9" not in controller.allowed
-    assert "cam" not in controller.host_entries
-    assert controller.host_entries == {"printer": "fc94::99"}
+    assert "fc94::9" not in whitelisted(controller)
+    assert host_entries(controller) == {"printer": "fc94::99"}
 
 
-def test_remove_by_hostname(controller: FakeController, harness: Harness) -> None:
+def test_remove_by_hostname(controller: NodeController, harness: Harness) -> None:
     assert harness.call(AddPeer, "husarnet/add_peer", address="fc94::9", hostname="cam").success
     response = harness.call(RemovePeer, "husarnet/remove_peer", address="", hostname="cam")
     assert response.success, response.message
-    assert controller.allowed == []
-    assert "cam" not in controller.host_entries
+    assert "fc94::9" not in whitelisted(controller)
+    assert "cam" not in host_entries(controller)
+
+
+def test_removed_robot_is_cut_off(daemon: ServedFleet, harness: Harness) -> None:
+    response = harness.call(RemovePeer, "husarnet/remove_peer", address="", hostname="robot2")
+    assert response.success, response.message
+    assert daemon.fleet.peer("robot1", "robot2") is None  # forgotten at once
 
 
 def test_remove_absent_peer_succeeds_and_says_so(harness: Harness) -> None:
@@ -197,139 +238,144 @@ def test_remove_absent_peer_succeeds_and_says_so(harness: Harness) -> None:
 # --- list_peers and ping -------------------------------------------------------------------------------
 
 
-def test_list_peers(fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]) -> None:
-    controller, socket = fake_daemon
-    controller.allowed.append("fc94::2")
-    harness = harness_factory(socket)
+def test_list_peers(harness: Harness) -> None:
     response = harness.call(ListPeers, "husarnet/list_peers")
-    assert [p.address for p in response.peers] == ["fc94::2", "fc94::3", "fc94::4"]
+    assert [p.address for p in response.peers] == sorted([member_address("robot2"), UNHEARD])
     by_address = {p.address: p for p in response.peers}
-    assert by_address["fc94::2"].path == Peer.PATH_DIRECT
-    assert by_address["fc94::2"].whitelisted
-    assert by_address["fc94::3"].path == Peer.PATH_TUNNELLED
-    assert not by_address["fc94::3"].whitelisted
-    assert by_address["fc94::4"].hostname == ""
+    robot2 = by_address[member_address("robot2")]
+    assert (robot2.hostname, robot2.path, robot2.endpoint) == ("robot2", Peer.PATH_DIRECT, "198.18.0.11:5582")
+    assert robot2.whitelisted
+    assert by_address[UNHEARD].path == Peer.PATH_NONE
+    assert by_address[UNHEARD].whitelisted
+    assert by_address[UNHEARD].hostname == ""
     assert response.whitelist_enabled
 
 
 @pytest.mark.parametrize(
-    ("address", "hostname", "timeout_s", "rtt_ms", "path", "pinged"),
+    ("address", "hostname"),
     [
-        pytest.param("fc94::2", "", 1.5, 0.42, "PATH_DIRECT", ("fc94::2", 1.5), id="direct-peer-by-address"),
-        # timeout_s 0: the daemon is asked with the node's default of 2 s
-        pytest.param(
-            "", "robot3", 0.0, 21.5, "PATH_TUNNELLED", ("fc94::3", 2.0), id="by-hostname-default-timeout"
-        ),
+        pytest.param(member_address("robot2"), "", id="by-address"),
+        pytest.param("", "robot2", id="by-hostname"),
     ],
 )
-def test_ping_a_peer(
-    controller: FakeController,
-    harness: Harness,
-    address: str,
-    hostname: str,
-    timeout_s: float,
-    rtt_ms: float,
-    path: str,
-    pinged: tuple[str, float],
-) -> None:
-    response = harness.call(Ping, "husarnet/ping", address=address, hostname=hostname, timeout_s=timeout_s)
+def test_ping_a_peer(harness: Harness, address: str, hostname: str) -> None:
+    response = harness.call(Ping, "husarnet/ping", address=address, hostname=hostname, timeout_s=5.0)
     assert response.success, response.message
-    assert response.rtt_ms == pytest.approx(rtt_ms)
-    assert response.path == getattr(Peer, path)  # a name: Peer exists only where ROS is installed
-    pinged_address, daemon_timeout_s = pinged
-    assert ("ping", pinged_address, 1, 1.0, daemon_timeout_s) in controller.calls
+    assert response.rtt_ms >= 0
+    assert response.path == Peer.PATH_DIRECT
+    assert f"reply from {member_address('robot2')} (robot2)" in response.message
 
 
-def test_ping_without_reply_and_unknown_peer(harness: Harness) -> None:
-    silent = harness.call(Ping, "husarnet/ping", address="fc94::4", hostname="", timeout_s=0.5)
+def test_ping_without_reply_and_unknown_peer(daemon: ServedFleet, harness: Harness) -> None:
+    silent = harness.call(Ping, "husarnet/ping", address=UNHEARD, hostname="", timeout_s=0.5)
     assert not silent.success
     assert silent.rtt_ms < 0
     assert silent.path == Peer.PATH_NONE
-    assert "no reply from fc94::4" in silent.message
+    assert f"no reply from {UNHEARD} within 0.5 s" in silent.message
+    # timeout_s 0: the daemon is asked with the node's default of 2 s.
+    default = harness.call(Ping, "husarnet/ping", address=UNHEARD, hostname="", timeout_s=0.0)
+    assert "within 2 s" in default.message
     unknown = harness.call(Ping, "husarnet/ping", address="fc94::55", hostname="", timeout_s=0.5)
     assert not unknown.success
-    assert "not a known peer" in unknown.message
-    bad = harness.call(Ping, "husarnet/ping", address="fc94::2", hostname="", timeout_s=999.0)
+    assert "fc94::55 is not on the whitelist" in unknown.message
+    bad = harness.call(Ping, "husarnet/ping", address=member_address("robot2"), hostname="", timeout_s=999.0)
     assert not bad.success
     assert "timeout_s must be between" in bad.message
+
+
+def test_ping_a_robot_switched_off(daemon: ServedFleet, harness: Harness) -> None:
+    daemon.fleet.set_online("robot2", False)
+    response = harness.call(Ping, "husarnet/ping", address="", hostname="robot2", timeout_s=0.3)
+    assert not response.success
+    assert f"no reply from {member_address('robot2')} (robot2) within 0.3 s" in response.message
 
 
 # --- the fleet file ------------------------------------------------------------------------------------
 
 
 def test_fleet_file_applied_at_start(
-    fleet_file: Path, fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]
+    fleet_file: Path, daemon: ServedFleet, harness_factory: Callable[..., Harness]
 ) -> None:
-    controller, socket = fake_daemon
-    controller.host_entries["printer"] = "fc94::99"
-    controller.allowed.append("fc94::50")
-    harness_factory(socket, fleet_file=str(fleet_file))  # robot "" = the daemon's hostname, robot1
+    controller = daemon.controller
+    controller.hosts_add("printer", "fc94::99")
+    controller.whitelist_add("fc94::50")
+    harness_factory(daemon.socket_path, fleet_file=str(fleet_file))  # robot "" = the daemon's hostname
+    robot2, robot3 = member_address("robot2"), member_address("robot3")
     wait_until(
-        lambda: {"fc94::2", "fc94::3"} <= set(controller.allowed),
+        lambda: {robot2, robot3} <= set(whitelisted(controller)),
         CONDITION_TIMEOUT_S,
         what="the fleet peers on the whitelist",
     )
     wait_until(
-        lambda: "robot3" in controller.host_entries,
+        lambda: "robot3" in host_entries(controller),
         CONDITION_TIMEOUT_S,
         what="the fleet names in the hosts block",
     )
-    assert controller.host_entries == {"printer": "fc94::99", "robot2": "fc94::2", "robot3": "fc94::3"}
-    assert "fc94::1" not in controller.allowed  # never itself
-    assert "fc94::4" not in controller.allowed  # not linked to robot1
-    assert "fc94::50" in controller.allowed  # the user's entries stay
+    assert host_entries(controller) == {"printer": "fc94::99", "robot2": robot2, "robot3": robot3}
+    assert daemon.address not in whitelisted(controller)  # never itself
+    assert member_address("robot4") not in whitelisted(controller)  # not linked to robot1
+    assert "fc94::50" in whitelisted(controller)  # the user's entries stay
+    # robot3 had robot1 on its whitelist already: the fleet file is all it took to reach it.
+    assert daemon.fleet.wait(lambda: daemon.fleet.path("robot1", "robot3") == "direct", CONDITION_TIMEOUT_S)
 
 
 def test_fleet_file_applied_again_after_a_daemon_restart(
     fleet_file: Path, harness_factory: Callable[..., Harness]
 ) -> None:
-    first = FakeController()
-    with serve_fake(first) as (_, socket):
-        harness = harness_factory(socket, fleet_file=str(fleet_file), robot="robot2")
-        wait_until(
-            lambda: first.allowed == ["fc94::1"],
-            CONDITION_TIMEOUT_S,
-            what="robot2's fleet peer on the whitelist",
-        )
-        alive = harness.call(ListPeers, "husarnet/list_peers")
-        assert alive.whitelist_enabled
-        socket_path = socket
-    # The daemon is gone: services answer with a clear failure.
-    down = harness.call(AddPeer, "husarnet/add_peer", address="fc94::9", hostname="")
-    assert not down.success
-    assert "daemon not running" in down.message
-    # A new daemon on the same socket, with an empty whitelist: the fleet is applied again.
-    second = FakeController(hostname="robot2", address="fc94::2")
-    from husarnet_ros.daemon.control import ControlServer
-
-    Path(socket_path).parent.mkdir(parents=True, exist_ok=True)
-    server = ControlServer(second, socket_path, group=None)
-    server.start()
+    robot1 = member_address("robot1")
+    directory = tempfile.mkdtemp(prefix="hr-wl-", dir="/tmp")  # a Unix socket path must be short
+    socket_path = f"{directory}/control.sock"
     try:
-        wait_until(
-            lambda: second.allowed == ["fc94::1"],
-            CONDITION_TIMEOUT_S,
-            what="the fleet applied to the restarted daemon",
-        )
-        assert second.host_entries == {"robot1": "fc94::1"}
+        with MemNetFleet() as first_fleet:
+            first = first_fleet.add("robot2")
+            with ControlServer(first, socket_path, group=None):
+                harness = harness_factory(socket_path, fleet_file=str(fleet_file), robot="robot2")
+                wait_until(
+                    lambda: whitelisted(first) == [robot1],
+                    CONDITION_TIMEOUT_S,
+                    what="robot2's fleet peer on the whitelist",
+                )
+                alive = harness.call(ListPeers, "husarnet/list_peers")
+                assert alive.whitelist_enabled
+        # The daemon is gone: services answer with a clear failure.
+        down = harness.call(AddPeer, "husarnet/add_peer", address="fc94::9", hostname="")
+        assert not down.success
+        assert "daemon not running" in down.message
+        # A new daemon on the same socket, with a state directory of its own (an empty whitelist): the fleet
+        # is applied again.
+        with MemNetFleet() as second_fleet:
+            second = second_fleet.add("robot2")
+            with ControlServer(second, socket_path, group=None):
+                wait_until(
+                    lambda: whitelisted(second) == [robot1],
+                    CONDITION_TIMEOUT_S,
+                    what="the fleet applied to the restarted daemon",
+                )
+                wait_until(
+                    lambda: host_entries(second) == {"robot1": robot1},
+                    CONDITION_TIMEOUT_S,
+                    what="the fleet names written for the restarted daemon",
+                )
     finally:
-        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_bad_fleet_file_keeps_the_services_up(
-    fleet_file: Path, fake_daemon: tuple[FakeController, str], harness_factory: Callable[..., Harness]
+    fleet_file: Path, daemon: ServedFleet, harness_factory: Callable[..., Harness]
 ) -> None:
-    controller, socket = fake_daemon
+    controller = daemon.controller
     good = fleet_file.read_text(encoding="utf-8")
     fleet_file.write_text("robots:\n  robot1: {address: 2001:db8::1}\n", encoding="utf-8")
-    harness = harness_factory(socket, fleet_file=str(fleet_file))
+    harness = harness_factory(daemon.socket_path, fleet_file=str(fleet_file))
     response = harness.call(AddPeer, "husarnet/add_peer", address="fc94::9", hostname="")
     assert response.success, response.message
-    assert controller.allowed == ["fc94::9"]
+    assert "fc94::9" in whitelisted(controller)
     # Fixing the file is picked up without a restart.
     fleet_file.write_text(good, encoding="utf-8")
     wait_until(
-        lambda: "fc94::2" in controller.allowed, CONDITION_TIMEOUT_S, what="the corrected fleet file applied"
+        lambda: member_address("robot3") in whitelisted(controller),
+        CONDITION_TIMEOUT_S,
+        what="the corrected fleet file applied",
     )
 
 
