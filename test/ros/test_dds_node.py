@@ -1,4 +1,5 @@
-"""The husarnet_dds node against the real control API server and an in-memory daemon (no root needed)."""
+"""The husarnet_dds node against the real control API server and the real daemon controller on the in-memory
+network (no root needed)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from husarnet_ros.testing.fake_controller import FakeController, serve_fake
+from husarnet_ros.testing.memnet_daemon import served_fleet
 from husarnet_ros.testing.requirements import ros_unavailable
 from husarnet_ros.testing.ros_launch import private_domain_id
 
@@ -56,23 +57,25 @@ def _node(context: Any, **parameters: Any) -> Any:
 
 
 def test_node_writes_the_daemons_peers_and_follows_changes(context: Any, tmp_path: Path) -> None:
-    fake = FakeController(address="fc94::a", hostname="robot1")
-    fake.allowed.append("fc94::b")
-    with serve_fake(fake) as (_, sock):
-        node = _node(context, control_socket=sock, output_dir=str(tmp_path / "dds"), rmw="fastdds")
+    with served_fleet("robot1", ()) as daemon:
+        own = daemon.address
+        daemon.controller.whitelist_add("fc94::b")
+        node = _node(
+            context, control_socket=daemon.socket_path, output_dir=str(tmp_path / "dds"), rmw="fastdds"
+        )
         try:
             fast = tmp_path / "dds" / "fastdds.xml"
-            assert _initial_peers(fast) == ["fc94::a", "fc94::b"]  # written at start
+            assert _initial_peers(fast) == [own, "fc94::b"]  # written at start
             assert not (tmp_path / "dds" / "cyclonedds.xml").exists()
             inode = fast.stat().st_ino
             node.poll()
             assert fast.stat().st_ino == inode  # nothing changed, nothing rewritten
-            fake.whitelist_add("fc94::c")
+            daemon.controller.whitelist_add("fc94::c")
             node.poll()
-            assert _initial_peers(fast) == ["fc94::a", "fc94::b", "fc94::c"]
+            assert _initial_peers(fast) == [own, "fc94::b", "fc94::c"]
             node.set_parameters([Parameter("include_discovered", value=False)])
             node.poll()
-            assert _initial_peers(fast) == ["fc94::a"]
+            assert _initial_peers(fast) == [own]
         finally:
             node.close()
             node.destroy_node()
