@@ -1,16 +1,18 @@
-"""launch_testing: robot.launch.py brings up the husarnet nodes against a fake daemon, as a user sees them.
+"""launch_testing: robot.launch.py brings up the husarnet nodes against a daemon, as a user sees them.
 
 The launch file of the working tree runs the INSTALLED executables (lib/husarnet_ros/*; refresh them with
-scripts/setup.sh). No root: ``start_daemon:=false`` and the daemon is ``serve_fake()``, the real control API
-server on a temporary socket with an in-memory daemon that the tests change. ``dds:=none``: the DDS files
+scripts/setup.sh). No root: ``start_daemon:=false``, and the daemon is robot1's real controller on the
+in-memory network (husarnet_ros.testing.memnet_daemon), behind the real control API server on a temporary
+socket. Its whitelist is off, so it lists robot2 (whitelisted) and robot3 (not), both reached directly.
+``dds:=none``: the DDS files
 name the robot's overlay address, which does not exist here; the DDS path, with a real daemon started by
 the launch, is covered by test/integration/test_ros_two_robots.py, and a SIGTERM to such a launch by
 test/integration/test_launch_lifetime.py.
 
 Checked: the three nodes come up (no husarnet_dds with dds:=none); a subscriber created after the table was
 published still receives /husarnet/peers (TRANSIENT_LOCAL); /husarnet/add_peer with a valid and an invalid
-address; the /diagnostics level of a peer goes from OK to ERROR when the peer leaves the daemon's table, and
-back when it returns.
+address; the /diagnostics level of a peer goes from OK to ERROR when that robot is switched off, and back
+when it is on again.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from launch.actions import IncludeLaunchDescription
 from launch.launch_description import LaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 
-from husarnet_ros.api import PeerStatus
-from husarnet_ros.testing.fake_controller import FakeController, serve_fake
+from husarnet_ros.daemon.node_controller import NodeController
+from husarnet_ros.testing.memnet_daemon import MemNetFleet, member_address, serve
 from husarnet_ros.testing.ros_launch import private_domain_id
 
 if TYPE_CHECKING:  # imported for real in setUpClass, as the ros marker's requirement check allows
@@ -44,32 +46,29 @@ if TYPE_CHECKING:  # imported for real in setUpClass, as the ros marker's requir
 ROBOT_LAUNCH = Path(__file__).resolve().parents[2] / "launch" / "robot.launch.py"
 WAIT_S = 30.0  # bound of every wait, never asserted on
 NODE_NAMES = ("husarnet_peers", "husarnet_whitelist", "husarnet_hosts")
-PEER_A, PEER_B = "fc94::2", "fc94::3"
+PEER_A, PEER_B = member_address("robot2"), member_address("robot3")
 T = TypeVar("T")
 
 
-def _peer(address: str, hostname: str) -> PeerStatus:
-    return PeerStatus(
-        address=address,
-        hostname=hostname,
-        path="direct",
-        endpoint="198.18.0.2:5582",
-        rtt_ms=0.4,
-        last_handshake=time.time(),
-        last_seen=time.time(),
-        state="established",
-    )
+def _robot1_and_its_peers(stack: contextlib.ExitStack) -> tuple[MemNetFleet, NodeController]:
+    """robot1 (whitelist off) with robot2 (on its whitelist) and robot3 (not), both reached directly."""
+    fleet = stack.enter_context(MemNetFleet())
+    robot1 = fleet.add("robot1", whitelist_enabled=False)
+    fleet.add("robot2")
+    fleet.connect("robot1", "robot2")
+    fleet.add("robot3").whitelist_add(member_address("robot1"))
+    fleet.beacon_now()
+    if not fleet.wait(lambda: fleet.path("robot1", "robot3") == "direct", WAIT_S):
+        raise AssertionError("robot1 did not reach robot3 on the in-memory network")
+    return fleet, robot1
 
 
 @pytest.mark.ros
 @pytest.mark.launch_test
 def generate_test_description() -> tuple[LaunchDescription, dict[str, Any]]:
     stack = contextlib.ExitStack()
-    controller = FakeController(address="fc94::1", hostname="robot1")
-    controller.add_peer(_peer(PEER_A, "robot2"))
-    controller.add_peer(_peer(PEER_B, "robot3"))
-    controller.whitelist_add(PEER_A)
-    _, socket_path = stack.enter_context(serve_fake(controller))
+    fleet, controller = _robot1_and_its_peers(stack)
+    socket_path = stack.enter_context(serve(controller))
     # The launched nodes and this test's own rclpy context: a domain of their own, logs in a temp dir.
     saved = {name: os.environ.get(name) for name in ("ROS_DOMAIN_ID", "ROS_LOG_DIR")}
     os.environ["ROS_DOMAIN_ID"] = str(private_domain_id(7))
@@ -85,7 +84,7 @@ def generate_test_description() -> tuple[LaunchDescription, dict[str, Any]]:
         }.items(),
     )
     description = LaunchDescription([robot, launch_testing.actions.ReadyToTest()])
-    return description, {"controller": controller, "socket_path": socket_path, "stack": stack}
+    return description, {"controller": controller, "fleet": fleet, "socket_path": socket_path, "stack": stack}
 
 
 def _restore_all(saved: dict[str, str | None]) -> None:
@@ -173,13 +172,13 @@ class TestRobotLaunch(unittest.TestCase):
             self.node.destroy_subscription(subscription)
             self.node.destroy_subscription(early)
 
-    def test_3_add_peer_valid_and_invalid(self, controller: FakeController) -> None:
+    def test_3_add_peer_valid_and_invalid(self, controller: NodeController) -> None:
         from husarnet_ros.srv import AddPeer
 
         self.wait_for_nodes()
         good = self.call(AddPeer, "/husarnet/add_peer", AddPeer.Request(address="FC94:0::5", hostname=""))
         assert good.success, good.message
-        assert "fc94::5" in controller.allowed
+        assert "fc94::5" in controller.whitelist().addresses
         for bad_address in ("10.0.0.1", "fd00::1", "not-an-address"):
             with self.subTest(address=bad_address):
                 bad = self.call(
@@ -187,9 +186,9 @@ class TestRobotLaunch(unittest.TestCase):
                 )
                 assert not bad.success
                 assert bad_address in bad.message  # the message says what was refused
-        assert [a for a in controller.allowed if a not in (PEER_A, "fc94::5")] == []
+        assert [a for a in controller.whitelist().addresses if a not in (PEER_A, "fc94::5")] == []
 
-    def test_4_diagnostics_level_follows_a_peer_leaving(self, controller: FakeController) -> None:
+    def test_4_diagnostics_level_follows_a_robot_switched_off(self, fleet: MemNetFleet) -> None:
         from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
         name = "husarnet: peer robot3"
@@ -201,13 +200,11 @@ class TestRobotLaunch(unittest.TestCase):
         subscription = self.node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
         try:
             self.spin_until(lambda: levels and levels[-1] == DiagnosticStatus.OK[0], f"{name} OK")
-            with controller._lock:
-                removed = controller.peers.pop(PEER_B)
-            self.spin_until(lambda: levels[-1] == DiagnosticStatus.ERROR[0], f"{name} ERROR after it left")
-            controller.add_peer(removed)
-            self.spin_until(
-                lambda: levels[-1] == DiagnosticStatus.OK[0], f"{name} OK again after it returned"
-            )
+            fleet.set_online("robot3", False)  # robot1 finds its path dead within seconds
+            self.spin_until(lambda: levels[-1] == DiagnosticStatus.ERROR[0], f"{name} ERROR once it is off")
+            fleet.set_online("robot3", True)
+            fleet.beacon_now()
+            self.spin_until(lambda: levels[-1] == DiagnosticStatus.OK[0], f"{name} OK again once it is on")
         finally:
             self.node.destroy_subscription(subscription)
 
