@@ -9,7 +9,7 @@ never stalls the daemon. Where controller methods run depends on ``controller_lo
 - ``controller_loop=<the daemon's running loop>``: every call, synchronous or coroutine, is executed on that
   loop (``call_soon_threadsafe`` / ``run_coroutine_threadsafe``), so a single-loop daemon needs no locks.
 
-Routes (all JSON; errors are ``{"error": "message"}`` with 404/409/422/503, never a traceback; a value
+Routes (all JSON; errors are ``{"error": "message"}`` with 404/409/422/503/507, never a traceback; a value
 the client sent is quoted shortened, never in full):
 
     GET    /v1/health                       Health (answered without the controller)
@@ -150,6 +150,7 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorBody, "description": "conflicts with current state"},
     422: {"model": ErrorBody, "description": "invalid request"},
     503: {"model": ErrorBody, "description": "daemon not ready"},
+    507: {"model": ErrorBody, "description": "not saved (full or read-only disk); nothing changed"},
 }
 
 
