@@ -23,6 +23,7 @@ from .core.hosts import MAX_HOSTNAME_LENGTH, HostnameError, normalize_hostname
 
 # The one place that knows where the control socket lives by default (daemon config, client, CLI, docs).
 DEFAULT_CONTROL_SOCKET = Path("/run/husarnet-ros/control.sock")
+MAX_UNIX_SOCKET_PATH_BYTES = 107  # sun_path is 108 bytes including the terminating NUL
 CONTROL_SOCKET_ENV = "HUSARNET_ROS_CONTROL_SOCKET"
 API_PREFIX = "/v1"
 

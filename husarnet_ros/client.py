@@ -31,6 +31,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from .api import (
     API_PREFIX,
     CONTROL_SOCKET_ENV,
+    MAX_UNIX_SOCKET_PATH_BYTES,
     Health,
     HostEntry,
     LogLines,
@@ -58,7 +59,6 @@ _KEEPALIVE_EXPIRY_S = 2.0
 WAIT_RETRY_INTERVAL_S = 0.25
 HTTP_NOT_FOUND = 404
 HTTP_SERVICE_UNAVAILABLE = 503
-_MAX_UNIX_PATH_BYTES = 107  # sun_path is 108 bytes including the terminating NUL
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -118,10 +118,10 @@ def _how_to_reach(socket_path: str) -> str:
 def _unavailable(socket_path: str) -> DaemonUnavailable:
     """Say why the socket did not answer, as precisely as the file system tells."""
     shown = shorten(socket_path)
-    if len(os.fsencode(socket_path)) > _MAX_UNIX_PATH_BYTES:
+    if len(os.fsencode(socket_path)) > MAX_UNIX_SOCKET_PATH_BYTES:
         return SocketAccessDenied(
             f"the control socket path {shown} is too long for a Unix socket "
-            f"(at most {_MAX_UNIX_PATH_BYTES} bytes)",
+            f"(at most {MAX_UNIX_SOCKET_PATH_BYTES} bytes)",
             socket_path,
         )
     try:

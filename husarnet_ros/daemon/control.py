@@ -60,6 +60,7 @@ from .. import __version__
 from ..api import (
     API_PREFIX,
     MAX_LOG_LINES,
+    MAX_UNIX_SOCKET_PATH_BYTES,
     MAX_WAIT_TIMEOUT_S,
     AddressRequest,
     EnabledRequest,
@@ -97,7 +98,6 @@ SHUTDOWN_TIMEOUT_S = 5.0
 GRACEFUL_SHUTDOWN_S = 1
 # How many validation errors one 422 answer lists (a body with 10,000 unknown keys has 10,000 of them).
 MAX_LISTED_ERRORS = 5
-_MAX_UNIX_PATH = 107  # sun_path is 108 bytes including the terminating NUL
 
 T = TypeVar("T")
 
@@ -402,7 +402,7 @@ def _group_id(group: str | None) -> int | None:
 
 def _bind_listening_socket(path: str, group: str | None) -> socket.socket:
     """Bind, restrict and only then listen: nobody can connect while the mode is still the umask's."""
-    if len(os.fsencode(path)) > _MAX_UNIX_PATH:
+    if len(os.fsencode(path)) > MAX_UNIX_SOCKET_PATH_BYTES:
         raise ControlSocketError(f"control socket path is too long for a Unix socket ({path})")
     parent = Path(path).absolute().parent
     try:
