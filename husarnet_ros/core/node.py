@@ -114,12 +114,14 @@ class Node:
         *,
         is_pinned: Callable[[bytes], bool] | None = None,
         wall_offset_ns: int = 0,
+        timestamp_floor_ns: int = 0,
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         """``is_allowed(address)`` is the whitelist (read by every thread); ``is_pinned(address)``: peers the
         user configured, never expired or evicted (default: the allowed ones when the whitelist is on, which
-        the caller knows; here: none). ``wall_offset_ns`` maps ``now`` to Unix time (used only for the
-        initiation timestamps, which must grow across restarts)."""
+        the caller knows; here: none). ``wall_offset_ns`` maps ``now`` to Unix time for the timestamps of
+        inits and beacons, which peers accept only when they grow; ``timestamp_floor_ns`` (persisted by the
+        daemon) keeps them growing across restarts when the wall clock went back."""
         self.identity = identity
         self.address = identity.address
         self.is_allowed = is_allowed
@@ -133,7 +135,7 @@ class Node:
         self._responders: collections.OrderedDict[int, _Pending] = collections.OrderedDict()
         self._responder_of: dict[bytes, int] = {}  # peer address -> index of its pending response
         self._rate = RateLimiter()
-        self._last_timestamp_ns = 0
+        self._last_timestamp_ns = timestamp_floor_ns
         self.outbox: collections.deque[Datagram] = collections.deque()
         self.events: collections.deque[Event] = collections.deque()
         self.control_counters: collections.Counter[str] = collections.Counter()
@@ -175,10 +177,16 @@ class Node:
     def _ephemeral(self) -> bytes:
         return self._random(32)
 
-    def _timestamp_ns(self, now: float) -> int:
+    def next_timestamp_ns(self, now: float) -> int:
+        """A timestamp for an init or a beacon: Unix time in ns, but always above every one issued before
+        (and above the floor given at start), whatever the wall clock does."""
         ts = max(int(now * 1e9) + self.wall_offset_ns, self._last_timestamp_ns + 1)
         self._last_timestamp_ns = ts
         return ts
+
+    @property
+    def last_timestamp_ns(self) -> int:
+        return self._last_timestamp_ns
 
     def peer(self, address: bytes) -> Peer | None:
         return self.peers.get(address)
@@ -999,7 +1007,7 @@ class Node:
         if not targets:
             return
         data, state = handshake.start(
-            self.identity, peer.address, self._new_index(), self._timestamp_ns(now), self._ephemeral()
+            self.identity, peer.address, self._new_index(), self.next_timestamp_ns(now), self._ephemeral()
         )
         peer.initiation = state
         peer.initiation_endpoints = targets

@@ -52,15 +52,17 @@ class ControlLoop:
         *,
         discovery: Discovery | None = None,
         netwatch: NetworkWatch | None = None,
-        wall_minus_mono: float = 0.0,
+        on_round: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``on_event`` gets every node event; ``on_round(now)``, if given, runs once per round on this thread
+        (the controller's upkeep, e.g. persisting the timestamp floor)."""
         self.node = node
         self._transport = transport
         self._on_event = on_event
         self._discovery = discovery
         self._netwatch = netwatch
-        self._wall_minus_mono = wall_minus_mono
+        self._on_round = on_round
         self._clock = clock
         self._commands: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = (
             queue.SimpleQueue()
@@ -162,10 +164,13 @@ class ControlLoop:
             node.network_changed(now)
             self._next_beacon = now  # tell the LAN where we are now
         node.tick(now)
+        if self._on_round is not None:
+            self._on_round(now)
         self.flush()
         self._drain_events()
         if self._discovery is not None and now >= self._next_beacon:
-            self._discovery.send_beacons(int((now + self._wall_minus_mono) * 1e9))
+            # The node's timestamps, not the wall clock's: peers believe only beacons newer than the last.
+            self._discovery.send_beacons(node.next_timestamp_ns(now))
             self._next_beacon = now + BEACON_INTERVAL
         deadline = min(node.next_timer(now), now + MAX_WAIT_S)
         if self._discovery is not None:

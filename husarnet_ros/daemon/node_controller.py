@@ -55,6 +55,8 @@ T = TypeVar("T")
 
 # How often the waits look again; only how quickly they notice, never asserted on.
 WAIT_POLL_S = 0.05
+# The persisted timestamp floor runs this far ahead of the timestamps issued (renewed at half of it).
+TIMESTAMP_LEASE_NS = 3600 * 10**9
 
 
 class NodeOwner(Protocol):
@@ -114,10 +116,34 @@ class NodeController:
             self._allows,
             is_pinned=self._pinned,
             wall_offset_ns=int(self._wall_minus_mono * 1e9),
+            timestamp_floor_ns=state.load_timestamp_floor(),
         )
+        # Handshake and beacon timestamps must grow across restarts: a floor a lease ahead of the last one
+        # issued is persisted before the node can pass it (keep_timestamp_floor), and read back at start.
+        self._timestamp_lease_ns = 0
+        self._floor_warned = False
+        self.keep_timestamp_floor(clock())
         # Ping waiters: owned by the control server's event loop (see the module docstring).
         self._ping_loop: asyncio.AbstractEventLoop | None = None
         self._ping_waiters: dict[bytes, asyncio.Future[float]] = {}
+
+    def keep_timestamp_floor(self, now: float) -> None:
+        """Persist a new timestamp floor when the node's timestamps (or the wall clock) come near the last one
+        persisted; called at start and by the node's owner every round. One small write every half hour."""
+        reached = max(self.node.last_timestamp_ns, int((now + self._wall_minus_mono) * 1e9))
+        if reached + TIMESTAMP_LEASE_NS // 2 <= self._timestamp_lease_ns:
+            return
+        lease = reached + TIMESTAMP_LEASE_NS
+        try:
+            self.state.save_timestamp_floor(lease)
+        except StateError as exc:
+            if not self._floor_warned:
+                self._floor_warned = True
+                log.warning(
+                    "%s; after a restart with the clock set back, peers may refuse this node for a while",
+                    exc,
+                )
+        self._timestamp_lease_ns = lease
 
     def _allows(self, address: bytes) -> bool:
         return self.acl.allows(address)

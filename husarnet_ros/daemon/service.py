@@ -113,7 +113,7 @@ class Daemon:
             self.controller.on_event,
             discovery=self.discovery,
             netwatch=self.netwatch,
-            wall_minus_mono=self.wall_minus_mono,
+            on_round=self.controller.keep_timestamp_floor,
         )
         self.controller.attach_owner(self.loop)
         log.info(

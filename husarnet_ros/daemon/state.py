@@ -4,6 +4,7 @@ Layout (directory mode 0700, files 0600, every write atomic via ``fileio.atomic_
 
     identity        Husarnet format: "<ipv6> <hex public key> <hex secret key>"
     whitelist.json  {"version": 1, "enabled": true, "addresses": ["fc94:...", ...]}
+    clock.json      {"version": 1, "timestamp_floor_ns": N}: handshake timestamps stay above N (restarts)
     hosts.json      {"version": 1, "entries": [{"hostname": "...", "address": "fc94:..."}]}
     lock            flock()ed by the running daemon; holds its pid for the error message
 
@@ -37,8 +38,10 @@ log = logging.getLogger(__name__)
 IDENTITY_FILE = "identity"
 WHITELIST_FILE = "whitelist.json"
 HOSTS_FILE = "hosts.json"
+CLOCK_FILE = "clock.json"
 LOCK_FILE = "lock"
 HOSTS_FORMAT_VERSION = 1
+CLOCK_FORMAT_VERSION = 1
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 MAX_STATE_FILE_SIZE = 16 << 20  # far above any real whitelist; stops a bogus huge file early
@@ -113,6 +116,10 @@ class StateDir:
         return self.path / HOSTS_FILE
 
     @property
+    def clock_path(self) -> Path:
+        return self.path / CLOCK_FILE
+
+    @property
     def lock_path(self) -> Path:
         return self.path / LOCK_FILE
 
@@ -165,7 +172,7 @@ class StateDir:
         The directory, the whitelist, the hosts record and the lock file change owner; the identity
         stays root's (0600): it is read once at start, as root, and the daemon never needs it again.
         """
-        for path in (self.path, self.whitelist_path, self.hosts_path, self.lock_path):
+        for path in (self.path, self.whitelist_path, self.hosts_path, self.clock_path, self.lock_path):
             try:
                 os.chown(path, uid, gid)
             except FileNotFoundError:
@@ -257,6 +264,31 @@ class StateDir:
             "entries": [entry.to_json() for entry in canonical_entries(entries)],
         }
         self._write_text(self.hosts_path, json.dumps(document, indent=2) + "\n")
+
+    # -- handshake timestamps ------------------------------------------------------------------
+
+    def load_timestamp_floor(self) -> int:
+        """The floor this node's handshake and beacon timestamps must stay above (0 if none yet): peers
+        refuse a timestamp not newer than the last they saw, so it must grow across restarts even when the
+        wall clock went back (a robot without a real-time clock, before NTP)."""
+        path = self.clock_path
+        text = self._read_text(path)
+        if text is None:
+            return 0
+        try:
+            document = json.loads(text)
+            if not isinstance(document, dict) or document.get("version") != CLOCK_FORMAT_VERSION:
+                raise ValueError(f"expected {{'version': {CLOCK_FORMAT_VERSION}, 'timestamp_floor_ns': ...}}")
+            floor = document.get("timestamp_floor_ns")
+            if not isinstance(floor, int) or isinstance(floor, bool) or not 0 <= floor < 2**63:
+                raise ValueError("'timestamp_floor_ns' must be a non-negative 64-bit integer")
+        except (ValueError, RecursionError) as exc:
+            raise StateError(self._corrupt_message(path, exc)) from None
+        return floor
+
+    def save_timestamp_floor(self, floor_ns: int) -> None:
+        document = {"version": CLOCK_FORMAT_VERSION, "timestamp_floor_ns": floor_ns}
+        self._write_text(self.clock_path, json.dumps(document) + "\n")
 
     # -- generic JSON documents (for other state, e.g. a license pin) --------------------------
 

@@ -131,15 +131,24 @@ class MemNetFleet:
         StateDir(state_dir).save_identity(identity or member_identity(hostname))
         return self._start(hostname, state_dir, MemoryHostsFile(), whitelist_enabled=whitelist_enabled)
 
-    def restart(self, hostname: str) -> NodeController:
+    def restart(
+        self, hostname: str, *, clock_set_back_s: float = 0.0, endpoint: Endpoint | None = None
+    ) -> NodeController:
         """The member's daemon stops and starts again (a reboot): a new controller on the same state
         directory and hosts file, at the same endpoint. Whoever served the old controller serves a stopped
-        daemon: serve the new one."""
+        daemon: serve the new one. ``clock_set_back_s``: its wall clock is that much behind after the reboot
+        (a robot without a real-time clock, before NTP); ``endpoint``: it comes back at another address."""
         with self.lock:
             old = self.member(hostname)
             self.members.remove(old)
             self.net.nodes.pop(old.endpoint, None)
-        return self._start(hostname, old.state_dir, old.hosts_file, endpoint=old.endpoint)
+        return self._start(
+            hostname,
+            old.state_dir,
+            old.hosts_file,
+            endpoint=endpoint or old.endpoint,
+            wall_minus_mono=time.time() - self.clock() - clock_set_back_s,
+        )
 
     def _start(
         self,
@@ -149,6 +158,7 @@ class MemNetFleet:
         *,
         whitelist_enabled: bool = True,
         endpoint: Endpoint | None = None,
+        wall_minus_mono: float | None = None,
     ) -> NodeController:
         """What the daemon does at start: identity, whitelist and hosts from the state directory."""
         state = StateDir(state_dir)
@@ -162,6 +172,7 @@ class MemNetFleet:
             NodeInfo(hostname, DEFAULT_INTERFACE, DEFAULT_UDP_PORT),
             ring=ring,
             clock=self.clock,
+            wall_minus_mono=wall_minus_mono,
         )
         with self.lock:
             endpoint = self.net.add_node(controller.node, endpoint)
@@ -238,6 +249,7 @@ class MemNetFleet:
                         self._next_beacon = now + BEACON_INTERVAL
                     self.net.step(now)
                     for member in self.members:
+                        member.controller.keep_timestamp_floor(now)  # as the daemon's control loop does
                         events = member.controller.node.events
                         while events:
                             member.controller.on_event(events.popleft())
@@ -250,7 +262,7 @@ class MemNetFleet:
         online = [m for m in self.members if m.online]
         for sender in online:
             identity = sender.controller.identity
-            timestamp_ns = int((now + 1.7e9) * 1e9)
+            timestamp_ns = sender.controller.node.next_timestamp_ns(now)  # as the daemon's beacons
             data = beacon.decode(beacon.encode(identity, sender.hostname, DEFAULT_UDP_PORT, timestamp_ns))
             for receiver in online:
                 if receiver is not sender:

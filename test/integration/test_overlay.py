@@ -7,6 +7,7 @@ import pwd
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -180,12 +181,21 @@ def test_restart_keeps_identity_whitelist_and_hosts_and_peer_reconnects(fleet: A
     assert f"{addresses['robot-b']}\trobot-b" in a.hosts_file.read_text().replace(" ", "\t")
     a.wait_path(addresses["robot-b"], "direct")
     before = a.whoami()
+    restarted_at = time.time()
     a.restart()
     assert a.whoami() == before
     assert addresses["robot-b"] in a.json("whitelist", "ls")["addresses"]
     assert {"hostname": "robot-b", "address": addresses["robot-b"]} in a.json("hosts", "ls")
-    # b notices nothing but a lost session; traffic flows again without touching b.
-    b.wait_path(addresses["robot-a"], "direct", timeout=30)
+    # b notices nothing but a lost session: a new handshake replaces it without touching b (until then b's
+    # status may still show the old session, which a no longer has), and traffic flows again.
+    wait_until(
+        lambda: (e := b.peer(addresses["robot-a"])) is not None
+        and e["path"] == "direct"
+        and (e["last_handshake"] or 0) > restarted_at,
+        30,
+        interval=0.2,
+        what="robot-b's new session with the restarted robot-a",
+    )
     assert b.host.ping6(addresses["robot-a"], count=3, deadline=10).ok
     # The hostname in the managed block resolves inside a's namespace.
     text = a.hosts_file.read_text()
@@ -222,10 +232,8 @@ ATTACKER = textwrap.dedent(
         except socket.timeout:
             continue
         now = time.monotonic()
-        if data[0] == wire.MSG_DATA:
-            node.receive_data(data, endpoint, now)
-        else:
-            node.receive_control(data, endpoint, now)
+        node.receive(data, endpoint, now)  # as the daemon's receive thread ...
+        node.process_posted(now)  # ... and its control loop do
     assert node.path_of(target_address).value == "direct", "no session with the daemon"
     packet = ipv6_packet(identity.address, target_address, b"x" * 8, next_header=59)
     frame = node.send(packet, time.monotonic())

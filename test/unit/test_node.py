@@ -778,3 +778,17 @@ def test_forget_peer_drops_all_state() -> None:
     assert PeerDown(pair.b.address, "forgotten") in pair.a.events
     pair.net.send(pair.eb, pair.packet(pair.b, b"x"))
     assert pair.a.counters["drop_unknown_session"] >= 1
+
+
+def test_timestamps_stay_above_the_floor_whatever_the_wall_clock_says() -> None:
+    floor = 1_800_000_000 * 10**9  # the floor the daemon persisted in its previous run
+    node = Node(
+        fixed_identity("node a"),
+        lambda _a: True,
+        wall_offset_ns=1_700_000_000 * 10**9,
+        timestamp_floor_ns=floor,
+    )
+    first = node.next_timestamp_ns(1000.0)
+    second = node.next_timestamp_ns(999.0)  # even when the clock goes back while running
+    assert floor < first < second
+    assert node.last_timestamp_ns == second

@@ -155,3 +155,21 @@ def test_served_by_the_real_control_server(fleet: MemNetFleet) -> None:
         assert status.address == address(a)
         assert [p.path for p in status.peers] == ["direct"]
         assert client.ping(address(b), count=2, interval_s=0.05).received == 2
+
+
+def test_a_robot_rebooting_with_its_clock_set_back_is_accepted_at_once(fleet: MemNetFleet) -> None:
+    """No real-time clock, no NTP yet: after a reboot the wall clock is a day behind and the robot has a new
+    address. Peers accept only inits and beacons newer than the last they saw; the timestamp floor kept in
+    the state directory (clock.json) is what makes them newer anyway."""
+    a, b = pair(fleet)
+    connect(fleet, a, b)
+    day = 86_400.0
+    b = fleet.restart("robot-b", clock_set_back_s=day, endpoint=("198.18.0.50", 5582))
+    assert fleet.wait(lambda: peer_path(a, b) == "direct" and peer_path(b, a) == "direct", timeout_s=10)
+    assert a.status().counters.get("drop_stale_init", 0) == 0
+    assert a.status().counters.get("drop_stale_beacon", 0) == 0
+    # Without the floor (the file lost), the same reboot is refused: what the floor is for.
+    (fleet.member("robot-b").state_dir / "clock.json").unlink()
+    b = fleet.restart("robot-b", clock_set_back_s=2 * day, endpoint=("198.18.0.51", 5582))
+    assert not fleet.wait(lambda: peer_path(b, a) == "direct", timeout_s=3)
+    assert a.status().counters.get("drop_stale_beacon", 0) > 0

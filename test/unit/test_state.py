@@ -386,3 +386,22 @@ def test_lock_released_when_holder_dies(state: StateDir) -> None:
     state.lock()  # the kernel dropped the dead holder's lock
     assert state.locked
     state.unlock()
+
+
+def test_timestamp_floor_round_trip_and_damage(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state")
+    assert state.load_timestamp_floor() == 0  # none yet
+    state.save_timestamp_floor(1_700_000_000_123_456_789)
+    assert state.load_timestamp_floor() == 1_700_000_000_123_456_789
+    assert stat.S_IMODE(state.clock_path.stat().st_mode) == 0o600
+    for damaged in (
+        "{",
+        '{"version": 2, "timestamp_floor_ns": 1}',
+        '{"version": 1, "timestamp_floor_ns": -1}',
+        '{"version": 1, "timestamp_floor_ns": "1"}',
+        '{"version": 1, "timestamp_floor_ns": true}',
+    ):
+        state.clock_path.write_text(damaged)
+        with pytest.raises(StateError, match=r"clock\.json is damaged"):
+            state.load_timestamp_floor()
+        assert state.clock_path.read_text() == damaged  # left as it was
