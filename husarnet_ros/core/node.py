@@ -243,7 +243,6 @@ class Node:
             return None
         if session.first_unanswered_send <= session.last_received:
             session.first_unanswered_send = now
-        session.last_sent = now
         peer.tx_bytes += len(packet)
         return route.endpoint, datagram
 
@@ -334,21 +333,20 @@ class Node:
     ) -> None:
         """Tell the control loop what an authenticated frame proves, once per fact (receive thread)."""
         route = peer.route
-        if route is not None and session is route.session:
-            if not session.confirmed and not session.confirm_posted:
-                session.confirm_posted = True
-                self._post(SessionWorks(peer, session, endpoint, now), self.rx_counters)
-            if kind != wire.INNER_PONG and (endpoint != route.endpoint or not peer.path_alive):
-                seen = (peer.path_epoch, endpoint)
-                if peer.roam_posted != seen:
-                    peer.roam_posted = seen
-                    self._post(
-                        EndpointSeen(peer, session, endpoint, kind == wire.INNER_PROBE, now),
-                        self.rx_counters,
-                    )
-        elif session is peer.next and not session.confirm_posted:
+        current = route is not None and session is route.session
+        # The first frame on a session this node initiated (first contact, or a rekey's next session).
+        if not session.confirmed and not session.confirm_posted and (current or session is peer.next):
             session.confirm_posted = True
             self._post(SessionWorks(peer, session, endpoint, now), self.rx_counters)
+        if route is None or not current or kind == wire.INNER_PONG:
+            return  # pongs report their endpoint themselves (PongSeen)
+        if endpoint != route.endpoint or not peer.path_alive:
+            seen = (peer.path_epoch, endpoint)
+            if peer.roam_posted != seen:
+                peer.roam_posted = seen
+                self._post(
+                    EndpointSeen(peer, session, endpoint, kind == wire.INNER_PROBE, now), self.rx_counters
+                )
 
     # ------------------------------------------------------------------ control loop: posted events
     def process_posted(self, now: float) -> None:
@@ -369,7 +367,7 @@ class Node:
                 else:
                     self._on_session_works(event)
             except Exception as exc:  # a bug: count it, report it, go on with the next event
-                self._internal_error(type(event).__name__.lstrip("_"), exc)
+                self._internal_error(type(event).__name__, exc)
 
     def _internal_error(self, where: str, exc: Exception) -> None:
         self.control_counters["internal_errors"] += 1

@@ -10,7 +10,7 @@ Who writes what (the daemon runs a send thread, a receive thread and the control
   the GIL, so no two frames share a counter. ``sent_messages`` is written by every sealer and may lag by
   the frames being sealed at that instant (it only feeds the rekey-after-messages threshold).
 - ``open_``, ``replay`` and ``last_received`` belong to the receive thread.
-- ``last_sent`` and ``first_unanswered_send`` belong to the send thread (data frames only).
+- ``first_unanswered_send`` belongs to the send thread (data frames only).
 - ``confirmed`` belongs to the control loop.
 libsodium releases the GIL, so the two directions encrypt in parallel.
 """
@@ -44,7 +44,6 @@ class Session:
         "first_unanswered_send",
         "is_initiator",
         "last_received",
-        "last_sent",
         "local_index",
         "peer_address",
         "remote_index",
@@ -63,7 +62,6 @@ class Session:
         self.replay = ReplayWindow()
         self.created_at = now
         self.last_received = now
-        self.last_sent = now
         # The first data frame sent after the last authenticated frame received: how long traffic has gone
         # unanswered (the control loop's dead-path detection). Not later than last_received: nothing pending.
         self.first_unanswered_send = now

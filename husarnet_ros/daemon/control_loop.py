@@ -21,7 +21,7 @@ import queue
 import select
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from ..core.constants import BEACON_INTERVAL
@@ -195,26 +195,26 @@ class ControlLoop:
             except Exception:
                 self._bug(f"handling the event {type(event).__name__}")
 
-    def _run_commands(self) -> None:
+    def _queued_commands(self) -> Iterator[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]:
         while True:
             try:
-                fn, future = self._commands.get_nowait()
+                yield self._commands.get_nowait()
             except queue.Empty:
                 return
+
+    def _run_commands(self) -> None:
+        """Run what other threads asked for; datagrams or events a request queued (a ping) go out in this
+        same round."""
+        for fn, future in self._queued_commands():
             if not future.set_running_or_notify_cancel():
                 continue
             try:
                 future.set_result(fn())
             except BaseException as exc:  # handed to the caller, who maps it to an answer
                 future.set_exception(exc)
-        # Requests may have queued datagrams (pings) or events: they go out in this same round.
 
     def _cancel_commands(self) -> None:
-        while True:
-            try:
-                _, future = self._commands.get_nowait()
-            except queue.Empty:
-                return
+        for _, future in self._queued_commands():
             if future.set_running_or_notify_cancel():
                 future.set_exception(ControlLoopStopped("the daemon is stopping"))
 

@@ -30,17 +30,15 @@ class MemNet:
     def add(
         self, identity: Identity | None = None, whitelist_all: bool = True, endpoint: Endpoint | None = None
     ) -> tuple[Node, Endpoint]:
-        endpoint = endpoint or (f"198.18.0.{10 + len(self.nodes)}", DEFAULT_UDP_PORT)
         allowed: set[bytes] = set()
-        self.allowed[endpoint] = allowed
         node = Node(
             identity or Identity.generate(),
             (lambda _addr: True) if whitelist_all else allowed.__contains__,
             is_pinned=allowed.__contains__,
             wall_offset_ns=1_700_000_000 * 10**9,
         )
-        self.nodes[endpoint] = node
-        self.delivered[endpoint] = []
+        endpoint = self.add_node(node, endpoint)
+        self.allowed[endpoint] = allowed
         return node, endpoint
 
     def add_node(self, node: Node, endpoint: Endpoint | None = None) -> Endpoint:
