@@ -14,7 +14,9 @@ every test of its directory.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import shutil
+import tempfile
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +113,12 @@ def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> 
 
     entrypoint = find_launch_test_entrypoint(module_path)
     return None if entrypoint is None else _launch_test_module(module_path, parent, entrypoint)
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A fresh directory under /tmp, for Unix sockets: their paths are limited to 107 bytes, and pytest's
+    tmp_path may be longer. Removed afterwards."""
+    directory = Path(tempfile.mkdtemp(prefix="hr-t-", dir="/tmp"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)

@@ -34,14 +34,6 @@ def _http(socket_path: str) -> httpx.Client:
 
 
 @pytest.fixture
-def short_dir() -> Iterator[Path]:
-    # Unix socket paths are limited to 107 bytes, pytest's tmp_path may be longer.
-    directory = Path(tempfile.mkdtemp(prefix="hr-t-", dir="/tmp"))
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
 def daemon() -> Iterator[ServedFleet]:
     """robot1's daemon, served: robot2 is reached directly, UNHEARD is whitelisted and unreachable."""
     with served_fleet("robot1", ("robot2",)) as served:

@@ -203,19 +203,6 @@ def test_every_client_error_is_a_client_error() -> None:
 # --- waits that start before the daemon ------------------------------------------------------------------
 
 
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    directory = Path(tempfile.mkdtemp(prefix="hr-w-", dir="/tmp"))
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def fleet() -> Iterator[MemNetFleet]:
-    with MemNetFleet() as fleet:
-        yield fleet
-
-
 def _serve_later(fleet: MemNetFleet, path: Path, delay_s: float) -> tuple[ControlServer, threading.Timer]:
     """robot1's daemon starts serving on ``path`` after ``delay_s``."""
     server = ControlServer(fleet.add("robot1"), str(path), group=None)
@@ -224,8 +211,8 @@ def _serve_later(fleet: MemNetFleet, path: Path, delay_s: float) -> tuple[Contro
     return server, timer
 
 
-def test_wait_ready_waits_for_the_socket_to_appear(socket_dir: Path, fleet: MemNetFleet) -> None:
-    path = socket_dir / "control.sock"
+def test_wait_ready_waits_for_the_socket_to_appear(short_dir: Path, fleet: MemNetFleet) -> None:
+    path = short_dir / "control.sock"
     server, timer = _serve_later(fleet, path, 0.5)
     retried: list[ClientError] = []
     try:
@@ -239,8 +226,8 @@ def test_wait_ready_waits_for_the_socket_to_appear(socket_dir: Path, fleet: MemN
     assert all(isinstance(exc, DaemonUnavailable) for exc in retried)
 
 
-def test_wait_ready_waits_through_a_stale_socket(socket_dir: Path, fleet: MemNetFleet) -> None:
-    path = socket_dir / "control.sock"
+def test_wait_ready_waits_through_a_stale_socket(short_dir: Path, fleet: MemNetFleet) -> None:
+    path = short_dir / "control.sock"
     dead = socket.socket(socket.AF_UNIX)
     dead.bind(str(path))  # what a killed daemon leaves behind: connecting is refused
     dead.close()
@@ -252,8 +239,8 @@ def test_wait_ready_waits_through_a_stale_socket(socket_dir: Path, fleet: MemNet
         server.stop()
 
 
-def test_wait_ready_times_out_saying_why(socket_dir: Path) -> None:
-    path = socket_dir / "control.sock"
+def test_wait_ready_times_out_saying_why(short_dir: Path) -> None:
+    path = short_dir / "control.sock"
     started = time.monotonic()
     with pytest.raises(WaitTimedOut, match="daemon not running") as info:
         ControlClient(str(path)).wait_ready(0.5)

@@ -8,12 +8,10 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -33,11 +31,8 @@ HEALTH = b"GET /v1/health HTTP/1.1\r\nhost: daemon\r\n\r\n"
 
 
 @pytest.fixture
-def socket_path() -> Iterator[str]:
-    # Unix socket paths are limited to 107 bytes, pytest's tmp_path may be longer.
-    directory = tempfile.mkdtemp(prefix="hr-lim-", dir="/tmp")
-    yield f"{directory}/control.sock"
-    shutil.rmtree(directory, ignore_errors=True)
+def socket_path(short_dir: Path) -> str:
+    return str(short_dir / "control.sock")
 
 
 @pytest.fixture

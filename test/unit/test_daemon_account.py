@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,15 +15,6 @@ from husarnet_ros.daemon.service import Daemon
 
 # Every Debian system has it; the tests never switch to it, they only look it up.
 SYSTEM_ACCOUNT = "nobody"
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory under /tmp that every account may enter (pytest's tmp_path sits below a 0700 one)."""
-    path = Path(tempfile.mkdtemp(prefix="hr-account-", dir="/tmp"))
-    path.chmod(0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class _Lines(logging.Handler):

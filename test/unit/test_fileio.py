@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import stat
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -169,15 +166,6 @@ def test_read_bounded_directory(tmp_path: Path) -> None:
     with pytest.raises(FileReadError, match=rf"^cannot read config file {tmp_path}: ") as info:
         read_bounded(tmp_path, 10, "config file")
     assert not isinstance(info.value, FileMissingError)
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory under /tmp that any account may enter (pytest's tmp_path sits below a 0700 one)."""
-    path = Path(tempfile.mkdtemp(prefix="hr-fileio-", dir="/tmp"))
-    path.chmod(0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_read_bounded_unreadable_file(open_dir: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,12 +19,6 @@ from husarnet_ros.daemon.node_controller import NodeController
 from husarnet_ros.testing.memnet_daemon import MemNetFleet, serve
 
 
-@pytest.fixture
-def fleet() -> Iterator[MemNetFleet]:
-    with MemNetFleet() as fleet:
-        yield fleet
-
-
 def pair(fleet: MemNetFleet) -> tuple[NodeController, NodeController]:
     a = fleet.add("robot-a", fixed_identity("node a"))
     b = fleet.add("robot-b", fixed_identity("node b"))
@@ -36,23 +29,14 @@ def address(controller: NodeController) -> str:
     return format_address(controller.identity.address)
 
 
-def peer_path(controller: NodeController, other: NodeController) -> str | None:
-    for peer in controller.status().peers:
-        if peer.address == address(other):
-            return peer.path
-    return None
-
-
-def connect(fleet: MemNetFleet, a: NodeController, b: NodeController) -> None:
-    a.whitelist_add(address(b))
-    b.whitelist_add(address(a))
-    assert fleet.wait(lambda: peer_path(a, b) == "direct" and peer_path(b, a) == "direct")
+def both_direct(fleet: MemNetFleet) -> bool:
+    return fleet.path("robot-a", "robot-b") == fleet.path("robot-b", "robot-a") == "direct"
 
 
 def test_whitelisted_peers_become_direct_and_status_says_how(fleet: MemNetFleet) -> None:
     a, b = pair(fleet)
-    assert peer_path(a, b) is None  # heard (beacons), but not allowed: not even listed
-    connect(fleet, a, b)
+    assert fleet.path("robot-a", "robot-b") is None  # heard (beacons), but not allowed: not even listed
+    fleet.connect("robot-a", "robot-b")
     entry = next(p for p in a.status().peers if p.address == address(b))
     assert entry.hostname == "robot-b"  # from its signed beacon
     assert entry.endpoint == "198.18.0.11:5582"
@@ -62,7 +46,7 @@ def test_whitelisted_peers_become_direct_and_status_says_how(fleet: MemNetFleet)
 
 def test_whitelist_changes_are_persisted_and_applied(fleet: MemNetFleet) -> None:
     a, b = pair(fleet)
-    connect(fleet, a, b)
+    fleet.connect("robot-a", "robot-b")
     saved = json.loads((fleet.member("robot-a").state_dir / "whitelist.json").read_text())
     assert saved["addresses"] == [address(b)]
     a.whitelist_remove(address(b))
@@ -118,7 +102,7 @@ def test_a_hosts_change_that_cannot_reach_the_hosts_file_is_rolled_back(fleet: M
 
 def test_ping_measures_and_leaves_no_waiter_behind(fleet: MemNetFleet) -> None:
     a, b = pair(fleet)
-    connect(fleet, a, b)
+    fleet.connect("robot-a", "robot-b")
     result = asyncio.run(a.ping(address(b), 3, 0.05, 1.0))
     assert result.received == 3
     assert result.path == "direct"
@@ -137,12 +121,12 @@ def test_wait_peer_and_the_path_going_away(fleet: MemNetFleet) -> None:
     assert asyncio.run(a.wait_peer(address(b), 10.0))
     fleet.set_online("robot-b", False)
     # Without traffic, the next latency probe finds the path dead (about 5 s + 1 s).
-    assert fleet.wait(lambda: peer_path(a, b) == "none", timeout_s=10)
+    assert fleet.wait(lambda: fleet.path("robot-a", "robot-b") == "none", timeout_s=10)
     entry = next(p for p in a.status().peers if p.address == address(b))
     assert entry.state == "no path (probing)"
     assert entry.endpoint is None
     fleet.set_online("robot-b", True)
-    assert fleet.wait(lambda: peer_path(a, b) == "direct", timeout_s=5)
+    assert fleet.wait(lambda: fleet.path("robot-a", "robot-b") == "direct", timeout_s=5)
 
 
 def test_served_by_the_real_control_server(fleet: MemNetFleet) -> None:
@@ -150,7 +134,7 @@ def test_served_by_the_real_control_server(fleet: MemNetFleet) -> None:
     with serve(a) as socket_path, ControlClient(socket_path) as client:
         client.whitelist_add(address(b))
         b.whitelist_add(address(a))
-        assert fleet.wait(lambda: peer_path(a, b) == "direct")
+        assert fleet.wait(lambda: fleet.path("robot-a", "robot-b") == "direct")
         status = client.status()
         assert status.address == address(a)
         assert [p.path for p in status.peers] == ["direct"]
@@ -161,15 +145,15 @@ def test_a_robot_rebooting_with_its_clock_set_back_is_accepted_at_once(fleet: Me
     """No real-time clock, no NTP yet: after a reboot the wall clock is a day behind and the robot has a new
     address. Peers accept only inits and beacons newer than the last they saw; the timestamp floor kept in
     the state directory (clock.json) is what makes them newer anyway."""
-    a, b = pair(fleet)
-    connect(fleet, a, b)
+    a, _ = pair(fleet)
+    fleet.connect("robot-a", "robot-b")
     day = 86_400.0
-    b = fleet.restart("robot-b", clock_set_back_s=day, endpoint=("198.18.0.50", 5582))
-    assert fleet.wait(lambda: peer_path(a, b) == "direct" and peer_path(b, a) == "direct", timeout_s=10)
+    fleet.restart("robot-b", clock_set_back_s=day, endpoint=("198.18.0.50", 5582))
+    assert fleet.wait(lambda: both_direct(fleet))
     assert a.status().counters.get("drop_stale_init", 0) == 0
     assert a.status().counters.get("drop_stale_beacon", 0) == 0
     # Without the floor (the file lost), the same reboot is refused: what the floor is for.
     (fleet.member("robot-b").state_dir / "clock.json").unlink()
-    b = fleet.restart("robot-b", clock_set_back_s=2 * day, endpoint=("198.18.0.51", 5582))
-    assert not fleet.wait(lambda: peer_path(b, a) == "direct", timeout_s=3)
+    fleet.restart("robot-b", clock_set_back_s=2 * day, endpoint=("198.18.0.51", 5582))
+    assert not fleet.wait(lambda: fleet.path("robot-b", "robot-a") == "direct", timeout_s=3)
     assert a.status().counters.get("drop_stale_beacon", 0) > 0

@@ -10,12 +10,9 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,16 +36,6 @@ def _mode(path: Path) -> int:
 @pytest.fixture
 def state(tmp_path: Path) -> StateDir:
     return StateDir(tmp_path / "state")
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory under /tmp that any account may enter (pytest's tmp_path sits below a 0700 one), so that
-    a refusal seen by an unprivileged process comes from the mode of the file or directory under test."""
-    path = Path(tempfile.mkdtemp(prefix="hr-state-", dir="/tmp"))
-    path.chmod(0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _entries(path: Path) -> list[str]:
