@@ -29,8 +29,8 @@ except ImportError:  # run from a checkout that is not pip-installed
 
 from husarnet_ros.fileio import atomic_write_text  # noqa: E402
 from husarnet_ros.testing.lab_daemon import Daemon, whitelist_each_other  # noqa: E402
-from husarnet_ros.testing.netlab import Host, Lab, cleanup_stale, netns_supported, run_command  # noqa: E402
-from husarnet_ros.testing.outage import ContinuousPing  # noqa: E402
+from husarnet_ros.testing.netlab import Host, Lab, cleanup_stale, netns_supported  # noqa: E402
+from husarnet_ros.testing.outage import ContinuousPing, change_ipv4, connect_switch, set_link  # noqa: E402
 
 DEFAULT_JSON = REPO / "bench" / "results" / "recovery.json"
 SETTLE_S = 4.0  # after the repair, before the pings stop
@@ -84,8 +84,7 @@ def measure_address_change() -> dict[str, float | None]:
         try:
             ping = ContinuousPing(a_host, overlay, seconds=SETTLE_S + 5)
             time.sleep(1.0)
-            b_host.run(["ip", "addr", "del", f"{b_host.ipv4}/24", "dev", b_host.ifname])
-            b_host.run(["ip", "addr", "add", "198.18.0.50/24", "dev", b_host.ifname])
+            change_ipv4(b_host, "198.18.0.50")
             time.sleep(SETTLE_S)
             ping.stop()
             return {"overlay": ping.longest_gap(), "underlay": None}
@@ -93,23 +92,6 @@ def measure_address_change() -> dict[str, float | None]:
             for daemon in (a, b):
                 daemon.stop()
                 daemon.remove_files()
-
-
-def link(state: str) -> Callable[[Lab, Host], None]:
-    def apply(_lab: Lab, host: Host) -> None:
-        host.run(["ip", "link", "set", host.ifname, state])
-
-    return apply
-
-
-def switch(connected: bool) -> Callable[[Lab, Host], None]:
-    def apply(lab: Lab, _host: Host) -> None:
-        sw = lab.switches[0]
-        for port in sw.ports:
-            action = ["master", sw.bridge] if connected else ["nomaster"]
-            run_command(["ip", "-n", sw.netns, "link", "set", port, *action])
-
-    return apply
 
 
 def summary(values: list[float | None]) -> dict[str, float | None]:
@@ -124,10 +106,14 @@ def summary(values: list[float | None]) -> dict[str, float | None]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     faults: dict[str, Callable[[], dict[str, float | None]]] = {
         f"link flap ({args.outage:g} s, robot-a's own link)": lambda: measure_outage(
-            args.outage, link("down"), link("up")
+            args.outage,
+            lambda _lab, host: set_link(host, up=False),
+            lambda _lab, host: set_link(host, up=True),
         ),
         f"silent outage ({args.outage:g} s, the switch)": lambda: measure_outage(
-            args.outage, switch(False), switch(True)
+            args.outage,
+            lambda lab, _host: connect_switch(lab, False),
+            lambda lab, _host: connect_switch(lab, True),
         ),
         "address change (robot-b's IPv4, longest gap)": measure_address_change,
     }

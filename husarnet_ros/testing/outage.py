@@ -1,4 +1,5 @@
-"""Measuring how long a path is out: a fast timestamped ping across it while something breaks and heals.
+"""Measuring how long a path is out: a fast timestamped ping across it while something breaks and heals,
+and the faults themselves (a link going down, a switch dropping everything, an address changing).
 
 ``ContinuousPing`` runs ``ping -D`` (one probe every ``interval``) inside a lab host for a bounded number of
 probes and records when each reply arrived; ``first_reply_after(t)`` then says how long after ``t`` (a
@@ -14,7 +15,7 @@ import re
 import subprocess
 import time
 
-from .netlab import Host
+from .netlab import Host, Lab, run_command
 
 _REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .* icmp_seq=(\d+)")
 
@@ -50,3 +51,26 @@ class ContinuousPing:
         """The longest time between two consecutive replies."""
         times = self.replies()
         return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+
+# --- the faults ---------------------------------------------------------------------------------------------
+
+
+def set_link(host: Host, up: bool) -> None:
+    """The host's own LAN link goes down or comes back (the host sees it)."""
+    host.run(["ip", "link", "set", host.ifname, "up" if up else "down"])
+
+
+def connect_switch(lab: Lab, connected: bool) -> None:
+    """The lab's switch drops every frame (its ports leave the bridge) or forwards again; the hosts' own
+    links stay up, so nothing tells them."""
+    switch = lab.switches[0]
+    for port in switch.ports:
+        action = ["master", switch.bridge] if connected else ["nomaster"]
+        run_command(["ip", "-n", switch.netns, "link", "set", port, *action])
+
+
+def change_ipv4(host: Host, new_address: str, prefix_len: int = 24) -> None:
+    """As a DHCP client with a new lease does: the old address goes, the new one comes."""
+    host.run(["ip", "addr", "del", f"{host.ipv4}/{prefix_len}", "dev", host.ifname])
+    host.run(["ip", "addr", "add", f"{new_address}/{prefix_len}", "dev", host.ifname])

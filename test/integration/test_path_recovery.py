@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from husarnet_ros.testing.lab_daemon import Daemon, whitelist_each_other
-from husarnet_ros.testing.netlab import Host, Lab, run_command, wait_until
-from husarnet_ros.testing.outage import ContinuousPing
+from husarnet_ros.testing.netlab import Host, Lab, wait_until
+from husarnet_ros.testing.outage import ContinuousPing, change_ipv4, connect_switch, set_link
 
 pytestmark = pytest.mark.integration
 
@@ -88,14 +88,9 @@ def _outage(
 
 def test_a_link_flap_is_survived_quickly(lab: Lab, daemon_factory: Any) -> None:
     """robot-a's own link goes down for 5 s (it sees it go down and come back)."""
-
-    def set_link(state: str) -> Callable[[Host], None]:
-        def apply(host: Host) -> None:
-            host.run(["ip", "link", "set", host.ifname, state])
-
-        return apply
-
-    recovered, entry = _outage(lab, daemon_factory, set_link("down"), set_link("up"))
+    recovered, entry = _outage(
+        lab, daemon_factory, lambda host: set_link(host, up=False), lambda host: set_link(host, up=True)
+    )
     assert recovered is not None, "the overlay never carried traffic again"
     assert recovered < RECOVERY_BOUND_S
     assert entry["path"] == "direct"
@@ -103,17 +98,9 @@ def test_a_link_flap_is_survived_quickly(lab: Lab, daemon_factory: Any) -> None:
 
 def test_a_silent_outage_is_survived_quickly(lab: Lab, daemon_factory: Any) -> None:
     """The switch drops everything for 5 s; the robots' own links stay up, so nothing tells them."""
-
-    def connect(connected: bool) -> Callable[[Host], None]:
-        def apply(_host: Host) -> None:
-            switch = lab.switches[0]
-            for port in switch.ports:
-                action = ["master", switch.bridge] if connected else ["nomaster"]
-                run_command(["ip", "-n", switch.netns, "link", "set", port, *action])
-
-        return apply
-
-    recovered, entry = _outage(lab, daemon_factory, connect(False), connect(True))
+    recovered, entry = _outage(
+        lab, daemon_factory, lambda _host: connect_switch(lab, False), lambda _host: connect_switch(lab, True)
+    )
     assert recovered is not None, "the overlay never carried traffic again"
     assert recovered < RECOVERY_BOUND_S
     assert entry["path"] == "direct"
@@ -132,9 +119,7 @@ def test_a_new_address_is_followed_quickly(lab: Lab, daemon_factory: Any) -> Non
     ping = ContinuousPing(a_host, target, interval=0.02, seconds=10)
     time.sleep(1.0)
     new_ipv4 = "198.18.0.50"
-    # As a DHCP client does with a new lease: the old address goes, the new one comes.
-    b_host.run(["ip", "addr", "del", f"{b_host.ipv4}/24", "dev", b_host.ifname])
-    b_host.run(["ip", "addr", "add", f"{new_ipv4}/24", "dev", b_host.ifname])
+    change_ipv4(b_host, new_ipv4)
     changed_at = time.time()
     time.sleep(RECOVERY_BOUND_S + 1.0)
     ping.stop()
@@ -163,9 +148,9 @@ def test_a_link_flap_on_an_ipv6_only_lan_is_survived(lab: Lab, daemon_factory: A
     assert "fe80" in entry["endpoint"]
     ping = ContinuousPing(a_host, addresses["robot-b"], interval=0.02, seconds=OUTAGE_S + 15)
     time.sleep(1.0)
-    a_host.run(["ip", "link", "set", a_host.ifname, "down"])
+    set_link(a_host, up=False)
     time.sleep(OUTAGE_S)
-    a_host.run(["ip", "link", "set", a_host.ifname, "up"])
+    set_link(a_host, up=True)
     healed_at = time.time()
     usable_at = None
     try:
