@@ -30,7 +30,6 @@ import json
 import logging
 import resource
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -40,6 +39,8 @@ import h11
 from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
+
+from .log_ring import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -98,19 +99,12 @@ class _RateLimitedWarning:
     """Logs a warning at most once per ``interval_s``, saying how many were left out in between."""
 
     def __init__(self, interval_s: float = REFUSAL_LOG_INTERVAL_S) -> None:
-        self._interval_s = interval_s
-        self._next_at = 0.0
-        self._left_out = 0
+        self._throttle = LogThrottle(interval_s)
 
     def __call__(self, message: str) -> None:
-        now = time.monotonic()
-        if now < self._next_at:
-            self._left_out += 1
-            return
-        suffix = f" ({self._left_out} more since the last such message)" if self._left_out else ""
-        log.warning("control API: %s%s", message, suffix)
-        self._next_at = now + self._interval_s
-        self._left_out = 0
+        note = self._throttle.allow()
+        if note is not None:
+            log.warning("control API: %s%s", message, note)
 
 
 class ConnectionSlot:

@@ -28,6 +28,7 @@ from ..core.constants import BEACON_INTERVAL
 from ..core.node import Event, Node
 from .controller import NotReady
 from .discovery import Discovery
+from .log_ring import LogThrottle
 from .netwatch import NetworkWatch
 from .transport import UdpTransport
 
@@ -76,7 +77,7 @@ class ControlLoop:
         self._next_beacon = 0.0
         self._network_changed_at = -1.0
         self._network_change_due: float | None = None
-        self._last_bug_log = -1e9
+        self._bug_log = LogThrottle(1.0)
 
     # ------------------------------------------------------------------ from other threads
     def wake(self) -> None:
@@ -146,10 +147,9 @@ class ControlLoop:
     def _bug(self, where: str) -> None:
         """Something failed that never should: count it, log it (at most once a second), go on."""
         self.node.control_counters["internal_errors"] += 1
-        now = self._clock()
-        if now - self._last_bug_log >= 1.0:
-            self._last_bug_log = now
-            log.exception("%s failed (a bug; the daemon goes on)", where)
+        note = self._bug_log.allow()
+        if note is not None:
+            log.exception("%s failed (a bug; the daemon goes on)%s", where, note)
 
     def _iteration(self) -> float:
         """One round of work; returns how long select() may wait."""

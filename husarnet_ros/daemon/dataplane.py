@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from ..core.constants import MAX_DATAGRAM
 from ..core.node import Node
+from .log_ring import LogThrottle
 from .transport import UdpTransport
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class DataPlane:
         self._on_fatal = on_fatal
         self._threads: list[threading.Thread] = []
         self.stopping = False
-        self._last_error_log = {"tun->udp": 0.0, "udp->tun": 0.0}
+        self._error_log = {name: LogThrottle(_ERROR_LOG_INTERVAL_S) for name in ("tun->udp", "udp->tun")}
 
     def start(self) -> None:
         for target, name in ((self._tun_to_udp, "tun->udp"), (self._udp_to_tun, "udp->tun")):
@@ -71,10 +72,11 @@ class DataPlane:
         """One packet failed in a way that is a bug: count it, log it (not more than once a second)."""
         counters = self._node.tx_counters if name == "tun->udp" else self._node.rx_counters
         counters["internal_errors"] += 1
-        now = time.monotonic()
-        if now - self._last_error_log[name] >= _ERROR_LOG_INTERVAL_S:
-            self._last_error_log[name] = now
-            log.error("%s: a packet failed (%s: %s); dropped", name, type(exc).__name__, exc, exc_info=exc)
+        note = self._error_log[name].allow()
+        if note is not None:
+            log.error(
+                "%s: a packet failed (%s: %s); dropped%s", name, type(exc).__name__, exc, note, exc_info=exc
+            )
 
     def _tun_to_udp(self) -> None:
         node, fd = self._node, self._tun_fd
