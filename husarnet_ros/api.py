@@ -140,6 +140,16 @@ class PeerStatus(_Model):
     state: str = Field(default="idle", description="e.g. established, handshaking, idle")
 
 
+class DataPlaneStatus(_Model):
+    """Which kernel offloads the data plane negotiated at start (each falls back on its own)."""
+
+    mtu: int = 0
+    offload: bool = Field(default=False, description="offloads requested (daemon --offload)")
+    tun_offload: bool = Field(default=False, description="TUN hands over and takes TCP segments up to 64 KB")
+    udp_gso: bool = Field(default=False, description="several datagrams leave in one send (UDP_SEGMENT)")
+    udp_gro: bool = Field(default=False, description="several datagrams arrive in one receive (UDP_GRO)")
+
+
 class Status(_Model):
     """The daemon's own state and all its peers."""
 
@@ -152,6 +162,7 @@ class Status(_Model):
     uptime_s: float
     ready: bool = Field(default=True, description="interface up and transport bound")
     counters: dict[str, int] = Field(default_factory=dict, description="drop and error counters by reason")
+    dataplane: DataPlaneStatus = Field(default_factory=DataPlaneStatus)
     peers: list[PeerStatus] = Field(default_factory=list)
 
 

@@ -105,6 +105,12 @@ _path = click.Path(dir_okay=True, file_okay=True)
     "--mtu", type=click.IntRange(MIN_MTU, MAX_MTU), help=f"MTU of the TUN interface. [default: {DEFAULT_MTU}]"
 )
 @click.option(
+    "--offload/--no-offload",
+    default=None,
+    help="Batch packets through the kernel's offloads (TUN TSO and checksums, UDP GSO/GRO) where the kernel "
+    "has them; --no-offload moves one packet per system call. [default: on]",
+)
+@click.option(
     "--log-level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     help="How much to log. [default: info]",

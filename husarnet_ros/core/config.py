@@ -83,6 +83,11 @@ class DaemonConfig(BaseModel):
         DEFAULT_HOSTS_FILE, description="Hosts file whose managed block is kept current."
     )
     mtu: int = Field(DEFAULT_MTU, ge=MIN_MTU, le=MAX_MTU, description="MTU of the TUN interface.")
+    offload: bool = Field(
+        True,
+        description="Use the kernel's offloads where it has them (TUN segmentation and checksums, UDP GSO "
+        "and GRO); off: one packet per system call.",
+    )
     log_level: str = Field("info", description="One of debug, info, warning, error, critical.")
     whitelist_enabled: bool = Field(
         True, description="Whitelist on or off at the very first start; afterwards the saved choice wins."

@@ -23,12 +23,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from .. import __version__
+from ..api import DataPlaneStatus, PeerStatus, PingReply, PingResult, Status, Whitelist, quote_input
 from ..api import HostEntry as ApiHostEntry
-from ..api import PeerStatus, PingReply, PingResult, Status, Whitelist, quote_input
 from ..core import hosts as hosts_model
 from ..core.address import format_address, parse_overlay
 from ..core.errors import AddressError, HusarnetError
@@ -78,6 +78,7 @@ class NodeInfo:
     hostname: str
     interface: str
     udp_port: int
+    dataplane: DataPlaneStatus = field(default_factory=DataPlaneStatus)
 
 
 class NodeController:
@@ -251,6 +252,7 @@ class NodeController:
             uptime_s=round(self._clock() - self.started_mono, 3),
             ready=self.ready,
             counters=counters,
+            dataplane=self.info.dataplane,
             peers=sorted(peers, key=lambda p: (p.hostname or "~", p.address)),
         )
 

@@ -47,6 +47,7 @@ def test_defaults() -> None:
     assert c.node_hostname == "test-robot"
     assert c.hosts_file == Path("/etc/hosts")
     assert c.mtu == 1350
+    assert c.offload is True
     assert c.log_level == "info"
     assert c.whitelist_enabled is True
     assert c.discovery_enabled is True
@@ -59,6 +60,7 @@ def test_defaults() -> None:
 
 def test_field_names_are_exactly_these() -> None:
     assert set(DaemonConfig.model_fields) == {
+        "offload",
         "state_dir",
         "control_socket",
         "interface",
