@@ -2,10 +2,15 @@
 
 Exit status: 0 success, 1 failure (one ``error: ...`` line on stderr), 2 usage error. No error message
 echoes an argument in full: quoted values are shortened (``api.bound_message``).
+
+Each command's module is imported only when that command runs (or when help lists them all): `husarnet-ros
+daemon` must not pay for the HTTP client, the doctor's ROS checks or the terminal tables before its data path
+is up, and `husarnet-ros status` not for the daemon.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Any
@@ -14,19 +19,49 @@ import click
 
 from .. import __version__
 from ..api import CONTROL_SOCKET_ENV, DEFAULT_CONTROL_SOCKET, MAX_MESSAGE_CHARS, bound_message, shorten
-from ..client import ControlClient
 from ..core.errors import HusarnetError
-from . import daemon as daemon_command
-from . import doctor, identity, lists, network
-from .dds import dds_command
 from .state import CliFailure, CliState, cli_state, json_option, print_json
 
 # Set to get a traceback instead of the one-line message for an unexpected error (a bug).
 DEBUG_ENV = "HUSARNET_ROS_DEBUG"
 
 
+# Command name -> (module in this package, attribute): imported on first use.
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "status": ("network", "status"),
+    "peers": ("network", "peers"),
+    "ping": ("network", "ping"),
+    "wait": ("network", "wait"),
+    "logs": ("network", "logs"),
+    "whitelist": ("lists", "whitelist"),
+    "hosts": ("lists", "hosts"),
+    "genid": ("identity", "genid"),
+    "whoami": ("identity", "whoami"),
+    "import-identity": ("identity", "import_identity"),
+    "daemon": ("daemon", "daemon"),
+    "doctor": ("doctor", "doctor"),
+    "dds": ("dds", "dds_command"),
+}
+
+
 class _Root(click.Group):
-    """Turns every error the program raises on purpose into one clear line and exit status 1."""
+    """Turns every error the program raises on purpose into one clear line and exit status 1; loads the
+    commands of ``LAZY_COMMANDS`` when they are asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None or cmd_name not in LAZY_COMMANDS:
+            return command
+        module_name, attribute = LAZY_COMMANDS[cmd_name]
+        module = importlib.import_module(f".{module_name}", __package__)
+        command = getattr(module, attribute)
+        assert isinstance(command, click.Command), cmd_name
+        assert command.name == cmd_name, cmd_name
+        self.add_command(command)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -82,6 +117,8 @@ def version() -> None:
     Example:
       husarnet-ros version
     """
+    from ..client import ControlClient
+
     state = cli_state()
     with ControlClient(state.socket_path, timeout_s=2.0) as client:
         try:
@@ -94,24 +131,6 @@ def version() -> None:
     click.echo(f"husarnet-ros {__version__}")
     socket_path = shorten(state.socket_path)
     click.echo(f"daemon {daemon_version}" if daemon_version else f"daemon not running at {socket_path}")
-
-
-for command in (
-    network.status,
-    network.peers,
-    network.ping,
-    network.wait,
-    network.logs,
-    lists.whitelist,
-    lists.hosts,
-    identity.genid,
-    identity.whoami,
-    identity.import_identity,
-    daemon_command.daemon,
-    doctor.doctor,
-    dds_command,
-):
-    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from pydantic import BaseModel
 
 from ..api import bound_message, resolve_control_socket
-from ..client import ControlClient
+
+if TYPE_CHECKING:
+    from ..client import ControlClient
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,6 +44,8 @@ class CliState:
 
     def client(self) -> ControlClient:
         """A client closed when the command ends."""
+        from ..client import ControlClient  # not at import: `husarnet-ros daemon` needs no HTTP client
+
         client = ControlClient(self.socket_path)
         click.get_current_context().call_on_close(client.close)
         return client
