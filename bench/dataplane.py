@@ -1,12 +1,15 @@
-"""Data-plane benchmark: raw veth vs wireguard-go vs the husarnet_ros overlay, in one run.
+"""Data-plane benchmark: the husarnet_ros overlay against raw veth and other VPNs, all in one run.
 
-    python bench/dataplane.py [--duration S] [--json-out PATH] [--md-out PATH] [--skip-overlay]
+    python bench/dataplane.py [--runs N] [--duration S] [--paths a,b,...] [--json-out PATH] [--md-out PATH]
 
-Two fresh network namespaces joined by a veth pair carry, one after the other, the raw
-underlay, a wireguard-go tunnel and the husarnet_ros overlay. For each: iperf3 TCP
-throughput with 1 and 4 streams, ping RTT, and the CPU time (user + system, both ends)
-and RSS of the tunnel processes. Prints a Markdown table with ratios, writes JSON.
-Needs root. Never gates CI: numbers depend on the machine.
+Each path (raw veth, wireguard-go at its defaults and with a 9000-byte MTU, tinc, nebula, n2n, husarnet_ros)
+is measured in a fresh pair of network namespaces joined by a veth: start-up (starting the tunnel's
+processes until the first ping is answered through it), iperf3 TCP throughput with 1 and 4 streams, ping
+RTT (avg, p50, p99, min) and the tunnel processes' CPU time per Gbit and RSS. Every path is measured
+``--runs`` times, in a different order each run so that drift on the machine hits all paths alike; the
+report gives medians and min-max and the ratios of husarnet_ros to the best of the other VPNs, each
+against its target. Missing Debian packages are installed (apt-get) unless --no-install. Needs root.
+Never gates CI: numbers depend on the machine.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,71 +34,148 @@ except ImportError:  # run from a checkout that is not pip-installed
     sys.path.insert(0, str(REPO))
 
 from measure import measure_rtt, measure_throughput, start_iperf_server  # noqa: E402
-from report import markdown, ratios  # noqa: E402
-from tunnels import Tunnel, husarnet_ros_overlay, make_workdir, raw_veth, wireguard_go  # noqa: E402
+from packages import MissingTools, ensure_commands  # noqa: E402
+from peers.n2n import n2n  # noqa: E402
+from peers.nebula import nebula  # noqa: E402
+from peers.tinc import tinc  # noqa: E402
+from report import aggregate, markdown, targets  # noqa: E402
+from tunnels import (  # noqa: E402
+    Tunnel,
+    husarnet_ros_overlay,
+    make_workdir,
+    raw_veth,
+    tool_version,
+    wireguard_go,
+    wireguard_go_jumbo,
+)
 
 from husarnet_ros.core.errors import HusarnetError  # noqa: E402
 from husarnet_ros.fileio import atomic_write_text  # noqa: E402
 from husarnet_ros.testing.netlab import Host, Lab, cleanup_stale, netns_supported  # noqa: E402
 
 DEFAULT_JSON = REPO / "bench" / "results" / "dataplane.json"
-REQUIRED_TOOLS = ("ip", "iperf3", "ping", "wg", "wireguard-go")
+BASE_COMMANDS = ("ip", "ss", "ping", "iperf3")
+
+Setup = Callable[[Lab, Host, Host, Path], Tunnel]
+
+
+@dataclass(frozen=True)
+class PathSpec:
+    setup: Setup
+    commands: tuple[str, ...]  # what it runs besides the base commands
+
+
+def path_specs(daemon_args: list[str]) -> dict[str, PathSpec]:
+    def overlay(lab: Lab, client: Host, server: Host, workdir: Path) -> Tunnel:
+        return husarnet_ros_overlay(lab, client, server, workdir, daemon_args)
+
+    return {
+        "raw veth": PathSpec(raw_veth, ()),
+        "wireguard-go": PathSpec(wireguard_go, ("wg", "wireguard-go")),
+        "wireguard-go MTU 9000": PathSpec(wireguard_go_jumbo, ("wg", "wireguard-go")),
+        "tinc": PathSpec(tinc, ("tincd",)),
+        "nebula": PathSpec(nebula, ("nebula", "nebula-cert")),
+        "n2n": PathSpec(n2n, ("edge", "supernode")),
+        "husarnet_ros": PathSpec(overlay, ()),
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    names = list(path_specs([]))
+    parser.add_argument("--runs", type=int, default=3, help="measurements of every path (default 3)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per iperf3 run (default 5)")
-    parser.add_argument("--pings", type=int, default=50, help="pings per RTT measurement (default 50)")
+    parser.add_argument("--pings", type=int, default=200, help="pings per RTT measurement (default 200)")
+    parser.add_argument(
+        "--ping-interval", type=float, default=0.01, help="seconds between pings (default 0.01)"
+    )
+    parser.add_argument(
+        "--paths", default=",".join(names), help=f"comma list out of: {', '.join(names)} (default all)"
+    )
+    parser.add_argument(
+        "--daemon-arg", action="append", default=[], metavar="ARG",
+        help="extra argument for both husarnet-ros daemons, e.g. --daemon-arg=--mtu=9000 (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-install", action="store_true", help="fail instead of installing missing packages"
+    )
     parser.add_argument("--json-out", type=Path, default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}")
-    parser.add_argument("--md-out", type=Path, help="also write the Markdown table here")
-    parser.add_argument("--skip-overlay", action="store_true", help="only raw veth and wireguard-go")
-    parser.add_argument("--skip-wireguard", action="store_true", help="no wireguard-go baseline")
+    parser.add_argument("--md-out", type=Path, help="also write the Markdown tables here")
     args = parser.parse_args(argv)
+    args.paths = [name.strip() for name in args.paths.split(",") if name.strip()]
+    unknown = [name for name in args.paths if name not in names]
+    if unknown or not args.paths:
+        parser.error(
+            f"--paths: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(names)}"
+        )
+    if not 1 <= args.runs <= 20:
+        parser.error("--runs must be between 1 and 20")
     if not 1 <= args.duration <= 120:
         parser.error("--duration must be between 1 and 120 seconds")
     if not 1 <= args.pings <= 1000:
         parser.error("--pings must be between 1 and 1000")
+    if not 0.002 <= args.ping_interval <= 1:
+        parser.error("--ping-interval must be between 0.002 and 1 second")
     return args
-
-
-def measure_path(tunnel: Tunnel, client: Host, args: argparse.Namespace) -> dict[str, Any]:
-    progress(f"{tunnel.name}: TCP 1 stream, {args.duration:g} s")
-    one = measure_throughput(
-        client, tunnel.server_address, streams=1, duration=args.duration, tunnel_pids=tunnel.tunnel_pids
-    )
-    progress(f"{tunnel.name}: TCP 4 streams, {args.duration:g} s")
-    four = measure_throughput(
-        client, tunnel.server_address, streams=4, duration=args.duration, tunnel_pids=tunnel.tunnel_pids
-    )
-    progress(f"{tunnel.name}: {args.pings} pings")
-    rtt = measure_rtt(client, tunnel.server_address, count=args.pings)
-    return {
-        "server_address": tunnel.server_address,
-        "interface": tunnel.interface,
-        "mtu": tunnel.mtu,
-        "tunnel_processes": len(tunnel.tunnel_pids),
-        "versions": tunnel.versions,
-        "setup_timings": tunnel.timings,
-        "tcp_1": one.to_json(),
-        "tcp_4": four.to_json(),
-        "rtt": rtt.to_json(),
-    }
 
 
 def progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def tool_version(argv: list[str]) -> str:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return (
-        (out.stdout or out.stderr).strip().splitlines()[0]
-        if (out.stdout or out.stderr).strip()
-        else "unknown"
-    )
+def measure_once(name: str, spec: PathSpec, args: argparse.Namespace) -> dict[str, Any]:
+    """One path in a lab of its own: set it up, measure, tear it all down (processes, interfaces, files)."""
+    with Lab() as lab:
+        workdir = make_workdir(lab)
+        try:
+            client, server = lab.pair(labels=["client", "server"])
+            start_iperf_server(server)
+            tunnel = spec.setup(lab, client, server, workdir)
+            try:
+                startup = "" if tunnel.startup_s is None else f", started in {tunnel.startup_s:.3f} s"
+                progress(
+                    f"{name}: up in {lab.prefix}{startup}; TCP 1 and 4 streams, {args.duration:g} s each"
+                )
+                one = measure_throughput(
+                    client,
+                    tunnel.server_address,
+                    streams=1,
+                    duration=args.duration,
+                    tunnel_pids=tunnel.tunnel_pids,
+                )
+                four = measure_throughput(
+                    client,
+                    tunnel.server_address,
+                    streams=4,
+                    duration=args.duration,
+                    tunnel_pids=tunnel.tunnel_pids,
+                )
+                rtt = measure_rtt(
+                    client, tunnel.server_address, count=args.pings, interval=args.ping_interval
+                )
+            finally:
+                tunnel.stop()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        "server_address": tunnel.server_address,
+        "interface": tunnel.interface,
+        "mtu": tunnel.mtu,
+        "startup_s": tunnel.startup_s,
+        "tunnel_processes": len(tunnel.tunnel_pids),
+        "versions": tunnel.versions,
+        "details": tunnel.details,
+        "tcp_1": one.to_json(),
+        "tcp_4": four.to_json(),
+        "rtt": rtt.to_json(),
+    }
+
+
+def run_order(names: list[str], run: int) -> list[str]:
+    """Run r starts r places further down the list, so no path is always first (or always after another)."""
+    shift = run % len(names)
+    order = names[shift:] + names[:shift]
+    return order if run % 2 == 0 else order[::-1]
 
 
 def machine_info() -> dict[str, Any]:
@@ -112,40 +194,41 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "husarnet_ros_commit": tool_version(["git", "-C", str(REPO), "describe", "--always", "--dirty"]),
         "iperf3": tool_version(["iperf3", "--version"]),
-        "wireguard-go": tool_version(["wireguard-go", "--version"]),
     }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    specs = path_specs(args.daemon_arg)
     results: dict[str, Any] = {
-        "meta": machine_info() | {"duration_s": args.duration, "pings": args.pings},
-        "paths": {},
+        "meta": machine_info()
+        | {
+            "runs": args.runs,
+            "duration_s": args.duration,
+            "pings": args.pings,
+            "ping_interval_s": args.ping_interval,
+            "daemon_args": args.daemon_arg,
+            "paths": args.paths,
+        },
+        "runs": [],
     }
     cleanup_stale()
-    with Lab() as lab:
-        workdir = make_workdir(lab)
-        try:
-            client, server = lab.pair(labels=["client", "server"])
-            start_iperf_server(server)
-            progress(f"lab {lab.prefix}: {client.netns} -> {server.netns}")
-            setups: list[tuple[str, Any]] = [("raw veth", lambda: raw_veth(client, server))]
-            if not args.skip_wireguard:
-                setups.append(("wireguard-go", lambda: wireguard_go(lab, client, server, workdir)))
-            if not args.skip_overlay:
-                setups.append(("husarnet_ros", lambda: husarnet_ros_overlay(client, server)))
-            for name, setup in setups:
-                progress(f"{name}: setting up")
-                started = time.monotonic()
-                tunnel: Tunnel = setup()
-                # Start of the tunnel processes until the server answers a ping through the path.
-                setup_s = time.monotonic() - started
-                try:
-                    results["paths"][name] = measure_path(tunnel, client, args) | {"setup_s": setup_s}
-                finally:
-                    tunnel.stop()
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-    results["ratios"] = ratios(results["paths"])
+    for run_index in range(args.runs):
+        order = run_order(args.paths, run_index)
+        progress(f"run {run_index + 1}/{args.runs}: {', '.join(order)}")
+        measured: dict[str, Any] = {}
+        for name in order:
+            try:
+                measured[name] = measure_once(name, specs[name], args)
+            except (HusarnetError, OSError, KeyError, ValueError) as exc:
+                # One path failing (a peer that would not come up) must not cost the others' numbers.
+                progress(f"{name}: FAILED: {exc}")
+                measured[name] = {"error": str(exc), "traceback": traceback.format_exc(limit=5)}
+        results["runs"].append(
+            {"order": order, "load_average_1_5_15": list(os.getloadavg()), "paths": measured}
+        )
+    results["summary"] = aggregate(results["runs"], args.paths)
+    results["targets"] = targets(results["summary"])
+    results["meta"]["load_average_after_1_5_15"] = list(os.getloadavg())
     return results
 
 
@@ -155,18 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"dataplane benchmark: {reason}", file=sys.stderr)
         return 2
-    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
-    if missing:
-        hint = "apt-get install iperf3 wireguard-go wireguard-tools iputils-ping"
-        print(f"dataplane benchmark: missing tools: {', '.join(missing)} ({hint})", file=sys.stderr)
+    specs = path_specs(args.daemon_arg)
+    commands = {*BASE_COMMANDS, *(command for name in args.paths for command in specs[name].commands)}
+    try:
+        ensure_commands(commands, install=not args.no_install)
+    except MissingTools as exc:
+        print(f"dataplane benchmark: {exc}", file=sys.stderr)
         return 2
     try:
         results = run(args)
-    except (HusarnetError, OSError) as exc:
-        print(f"dataplane benchmark failed: {exc}", file=sys.stderr)
-        if not args.skip_overlay:
-            print("(use --skip-overlay to measure only the baselines)", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted; lab cleaned up", file=sys.stderr)
         return 130
@@ -178,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.md_out:
         atomic_write_text(args.md_out, table)
         progress(f"Markdown written to {args.md_out}")
-    return 0
+    failed = sum(1 for entry in results["runs"] for path in entry["paths"].values() if "error" in path)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

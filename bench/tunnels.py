@@ -1,28 +1,42 @@
-"""The paths the benchmark compares, each set up between the same two lab namespaces.
+"""The paths the benchmark compares, each set up between the two namespaces of a fresh lab pair.
 
 * raw veth — the underlay itself, no tunnel process;
-* wireguard-go — Debian's userspace WireGuard, inner addresses 198.19.0.1/.2;
-* husarnet_ros — the overlay daemon, fc94 addresses.
+* wireguard-go — Debian's userspace WireGuard, inner 198.19.0.1/.2, its default MTU (1420);
+* wireguard-go MTU 9000 — the same with a 9000-byte tunnel MTU (the veth raised to fit the outer packets);
+* husarnet_ros — the overlay daemon, fc94 addresses, each end's whitelist holding the other before it starts.
+
+tinc, nebula and n2n live in ``peers``. Every setup function starts the tunnel's processes and returns
+once the server answers a ping through it, with ``startup_s`` = seconds from starting the first process
+to that first answer (configuration files and keys are made before, like a robot that is already set up).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
+from measure import first_reply
+
+from husarnet_ros.core.whitelist import Whitelist
+from husarnet_ros.daemon.state import StateDir
 from husarnet_ros.fileio import atomic_write_text
 from husarnet_ros.testing.lab_daemon import Daemon
-from husarnet_ros.testing.netlab import Host, Lab, LabError
+from husarnet_ros.testing.netlab import Host, Lab, LabError, wait_until
 
 WIREGUARD_PORT = 51820
-WIREGUARD_INNER = ("198.19.0.1", "198.19.0.2")  # inside 198.18.0.0/15, apart from the underlay /24
-PATH_UP_TIMEOUT = 20.0
+PATH_UP_TIMEOUT = 30.0
+JUMBO_MTU = 9000
+# Outer headers of a WireGuard packet over IPv4: IP 20 + UDP 8 + WireGuard 32; the veth gets some slack.
+JUMBO_UNDERLAY_MTU = JUMBO_MTU + 100
 
 
 @dataclass
@@ -34,8 +48,9 @@ class Tunnel:
     interface: str
     tunnel_pids: list[int] = field(default_factory=list)
     mtu: int | None = None
+    startup_s: float | None = None  # starting the processes -> first ping answered through the tunnel
     versions: dict[str, str] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)  # setup phases, seconds
+    details: dict[str, Any] = field(default_factory=dict)  # what else a path reports about itself
     stop: Callable[[], None] = lambda: None
 
 
@@ -43,84 +58,173 @@ def interface_mtu(host: Host, ifname: str) -> int:
     return int(json.loads(host.run(["ip", "-j", "link", "show", "dev", ifname]).stdout)[0]["mtu"])
 
 
-def wait_reachable(client: Host, address: str, what: str) -> None:
-    """Ping until the path answers (the first packets may trigger a handshake); bounded."""
-    deadline = time.monotonic() + PATH_UP_TIMEOUT
-    while not client.ping(address, 1, deadline=1).ok:
-        if time.monotonic() >= deadline:
-            raise LabError(f"{what}: {address} does not answer pings from {client.netns}")
+def inner_address(tunnel_index: int, host_index: int) -> str:
+    """Inner IPv4 address of host 1 (client) or 2 (server) in tunnel N's own 198.19.N.0/24."""
+    return f"198.19.{tunnel_index}.{host_index}"
 
 
-def raw_veth(client: Host, server: Host) -> Tunnel:
-    return Tunnel("raw veth", server.ipv4, client.ifname, mtu=interface_mtu(client, client.ifname))
+def spawn(
+    host: Host, argv: Sequence[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[Any]:
+    """Start ``argv`` in ``host``'s namespace with its output in ``log``; the lab stops it on cleanup."""
+    with open(log, "ab") as handle:  # the child keeps its own copy of the descriptor
+        return host.popen(
+            list(argv), stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
 
 
-def wireguard_go(lab: Lab, client: Host, server: Host, workdir: Path) -> Tunnel:
-    """A wireguard-go tunnel between ``client`` and ``server`` over their underlay IPv4 addresses."""
-    hosts = (client, server)
-    # Interface names are unique per run: wireguard-go's control sockets live in the shared
-    # /var/run/wireguard, whatever the namespace.
-    names = [f"{lab.prefix}w{i}" for i in range(2)]
-    keys = []
-    for host in hosts:
-        private = host.run(["wg", "genkey"]).stdout.strip()
-        public = host.run(["wg", "pubkey"], input=private + "\n").stdout.strip()
-        keys.append((private, public))
-    env = os.environ | {"WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"}
-    processes = []
-    for host, name in zip(hosts, names, strict=True):
-        log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 (the child keeps it)
-        processes.append(host.popen(["wireguard-go", name], env=env, stdout=log, stderr=subprocess.STDOUT))
-        host.wait_interface(name)
-    for i, (host, name) in enumerate(zip(hosts, names, strict=True)):
-        peer = hosts[1 - i]
-        key_file = workdir / f"{name}.key"
-        atomic_write_text(key_file, keys[i][0] + "\n", mode=0o600)
-        host.run(
-            ["wg", "set", name, "listen-port", str(WIREGUARD_PORT), "private-key", str(key_file),
-             "peer", keys[1 - i][1], "allowed-ips", f"{WIREGUARD_INNER[1 - i]}/32",
-             "endpoint", f"{peer.ipv4}:{WIREGUARD_PORT}"]
-        )  # fmt: skip
-        host.run(["ip", "addr", "add", f"{WIREGUARD_INNER[i]}/24", "dev", name])
-        host.run(["ip", "link", "set", name, "up"])
-    wait_reachable(client, WIREGUARD_INNER[1], "wireguard-go")
-    version = client.run(["wireguard-go", "--version"], check=False).stdout.strip()
+def processes_alive(processes: Sequence[subprocess.Popen[Any]], logs: Sequence[Path]) -> Callable[[], None]:
+    """A check that raises, with the logs' tails, once one of ``processes`` has exited."""
 
+    def check() -> None:
+        for process in processes:
+            if process.poll() is not None:
+                tails = "\n".join(f"--- {log}:\n{log_tail(log)}" for log in logs)
+                raise LabError(f"{process.args!r} exited with {process.returncode}\n{tails}")
+
+    return check
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def wait_started(
+    client: Host, address: str, started_at: float, what: str, check: Callable[[], None] | None = None
+) -> float:
+    """Seconds from ``started_at`` (``time.time()``) to the first answered ping; raises if processes die."""
+    return first_reply(client, address, started_at, PATH_UP_TIMEOUT, check=check, what=what)
+
+
+def stopper(processes: Sequence[subprocess.Popen[Any]]) -> Callable[[], None]:
     def stop() -> None:
         for process in processes:
             Lab.stop_process(process)
 
+    return stop
+
+
+def tool_version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if text else "unknown"
+
+
+# --- the paths ------------------------------------------------------------------------------------------
+
+
+def raw_veth(lab: Lab, client: Host, server: Host, workdir: Path) -> Tunnel:
     return Tunnel(
-        "wireguard-go",
-        WIREGUARD_INNER[1],
-        names[0],
-        tunnel_pids=[process.pid for process in processes],
-        mtu=interface_mtu(client, names[0]),
-        versions={"wireguard-go": version},
-        stop=stop,
+        "raw veth", server.ipv4, client.ifname, mtu=interface_mtu(client, client.ifname), startup_s=None
     )
 
 
-def husarnet_ros_overlay(client: Host, server: Host) -> Tunnel:
-    """One husarnet-ros daemon per namespace, whitelisting each other, found by LAN discovery."""
-    daemons = [Daemon.create(host, f"bench-{tag}") for host, tag in ((client, "a"), (server, "b"))]
+def wireguard_go(lab: Lab, client: Host, server: Host, workdir: Path) -> Tunnel:
+    """wireguard-go at its defaults (MTU 1420) over the underlay IPv4 addresses, inner 198.19.0.0/24."""
+    return _wireguard_go("wireguard-go", 0, lab, client, server, workdir, mtu=None)
+
+
+def wireguard_go_jumbo(lab: Lab, client: Host, server: Host, workdir: Path) -> Tunnel:
+    """wireguard-go with a 9000-byte tunnel MTU, inner 198.19.1.0/24; the veth carries 9100-byte frames.
+
+    The lab is this path's own, so the larger veth MTU lasts only for this measurement.
+    """
+    for host in (client, server):
+        host.run(["ip", "link", "set", "dev", host.ifname, "mtu", str(JUMBO_UNDERLAY_MTU)])
+    tunnel = _wireguard_go("wireguard-go MTU 9000", 1, lab, client, server, workdir, mtu=JUMBO_MTU)
+    tunnel.details["underlay_mtu"] = JUMBO_UNDERLAY_MTU
+    return tunnel
+
+
+def _wireguard_go(
+    label: str, index: int, lab: Lab, client: Host, server: Host, workdir: Path, mtu: int | None
+) -> Tunnel:
+    hosts = (client, server)
+    inner = [inner_address(index, 1), inner_address(index, 2)]
+    # Interface names are unique per run: wireguard-go's control sockets live in the shared
+    # /var/run/wireguard, whatever the namespace.
+    names = [f"{lab.prefix}w{i}" for i in range(2)]
+    keys = []
+    for host, name in zip(hosts, names, strict=True):
+        private = host.run(["wg", "genkey"]).stdout.strip()
+        public = host.run(["wg", "pubkey"], input=private + "\n").stdout.strip()
+        atomic_write_text(workdir / f"{name}.key", private + "\n", mode=0o600)
+        keys.append(public)
+    env = os.environ | {"WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"}
+    logs = [workdir / f"{name}.log" for name in names]
+    started_at = time.time()
+    processes = [
+        spawn(host, ["wireguard-go", name], log, env=env)
+        for host, name, log in zip(hosts, names, logs, strict=True)
+    ]
     try:
-        started = time.monotonic()
+        for i, (host, name) in enumerate(zip(hosts, names, strict=True)):
+            # Polled finely: the poll's step would otherwise show in the start-up time.
+            wait_until(
+                partial(host.interface_exists, name), 10.0, interval=0.01, what=f"{name} in {host.netns}"
+            )
+            peer, key = hosts[1 - i], workdir / f"{name}.key"
+            host.run(
+                ["wg", "set", name, "listen-port", str(WIREGUARD_PORT), "private-key", str(key),
+                 "peer", keys[1 - i], "allowed-ips", f"{inner[1 - i]}/32",
+                 "endpoint", f"{peer.ipv4}:{WIREGUARD_PORT}"]
+            )  # fmt: skip
+            host.run(["ip", "addr", "add", f"{inner[i]}/24", "dev", name])
+            if mtu is not None:
+                host.run(["ip", "link", "set", "dev", name, "mtu", str(mtu)])
+            host.run(["ip", "link", "set", name, "up"])
+        startup = wait_started(client, inner[1], started_at, label, processes_alive(processes, logs))
+    except Exception:
+        stopper(processes)()
+        raise
+    return Tunnel(
+        label,
+        inner[1],
+        names[0],
+        tunnel_pids=[process.pid for process in processes],
+        mtu=interface_mtu(client, names[0]),
+        startup_s=startup,
+        versions={"wireguard-go": tool_version(["wireguard-go", "--version"])},
+        stop=stopper(processes),
+    )
+
+
+def husarnet_ros_overlay(
+    lab: Lab, client: Host, server: Host, workdir: Path, daemon_args: Sequence[str] = ()
+) -> Tunnel:
+    """One husarnet-ros daemon per namespace, each already whitelisting the other, found by LAN discovery."""
+    daemons = [
+        Daemon.create(host, f"bench-{tag}", extra_args=list(daemon_args))
+        for host, tag in ((client, "a"), (server, "b"))
+    ]
+    addresses = [_prepare_state(daemon) for daemon in daemons]
+    for daemon, other in ((daemons[0], addresses[1]), (daemons[1], addresses[0])):
+        StateDir(daemon.state_dir).save_whitelist(Whitelist([other.packed]))
+
+    def check() -> None:
+        for daemon in daemons:
+            if not daemon.running:
+                raise LabError(f"daemon {daemon.hostname} exited:\n{daemon.log_tail(40)}")
+
+    try:
+        started_at = time.time()
         for daemon in daemons:
             daemon.start(wait_ready=False)
+        startup = wait_started(client, str(addresses[1]), started_at, "husarnet_ros", check)
         for daemon in daemons:
             daemon.wait_ready()
-        ready = time.monotonic()
-        addresses = [daemon.address for daemon in daemons]
-        daemons[0].whitelist_add(addresses[1])
-        daemons[1].whitelist_add(addresses[0])
-        daemons[0].wait_peer(addresses[1], timeout=PATH_UP_TIMEOUT)
-        wait_reachable(client, addresses[1], "husarnet_ros overlay")
-        timings = {"daemons_ready_s": ready - started, "whitelisted_to_reachable_s": time.monotonic() - ready}
+        status = daemons[0].status()
     except Exception:
         for daemon in daemons:
             print(f"--- log of {daemon.hostname} ({daemon.log_path}):\n{daemon.log_tail(40)}")
             daemon.stop()
+            daemon.remove_files()
         raise
 
     def stop() -> None:
@@ -130,13 +234,21 @@ def husarnet_ros_overlay(client: Host, server: Host) -> Tunnel:
 
     return Tunnel(
         "husarnet_ros",
-        addresses[1],
+        str(addresses[1]),
         daemons[0].interface,
         tunnel_pids=[daemon.pid for daemon in daemons],
         mtu=interface_mtu(client, daemons[0].interface),
-        timings=timings,
+        startup_s=startup,
+        versions={"husarnet_ros": str(status.get("version"))},
+        details={"dataplane": status.get("dataplane"), "daemon_args": list(daemon_args)},
         stop=stop,
     )
+
+
+def _prepare_state(daemon: Daemon) -> ipaddress.IPv6Address:
+    """The daemon's identity, made before it starts (as on a robot already set up); its overlay address."""
+    identity = StateDir(daemon.state_dir).load_or_create_identity()
+    return ipaddress.IPv6Address(identity.address)
 
 
 def make_workdir(lab: Lab) -> Path:

@@ -1,0 +1,76 @@
+"""tinc 1.0 (``tincd``) at its defaults: router mode, RSA keys, its default cipher and digest.
+
+Inner 198.19.2.0/24: the client is .1, the server .2 (its host file carries the underlay address, the
+client's ``ConnectTo`` names it). Each end's ``tinc-up`` script gives the interface its address.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tunnels import (
+    Tunnel,
+    inner_address,
+    interface_mtu,
+    processes_alive,
+    spawn,
+    stopper,
+    tool_version,
+    wait_started,
+)
+
+from husarnet_ros.fileio import atomic_write_text
+from husarnet_ros.testing.netlab import Host, Lab, run_command
+
+TUNNEL_INDEX = 2
+INTERFACE = "tinc0"
+NAMES = ("client", "server")
+
+
+def tinc(lab: Lab, client: Host, server: Host, workdir: Path) -> Tunnel:
+    hosts = (client, server)
+    inner = [inner_address(TUNNEL_INDEX, 1), inner_address(TUNNEL_INDEX, 2)]
+    confdirs = [workdir / f"tinc-{name}" for name in NAMES]
+    for i, confdir in enumerate(confdirs):
+        (confdir / "hosts").mkdir(parents=True)
+        lines = [f"Name = {NAMES[i]}", f"Interface = {INTERFACE}"]
+        if hosts[i] is client:
+            lines.append(f"ConnectTo = {NAMES[1]}")
+        atomic_write_text(confdir / "tinc.conf", "\n".join(lines) + "\n")
+        up = f'#!/bin/sh\nip addr add {inner[i]}/24 dev "$INTERFACE"\nip link set "$INTERFACE" up\n'
+        atomic_write_text(confdir / "tinc-up", up, mode=0o755)
+        own = [f"Subnet = {inner[i]}/32"]
+        if hosts[i] is server:
+            own.insert(0, f"Address = {server.ipv4}")
+        atomic_write_text(confdir / "hosts" / NAMES[i], "\n".join(own) + "\n")
+        # Key generation (RSA, tinc's default size) appends the public key to hosts/<own name>.
+        run_command(["tincd", "--config", str(confdir), "--generate-keys"], input="")
+    for i, confdir in enumerate(confdirs):
+        other = NAMES[1 - i]
+        atomic_write_text(confdir / "hosts" / other, (confdirs[1 - i] / "hosts" / other).read_text())
+    logs = [confdir / "tincd.log" for confdir in confdirs]
+    started_at = time.time()
+    # Server first, so the client's first connection attempt finds it listening (tinc waits 5 s to retry).
+    order = (1, 0)
+    processes = {
+        i: spawn(hosts[i], ["tincd", "--config", str(confdirs[i]), "--no-detach",
+                            f"--pidfile={confdirs[i] / 'tincd.pid'}"], logs[i])
+        for i in order
+    }  # fmt: skip
+    ordered = [processes[0], processes[1]]
+    try:
+        startup = wait_started(client, inner[1], started_at, "tinc", processes_alive(ordered, logs))
+    except Exception:
+        stopper(ordered)()
+        raise
+    return Tunnel(
+        "tinc",
+        inner[1],
+        INTERFACE,
+        tunnel_pids=[process.pid for process in ordered],
+        mtu=interface_mtu(client, INTERFACE),
+        startup_s=startup,
+        versions={"tinc": tool_version(["tincd", "--version"])},
+        stop=stopper(ordered),
+    )
