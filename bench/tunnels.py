@@ -52,6 +52,8 @@ class Tunnel:
     versions: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)  # what else a path reports about itself
     stop: Callable[[], None] = lambda: None
+    # The tunnel's own view of itself now, per end: counters, handshake times (bench/rekey.py).
+    snapshot: Callable[[], dict[str, Any]] = dict
 
 
 def interface_mtu(host: Host, ifname: str) -> int:
@@ -192,7 +194,26 @@ def _wireguard_go(
         startup_s=startup,
         versions={"wireguard-go": tool_version(["wireguard-go", "--version"])},
         stop=stopper(processes),
+        snapshot=lambda: {
+            end: wireguard_peer(host, name)
+            for end, host, name in zip(("client", "server"), hosts, names, strict=True)
+        },
     )
+
+
+def wireguard_peer(host: Host, interface: str) -> dict[str, Any]:
+    """The one peer of a wireguard-go interface as ``wg show dump`` tells it (handshake time, bytes)."""
+    lines = host.run(["wg", "show", interface, "dump"]).stdout.splitlines()
+    # Line 1 is the interface; each peer line: key, psk, endpoint, allowed-ips, handshake, rx, tx, keepalive.
+    fields = lines[1].split("\t") if len(lines) > 1 else []
+    if len(fields) < 7:
+        return {}
+    handshake = int(fields[4])
+    return {
+        "last_handshake": float(handshake) if handshake else None,
+        "rx_bytes": int(fields[5]),
+        "tx_bytes": int(fields[6]),
+    }
 
 
 def husarnet_ros_overlay(
@@ -242,7 +263,17 @@ def husarnet_ros_overlay(
         versions={"husarnet_ros": str(status.get("version"))},
         details={"dataplane": status.get("dataplane"), "daemon_args": list(daemon_args)},
         stop=stop,
+        snapshot=lambda: {
+            end: _daemon_view(daemon) for end, daemon in zip(("client", "server"), daemons, strict=True)
+        },
     )
+
+
+def _daemon_view(daemon: Daemon) -> dict[str, Any]:
+    """The daemon's counters and its one peer's entry (state, last handshake, bytes), from ``status``."""
+    status = daemon.status()
+    peers = status.get("peers", [])
+    return {"counters": status.get("counters", {}), "peer": peers[0] if peers else None}
 
 
 def _prepare_state(daemon: Daemon) -> ipaddress.IPv6Address:
