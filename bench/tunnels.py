@@ -16,6 +16,7 @@ import ipaddress
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -243,7 +244,9 @@ def husarnet_ros_overlay(
         status = daemons[0].status()
     except Exception:
         for daemon in daemons:
-            print(f"--- log of {daemon.hostname} ({daemon.log_path}):\n{daemon.log_tail(40)}")
+            print(
+                f"--- log of {daemon.hostname} ({daemon.log_path}):\n{daemon.log_tail(40)}", file=sys.stderr
+            )
             daemon.stop()
             daemon.remove_files()
         raise
