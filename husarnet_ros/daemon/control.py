@@ -38,15 +38,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import grp
 import logging
 import math
-import os
 import socket
-import stat
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import uvicorn
@@ -60,7 +56,6 @@ from .. import __version__
 from ..api import (
     API_PREFIX,
     MAX_LOG_LINES,
-    MAX_UNIX_SOCKET_PATH_BYTES,
     MAX_WAIT_TIMEOUT_S,
     AddressRequest,
     EnabledRequest,
@@ -83,13 +78,11 @@ from ..api import (
 )
 from ..core.errors import AddressError, HusarnetError
 from .control_limits import ConnectionGuard, ConnectionSlot, ControlHttpProtocol, ControlLimits
+from .control_socket import CONTROL_GROUP, ControlSocket, ControlSocketError
 from .controller import Controller, ControllerError, InvalidRequest, NotFound, NotReady
 
 log = logging.getLogger(__name__)
 
-CONTROL_GROUP = "husarnet"
-SOCKET_MODE = 0o660
-SOCKET_DIR_MODE = 0o755
 # A synchronous controller call that takes longer than this on the daemon's loop means the loop is stuck.
 CONTROLLER_CALL_TIMEOUT_S = 10.0
 STARTUP_TIMEOUT_S = 10.0
@@ -100,10 +93,6 @@ GRACEFUL_SHUTDOWN_S = 1
 MAX_LISTED_ERRORS = 5
 
 T = TypeVar("T")
-
-
-class ControlSocketError(HusarnetError):
-    """The control socket cannot be served (already in use, not a socket, permissions, path too long)."""
 
 
 async def run_on_loop(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
@@ -359,75 +348,6 @@ def create_app(controller: Controller, controller_loop: asyncio.AbstractEventLoo
 # --- serving it on a Unix socket ---------------------------------------------------------------------------
 
 
-def socket_is_live(path: str, timeout_s: float = 1.0) -> bool:
-    """True if something accepts connections on the Unix socket ``path``."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(timeout_s)
-    try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        return False
-    except OSError as exc:
-        raise ControlSocketError(f"cannot check control socket {path}: {exc.strerror or exc}") from None
-    finally:
-        probe.close()
-    return True
-
-
-def _clear_stale_socket(path: str) -> None:
-    """Remove a socket file left by a dead daemon; refuse if a live one answers or it is not a socket."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ControlSocketError(f"{path} exists and is not a socket; refusing to replace it")
-    if socket_is_live(path):
-        raise ControlSocketError(
-            f"another husarnet-ros daemon is already listening on {path}; stop it first or pass a "
-            "different --control-socket"
-        )
-    log.info("removing stale control socket %s", path)
-    Path(path).unlink(missing_ok=True)
-
-
-def _group_id(group: str | None) -> int | None:
-    if group is None:
-        return None
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        return None
-
-
-def _bind_listening_socket(path: str, group: str | None) -> socket.socket:
-    """Bind, restrict and only then listen: nobody can connect while the mode is still the umask's."""
-    if len(os.fsencode(path)) > MAX_UNIX_SOCKET_PATH_BYTES:
-        raise ControlSocketError(f"control socket path is too long for a Unix socket ({path})")
-    parent = Path(path).absolute().parent
-    try:
-        parent.mkdir(mode=SOCKET_DIR_MODE, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ControlSocketError(f"cannot create {parent} for the control socket: {exc.strerror}") from None
-    _clear_stale_socket(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-        Path(path).chmod(SOCKET_MODE)
-        gid = _group_id(group)
-        if gid is not None:
-            try:
-                os.chown(path, -1, gid)
-            except PermissionError:
-                log.warning("cannot give control socket %s to group %s (not root?)", path, group)
-        sock.listen(64)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise ControlSocketError(f"cannot listen on control socket {path}: {exc.strerror or exc}") from None
-    return sock
-
-
 class _Server(uvicorn.Server):
     """uvicorn's server, accepting on ``sock`` through a ConnectionGuard; tells another thread when it
     is listening."""
@@ -461,8 +381,9 @@ class ControlServer:
     """Serves ``create_app(controller)`` on ``socket_path`` (mode 0660, group ``group`` if it exists).
 
     ``start()`` returns once the socket accepts connections; ``stop()`` shuts down and removes the socket
-    (if it can: see ``stop``). Usable as a context manager. ``limits``: how many connections, how large
-    and how slow a request may be.
+    (if it can: see ``ControlSocket.remove``). Usable as a context manager. ``limits``: how many
+    connections, how large and how slow a request may be. ``listening``: a socket bound beforehand at
+    ``socket_path`` (the daemon binds it while privileged, long before this module is imported).
     """
 
     def __init__(
@@ -472,18 +393,18 @@ class ControlServer:
         group: str | None = CONTROL_GROUP,
         controller_loop: asyncio.AbstractEventLoop | None = None,
         limits: ControlLimits | None = None,
+        listening: ControlSocket | None = None,
     ) -> None:
+        if listening is not None and listening.path != socket_path:
+            raise ValueError(f"the socket given is bound at {listening.path}, not {socket_path}")
         self.socket_path = socket_path
-        self._group = group
         self._limits = limits or ControlLimits()
         self._app = create_app(controller, controller_loop)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._socket_inode: tuple[int, int] | None = None
         self._failure: BaseException | None = None
-        self._listening_socket: socket.socket | None = None
-        self._created_dir: Path | None = None  # the socket's directory, when bind() had to create it
+        self._socket = listening or ControlSocket(socket_path, group)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -496,33 +417,16 @@ class ControlServer:
         The daemon binds while it still holds its capabilities (giving the socket to the control group needs
         CAP_CHOWN) and serves only after dropping them. ``start()`` binds by itself when this was not called.
         """
-        if self._listening_socket is not None:
-            return
-        parent = Path(self.socket_path).absolute().parent
-        self._created_dir = None if parent.exists() else parent
-        self._listening_socket = _bind_listening_socket(self.socket_path, self._group)
-        st = Path(self.socket_path).stat()
-        self._socket_inode = (st.st_dev, st.st_ino)
+        self._socket.bind()
 
     def give_to(self, uid: int) -> None:
-        """Make the bound socket file (and its directory, if bind() created it) owned by ``uid``, group
-        unchanged, so the daemon can still remove the socket after switching to that account."""
-        if self._listening_socket is None:
-            return
-        paths = [Path(self.socket_path)] + ([self._created_dir] if self._created_dir is not None else [])
-        for path in paths:
-            try:
-                os.chown(path, uid, -1)
-            except OSError as exc:
-                log.warning("cannot give %s to uid %d: %s", path, uid, exc.strerror)
+        """Make the bound socket file (and its directory, if bind() created it) owned by ``uid``."""
+        self._socket.give_to(uid)
 
     def start(self) -> None:
         if self._thread is not None:
             raise ControlSocketError("control server already started")
-        self.bind()
-        sock = self._listening_socket
-        assert sock is not None
-        self._listening_socket = None  # owned (and closed) by the serving thread from here on
+        sock = self._socket.take()  # owned (and closed) by the serving thread from here on
         config = uvicorn.Config(
             self._app,
             http=ControlHttpProtocol,  # h11 even where httptools is installed: the limits are built on it
@@ -567,9 +471,6 @@ class ControlServer:
         Never raises for the socket file: a daemon that switched to its own account may not be allowed to
         remove it (a root-owned directory); that is logged, and the next daemon replaces the stale socket.
         """
-        if self._listening_socket is not None:  # bound but never started
-            self._listening_socket.close()
-            self._listening_socket = None
         if self._server is not None:
             self._server.should_exit = True  # polled by uvicorn's main loop
         if self._thread is not None:
@@ -577,29 +478,10 @@ class ControlServer:
             if self._thread.is_alive() and self._server is not None:
                 self._server.force_exit = True
                 self._thread.join(SHUTDOWN_TIMEOUT_S)
-        self._remove_own_socket()
+        self._socket.remove()
         self._thread = None
         self._server = None
         self._loop = None
-
-    def _remove_own_socket(self) -> None:
-        # Only our own socket file: a daemon started after us may already own this path.
-        inode, self._socket_inode = self._socket_inode, None
-        if inode is None:
-            return
-        try:
-            st = os.lstat(self.socket_path)
-            if (st.st_dev, st.st_ino) == inode:
-                Path(self.socket_path).unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            # One line, not an error: the daemon stopped cleanly all the same.
-            log.warning(
-                "cannot remove control socket %s (%s); the next daemon replaces it",
-                self.socket_path,
-                exc.strerror or exc,
-            )
 
     def __enter__(self) -> ControlServer:
         self.start()

@@ -86,6 +86,9 @@ class Discovery:
             for sock in opened:
                 sock.close()
             raise _open_error(port, exc) from None
+        # Join the groups now, not at the first beacon sent: a peer that starts at the same moment may send
+        # its first beacon before this daemon's control loop runs, and then it is not missed.
+        self._join()
 
     def sockets(self) -> list[socket.socket]:
         return [self.sock4, self.sock6]

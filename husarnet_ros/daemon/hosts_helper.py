@@ -72,6 +72,15 @@ class HostsHelper:
         Call it as root, from the thread that lives as long as the daemon (the parent-death
         signal follows the thread), before capabilities are dropped.
         """
+        helper = cls.spawn(hosts_file)
+        helper.wait_started(timeout)
+        return helper
+
+    @classmethod
+    def spawn(cls, hosts_file: Path) -> HostsHelper:
+        """Start the helper without waiting for it (as ``start``: as root, from the daemon's lasting thread);
+        ``wait_started`` then waits, from any thread. The daemon's data path need not wait for a second
+        interpreter to start."""
         hosts_file = Path(hosts_file).absolute()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -99,16 +108,19 @@ class HostsHelper:
             raise HostsHelperError(f"cannot start the hosts helper: {exc.strerror or exc}") from None
         finally:
             theirs.close()
-        helper = cls(process, ours, hosts_file)
+        return cls(process, ours, hosts_file)
+
+    def wait_started(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait until the helper ``spawn`` started says it is ready; if it does not: HostsHelperError, helper
+        stopped."""
         try:
-            reply = helper._receive(timeout)
+            reply = self._receive(timeout)
         except HostsHelperError:
-            helper.stop()
+            self.stop()
             raise
         if not reply.get("ok"):
-            helper.stop()
+            self.stop()
             raise HostsHelperError(f"the hosts helper could not start: {reply.get('error', 'unknown error')}")
-        return helper
 
     @property
     def pid(self) -> int:

@@ -8,22 +8,37 @@ Start-up order matters: everything that needs root (TUN, netlink, binding socket
 helper) happens first, in the main thread, before any other thread exists; then every capability is
 dropped (capabilities are per thread on Linux); only then do the data plane and the control API threads
 start. The control loop then runs in the main thread until SIGTERM/SIGINT or a fatal error.
+
+Start-up speed matters too (a robot's first packet waits for it): the data plane and the control loop start
+before anything they do not need. Waiting for the hosts helper to come up, building the control API and
+starting its server happen afterwards on a thread of their own (``_Rest``), while the first beacons and
+handshakes already go out; the API's socket is bound while privileged, so a client that connects early
+waits in its backlog instead of failing. That thread also imports the API's modules (FastAPI, uvicorn: the
+largest part of the start-up) unless the account the daemon switches to cannot read them (an interpreter
+under /root, say): then they are imported before the privileges go.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import logging
+import os
 import signal
 import sys
+import sysconfig
+import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..core.address import format_address
 from ..core.config import DaemonConfig
 from ..core.errors import HusarnetError
 from ..exit_with_parent import exit_with_parent_if_asked
 from .control_loop import ControlLoop
+from .control_socket import ControlSocket
 from .controller import Controller
 from .dataplane import DataPlane
 from .discovery import Discovery
@@ -35,6 +50,9 @@ from .privileges import Account, blocked_directory, drop_all_capabilities, find_
 from .state import StateDir, StateError
 from .transport import UdpTransport
 from .tun import Tun
+
+if TYPE_CHECKING:
+    from .control import ControlServer
 
 log = logging.getLogger("husarnet_ros.daemon")
 
@@ -88,9 +106,7 @@ class Daemon:
             self.netwatch = NetworkWatch(ignored_interface=self.tun.name)
         except Exception as exc:  # roaming still works, only later (dead-path detection instead)
             log.warning("cannot watch network changes (%s); paths recover by probing only", exc)
-        self.hosts_helper = HostsHelper.start(Path(cfg.hosts_file))
-        if self.host_entries:
-            self.hosts_helper.set_entries(self.host_entries)
+        self.hosts_helper = HostsHelper.spawn(Path(cfg.hosts_file))  # waited for later: finish_hosts_helper
         discovery = self.discovery
         self.controller = NodeController(
             self.identity,
@@ -125,6 +141,14 @@ class Daemon:
             "on" if self.acl.enabled else "off",
         )
         return self.controller
+
+    def finish_hosts_helper(self) -> None:
+        """Wait for the hosts helper spawned in set-up, then write the saved entries (any thread; before the
+        control API serves)."""
+        assert self.hosts_helper is not None
+        self.hosts_helper.wait_started()
+        if self.host_entries:
+            self.hosts_helper.set_entries(self.host_entries)
 
     def unprivileged_account(self) -> Account | None:
         """The account to run as after set-up, or None to stay uid 0 (said why in the log)."""
@@ -203,18 +227,82 @@ def _configure_logging(level: str, ring: LogRing) -> None:
         root.addHandler(stderr)
 
 
+def _python_readable_by(account: Account | None) -> bool:
+    """Whether the daemon, once it runs as ``account`` (None: uid 0 without capabilities), can still reach the
+    standard library and the control API's packages, so that they may be imported after the drop."""
+    who = account or Account("root", 0, 0)
+    places = [Path(sysconfig.get_paths()[key]) for key in ("stdlib", "platstdlib")]
+    for package in ("fastapi", "uvicorn", "starlette", "pydantic"):
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            return False
+        places.append(Path(spec.origin).parent)
+    places.append(Path(__file__).parent)
+    try:
+        return all(blocked_directory(place, who) is None for place in places)
+    except OSError:
+        return False
+
+
+class _Rest:
+    """The rest of the start-up, on its own thread once the data plane runs: the hosts helper's readiness and
+    the control API (its imports alone take longer than everything the first packet needs). A failure is as
+    fatal as it was when this ran before the data plane: the daemon stops and exits non-zero saying why."""
+
+    STOP_TIMEOUT_S = 15.0
+
+    def __init__(self, daemon: Daemon, listening: ControlSocket) -> None:
+        self._daemon = daemon
+        self._listening = listening
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._server: ControlServer | None = None
+        self._thread = threading.Thread(target=self._run, name="start-control-api", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        daemon = self._daemon
+        assert daemon.controller is not None
+        assert daemon.loop is not None
+        try:
+            daemon.finish_hosts_helper()
+            from .control import ControlServer
+
+            server = ControlServer(daemon.controller, self._listening.path, listening=self._listening)
+            with self._lock:
+                if self._stopping:
+                    return
+                self._server = server
+            server.start()
+        except Exception as exc:
+            daemon.loop.fail(str(exc) if isinstance(exc, HusarnetError) else f"{type(exc).__name__}: {exc}")
+            return
+        log.info("ready; control API on %s", self._listening.path)
+
+    def stop(self) -> None:
+        """Stop the control API (waiting for a start under way) and remove its socket."""
+        with self._lock:
+            self._stopping = True
+        if self._thread.ident is not None:
+            self._thread.join(self.STOP_TIMEOUT_S)
+        if self._server is not None:
+            self._server.stop()
+        self._listening.remove()
+
+
 def run(config: DaemonConfig) -> int:
     """Run the daemon in the foreground until SIGTERM/SIGINT; returns the exit code (0 after a clean stop).
     Errors it cannot start or go on with are HusarnetErrors whose message is the one line to show."""
-    from .control import ControlServer
-
     ring = LogRing()
     _configure_logging(config.log_level, ring)
+    log.info("starting (pid %d)", os.getpid())
     daemon = Daemon(config, ring)
-    control: ControlServer | None = None
+    control = ControlSocket(str(config.control_socket))
+    rest: _Rest | None = None
     try:
-        controller = daemon.setup_privileged()
-        control = ControlServer(controller, str(config.control_socket))
+        daemon.setup_privileged()
         control.bind()  # still privileged: the socket's group needs CAP_CHOWN
         account = daemon.unprivileged_account()
         if account is not None:
@@ -225,6 +313,8 @@ def run(config: DaemonConfig) -> int:
                 account = None
             else:
                 control.give_to(account.uid)
+        if not _python_readable_by(account):
+            importlib.import_module(".control", __package__)  # now, while it still can (see the module doc)
         signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
         signal.signal(signal.SIGINT, lambda *_: daemon.stop())
         drop_all_capabilities(account)
@@ -232,13 +322,16 @@ def run(config: DaemonConfig) -> int:
         # Started by a launch: end with it (only now: changing the uid clears the parent-death signal).
         if exit_with_parent_if_asked():
             log.info("will stop when the launch that started it exits")
-        control.start()
         daemon.start_threads()
-        log.info("ready; control API on %s", config.control_socket)
+        log.info("data plane running")
+        rest = _Rest(daemon, control)
+        rest.start()
         daemon.run()
         log.info("stopping")
         return 0
     finally:
-        if control is not None:
-            control.stop()
+        if rest is not None:
+            rest.stop()
+        else:
+            control.remove()
         daemon.close()
