@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-try:
-    import husarnet_ros  # noqa: F401
-except ImportError:  # run from a checkout that is not pip-installed
-    sys.path.insert(0, str(REPO))
+# This checkout's husarnet_ros, not a copy installed in the venv: the daemons (started with this package's
+# directory on their PYTHONPATH, husarnet_ros.testing.lab_daemon) must run the code being measured.
+sys.path.insert(0, str(REPO))
 
 from measure import measure_rtt, measure_throughput, start_iperf_server  # noqa: E402
 from packages import MissingTools, ensure_commands  # noqa: E402
@@ -49,6 +48,7 @@ from tunnels import (  # noqa: E402
     wireguard_go_jumbo,
 )
 
+import husarnet_ros  # noqa: E402
 from husarnet_ros.core.errors import HusarnetError  # noqa: E402
 from husarnet_ros.fileio import atomic_write_text  # noqa: E402
 from husarnet_ros.testing.netlab import Host, Lab, cleanup_stale, netns_supported  # noqa: E402
@@ -193,6 +193,7 @@ def machine_info() -> dict[str, Any]:
         "load_average_1_5_15": list(os.getloadavg()),
         "python": platform.python_version(),
         "husarnet_ros_commit": tool_version(["git", "-C", str(REPO), "describe", "--always", "--dirty"]),
+        "husarnet_ros_package": str(Path(husarnet_ros.__file__).parent),
         "iperf3": tool_version(["iperf3", "--version"]),
     }
 

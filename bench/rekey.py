@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-try:
-    import husarnet_ros  # noqa: F401
-except ImportError:  # run from a checkout that is not pip-installed
-    sys.path.insert(0, str(REPO))
+# This checkout's husarnet_ros, not a copy installed in the venv: the daemons (started with this package's
+# directory on their PYTHONPATH, husarnet_ros.testing.lab_daemon) must run the code being measured.
+sys.path.insert(0, str(REPO))
 
 from dataplane import BASE_COMMANDS, machine_info, path_specs, progress  # noqa: E402
 from measure import run_iperf, start_iperf_server  # noqa: E402

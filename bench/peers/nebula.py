@@ -67,8 +67,8 @@ def nebula(lab: Lab, client: Host, server: Host, workdir: Path) -> Tunnel:
         configs.append(path)
     logs = [confdir / f"{name}.log" for name in NAMES]
     started_at = time.time()
-    processes = {i: spawn(hosts[i], ["nebula", "-config", str(configs[i])], logs[i]) for i in (1, 0)}
-    ordered = [processes[0], processes[1]]
+    server_process = spawn(server, ["nebula", "-config", str(configs[1])], logs[1])  # the lighthouse first
+    ordered = [spawn(client, ["nebula", "-config", str(configs[0])], logs[0]), server_process]
     try:
         startup = wait_started(client, inner[1], started_at, "nebula", processes_alive(ordered, logs))
     except Exception:

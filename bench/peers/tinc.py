@@ -6,8 +6,10 @@ client's ``ConnectTo`` names it). Each end's ``tinc-up`` script gives the interf
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from tunnels import (
     Tunnel,
@@ -51,14 +53,21 @@ def tinc(lab: Lab, client: Host, server: Host, workdir: Path) -> Tunnel:
         atomic_write_text(confdir / "hosts" / other, (confdirs[1 - i] / "hosts" / other).read_text())
     logs = [confdir / "tincd.log" for confdir in confdirs]
     started_at = time.time()
-    # Server first, so the client's first connection attempt finds it listening (tinc waits 5 s to retry).
-    order = (1, 0)
-    processes = {
-        i: spawn(hosts[i], ["tincd", "--config", str(confdirs[i]), "--no-detach",
-                            f"--pidfile={confdirs[i] / 'tincd.pid'}"], logs[i])
-        for i in order
-    }  # fmt: skip
-    ordered = [processes[0], processes[1]]
+
+    def start(i: int) -> subprocess.Popen[Any]:
+        argv = [
+            "tincd",
+            "--config",
+            str(confdirs[i]),
+            "--no-detach",
+            f"--pidfile={confdirs[i] / 'tincd.pid'}",
+        ]
+        return spawn(hosts[i], argv, logs[i])
+
+    # The server first (as in the other paths), so that it is usually listening when the client first
+    # connects: tinc waits seconds before it tries a refused connection again.
+    server_process = start(1)
+    ordered = [start(0), server_process]
     try:
         startup = wait_started(client, inner[1], started_at, "tinc", processes_alive(ordered, logs))
     except Exception:
