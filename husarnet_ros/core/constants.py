@@ -63,3 +63,8 @@ MAX_HEARD_BEACONS = 256  # beacons remembered from peers not on the whitelist (s
 RATE_LIMIT_TABLE_SIZE = 4096  # source hosts tracked by the init rate limiter (least recently used evicted)
 MAX_POSTED_EVENTS = 4096  # events the data-plane threads may queue for the control loop
 MAX_POSTED_HANDSHAKES = 256  # handshake datagrams queued for the control loop (a flood is dropped here)
+
+# Feature exchange (wire.INNER_FEATURES): offered when a session is installed, then again at this interval
+# until the peer answers, at most this many times (a peer that predates the frame never does).
+FEATURES_RETRY_INTERVAL = 0.5
+FEATURES_ATTEMPTS = 5

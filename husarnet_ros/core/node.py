@@ -25,11 +25,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import handshake, wire
+from . import aead, handshake, offload, wire
 from .address import is_overlay
 from .beacon import Beacon
 from .constants import (
     BEACON_CANDIDATE_TTL,
+    FEATURES_ATTEMPTS,
+    FEATURES_RETRY_INTERVAL,
     HANDSHAKE_RETRY_INTERVAL,
     HANDSHAKE_RETRY_MAX_INTERVAL,
     HANDSHAKE_TIMEOUT,
@@ -90,6 +92,8 @@ from .ratelimit import RateLimiter
 from .session import Session
 
 Datagram = tuple[Endpoint, bytes]
+# Datagrams for one endpoint back to back in one buffer, each of the given size (the last may be shorter).
+Batch = tuple[Endpoint, memoryview, int]
 
 
 @dataclass(slots=True)
@@ -98,6 +102,27 @@ class _Pending:
 
     state: ResponderState
     started: float
+
+
+class _OnePacket:
+    """The sink of ``receive_data``: keeps the one packet a datagram carries, whole."""
+
+    __slots__ = ("packet",)
+
+    def __init__(self) -> None:
+        self.packet: bytes | None = None
+
+    def add(self, packet: bytes) -> None:
+        self.packet = packet
+
+    def add_parts(
+        self, ip8: offload.Buffer, src: bytes, dst: bytes, l4: offload.Buffer, partial: bool
+    ) -> None:
+        whole = b"".join((ip8, src, dst, l4))
+        self.packet = offload.PartialChecksum(whole) if partial else whole
+
+    def flush(self) -> None:
+        pass
 
 
 # A beacon, where it came from and when.
@@ -147,6 +172,8 @@ class Node:
         self._posted_handshakes: collections.deque[tuple[bytes, Endpoint, float]] = collections.deque()
         # --- the send thread's
         self.tx_counters: collections.Counter[str] = collections.Counter()
+        self._tx_buffer = bytearray(0)  # send_large builds its datagrams here
+        self._tx_base = aead.pointer(self._tx_buffer)
         # --- the receive thread's
         self.rx_counters: collections.Counter[str] = collections.Counter()
         self.replies: collections.deque[Datagram] = collections.deque()
@@ -218,12 +245,123 @@ class Node:
         return peer
 
     # ------------------------------------------------------------------ hot path: send thread
-    def send(self, packet: bytes, now: float) -> Datagram | None:
+    def send(self, packet: bytes | bytearray, now: float) -> Datagram | None:
         """Seal an IPv6 packet read from the TUN; None if it cannot go now (handed to the control loop)."""
+        found = self._route_for(packet, now)
+        if found is None:
+            return None
+        peer, route = found
+        return self._seal_one(
+            peer, route, wire.compress_ipv6(packet, self.address, peer.address), packet, now
+        )
+
+    def send_partial(
+        self, packet: bytearray, csum_start: int, csum_offset: int, now: float
+    ) -> Datagram | None:
+        """``send`` for a packet whose TCP/UDP checksum the kernel left partial (``NEEDS_CSUM``): it goes as
+        it is to a peer that takes partial checksums, else completed here."""
+        at = csum_start + csum_offset
+        found = self._route_for(packet, now, lambda: offload.finish_checksum(packet, csum_start, csum_offset))
+        if found is None:
+            return None
+        peer, route = found
+        if (
+            route.session.peer_features & wire.FEATURE_PARTIAL_CHECKSUM
+            and at == offload.partial_checksum_offset(packet)
+            and wire.can_compress(packet, self.address, peer.address)
+        ):
+            return self._seal_one(peer, route, wire.compress_partial(packet), packet, now)
+        offload.finish_checksum(packet, csum_start, csum_offset)
+        return self._seal_one(
+            peer, route, wire.compress_ipv6(packet, self.address, peer.address), packet, now
+        )
+
+    def send_large(self, packet: memoryview, l4_start: int, mss: int, now: float) -> Batch | None:
+        """Cut a TSO packet (TCP over IPv6, up to 64 KB) into segments of ``mss`` bytes and seal each in its
+        own datagram (its own nonce and counter): a lost datagram costs one segment. Checksums are left
+        partial for a peer that takes them. None if they cannot go now; else the datagrams back to back in
+        one buffer (valid until the next call), for a GSO send."""
+        count = offload.tcp_segment_count(packet, l4_start, mss)  # ProtocolError if malformed
+        segments: list[bytearray] = []
+
+        def full_segments() -> None:
+            segments[:] = offload.tcp_segments(packet, l4_start, mss)
+
+        found = self._route_for(packet, now, full_segments, queued=lambda: segments[0])
+        if found is None:
+            return None
+        peer, route = found
+        session = route.session
+        compressed = wire.can_compress(packet, self.address, peer.address)
+        partial = bool(
+            session.peer_features & wire.FEATURE_PARTIAL_CHECKSUM
+            and compressed
+            and l4_start == wire.IPV6_HEADER_SIZE
+        )
+        kind = (
+            wire.INNER_IPV6_PARTIAL
+            if partial
+            else wire.INNER_IPV6_COMPRESSED
+            if compressed
+            else wire.INNER_IPV6
+        )
+        header_room = wire.DATA_HEADER_SIZE + 1 + (l4_start - 32 if compressed else l4_start) + 60
+        needed = count * (header_room + mss + wire.TAG_SIZE)
+        if len(self._tx_buffer) < needed:
+            self._tx_buffer = bytearray(needed)
+            self._tx_base = aead.pointer(self._tx_buffer)
+        out, base, seal = self._tx_buffer, self._tx_base, session.seal_in_place
+        nonces = memoryview(os.urandom(wire.NONCE_SIZE * count))
+        pos = size = 0
+        try:
+            for number, (headers, chunk) in enumerate(
+                offload.tcp_segment_parts(packet, l4_start, mss, partial=partial)
+            ):
+                inner = pos + wire.DATA_HEADER_SIZE
+                out[inner] = kind
+                head = headers[:8] + headers[40:] if compressed else headers
+                body = inner + 1 + len(head)
+                out[inner + 1 : body] = head
+                end = body + len(chunk)
+                out[body:end] = chunk
+                nonce = nonces[number * wire.NONCE_SIZE : (number + 1) * wire.NONCE_SIZE]
+                datagram = seal(out, base, pos, end - inner, nonce)
+                size = size or datagram
+                pos += datagram
+        except ProtocolError:  # the counter ran out (as in send): never in practice, rekeyed long before
+            self._post(
+                NeedsSession(peer, bytes(offload.tcp_segments(packet, l4_start, mss)[0])), self.tx_counters
+            )
+            return None
+        self._note_sent(peer, session, len(packet), now)
+        self.tx_counters["tso_segments"] += count
+        return route.endpoint, memoryview(out)[:pos], size
+
+    def _seal_one(
+        self, peer: Peer, route: Route, inner: bytes, packet: bytes | bytearray, now: float
+    ) -> Datagram | None:
+        try:
+            datagram = route.session.seal(inner)
+        except ProtocolError:  # counter exhausted (never in practice: the session is rekeyed long before)
+            self._post(NeedsSession(peer, bytes(packet)), self.tx_counters)
+            return None
+        self._note_sent(peer, route.session, len(packet), now)
+        return route.endpoint, datagram
+
+    def _route_for(
+        self,
+        packet: bytes | bytearray | memoryview,
+        now: float,
+        before_queueing: Callable[[], None] | None = None,
+        queued: Callable[[], bytes | bytearray | memoryview] | None = None,
+    ) -> tuple[Peer, Route] | None:
+        """The peer and route for a packet read from the TUN, or None (counted). A missing session is asked of
+        the control loop, with a packet to send once it exists: ``packet`` itself after ``before_queueing``
+        (which completes it), or what ``queued`` returns."""
         if len(packet) < wire.IPV6_HEADER_SIZE or packet[0] >> 4 != 6:
             self.tx_counters["drop_not_ipv6"] += 1
             return None
-        dst = packet[24:40]
+        dst = bytes(packet[24:40])
         peer = self.peers.get(dst)
         if peer is None:
             self.tx_counters["drop_no_peer"] += 1
@@ -233,18 +371,18 @@ class Node:
             return None
         route = peer.route
         if route is None or now - route.session.created_at >= REJECT_AFTER_TIME:
-            self._post(NeedsSession(peer, packet), self.tx_counters)
+            if before_queueing is not None:
+                before_queueing()
+            first = queued() if queued is not None else packet
+            self._post(NeedsSession(peer, bytes(first)), self.tx_counters)
             return None
-        session = route.session
-        try:
-            datagram = session.seal(wire.compress_ipv6(packet, self.address, dst))
-        except ProtocolError:  # counter exhausted (never in practice: the session is rekeyed long before)
-            self._post(NeedsSession(peer, packet), self.tx_counters)
-            return None
+        return peer, route
+
+    @staticmethod
+    def _note_sent(peer: Peer, session: Session, size: int, now: float) -> None:
         if session.first_unanswered_send <= session.last_received:
             session.first_unanswered_send = now
-        peer.tx_bytes += len(packet)
-        return route.endpoint, datagram
+        peer.tx_bytes += size
 
     def _post(self, event: Posted, counters: collections.Counter[str]) -> None:
         # The length check races only with the control loop shortening the queue: the bound holds.
@@ -267,66 +405,121 @@ class Node:
 
     def receive_data(self, datagram: bytes, endpoint: Endpoint, now: float) -> bytes | None:
         """Open a data frame; returns an IPv6 packet to deliver, or None. Never raises."""
+        buffer = bytearray(datagram)
+        one = _OnePacket()
+        self._open(buffer, aead.pointer(buffer), 0, len(buffer), endpoint, now, one)
+        return one.packet
+
+    def receive_batch(
+        self,
+        buffer: bytearray,
+        base: aead.Pointer,
+        size: int,
+        segment: int,
+        endpoint: Endpoint,
+        now: float,
+        sink: offload.PacketSink,
+    ) -> None:
+        """Datagrams lying back to back in ``buffer[:size]`` (one GRO receive), each ``segment`` bytes but the
+        last: data frames are opened in place and their packets handed to ``sink`` in order (views into
+        ``buffer``, valid until it is reused); anything else is posted as by ``receive``. ``base`` is
+        ``aead.pointer(buffer)``."""
+        for start in range(0, size, segment):
+            length = min(segment, size - start)
+            if buffer[start] == wire.MSG_DATA:
+                self._open(buffer, base, start, length, endpoint, now, sink)
+            else:
+                self.receive(bytes(buffer[start : start + length]), endpoint, now)
+
+    def _open(
+        self,
+        buffer: bytearray,
+        base: aead.Pointer,
+        start: int,
+        length: int,
+        endpoint: Endpoint,
+        now: float,
+        sink: offload.PacketSink,
+    ) -> None:
+        """Open the data frame at ``buffer[start:start + length]`` in place and act on it (receive thread)."""
         counters = self.rx_counters
-        try:
-            index, _ = wire.decode_data_header(datagram)
-        except ProtocolError:
+        if (
+            length < wire.DATA_MIN_SIZE
+            or buffer[start] != wire.MSG_DATA
+            or any(buffer[start + 1 : start + 4])
+        ):
             counters["drop_malformed"] += 1
-            return None
-        session = self._sessions.get(index)
+            return
+        session = self._sessions.get(wire.DATA_INDEX.unpack_from(buffer, start + wire.DATA_INDEX_OFFSET)[0])
         if session is None:
             counters["drop_unknown_session"] += 1
-            return None
+            return
         try:
-            inner = session.open_(datagram)
+            size = session.open_in_place(buffer, base, start, length)
         except ReplayError:
             counters["drop_replay"] += 1
-            return None
+            return
         except AuthenticationError:
             counters["drop_auth"] += 1
-            return None
+            return
         except ProtocolError:
             counters["drop_malformed"] += 1
-            return None
+            return
         peer = self.peers.get(session.peer_address)
         if peer is None or not self.is_allowed(peer.address):
             counters["drop_whitelist"] += 1
-            return None
+            return
         session.last_received = now
         peer.last_seen = now
-        kind = inner[0]
+        at = start + wire.DATA_HEADER_SIZE
+        kind = buffer[at]
         self._note_authenticated(peer, session, endpoint, kind, now)
-        if kind == wire.INNER_IPV6_COMPRESSED:
-            try:
-                packet = wire.decompress_ipv6(inner[1:], peer.address, self.address)
-            except ProtocolError:
+        if kind == wire.INNER_IPV6_COMPRESSED or kind == wire.INNER_IPV6_PARTIAL:
+            # Addresses implied (peer -> us): the pieces go to the sink as they lie in the buffer.
+            view = memoryview(buffer)
+            ip8, l4 = view[at + 1 : at + 9], view[at + 9 : at + size]
+            partial = kind == wire.INNER_IPV6_PARTIAL
+            if size < 9 or (partial and not offload.can_be_partial(ip8[6], len(l4))):
                 counters["drop_malformed"] += 1
-                return None
-            peer.rx_bytes += len(packet)
-            return packet
+                return
+            peer.rx_bytes += wire.IPV6_HEADER_SIZE + len(l4)
+            sink.add_parts(ip8, peer.address, self.address, l4, partial)
+            return
+        inner = bytes(buffer[at : at + size])
         if kind == wire.INNER_IPV6:
             packet = inner[1:]
             # A peer may only speak for its own address: no spoofed sources into our stack.
             if len(packet) < wire.IPV6_HEADER_SIZE or packet[8:24] != peer.address:
                 counters["drop_spoofed"] += 1
-                return None
+                return
             # ... and only to us: nothing for other hosts or multicast groups enters through hnet0.
             if packet[24:40] != self.address:
                 counters["drop_wrong_destination"] += 1
-                return None
+                return
             peer.rx_bytes += len(packet)
-            return packet
-        if kind in (wire.INNER_PING, wire.INNER_PROBE) and len(inner) == 1 + wire.PROBE_ID_SIZE:
+            sink.add(packet)
+            return
+        if kind in (wire.INNER_PING, wire.INNER_PROBE) and size == 1 + wire.PROBE_ID_SIZE:
             # Answered on the same session, to where it came from: that is the path being tested.
             self.replies.append((endpoint, session.seal(bytes([wire.INNER_PONG]) + inner[1:])))
-            return None
-        if kind == wire.INNER_PONG and len(inner) == 1 + wire.PROBE_ID_SIZE:
+            return
+        if kind == wire.INNER_PONG and size == 1 + wire.PROBE_ID_SIZE:
             self._post(PongSeen(peer, session, inner[1:], endpoint, now), counters)
-            return None
-        if kind == wire.INNER_KEEPALIVE and len(inner) == 1:
-            return None
+            return
+        if kind == wire.INNER_KEEPALIVE and size == 1:
+            return
+        if kind == wire.INNER_FEATURES:
+            try:
+                features, reply_wanted = wire.decode_features(inner)
+            except ProtocolError:
+                counters["drop_malformed"] += 1
+                return
+            session.peer_features = features
+            if reply_wanted:
+                answer = wire.encode_features(wire.LOCAL_FEATURES, reply_wanted=False)
+                self.replies.append((endpoint, session.seal(answer)))
+            return
         counters["drop_malformed"] += 1
-        return None
 
     def _note_authenticated(
         self, peer: Peer, session: Session, endpoint: Endpoint, kind: int, now: float
@@ -634,7 +827,16 @@ class Node:
         route = peer.route
         while peer.pending:
             self._send_queued(peer, route, peer.pending.popleft())
+        self._offer_features(session, endpoint, now)
         self._announce(peer, before)
+
+    def _offer_features(self, session: Session, endpoint: Endpoint, now: float) -> None:
+        """Tell the peer what we understand and ask what it does; repeated (``tick``) until it answers, at
+        most FEATURES_ATTEMPTS times: a peer that never answers is one without these features."""
+        session.features_sent += 1
+        session.features_next_at = now + FEATURES_RETRY_INTERVAL
+        frame = wire.encode_features(wire.LOCAL_FEATURES, session.peer_features == 0)
+        self.outbox.append((endpoint, session.seal(frame)))
 
     def _send_queued(self, peer: Peer, route: Route, packet: bytes) -> None:
         datagram = route.session.seal(wire.compress_ipv6(packet, self.address, peer.address))
@@ -926,6 +1128,13 @@ class Node:
         self._expire_sessions(peer, now)
         route = peer.route
         if route is not None and route.session.confirmed:
+            session = route.session
+            if (
+                session.peer_features == 0
+                and session.features_sent < FEATURES_ATTEMPTS
+                and now >= session.features_next_at
+            ):
+                self._offer_features(session, route.endpoint, now)
             self._tick_path(peer, route, now)
             self._tick_rekey(peer, route, now)
             return

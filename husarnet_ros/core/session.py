@@ -11,7 +11,8 @@ Who writes what (the daemon runs a send thread, a receive thread and the control
   the frames being sealed at that instant (it only feeds the rekey-after-messages threshold).
 - ``open_``, ``replay`` and ``last_received`` belong to the receive thread.
 - ``first_unanswered_send`` belongs to the send thread (data frames only).
-- ``confirmed`` belongs to the control loop.
+- ``confirmed``, ``features_sent`` and ``features_next_at`` belong to the control loop; ``peer_features`` is
+  written by the receive thread and read by the others.
 libsodium releases the GIL, so the two directions encrypt in parallel.
 """
 
@@ -20,13 +21,7 @@ from __future__ import annotations
 import itertools
 import os
 
-from nacl.bindings import (
-    crypto_aead_xchacha20poly1305_ietf_decrypt,
-    crypto_aead_xchacha20poly1305_ietf_encrypt,
-)
-from nacl.exceptions import CryptoError
-
-from . import wire
+from . import aead, wire
 from .constants import REJECT_AFTER_MESSAGES
 from .errors import AuthenticationError, ProtocolError, ReplayError
 from .handshake import SessionKeys
@@ -41,11 +36,14 @@ class Session:
         "confirm_posted",
         "confirmed",
         "created_at",
+        "features_next_at",
+        "features_sent",
         "first_unanswered_send",
         "is_initiator",
         "last_received",
         "local_index",
         "peer_address",
+        "peer_features",
         "remote_index",
         "replay",
         "sent_messages",
@@ -70,34 +68,66 @@ class Session:
         # The responder knows the initiator has the keys (it verified the confirm); the
         # initiator knows the responder has them only when a frame from it authenticates.
         self.confirmed = not keys.is_initiator
+        # What the peer said it understands (wire.INNER_FEATURES), 0 until it says: written by the receive
+        # thread, read by the send thread. features_sent/features_next_at: the control loop's retries.
+        self.peer_features = 0
+        self.features_sent = 0
+        self.features_next_at = now
 
     def seal(self, inner: bytes) -> bytes:
         """A whole data datagram carrying ``inner`` (inner type byte + body)."""
+        size = len(inner)
+        datagram = bytearray(wire.DATA_HEADER_SIZE + size + wire.TAG_SIZE)
+        datagram[wire.DATA_HEADER_SIZE : wire.DATA_HEADER_SIZE + size] = inner
+        self.seal_in_place(datagram, aead.pointer(datagram), 0, size, os.urandom(wire.NONCE_SIZE))
+        return bytes(datagram)
+
+    def seal_in_place(
+        self, buffer: bytearray, base: aead.Pointer, start: int, size: int, nonce: bytes | memoryview
+    ) -> int:
+        """Turn the inner frame of ``size`` bytes at ``buffer[start + DATA_HEADER_SIZE:]`` into a datagram
+        at ``buffer[start:]`` (header and ``nonce`` in front, tag behind); returns the datagram's length.
+        ``base`` is ``aead.pointer(buffer)``."""
         counter = next(self._counter)
         if counter >= REJECT_AFTER_MESSAGES:
             raise ProtocolError("session exhausted its message counter")
         self.sent_messages = counter + 1
-        header = wire.encode_data_header(self.remote_index, counter)
-        nonce = os.urandom(wire.NONCE_SIZE)
-        sealed = crypto_aead_xchacha20poly1305_ietf_encrypt(inner, header, nonce, self._send_key)
-        return header + nonce + sealed
+        wire.DATA_HEADER.pack_into(buffer, start, wire.MSG_DATA, self.remote_index, counter)
+        nonce_at = start + wire.DATA_AD_SIZE
+        buffer[nonce_at : nonce_at + wire.NONCE_SIZE] = nonce
+        aead.encrypt_in_place(
+            base, start + wire.DATA_HEADER_SIZE, size, start, wire.DATA_AD_SIZE, nonce_at, self._send_key
+        )
+        return wire.DATA_HEADER_SIZE + size + wire.TAG_SIZE
 
     def open_(self, datagram: bytes) -> bytes:
         """The inner frame of ``datagram``; ProtocolError if forged, corrupt, replayed or too old."""
-        _, counter = wire.decode_data_header(datagram)
-        if not self.replay.check(counter):
+        wire.decode_data_header(datagram)
+        buffer = bytearray(datagram)
+        size = self.open_in_place(buffer, aead.pointer(buffer), 0, len(buffer))
+        return bytes(buffer[wire.DATA_HEADER_SIZE : wire.DATA_HEADER_SIZE + size])
+
+    def open_in_place(self, buffer: bytearray, base: aead.Pointer, start: int, length: int) -> int:
+        """Authenticate and decrypt the data datagram of ``length`` bytes at ``buffer[start:]`` in place: its
+        inner frame is then at ``buffer[start + DATA_HEADER_SIZE:]``, and its size is returned. ProtocolError
+        if the datagram is forged, corrupt, replayed or too old (the bytes are then unusable)."""
+        if length < wire.DATA_MIN_SIZE:
+            raise ProtocolError(f"data frame: {length} bytes, shorter than the minimum {wire.DATA_MIN_SIZE}")
+        counter = wire.DATA_COUNTER.unpack_from(buffer, start + wire.DATA_COUNTER_OFFSET)[0]
+        replay = self.replay
+        if not replay.check(counter):
             raise ReplayError("replayed or too old data frame")
-        try:
-            inner = crypto_aead_xchacha20poly1305_ietf_decrypt(
-                datagram[wire.DATA_HEADER_SIZE :],
-                datagram[: wire.DATA_AD_SIZE],
-                datagram[wire.DATA_AD_SIZE : wire.DATA_HEADER_SIZE],
-                self._receive_key,
-            )
-        except CryptoError:  # a bad tag
-            raise AuthenticationError("data frame failed authentication") from None
-        if not self.replay.accept(counter):
+        sealed = length - wire.DATA_HEADER_SIZE
+        if not aead.decrypt_in_place(
+            base,
+            start + wire.DATA_HEADER_SIZE,
+            sealed,
+            start,
+            wire.DATA_AD_SIZE,
+            start + wire.DATA_AD_SIZE,
+            self._receive_key,
+        ):
+            raise AuthenticationError("data frame failed authentication")
+        if not replay.accept(counter):
             raise ReplayError("replayed data frame")
-        if not inner:
-            raise ProtocolError("empty inner frame")
-        return bytes(inner)
+        return sealed - wire.TAG_SIZE

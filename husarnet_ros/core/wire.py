@@ -37,8 +37,12 @@ _CONFIRM_SIGNED = struct.Struct("!BBHI32s")
 CONFIRM_SIGNED_SIZE = _CONFIRM_SIGNED.size  # 40
 CONFIRM_SIZE = CONFIRM_SIGNED_SIZE + SIGNATURE_SIZE + MAC_SIZE  # 120
 # --- data: type rsv(3) receiver_index counter | nonce | ciphertext (inner frame + tag)
-_DATA_HEADER = struct.Struct("!B3xIQ")
-DATA_AD_SIZE = _DATA_HEADER.size  # 16, authenticated as associated data
+DATA_HEADER = struct.Struct("!B3xIQ")
+DATA_INDEX = struct.Struct("!I")
+DATA_INDEX_OFFSET = 4
+DATA_COUNTER = struct.Struct("!Q")
+DATA_COUNTER_OFFSET = 8
+DATA_AD_SIZE = DATA_HEADER.size  # 16, authenticated as associated data
 DATA_HEADER_SIZE = DATA_AD_SIZE + NONCE_SIZE  # 40
 DATA_MIN_SIZE = DATA_HEADER_SIZE + TAG_SIZE + 1  # at least the inner type byte
 
@@ -49,7 +53,16 @@ INNER_KEEPALIVE = 0x02
 INNER_PING = 0x03  # 8-byte probe id
 INNER_PONG = 0x04  # echoes the 8-byte probe id
 INNER_PROBE = 0x05  # 8-byte probe id; answered like a ping, but never moves the receiver's endpoint
+INNER_FEATURES = 0x06  # u32 features the sender understands, u8 flags (FEATURES_REPLY_WANTED)
+INNER_IPV6_PARTIAL = 0x07  # as INNER_IPV6_COMPRESSED; the TCP/UDP checksum holds only the pseudo-header sum
 PROBE_ID_SIZE = 8
+
+# Feature bits, exchanged per session (INNER_FEATURES); a peer that never answers has none of them.
+FEATURE_PARTIAL_CHECKSUM = 0x01  # may receive INNER_IPV6_PARTIAL
+LOCAL_FEATURES = FEATURE_PARTIAL_CHECKSUM
+FEATURES_REPLY_WANTED = 0x01  # the sender has not seen ours on this session yet
+_FEATURES = struct.Struct("!BIB")
+FEATURES_FRAME_SIZE = _FEATURES.size  # 6
 
 IPV6_HEADER_SIZE = 40
 
@@ -156,7 +169,7 @@ def decode_confirm(data: bytes) -> HandshakeConfirm:
 
 def encode_data_header(receiver_index: int, counter: int) -> bytes:
     """The 16 bytes of a data frame that are authenticated as associated data."""
-    return _DATA_HEADER.pack(MSG_DATA, receiver_index, counter)
+    return DATA_HEADER.pack(MSG_DATA, receiver_index, counter)
 
 
 def decode_data_header(data: bytes) -> tuple[int, int]:
@@ -165,7 +178,7 @@ def decode_data_header(data: bytes) -> tuple[int, int]:
         raise ProtocolError(f"data frame: {len(data)} bytes is shorter than the minimum {DATA_MIN_SIZE}")
     if data[0] != MSG_DATA or data[1] or data[2] or data[3]:
         raise ProtocolError("data frame: bad type or non-zero reserved bytes")
-    _, receiver, counter = _DATA_HEADER.unpack_from(data)
+    _, receiver, counter = DATA_HEADER.unpack_from(data)
     return receiver, counter
 
 
@@ -176,16 +189,37 @@ def message_type(data: bytes) -> int:
     return data[0]
 
 
+def encode_features(features: int, reply_wanted: bool) -> bytes:
+    return _FEATURES.pack(INNER_FEATURES, features, FEATURES_REPLY_WANTED if reply_wanted else 0)
+
+
+def decode_features(inner: bytes) -> tuple[int, bool]:
+    """(features, reply wanted) of a features frame; ProtocolError if it is not one."""
+    if len(inner) != FEATURES_FRAME_SIZE or inner[0] != INNER_FEATURES:
+        raise ProtocolError("features frame: wrong size or type")
+    _, features, flags = _FEATURES.unpack(inner)
+    return features, bool(flags & FEATURES_REPLY_WANTED)
+
+
 # --- inner IPv6 header compression -------------------------------------------------------
 # Overlay packets always go from the sender's address to the receiver's (both implied by the
 # session), so the 32 address bytes are dropped on the wire and restored on receipt.
 
 
-def compress_ipv6(packet: bytes, src: bytes, dst: bytes) -> bytes:
+def compress_ipv6(packet: bytes | bytearray, src: bytes, dst: bytes) -> bytes:
     """Inner frame for ``packet``: compressed when its addresses are the session's, else whole."""
     if len(packet) >= IPV6_HEADER_SIZE and packet[8:24] == src and packet[24:40] == dst:
         return b"\x01" + packet[:8] + packet[40:]
     return b"\x00" + packet
+
+
+def can_compress(packet: bytes | bytearray | memoryview, src: bytes, dst: bytes) -> bool:
+    return len(packet) >= IPV6_HEADER_SIZE and packet[8:24] == src and packet[24:40] == dst
+
+
+def compress_partial(packet: bytes | bytearray) -> bytes:
+    """Inner frame for a packet whose addresses are the session's and whose checksum is partial."""
+    return b"\x07" + packet[:8] + packet[40:]
 
 
 def decompress_ipv6(inner: bytes, src: bytes, dst: bytes) -> bytes:

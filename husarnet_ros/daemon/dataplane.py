@@ -1,9 +1,13 @@
 """The hot path: two threads moving packets between the TUN device and the UDP socket.
 
-One thread per direction blocks in a syscall (read on the TUN, recvfrom on the socket) and calls the
-node's hot-path method (``Node.send`` / ``Node.receive``); libsodium releases the GIL, so the directions
-overlap. Neither thread changes the node's tables: what they learn is posted to the control loop, which
-they wake only when there is something for it. A bad packet costs that packet (counted, logged at most
+One thread per direction blocks in a syscall (read on the TUN, recvmsg on the socket) and calls the
+node's hot-path methods (``Node.send``/``send_segments``, ``Node.receive``); libsodium releases the GIL, so
+the directions overlap. With offloads (core/offload.py) one read brings up to 64 KB of TCP, cut into
+segments here and sent with one or two GSO system calls, and one receive brings many datagrams (GRO), whose
+contiguous TCP segments go back to the TUN as one write.
+
+Neither thread changes the node's tables: what they learn is posted to the control loop, which they wake
+only when there is something for it. A bad packet costs that packet (counted, logged at most
 once a second), never the thread; a thread that cannot go on at all reports it through ``on_fatal``.
 """
 
@@ -16,10 +20,13 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..core import aead, offload
 from ..core.constants import MAX_DATAGRAM
+from ..core.errors import ProtocolError
 from ..core.node import Node
 from .log_ring import LogThrottle
-from .transport import UdpTransport
+from .transport import RECEIVE_BUFFER_SIZE, UdpTransport
+from .tun import OFFLOAD_READ_SIZE, Tun
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +47,14 @@ class DataPlane:
     def __init__(
         self,
         node: Node,
-        tun_fd: int,
+        tun: Tun,
         transport: UdpTransport,
         wake_control: Callable[[], None],
         on_fatal: Callable[[str], None],
     ) -> None:
         self._node = node
-        self._tun_fd = tun_fd
+        self._tun = tun
+        self._tun_failures = 0
         self._transport = transport
         self._wake = wake_control
         self._on_fatal = on_fatal
@@ -79,40 +87,105 @@ class DataPlane:
             )
 
     def _tun_to_udp(self) -> None:
-        node, fd = self._node, self._tun_fd
+        if self._tun.offload:
+            self._tun_to_udp_offload()
+            return
+        node, fd = self._node, self._tun.fd
         send, sendto, read, clock = node.send, self._transport.sendto, os.read, time.monotonic
-        failures = 0
         while not self.stopping:
-            try:
-                packet = read(fd, MAX_DATAGRAM)
-            except OSError as exc:
-                if self.stopping:
-                    return
-                failures += 1
-                if failures >= _FATAL_CONSECUTIVE_ERRORS:
-                    self._on_fatal(f"the TUN device cannot be read any more: {exc.strerror or exc}")
-                    return
-                time.sleep(0.01)
+            packet = self._read(read, fd, MAX_DATAGRAM)
+            if packet is None:
                 continue
-            failures = 0
             try:
                 out = send(packet, clock())
                 if out is None:
-                    if node.has_posted():
-                        self._wake()  # a handshake may be needed now, not at the next tick
+                    self._wake_if_posted()  # a handshake may be needed now, not at the next tick
                     continue
                 sendto(out[1], out[0])
             except Exception as exc:
                 self._packet_error("tun->udp", exc)
 
+    def _tun_to_udp_offload(self) -> None:
+        """Reads carry a virtio header; a TCP packet of up to 64 KB is cut into MTU-sized segments here, each
+        sealed on its own, and they leave in one or two GSO sends."""
+        node, fd, transport, counters = self._node, self._tun.fd, self._transport, self._node.tx_counters
+        send, send_partial, send_large = node.send, node.send_partial, node.send_large
+        sendto, sendto_batch = transport.sendto, transport.sendto_batch
+        read, clock, unpack = os.read, time.monotonic, offload.VNET_STRUCT.unpack_from
+        header_size = offload.VNET_HEADER_SIZE
+        while not self.stopping:
+            frame = self._read(read, fd, OFFLOAD_READ_SIZE)
+            if frame is None:
+                continue
+            try:
+                flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = unpack(frame)
+                if gso_type == offload.GSO_NONE:
+                    if flags & offload.VNET_F_NEEDS_CSUM:
+                        out = send_partial(bytearray(frame[header_size:]), csum_start, csum_offset, clock())
+                    else:
+                        out = send(frame[header_size:], clock())
+                    if out is None:
+                        self._wake_if_posted()  # a handshake may be needed now, not at the next tick
+                        continue
+                    sendto(out[1], out[0])
+                    continue
+                if gso_type & ~offload.GSO_ECN != offload.GSO_TCPV6:
+                    # A kind we did not offer the kernel (TUNSETOFFLOAD): never expected.
+                    counters["drop_gso_type"] += 1
+                    continue
+                batch = send_large(memoryview(frame)[header_size:], csum_start, gso_size, clock())
+                if batch is None:
+                    self._wake_if_posted()
+                    continue
+                counters["tso_packets"] += 1
+                sendto_batch(batch[1], batch[2], batch[0])
+            except ProtocolError:
+                counters["drop_malformed_tun"] += 1
+            except Exception as exc:
+                self._packet_error("tun->udp", exc)
+
+    def _read(self, read: Callable[[int, int], bytes], fd: int, size: int) -> bytes | None:
+        """One read from the TUN; None after a failure (the caller goes on; enough in a row are fatal)."""
+        try:
+            data = read(fd, size)
+        except OSError as exc:
+            if self.stopping:
+                return None
+            self._tun_failures += 1
+            if self._tun_failures >= _FATAL_CONSECUTIVE_ERRORS:
+                self.stopping = True
+                self._on_fatal(f"the TUN device cannot be read any more: {exc.strerror or exc}")
+                return None
+            time.sleep(0.01)
+            return None
+        self._tun_failures = 0
+        return data
+
+    def _wake_if_posted(self) -> None:
+        if self._node.has_posted():
+            self._wake()
+
     def _udp_to_tun(self) -> None:
-        node, transport, fd = self._node, self._transport, self._tun_fd
-        receive, recvfrom, write, clock = node.receive, transport.recvfrom, os.write, time.monotonic
-        replies = node.replies
+        """Each receive may hold several datagrams (GRO), opened in place in one buffer; their packets go to
+        the TUN one write each, or joined into large TCP packets when the TUN takes them (offload)."""
+        node, transport, fd = self._node, self._transport, self._tun.fd
+        receive_batch, recv_batch, clock = node.receive_batch, transport.recv_batch, time.monotonic
+        counters, replies = node.rx_counters, node.replies
+        buffer = bytearray(RECEIVE_BUFFER_SIZE)
+        base = aead.pointer(buffer)
+
+        def write(header: bytes, parts: list[offload.Buffer]) -> None:
+            try:
+                os.writev(fd, [header, *parts])
+            except OSError as exc:
+                counters["drop_tun_write"] += 1
+                log.debug("TUN write failed: %s", exc)
+
+        sink = offload.TcpCoalescer(write) if self._tun.offload else offload.PlainPackets(write)
         failures = 0
         while not self.stopping:
             try:
-                datagram, endpoint = recvfrom(MAX_DATAGRAM)
+                size, segment, endpoint = recv_batch(buffer)
             except OSError as exc:
                 if self.stopping:
                     return
@@ -125,13 +198,10 @@ class DataPlane:
                 continue
             failures = 0
             try:
-                packet = receive(datagram, endpoint, clock())
-                if packet is not None:
-                    try:
-                        write(fd, packet)
-                    except OSError as exc:
-                        node.rx_counters["drop_tun_write"] += 1
-                        log.debug("TUN write failed: %s", exc)
+                if segment < size:
+                    counters["gro_batches"] += 1
+                receive_batch(buffer, base, size, segment, endpoint, clock(), sink)
+                sink.flush()
                 while replies:
                     to, data = replies.popleft()
                     transport.sendto(data, to)

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..api import DataPlaneStatus
 from ..core.address import format_address
 from ..core.config import DaemonConfig
 from ..core.errors import HusarnetError
@@ -92,8 +93,8 @@ class Daemon:
         """Everything that needs root; runs in the main thread before any other thread exists. Returns
         what the control API serves."""
         cfg = self.config
-        self.tun = Tun(cfg.interface, self.identity.address, cfg.mtu)
-        self.transport = UdpTransport(cfg.udp_port)
+        self.tun = Tun(cfg.interface, self.identity.address, cfg.mtu, offload=cfg.offload)
+        self.transport = UdpTransport(cfg.udp_port, offload=cfg.offload)
         if cfg.discovery_enabled:
             self.discovery = Discovery(
                 self.identity,
@@ -114,7 +115,18 @@ class Daemon:
             self.acl,
             self.host_entries,
             self.hosts_helper,
-            NodeInfo(self.hostname, self.tun.name, self.transport.port),
+            NodeInfo(
+                self.hostname,
+                self.tun.name,
+                self.transport.port,
+                DataPlaneStatus(
+                    mtu=cfg.mtu,
+                    offload=cfg.offload,
+                    tun_offload=self.tun.offload,
+                    udp_gso=self.transport.gso,
+                    udp_gro=self.transport.gro,
+                ),
+            ),
             ring=self.ring,
             wall_minus_mono=self.wall_minus_mono,
             extra_counters=(
@@ -139,6 +151,10 @@ class Daemon:
             self.transport.port,
             self.hostname,
             "on" if self.acl.enabled else "off",
+        )
+        log.info(
+            "data plane: TUN offload %s, UDP GSO %s, UDP GRO %s",
+            *("on" if flag else "off" for flag in (self.tun.offload, self.transport.gso, self.transport.gro)),
         )
         return self.controller
 
@@ -186,7 +202,7 @@ class Daemon:
         assert self.loop is not None
         assert self.controller is not None
         self.dataplane = DataPlane(
-            self.controller.node, self.tun.fd, self.transport, self.loop.wake, self.loop.fail
+            self.controller.node, self.tun, self.transport, self.loop.wake, self.loop.fail
         )
         self.dataplane.start()
         self.controller.ready = True

@@ -8,15 +8,36 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import socket
+import struct
 
 from ..core.constants import MAX_DATAGRAM
 from ..core.errors import HusarnetError
 from ..core.peer import Endpoint
 from .in_use import in_use_message
 
-_SOCKET_BUFFER = 4 * 1024 * 1024
+log = logging.getLogger(__name__)
+
+# Bursts (a DDS message is hundreds of datagrams sent at once) must fit in the socket while the receive thread
+# catches up. Set with the *FORCE options while the daemon still has CAP_NET_ADMIN: plain SO_RCVBUF is capped
+# by net.core.rmem_max (208 KB by default), which one 1 MB message overflows.
+_SOCKET_BUFFER = 8 * 1024 * 1024
 _MAX_CACHED_ENDPOINTS = 4096  # address conversions kept; a flood of sources only empties the cache
+# linux/udp.h; Python 3.11 does not name them.
+UDP_SEGMENT = 103
+UDP_GRO = 104
+# One GSO send: at most this many datagrams (the kernel's UDP_MAX_SEGMENTS is 64 on older kernels) and this
+# many bytes (the whole must fit one IP packet's 16-bit length).
+GSO_MAX_SEGMENTS = 64
+GSO_MAX_BYTES = 65000
+# A GRO receive returns up to 64 KB of same-sized datagrams.
+RECEIVE_BUFFER_SIZE = 65536 + 4096
+_GSO_FAILURES = {errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP}
+
+
+_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 
 class TransportError(HusarnetError):
@@ -24,16 +45,18 @@ class TransportError(HusarnetError):
 
 
 class UdpTransport:
-    def __init__(self, port: int) -> None:
+    """``gso``/``gro``: the kernel sends several datagrams per ``sendto_many`` call / returns several per
+    ``recv_batch`` (negotiated at start when ``offload`` is asked for; GSO also turns itself off if the kernel
+    refuses a send, e.g. a route through a device without checksum offload)."""
+
+    def __init__(self, port: int, *, offload: bool = False) -> None:
         try:
             sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         except OSError as exc:
             raise TransportError(f"cannot open an IPv6 UDP socket: {exc.strerror or exc}") from None
         try:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
+            _set_buffers(sock)
             sock.bind(("::", port))
         except OSError as exc:
             sock.close()
@@ -44,25 +67,67 @@ class UdpTransport:
             raise TransportError(f"cannot bind UDP port {port}: {exc.strerror or exc}") from None
         self.sock = sock
         self.port = sock.getsockname()[1]
+        self.gso = offload and _try_option(sock, UDP_SEGMENT, 0)  # 0: no default size, only per send
+        self.gro = offload and _try_option(sock, UDP_GRO, 1)
+        self._gro_ancillary = socket.CMSG_SPACE(4) if self.gro else 0
         # Conversions cached both ways: the hot path must not re-parse addresses per packet. Every thread
         # that sends or receives fills them (single dict operations, atomic under the GIL); forget_routes()
         # empties them when interfaces change, since an interface index is part of a link-local target.
         self._to_socket: dict[Endpoint, tuple[str, int, int, int]] = {}
         self._from_socket: dict[tuple[str, int, int], Endpoint] = {}
 
-    def sendto(self, data: bytes, endpoint: Endpoint) -> None:
+    def _target(self, endpoint: Endpoint) -> tuple[str, int, int, int]:
         target = self._to_socket.get(endpoint)
         if target is None:
             target = socket_target(endpoint)
             if len(self._to_socket) > _MAX_CACHED_ENDPOINTS:
                 self._to_socket.clear()
             self._to_socket[endpoint] = target
+        return target
+
+    def sendto(self, data: bytes | memoryview, endpoint: Endpoint) -> None:
         # Unreachable networks and full buffers behave like packet loss.
         with contextlib.suppress(OSError):
-            self.sock.sendto(data, target)
+            self.sock.sendto(data, self._target(endpoint))
+
+    def sendto_batch(self, datagrams: memoryview, size: int, endpoint: Endpoint) -> None:
+        """Send datagrams lying back to back in ``datagrams``, each ``size`` bytes (the last may be shorter), to
+        one endpoint: with GSO in as few system calls as the kernel allows, else one by one."""
+        total = len(datagrams)
+        if not self.gso or total <= size:
+            for start in range(0, total, size):
+                self.sendto(datagrams[start : start + size], endpoint)
+            return
+        target = self._target(endpoint)
+        step = size * max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size))
+        segment = [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+        for start in range(0, total, step):
+            try:
+                self.sock.sendmsg([datagrams[start : start + step]], segment, 0, target)
+            except OSError as exc:
+                if exc.errno not in _GSO_FAILURES:
+                    continue  # full buffers, unreachable networks: packet loss, as for sendto
+                log.warning("UDP segmentation offload refused (%s); sending datagrams one by one", exc)
+                self.gso = False
+                for single in range(start, total, size):
+                    self.sendto(datagrams[single : single + size], endpoint)
+                return
+
+    def recv_batch(self, buffer: bytearray) -> tuple[int, int, Endpoint]:
+        """Receive into ``buffer``: (bytes received, size of each datagram in them, sender). Without GRO, or
+        for a datagram that was not coalesced, the size is the whole length."""
+        size, ancillary, _flags, addr = self.sock.recvmsg_into([buffer], self._gro_ancillary)
+        segment = size
+        for level, kind, data in ancillary:
+            if level == socket.SOL_UDP and kind == UDP_GRO and len(data) >= 4:
+                segment = struct.unpack_from("=i", data)[0] or size
+        return size, segment, self._endpoint_of(addr)
 
     def recvfrom(self, size: int = MAX_DATAGRAM) -> tuple[bytes, Endpoint]:
         data, addr = self.sock.recvfrom(size)
+        return data, self._endpoint_of(addr)
+
+    def _endpoint_of(self, addr: tuple[str, int, int, int]) -> Endpoint:
         key = (addr[0], addr[1], addr[3])
         endpoint = self._from_socket.get(key)
         if endpoint is None:
@@ -78,7 +143,7 @@ class UdpTransport:
             if len(self._from_socket) > _MAX_CACHED_ENDPOINTS:
                 self._from_socket.clear()
             self._from_socket[key] = endpoint
-        return data, endpoint
+        return endpoint
 
     def forget_routes(self) -> None:
         """Interfaces changed: look interface names up again (a re-plugged adapter gets a new index)."""
@@ -87,6 +152,23 @@ class UdpTransport:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _set_buffers(sock: socket.socket) -> None:
+    for forced, plain in ((_SO_RCVBUFFORCE, socket.SO_RCVBUF), (_SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, forced, _SOCKET_BUFFER)
+        except OSError:  # no CAP_NET_ADMIN (tests as a user): as much as net.core.*mem_max allows
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, plain, _SOCKET_BUFFER)
+
+
+def _try_option(sock: socket.socket, option: int, value: int) -> bool:
+    try:
+        sock.setsockopt(socket.SOL_UDP, option, value)
+    except OSError:
+        return False
+    return True
 
 
 def _interface_name(index: int) -> str:

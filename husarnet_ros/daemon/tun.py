@@ -1,21 +1,42 @@
-"""The overlay's TUN device: created with pytun, configured through netlink (pyroute2)."""
+"""The overlay's TUN device: opened through /dev/net/tun, configured through netlink (pyroute2).
+
+With offloads requested, the device is opened with a virtio-net header on every read and write
+(``IFF_VNET_HDR``) and told it may hand over TCP/IPv6 packets of up to 64 KB and leave checksums partial
+(``TUNSETOFFLOAD``): the kernel then does one read where it did ~48. A kernel that refuses gets the plain
+device (one IPv6 packet per read, nothing in front), and ``offload`` says which one this is.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import ipaddress
 import os
 import socket
+import struct
 
-import pytun
 from pyroute2 import IPRoute
 
-from ..core.constants import MAX_DATAGRAM, OVERLAY_PREFIX_LEN
+from ..core.constants import OVERLAY_PREFIX_LEN
 from ..core.errors import HusarnetError
 from .in_use import in_use_message
 
 IFA_F_NODAD = 0x02  # linux/if_addr.h: the overlay address is unique by construction, skip DAD
+
+# linux/if_tun.h
+_TUNSETIFF = 0x400454CA
+_TUNSETOFFLOAD = 0x400454D0
+_IFF_TUN = 0x0001
+_IFF_NO_PI = 0x1000
+_IFF_VNET_HDR = 0x4000
+_TUN_F_CSUM = 0x01
+_TUN_F_TSO6 = 0x04
+# Packets arrive as big as the kernel's TSO allows (64 KB, plus the virtio header); reads use this size.
+OFFLOAD_READ_SIZE = 65536 + 256
+# How many packets the kernel queues for the daemon before dropping: a 1 MB DDS message is ~800 packets,
+# sent at once; the default (500) dropped the tail of every such burst.
+TX_QUEUE_LEN = 8192
 
 
 class TunError(HusarnetError):
@@ -23,30 +44,47 @@ class TunError(HusarnetError):
 
 
 class Tun:
-    """An L3 TUN device without packet info: each read/write is one IPv6 packet."""
+    """An L3 TUN device without packet info. ``offload``: every read and write carries a virtio-net header
+    (core/offload.py) and reads may be TSO packets; otherwise each read/write is one IPv6 packet."""
 
-    def __init__(self, name: str, address: bytes, mtu: int) -> None:
-        try:
-            self._dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
-        except pytun.Error as exc:
-            raise _open_error(name, exc) from None
-        self.name = self._dev.name
-        self.fd = self._dev.fileno()
+    def __init__(self, name: str, address: bytes, mtu: int, *, offload: bool = False) -> None:
+        self.offload = False
+        fd = -1
+        if offload:
+            fd, name = _open(name, _IFF_TUN | _IFF_NO_PI | _IFF_VNET_HDR)
+            try:
+                fcntl.ioctl(fd, _TUNSETOFFLOAD, _TUN_F_CSUM | _TUN_F_TSO6)
+                self.offload = True
+            except OSError:  # an old kernel: the plain device below
+                os.close(fd)
+                fd = -1
+        if fd < 0:
+            fd, name = _open(name, _IFF_TUN | _IFF_NO_PI)
+        self.fd = fd
+        self.name = name
         try:
             configure_interface(self.name, address, mtu)
         except Exception:
-            self._dev.close()
+            os.close(fd)
             raise
-
-    def read(self, size: int = MAX_DATAGRAM) -> bytes:
-        return os.read(self.fd, size)
-
-    def write(self, packet: bytes) -> None:
-        os.write(self.fd, packet)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
-            self._dev.close()
+            os.close(self.fd)
+
+
+def _open(name: str, flags: int) -> tuple[int, str]:
+    """A file descriptor on the TUN device ``name`` (created if needed) and the name the kernel gave it."""
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _open_error(name, exc) from None
+    try:
+        answer = fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", name.encode(), flags))
+    except OSError as exc:
+        os.close(fd)
+        raise _open_error(name, exc) from None
+    return fd, answer[:16].rstrip(b"\0").decode()
 
 
 def _interface_exists(name: str) -> bool:
@@ -57,19 +95,18 @@ def _interface_exists(name: str) -> bool:
     return True
 
 
-def _open_error(name: str, exc: pytun.Error) -> TunError:
+def _open_error(name: str, exc: OSError) -> TunError:
     # EBUSY: a TUN device of that name is open in another process (Husarnet's daemon, another husarnet-ros
     # daemon); EINVAL: an interface of that name exists but is not a plain TUN device (TAP, veth, multiqueue).
     if exc.errno in (errno.EBUSY, errno.EINVAL) and _interface_exists(name):
-        return TunError(
-            in_use_message(f"interface {name}", "choose another interface name with --interface")
-        )
+        return TunError(in_use_message(f"interface {name}", "choose another interface name with --interface"))
     reason = exc.strerror or str(exc)
     return TunError(f"cannot create TUN device {name!r}: {reason} (needs root, CAP_NET_ADMIN, /dev/net/tun)")
 
 
 def configure_interface(name: str, address: bytes, mtu: int) -> None:
-    """Set MTU, add the overlay address as fc94::/16 (which installs the route) and bring it up."""
+    """Set MTU and queue length, add the overlay address as fc94::/16 (which installs the route) and bring
+    the interface up."""
     text = str(ipaddress.IPv6Address(address))
     try:
         with IPRoute() as ipr:
@@ -77,7 +114,7 @@ def configure_interface(name: str, address: bytes, mtu: int) -> None:
             if not links:
                 raise TunError(f"interface {name} vanished while configuring it")
             index = links[0]
-            ipr.link("set", index=index, mtu=mtu)
+            ipr.link("set", index=index, mtu=mtu, txqlen=TX_QUEUE_LEN)
             ipr.addr("add", index=index, address=text, prefixlen=OVERLAY_PREFIX_LEN, IFA_FLAGS=IFA_F_NODAD)
             ipr.link("set", index=index, state="up")
     except TunError:

@@ -1,0 +1,405 @@
+"""Segmentation offloads, sans-IO: what the data plane does with the kernel's large TCP packets.
+
+With offloads on, the TUN device hands the daemon TCP packets of up to 64 KB (TSO: one read instead of
+~48) with a ``virtio_net_hdr`` in front, and takes such packets back (one write instead of ~48). The wire
+never sees them: every wire datagram still carries one IPv6 packet of at most the MTU, with valid checksums,
+sealed on its own (its own nonce and counter), so a peer without offloads interoperates and a lost datagram
+costs one segment. This module is the pure part of that:
+
+* ``VnetHeader``: the 10-byte header in front of every TUN read and write (``linux/virtio_net.h``);
+* ``finish_checksum``: fill in an L4 checksum the kernel left partial (``NEEDS_CSUM``);
+* ``tcp_segments``: cut a large TCP packet into MTU-sized packets, as the NIC would (sequence numbers, flags,
+  lengths, full checksums);
+* ``TcpCoalescer``: join received packets that continue one TCP stream back into one large packet for one
+  TUN write (as the kernel's GRO does): only byte-contiguous segments of one flow with identical headers, so a
+  gap (a lost or reordered datagram) simply ends a run and everything that arrived is still delivered.
+
+Checksums use the ones'-complement identity ``sum of 16-bit words == value mod 0xFFFF`` (0x10000 is 1 modulo
+0xFFFF), so one ``int.from_bytes`` and one modulo in C replace a Python loop over words.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from .errors import ProtocolError
+
+Buffer = bytes | bytearray | memoryview
+
+VNET_HEADER_SIZE = 10
+# Host byte order: TUN's legacy virtio headers, unless told otherwise (TUNSETVNETLE/BE).
+VNET_STRUCT = struct.Struct("=BBHHHH")
+
+# linux/virtio_net.h
+VNET_F_NEEDS_CSUM = 0x01
+VNET_F_DATA_VALID = 0x02
+GSO_NONE = 0x00
+GSO_TCPV4 = 0x01
+GSO_UDP = 0x03
+GSO_TCPV6 = 0x04
+GSO_UDP_L4 = 0x05
+GSO_ECN = 0x80
+
+IPV6_HEADER = 40
+TCP_MIN_HEADER = 20
+_NEXT_HEADER_TCP = 6
+_NEXT_HEADER_UDP = 17
+_TCP_CHECKSUM_OFFSET = 16
+_UDP_CHECKSUM_OFFSET = 6
+MAX_IPV6_PAYLOAD = 0xFFFF  # the payload length field; no jumbograms on the overlay
+
+# TCP flag bits (byte 13 of the header)
+TCP_FIN = 0x01
+TCP_SYN = 0x02
+TCP_RST = 0x04
+TCP_PSH = 0x08
+TCP_ACK = 0x10
+TCP_URG = 0x20
+TCP_ECE = 0x40
+TCP_CWR = 0x80
+
+
+@dataclass(frozen=True, slots=True)
+class VnetHeader:
+    flags: int = 0
+    gso_type: int = GSO_NONE
+    hdr_len: int = 0
+    gso_size: int = 0
+    csum_start: int = 0
+    csum_offset: int = 0
+
+    def pack(self) -> bytes:
+        return VNET_STRUCT.pack(
+            self.flags, self.gso_type, self.hdr_len, self.gso_size, self.csum_start, self.csum_offset
+        )
+
+    @classmethod
+    def unpack(cls, data: Buffer) -> VnetHeader:
+        if len(data) < VNET_HEADER_SIZE:
+            raise ProtocolError(f"virtio header: {len(data)} bytes, need {VNET_HEADER_SIZE}")
+        return cls(*VNET_STRUCT.unpack_from(data))
+
+
+PLAIN_VNET_HEADER = VnetHeader().pack()  # a packet with complete checksums, no segmentation
+
+
+def ones_sum(data: Buffer) -> int:
+    """The ones'-complement sum of ``data`` as 16-bit big-endian words (odd length: zero-padded), reduced
+    modulo 0xFFFF (0 stands for both 0x0000 and 0xFFFF)."""
+    value = int.from_bytes(data, "big")
+    if len(data) & 1:
+        value <<= 8
+    return value % 0xFFFF
+
+
+def checksum_field(total: int) -> int:
+    """The checksum to store for data whose ones' sum (any size, checksum field zero) is ``total``. Never 0,
+    which UDP over IPv6 forbids; 0xFFFF and 0x0000 verify alike."""
+    return 0xFFFF - total % 0xFFFF
+
+
+def pseudo_header_sum(src: Buffer, dst: Buffer, length: int, next_header: int) -> int:
+    """Sum of the IPv6 pseudo-header (RFC 8200 section 8.1)."""
+    return ones_sum(src) + ones_sum(dst) + length + next_header
+
+
+def finish_checksum(packet: bytearray | memoryview, csum_start: int, csum_offset: int) -> None:
+    """Complete a partial checksum in place: the kernel stored the pseudo-header sum at
+    ``csum_start + csum_offset`` and left the sum over ``packet[csum_start:]`` to whoever sends it."""
+    at = csum_start + csum_offset
+    if csum_start < IPV6_HEADER or at + 2 > len(packet):
+        raise ProtocolError(f"partial checksum at {csum_start}+{csum_offset} outside {len(packet)} bytes")
+    value = checksum_field(ones_sum(packet[csum_start:]))
+    packet[at] = value >> 8
+    packet[at + 1] = value & 0xFF
+
+
+class PartialChecksum(bytes):
+    """An IPv6 packet whose TCP or UDP checksum field holds only the pseudo-header sum (``NEEDS_CSUM``), as a
+    peer sends it when both ends agreed to skip checksums that the AEAD makes redundant. Whoever writes it to
+    the TUN either says so in the virtio header or finishes the checksum (``finish_checksum``) first."""
+
+    __slots__ = ()
+
+
+def can_be_partial(next_header: int, l4_length: int) -> bool:
+    """Whether an upper layer of this protocol and length can carry a partial checksum (TCP or UDP, whole
+    header present)."""
+    if next_header == _NEXT_HEADER_TCP:
+        return l4_length >= TCP_MIN_HEADER
+    return next_header == _NEXT_HEADER_UDP and l4_length >= 8
+
+
+def partial_checksum_offset(packet: Buffer) -> int:
+    """Where a partial checksum sits in ``packet`` (plain IPv6 + TCP or UDP, no extension headers), or 0 if
+    the packet cannot carry one."""
+    next_header = packet[6]
+    if next_header == _NEXT_HEADER_TCP and len(packet) >= IPV6_HEADER + TCP_MIN_HEADER:
+        return IPV6_HEADER + _TCP_CHECKSUM_OFFSET
+    if next_header == _NEXT_HEADER_UDP and len(packet) >= IPV6_HEADER + 8:
+        return IPV6_HEADER + _UDP_CHECKSUM_OFFSET
+    return 0
+
+
+def tcp_segments(packet: Buffer, l4_start: int, mss: int, *, partial: bool = False) -> list[bytearray]:
+    """Cut a TSO packet (IPv6, any extension headers up to ``l4_start``, then TCP) into packets carrying at
+    most ``mss`` payload bytes each: see ``tcp_segment_parts``."""
+    return [headers + chunk for headers, chunk in tcp_segment_parts(packet, l4_start, mss, partial=partial)]
+
+
+def tcp_segment_count(packet: Buffer, l4_start: int, mss: int, *, partial: bool = False) -> int:
+    """How many segments ``tcp_segment_parts`` makes of ``packet``; ProtocolError if it cannot cut it."""
+    header_end = _tso_header_end(packet, l4_start, mss, partial)
+    return max(1, -(-(len(packet) - header_end) // mss))
+
+
+def _tso_header_end(packet: Buffer, l4_start: int, mss: int, partial: bool) -> int:
+    size = len(packet)
+    if size < IPV6_HEADER or packet[0] >> 4 != 6:
+        raise ProtocolError("TSO packet is not IPv6")
+    if mss <= 0:
+        raise ProtocolError("TSO packet without a segment size")
+    if l4_start < IPV6_HEADER or l4_start + TCP_MIN_HEADER > size:
+        raise ProtocolError(f"TSO packet: TCP header at {l4_start} does not fit in {size} bytes")
+    if partial and l4_start != IPV6_HEADER:
+        raise ValueError("partial checksums only for packets without extension headers")
+    tcp_header = (packet[l4_start + 12] >> 4) * 4
+    if tcp_header < TCP_MIN_HEADER or l4_start + tcp_header > size:
+        raise ProtocolError("TSO packet: bad TCP data offset")
+    return l4_start + tcp_header
+
+
+def tcp_segment_parts(
+    packet: Buffer, l4_start: int, mss: int, *, partial: bool = False
+) -> Iterator[tuple[bytearray, memoryview]]:
+    """The segments of a TSO packet as (headers, payload) pairs, payload at most ``mss`` bytes, with the
+    header fields a NIC would set: the IPv6 payload length, the sequence number, FIN and PSH only on the last
+    segment, CWR only on the first, and a full checksum; or, with ``partial``, only the pseudo-header sum
+    (what ``PartialChecksum`` means; needs ``l4_start`` 40). ProtocolError if it is not such a packet."""
+    size = len(packet)
+    header_end = _tso_header_end(packet, l4_start, mss, partial)
+    tcp_header = header_end - l4_start
+    view = memoryview(packet)
+    headers = bytearray(view[:header_end])
+    # Routing headers would change the pseudo-header's destination; locally sent TCP never carries one, and
+    # the kernel's own TSO (tcp6_gso_segment) checks only the first next-header too.
+    addresses = ones_sum(view[8:40]) + _NEXT_HEADER_TCP
+    seq = int.from_bytes(view[l4_start + 4 : l4_start + 8], "big")
+    flags = headers[l4_start + 13]
+    checksum_at = l4_start + 16
+    headers[checksum_at] = headers[checksum_at + 1] = 0  # filled in per segment
+    extension = l4_start - IPV6_HEADER
+    offset = header_end
+    while True:
+        chunk = view[offset : offset + mss]
+        last = offset + mss >= size
+        seg = bytearray(headers)
+        seg_flags = flags
+        if not last:
+            seg_flags &= ~(TCP_FIN | TCP_PSH)
+        if offset != header_end:
+            seg_flags &= ~TCP_CWR
+        seg[l4_start + 13] = seg_flags
+        seg[l4_start + 4 : l4_start + 8] = ((seq + offset - header_end) & 0xFFFFFFFF).to_bytes(4, "big")
+        l4_length = tcp_header + len(chunk)
+        seg[4:6] = (extension + l4_length).to_bytes(2, "big")
+        if partial:
+            field = (addresses + l4_length) % 0xFFFF or 0xFFFF
+        else:
+            field = checksum_field(addresses + l4_length + ones_sum(seg[l4_start:]) + ones_sum(chunk))
+        seg[checksum_at] = field >> 8
+        seg[checksum_at + 1] = field & 0xFF
+        yield seg, chunk
+        offset += mss
+        if last:
+            return
+
+
+def _partial_header(checksum_offset: int) -> bytes:
+    return VnetHeader(flags=VNET_F_NEEDS_CSUM, csum_start=IPV6_HEADER, csum_offset=checksum_offset).pack()
+
+
+_TCP_PARTIAL_VNET_HEADER = _partial_header(_TCP_CHECKSUM_OFFSET)
+_UDP_PARTIAL_VNET_HEADER = _partial_header(_UDP_CHECKSUM_OFFSET)
+
+
+def complete(packet: bytes) -> bytes:
+    """``packet`` with a full checksum (a ``PartialChecksum`` completed), for a TUN without virtio headers."""
+    if not isinstance(packet, PartialChecksum):
+        return packet
+    whole = bytearray(packet)
+    finish_checksum(whole, IPV6_HEADER, partial_checksum_offset(whole) - IPV6_HEADER)
+    return bytes(whole)
+
+
+class PacketSink(Protocol):
+    """Where the receive path puts the packets it opened, in order: whole, or as the pieces of a compressed
+    frame (first 8 header bytes, source, destination, upper layer), which saves joining them."""
+
+    def add(self, packet: bytes) -> None: ...
+
+    def add_parts(self, ip8: Buffer, src: bytes, dst: bytes, l4: Buffer, partial: bool) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+Write = Callable[[bytes, list[Buffer]], None]
+
+
+def _vnet_for(partial: bool, next_header: int) -> bytes:
+    if not partial:
+        return PLAIN_VNET_HEADER
+    return _TCP_PARTIAL_VNET_HEADER if next_header == _NEXT_HEADER_TCP else _UDP_PARTIAL_VNET_HEADER
+
+
+class PlainPackets:
+    """A ``PacketSink`` for a TUN without virtio headers: every packet whole, checksums completed."""
+
+    def __init__(self, write: Write) -> None:
+        self._write = write
+
+    def add(self, packet: bytes) -> None:
+        self._write(b"", [complete(packet)])
+
+    def add_parts(self, ip8: Buffer, src: bytes, dst: bytes, l4: Buffer, partial: bool) -> None:
+        if partial:
+            self.add(PartialChecksum(b"".join((ip8, src, dst, l4))))
+        else:
+            self._write(b"", [ip8, src, dst, l4])
+
+    def flush(self) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class _Run:
+    """Segments of one TCP stream being joined: the first packet's pieces, and every payload."""
+
+    first: tuple[Buffer, bytes, bytes, Buffer]  # ip8, src, dst, l4 of the first packet
+    tcp_header: int
+    parts: list[Buffer]
+    mss: int
+    next_seq: int
+    length: int  # headers + payloads
+    closed: bool  # a short segment or PSH ended it: nothing may follow
+    partial: bool  # the first packet's checksum is partial (matters only if it stays alone)
+    psh: int
+
+
+def _flow_key(ip8: Buffer, src: bytes, dst: bytes, l4: Buffer, tcp_header: int) -> bytes:
+    """What must match for two segments to join: version, class and flow label, next header and hop limit,
+    addresses, ports, acknowledgement, data offset, window and options. Not compared: the payload length,
+    sequence number, flags, checksum and urgent pointer."""
+    return b"".join((ip8[0:4], ip8[6:8], src, dst, l4[0:4], l4[8:13], l4[14:16], l4[20:tcp_header]))
+
+
+class TcpCoalescer:
+    """A ``PacketSink`` for a TUN with virtio headers: joins consecutive packets of one TCP stream into one
+    large packet (as the kernel's GRO does), so the TUN takes in one write what would take ~45.
+
+    ``write(vnet_header, parts)`` is called for every packet to hand to the TUN, in order; call ``flush``
+    after the last packet of a batch. Only one run is open at a time: a packet that does not continue it
+    (another flow, a gap from a lost or reordered datagram, other flags) ends it, and every packet that
+    arrived still goes up. Joined packets go up with ``NEEDS_CSUM`` (the AEAD authenticated every segment;
+    the kernel treats the checksum as verified) and ``GSO_TCPV6``.
+    """
+
+    def __init__(self, write: Write, max_length: int = IPV6_HEADER + MAX_IPV6_PAYLOAD) -> None:
+        self._write = write
+        self._max_length = max_length
+        self._run: _Run | None = None
+        self._key = b""
+        self.joined = 0  # segments that went up inside a larger packet (statistics)
+
+    def add(self, packet: bytes) -> None:
+        view = memoryview(packet)
+        self.add_parts(
+            view[:8], bytes(view[8:24]), bytes(view[24:40]), view[40:], isinstance(packet, PartialChecksum)
+        )
+
+    def add_parts(self, ip8: Buffer, src: bytes, dst: bytes, l4: Buffer, partial: bool) -> None:
+        tcp_header = _joinable(ip8, l4)
+        if tcp_header == 0:
+            self.flush()
+            self._write(_vnet_for(partial, ip8[6]), [ip8, src, dst, l4])
+            return
+        payload = len(l4) - tcp_header
+        seq = int.from_bytes(l4[4:8], "big")
+        flags = l4[13]
+        key = _flow_key(ip8, src, dst, l4, tcp_header)
+        run = self._run
+        if run is not None:
+            if (
+                not run.closed
+                and seq == run.next_seq
+                and payload <= run.mss
+                and run.length + payload <= self._max_length
+                and key == self._key
+            ):
+                run.parts.append(l4[tcp_header:])
+                run.length += payload
+                run.next_seq = (seq + payload) & 0xFFFFFFFF
+                if payload < run.mss or flags & TCP_PSH:
+                    run.closed = True
+                    run.psh |= flags & TCP_PSH
+                return
+            self.flush()
+        self._key = key
+        self._run = _Run(
+            first=(ip8, src, dst, l4),
+            tcp_header=tcp_header,
+            parts=[l4[tcp_header:]],
+            mss=payload,
+            next_seq=(seq + payload) & 0xFFFFFFFF,
+            length=IPV6_HEADER + len(l4),
+            closed=bool(flags & TCP_PSH),
+            partial=partial,
+            psh=0,
+        )
+
+    def flush(self) -> None:
+        run = self._run
+        if run is None:
+            return
+        self._run = None
+        ip8, src, dst, l4 = run.first
+        if len(run.parts) == 1:
+            self._write(_vnet_for(run.partial, _NEXT_HEADER_TCP), [ip8, src, dst, l4])
+            return
+        tcp_header = run.tcp_header
+        l4_length = run.length - IPV6_HEADER
+        head = bytearray(ip8)
+        head[4:6] = l4_length.to_bytes(2, "big")
+        tcp = bytearray(l4[:tcp_header])
+        tcp[13] |= run.psh
+        # NEEDS_CSUM wants the pseudo-header sum in the checksum field (folded, not complemented).
+        seed = pseudo_header_sum(src, dst, l4_length, _NEXT_HEADER_TCP) % 0xFFFF or 0xFFFF
+        tcp[16:18] = seed.to_bytes(2, "big")
+        vnet = VnetHeader(
+            flags=VNET_F_NEEDS_CSUM,
+            gso_type=GSO_TCPV6,
+            hdr_len=IPV6_HEADER + tcp_header,
+            gso_size=run.mss,
+            csum_start=IPV6_HEADER,
+            csum_offset=_TCP_CHECKSUM_OFFSET,
+        ).pack()
+        self.joined += len(run.parts)
+        self._write(vnet, [head, src, dst, tcp, *run.parts])
+
+
+def _joinable(ip8: Buffer, l4: Buffer) -> int:
+    """The TCP header length if the packet may take part in a run, else 0: plain IPv6 + TCP (no extension
+    headers), only ACK and maybe PSH set, data to carry, and a payload length that matches."""
+    if ip8[6] != _NEXT_HEADER_TCP or len(l4) <= TCP_MIN_HEADER:
+        return 0
+    if l4[13] & ~TCP_PSH != TCP_ACK:
+        return 0
+    tcp_header = (l4[12] >> 4) * 4
+    if tcp_header < TCP_MIN_HEADER or len(l4) <= tcp_header:
+        return 0
+    if (ip8[4] << 8 | ip8[5]) != len(l4):
+        return 0  # trailing bytes or a short packet: let the kernel judge it alone
+    return tcp_header
