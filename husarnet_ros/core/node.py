@@ -751,16 +751,16 @@ class Node:
         self.outbox.append((endpoint, confirm))
         peer.confirm_bytes, peer.confirm_endpoint, peer.confirm_sent = confirm, endpoint, now
         self._learn(peer, endpoint, CandidateSource.LEARNED, now, verified=True)
-        current = peer.current
-        if current is not None and current.confirmed and now - current.created_at < REJECT_AFTER_TIME:
-            # A rekey: traffic stays on the current session until the responder answers on the new one,
-            # so a lost confirm costs a retransmission, not packets.
-            if peer.next is not None:
-                self._sessions.pop(peer.next.local_index, None)
-            peer.next = session
-            self._sessions[session.local_index] = session
-        else:
-            self._install(peer, session, endpoint, now)
+        # Traffic moves to the new keys only when the responder shows it has them (its first frame on them:
+        # SessionWorks), on a rekey and on first contact alike. Sooner, a frame could overtake the confirm
+        # inside the responder (its receive thread opens data while its control loop has yet to install
+        # the session) and be dropped there: on first contact those are the packets that started the
+        # handshake. A rekey's traffic stays on the current session meanwhile; on first contact the queued
+        # packets wait one round trip more. Either way a lost confirm costs a retransmission, not packets.
+        if peer.next is not None:
+            self._sessions.pop(peer.next.local_index, None)
+        peer.next = session
+        self._sessions[session.local_index] = session
 
     def _on_confirm(self, datagram: bytes, endpoint: Endpoint, now: float) -> None:
         receiver = int.from_bytes(datagram[4:8], "big") if len(datagram) >= 8 else -1

@@ -149,6 +149,36 @@ def test_packets_queued_before_the_handshake_are_delivered_after_it(labels: tupl
     assert pair.net.delivered[pair.eb] == [first, second]
 
 
+def test_queued_packets_arrive_when_the_responder_reads_ahead_of_its_control_loop() -> None:
+    """In the daemon a node's receive thread opens data frames at once but hands handshake messages to the
+    control loop, so a frame right behind the confirm is opened before the session it needs exists. The
+    packets that started the handshake still arrive: they are not sealed before the responder has the keys."""
+    pair = make_pair()
+    net, a, b = pair.net, pair.a, pair.b
+    a.add_static_endpoint(b.address, pair.eb, net.now)  # only a knows where b is: a initiates
+    packets = [pair.packet(a, b"first"), pair.packet(a, b"second")]
+    for packet in packets:
+        assert a.send(packet, net.now) is None  # no session yet: queued
+    inbox: dict[Endpoint, list[tuple[Endpoint, bytes]]] = {pair.ea: [], pair.eb: []}
+    arrived = []
+    for _ in range(10):
+        net.now += 0.01
+        for node, here, there in ((a, pair.ea, pair.eb), (b, pair.eb, pair.ea)):
+            for source, data in inbox[here]:  # the receive thread reads everything that came in ...
+                opened = node.receive(data, source, net.now)
+                if opened is not None:
+                    arrived.append(opened)
+            inbox[here] = []
+            node.process_posted(net.now)  # ... and only then does the control loop run
+            node.tick(net.now)
+            for queue in (node.replies, node.outbox):
+                while queue:
+                    _, data = queue.popleft()
+                    inbox[there].append((here, data))
+    assert arrived == packets
+    assert b.counters["drop_unknown_session"] == 0
+
+
 def test_non_ipv6_and_unknown_destinations_are_counted() -> None:
     pair = established()
     assert pair.a.send(b"\x45" + bytes(59), pair.net.now) is None
@@ -521,7 +551,12 @@ def test_lost_confirm_is_recovered_by_retransmission() -> None:
     pair.net.advance(0.2, tamper=drop_first_confirm)
     assert lost
     initiator, _, responder, _ = pair.initiator_first()
-    assert not pair.session(initiator).confirmed
+    waiting = initiator.peer(responder.address)
+    assert waiting is not None
+    # The initiator holds the new keys aside (nothing is sealed with them) until the responder answers.
+    assert waiting.current is None
+    assert waiting.next is not None
+    assert not waiting.next.confirmed
     assert initiator.path_of(responder.address) is PathKind.NONE
     pair.net.advance(HANDSHAKE_RETRY_INTERVAL + 0.2, tamper=drop_first_confirm)
     assert initiator.path_of(responder.address) is PathKind.DIRECT
