@@ -10,7 +10,16 @@ here instead:
   DDS), and so is the robot's own address, so that nodes on the same robot still find each other without
   multicast (the own address is local: the kernel delivers to it over loopback, not through the TUN device);
 * leave room for several ROS nodes per robot: unicast discovery reaches a participant only at the ports of
-  the participant indices it tries, so that range is raised from the default 4 to :data:`MAX_PARTICIPANTS`.
+  the participant indices it tries, so that range is raised from the default 4 to :data:`MAX_PARTICIPANTS`;
+* never let the kernel fragment a DDS datagram on ``hnet0``: every RTPS message fits in one packet of the
+  overlay's MTU (:func:`max_datagram`, the MTU from the daemon: :func:`overlay_mtu`), so a lost packet costs
+  one DDS fragment, which reliable QoS repeats alone, instead of a whole 64 KB datagram (~49 IP fragments);
+* ask for large socket buffers (:data:`SOCKET_BUFFER_BYTES`), so that the burst of packets one large sample
+  becomes is queued rather than dropped at the receiving socket.
+
+No flow controller and no Fast DDS writer timing: a flow controller in the default writer profile makes every
+writer of a process that runs in rmw_fastrtps' default SYNCHRONOUS mode fail to be created, and writer
+timings are spelt differently in Fast DDS 2.x and 3.x, so one file could not serve both (docs/ROS.md).
 
 Rendering is pure; :func:`write_config` writes the files (atomically, only when their content changed) and
 returns the environment a ROS process needs (:func:`environment`). Middleware reads these files only when a
@@ -28,6 +37,7 @@ from typing import Literal
 from xml.sax.saxutils import quoteattr
 
 from .api import Status, Whitelist, normalize_overlay
+from .core.constants import DEFAULT_MTU
 from .core.errors import ConfigError
 from .core.fleet import RobotView
 from .fileio import atomic_write_text
@@ -47,6 +57,23 @@ MAX_PARTICIPANTS = 32
 # what lets a late-started node find the others quickly (otherwise it waits for the 3 s periodic one).
 INITIAL_ANNOUNCEMENTS = 5
 INITIAL_ANNOUNCEMENT_PERIOD_MS = 100
+
+# Packet budget on the overlay. hnet0 carries IPv6 packets of at most its MTU; a UDP datagram bigger than
+# MTU - 40 (IPv6 header) - 8 (UDP header) is cut into IP fragments, and losing any one of them loses the whole
+# datagram. DATAGRAM_MARGIN keeps DDS a little below that bound (1250 B at the default MTU), so a datagram
+# still fits when the profile was written for a slightly larger MTU than the link has.
+IPV6_HEADER = 40
+UDP_HEADER = 8
+DATAGRAM_MARGIN = 52
+MIN_MTU = 1280  # the IPv6 minimum link MTU; the daemon refuses anything smaller
+MAX_DATAGRAM = 65500  # the largest maxMessageSize Fast DDS accepts
+# Socket buffers asked of the kernel (the default is the system's 208 KiB, ~90 datagrams). Linux caps them at
+# net.core.rmem_max / wmem_max, so this is what a robot gets when those sysctls allow it (docs/ROS.md); both
+# middlewares then take what they can get, silently.
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+# Cyclone packs DATA_FRAG submessages into messages of at most MaxMessageSize; a fragment this much smaller
+# leaves room for the RTPS header and the submessages around it, so one fragment fits one datagram.
+CYCLONE_FRAGMENT_HEADERS = 100
 
 FASTDDS_PROFILES_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"
 # Fast DDS 2.x (ROS 2 Humble, Jazzy) reads only this older name and silently ignores the one above (3.x,
@@ -101,6 +128,26 @@ def own_and_peers(
     return own, sorted(peers - {own})
 
 
+def max_datagram(mtu: int = DEFAULT_MTU) -> int:
+    """The largest UDP payload DDS may send so that no datagram is IP-fragmented on an overlay of ``mtu``."""
+    if mtu < MIN_MTU:
+        raise ConfigError(f"an overlay MTU of {mtu} is below the IPv6 minimum of {MIN_MTU}")
+    return min(mtu - IPV6_HEADER - UDP_HEADER - DATAGRAM_MARGIN, MAX_DATAGRAM)
+
+
+def overlay_mtu(status: Status | None, configured: int | None = None) -> int:
+    """The MTU the DDS files assume: ``configured`` if given, else the running daemon's, else the default.
+
+    The daemon reports its MTU in ``status.dataplane.mtu`` (0 from a daemon too old to say); a fleet run with
+    a custom MTU thus gets datagrams sized for it without any setting on the ROS side.
+    """
+    if configured:
+        return configured
+    if status is not None and status.dataplane.mtu > 0:
+        return status.dataplane.mtu
+    return DEFAULT_MTU
+
+
 def _check_interface(interface: str) -> str:
     # Linux interface names: at most 15 bytes, no '/', no whitespace. Kept to a safe set so that the name
     # can go into XML attributes and element text as is.
@@ -109,8 +156,11 @@ def _check_interface(interface: str) -> str:
     return interface
 
 
-def render_fastdds_xml(own: str | None, peers: Iterable[str]) -> str:
+def render_fastdds_xml(own: str | None, peers: Iterable[str], *, mtu: int = DEFAULT_MTU) -> str:
     """Fast DDS profiles file: UDPv6 only, no builtin transports (no SHM, no UDPv4), unicast initial peers.
+
+    Valid for Fast DDS 2.x (Humble, Jazzy) and 3.x (Kilted). Every datagram fits one packet of an overlay of
+    ``mtu`` (``maxMessageSize``: larger samples go as DATA_FRAG fragments of that size).
 
     The participant profile is the default profile, so every participant of a process started with
     FASTDDS_DEFAULT_PROFILES_FILE (Fast DDS 3.x) or FASTRTPS_DEFAULT_PROFILES_FILE (2.x) pointing here uses
@@ -119,6 +169,7 @@ def render_fastdds_xml(own: str | None, peers: Iterable[str]) -> str:
     never takes the underlay (an interface allowlist of hnet0 did not work: see docs/ROS.md).
     """
     addresses = overlay_peers(own, peers)
+    datagram = max_datagram(mtu)
     own_address = addresses[0] if own else None
     initial_peers = "".join(f"            {_fastdds_locator(address)}\n" for address in addresses)
     unicast = ""
@@ -143,6 +194,9 @@ def render_fastdds_xml(own: str | None, peers: Iterable[str]) -> str:
         "      <transport_descriptor>\n"
         "        <transport_id>husarnet_udp6</transport_id>\n"
         "        <type>UDPv6</type>\n"
+        f"        <maxMessageSize>{datagram}</maxMessageSize>\n"
+        f"        <sendBufferSize>{SOCKET_BUFFER_BYTES}</sendBufferSize>\n"
+        f"        <receiveBufferSize>{SOCKET_BUFFER_BYTES}</receiveBufferSize>\n"
         f"        <maxInitialPeersRange>{MAX_PARTICIPANTS}</maxInitialPeersRange>\n"
         "      </transport_descriptor>\n"
         "    </transport_descriptors>\n"
@@ -179,11 +233,15 @@ def _fastdds_locator(address: str) -> str:
 
 
 def render_cyclonedds_xml(
-    own: str | None, peers: Iterable[str], *, interface: str = OVERLAY_INTERFACE
+    own: str | None, peers: Iterable[str], *, interface: str = OVERLAY_INTERFACE, mtu: int = DEFAULT_MTU
 ) -> str:
-    """Cyclone DDS (0.10 / 11) configuration: udp6 on ``interface`` only, multicast off, unicast peers."""
+    """Cyclone DDS (0.10 / 11) configuration: udp6 on ``interface`` only, multicast off, unicast peers.
+
+    Datagrams (first transmissions and retransmits) fit one packet of an overlay of ``mtu``.
+    """
     addresses = overlay_peers(own, peers)
     interface = _check_interface(interface)
+    datagram = max_datagram(mtu)
     peer_lines = "".join(f"        <Peer address={quoteattr(f'[{address}]')}/>\n" for address in addresses)
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -196,6 +254,9 @@ def render_cyclonedds_xml(
         "      </Interfaces>\n"
         "      <Transport>udp6</Transport>\n"
         "      <AllowMulticast>false</AllowMulticast>\n"
+        f"      <MaxMessageSize>{datagram}B</MaxMessageSize>\n"
+        f"      <MaxRexmitMessageSize>{datagram}B</MaxRexmitMessageSize>\n"
+        f"      <FragmentSize>{datagram - CYCLONE_FRAGMENT_HEADERS}B</FragmentSize>\n"
         "    </General>\n"
         "    <Discovery>\n"
         "      <ParticipantIndex>auto</ParticipantIndex>\n"
@@ -204,6 +265,10 @@ def render_cyclonedds_xml(
         f"{peer_lines}"
         "      </Peers>\n"
         "    </Discovery>\n"
+        "    <Internal>\n"
+        f'      <SocketReceiveBufferSize min="default" max="{SOCKET_BUFFER_BYTES}B"/>\n'
+        f'      <SocketSendBufferSize min="default" max="{SOCKET_BUFFER_BYTES}B"/>\n'
+        "    </Internal>\n"
         "  </Domain>\n"
         "</CycloneDDS>\n"
     )
@@ -251,16 +316,21 @@ def export_lines(env: Mapping[str, str]) -> str:
 
 
 def render_files(
-    own: str | None, peers: Iterable[str], rmw: str = "auto", *, interface: str = OVERLAY_INTERFACE
+    own: str | None,
+    peers: Iterable[str],
+    rmw: str = "auto",
+    *,
+    interface: str = OVERLAY_INTERFACE,
+    mtu: int = DEFAULT_MTU,
 ) -> dict[str, str]:
-    """File name -> content of every file ``rmw`` needs."""
+    """File name -> content of every file ``rmw`` needs, for an overlay of ``mtu``."""
     peer_list = list(peers)
     middlewares = _middlewares(_check_rmw(rmw))
     files: dict[str, str] = {}
     if "fastdds" in middlewares:
-        files[FASTDDS_FILE] = render_fastdds_xml(own, peer_list)
+        files[FASTDDS_FILE] = render_fastdds_xml(own, peer_list, mtu=mtu)
     if "cyclonedds" in middlewares:
-        files[CYCLONEDDS_FILE] = render_cyclonedds_xml(own, peer_list, interface=interface)
+        files[CYCLONEDDS_FILE] = render_cyclonedds_xml(own, peer_list, interface=interface, mtu=mtu)
     return files
 
 
@@ -297,6 +367,7 @@ def write_config(
     rmw: str = "auto",
     set_rmw_implementation: bool = False,
     interface: str = OVERLAY_INTERFACE,
+    mtu: int = DEFAULT_MTU,
 ) -> dict[str, str]:
     """Render and write the files for ``rmw``; returns the environment to export (:func:`environment`).
 
@@ -304,7 +375,7 @@ def write_config(
     read and never disturbs a reader. ``own`` (this robot's overlay address, None if unknown yet) and
     ``peers`` must be overlay addresses: AddressError otherwise; ConfigError when the files cannot be written.
     """
-    write_files(output_dir, render_files(own, peers, rmw, interface=interface))
+    write_files(output_dir, render_files(own, peers, rmw, interface=interface, mtu=mtu))
     return environment(output_dir, rmw, set_rmw_implementation=set_rmw_implementation)
 
 
