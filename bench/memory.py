@@ -21,17 +21,15 @@ and reused by later runs.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
-import select
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any, cast
 
 REPO = Path(__file__).resolve().parent.parent
 # The working tree's code is what is measured, also when an older copy is pip-installed in the venv.
@@ -39,20 +37,17 @@ sys.path.insert(0, str(REPO))
 
 from other_version import TreeDaemon, checked_tree  # noqa: E402  (bench/, next to this file)
 
-from husarnet_ros.core.address import format_address  # noqa: E402
 from husarnet_ros.core.constants import DEFAULT_UDP_PORT  # noqa: E402
 from husarnet_ros.core.identity import Identity  # noqa: E402
 from husarnet_ros.core.whitelist import Whitelist  # noqa: E402
 from husarnet_ros.daemon.state import StateDir  # noqa: E402
 from husarnet_ros.fileio import atomic_write_text  # noqa: E402
 from husarnet_ros.testing.lab_daemon import husarnet_ros_env  # noqa: E402
-from husarnet_ros.testing.netlab import Host, Lab, LabError, cleanup_stale, netns_supported  # noqa: E402
+from husarnet_ros.testing.netlab import Lab, cleanup_stale, netns_supported  # noqa: E402
+from husarnet_ros.testing.swarm import MAX_PEERS, SwarmProcess, add_peer_addresses  # noqa: E402
 
 DEFAULT_JSON = REPO / "bench" / "results" / "memory.json"
 IDENTITY_CACHE = REPO / "bench" / "results" / "swarm-identities.txt"
-FIRST_PEER_ADDRESS = ipaddress.IPv4Address("198.18.0.100")  # inside the lab's 198.18.0.0/24
-MAX_PEERS = 150  # .100 to .249
-SWARM_PORT = 20000
 SETTLE_S = 2.0  # after start-up (or after the swarm stops), before a sample
 SESSIONS_TIMEOUT_S = 60.0
 
@@ -98,58 +93,6 @@ def interpreter_rss() -> int:
         process.wait()
 
 
-def add_peer_addresses(host: Host, count: int) -> None:
-    commands = "".join(f"addr add {FIRST_PEER_ADDRESS + i}/24 dev {host.ifname}\n" for i in range(count))
-    host.run(["ip", "-batch", "-"], input=commands)
-
-
-class SwarmProcess:
-    """``husarnet_ros.testing.swarm`` in a lab host, and the stats lines it prints."""
-
-    def __init__(
-        self, host: Host, workdir: Path, peers: list[Identity], daemon: bytes, endpoint: str
-    ) -> None:
-        identity_file = workdir / "swarm-identities.txt"
-        atomic_write_text(identity_file, "".join(i.to_file_text() for i in peers), mode=0o600)
-        argv = [
-            sys.executable, "-m", "husarnet_ros.testing.swarm",
-            "--identities", str(identity_file),
-            "--daemon", format_address(daemon),
-            "--endpoint", endpoint,
-            "--first-address", str(FIRST_PEER_ADDRESS),
-            "--port", str(SWARM_PORT),
-            "--seconds", "600",
-        ]  # fmt: skip
-        self._process = host.popen(argv, stdout=subprocess.PIPE, text=True, env=husarnet_ros_env())
-        self.latest: dict[str, int] = {}
-
-    def read_until(self, done: Any, timeout: float) -> dict[str, int]:
-        """Read stats lines until ``done(stats)``; LabError after ``timeout`` or if the swarm exits."""
-        stdout: IO[str] | None = self._process.stdout
-        assert stdout is not None
-        deadline = time.monotonic() + timeout
-        while not (self.latest and done(self.latest)):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise LabError(f"the swarm did not get there within {timeout:.0f} s: {self.latest}")
-            readable, _, _ = select.select([stdout], [], [], remaining)
-            if readable:
-                line = stdout.readline()
-                if not line:
-                    raise LabError(f"the swarm exited ({self._process.wait()}): {self.latest}")
-                self.latest = json.loads(line)
-        return self.latest
-
-    def stop(self) -> dict[str, int]:
-        Lab.stop_process(self._process)
-        stdout = self._process.stdout
-        if stdout is not None:
-            for line in stdout.read().splitlines():
-                if line.strip():
-                    self.latest = json.loads(line)
-        return self.latest
-
-
 def one_run(
     peer_count: int, seconds: float, all_identities: list[Identity], tree: Path | None = None
 ) -> dict[str, Any]:
@@ -170,7 +113,12 @@ def one_run(
             idle = memory_of(daemon.pid)
             progress(f"no peers: {idle}")
             swarm = SwarmProcess(
-                b_host, workdir, peers, daemon_identity.address, f"{a_host.ipv4}:{DEFAULT_UDP_PORT}"
+                b_host,
+                workdir,
+                peers,
+                daemon_identity.address,
+                f"{a_host.ipv4}:{DEFAULT_UDP_PORT}",
+                husarnet_ros_env(),
             )
             started = time.monotonic()
             swarm.read_until(lambda s: s["sessions"] >= peer_count, SESSIONS_TIMEOUT_S)

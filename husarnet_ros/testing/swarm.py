@@ -11,6 +11,9 @@ binds ``--first-address`` + i (which the caller has put on the namespace's inter
 Every second one JSON line goes to stdout: ``{"peers": N, "sessions": n, "pongs": p, "echo_replies": e}``
 (``sessions``: peers whose session with the daemon is up). Ends after ``--seconds`` or on SIGTERM/SIGINT.
 A single thread: select() over every socket, the nodes' timers every 50 ms; every loop is bounded in time.
+
+``SwarmProcess`` starts it in a lab host (whose interface first gets the peers' addresses,
+``add_peer_addresses``) and reads what it prints.
 """
 
 from __future__ import annotations
@@ -23,17 +26,24 @@ import select
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.address import format_address
 from ..core.events import PeerDown, PeerUp, PongReceived
 from ..core.identity import Identity
 from ..core.node import Node
 from ..core.peer import Endpoint
+from ..fileio import atomic_write_text
+from .netlab import Host, Lab, LabError
 
+FIRST_PEER_ADDRESS = ipaddress.IPv4Address("198.18.0.100")  # inside the lab LAN's 198.18.0.0/24
+MAX_PEERS = 150  # .100 to .249
+FIRST_PEER_PORT = 20000
 TICK_S = 0.05
 REPORT_INTERVAL_S = 1.0
 MAX_READS_PER_SOCKET = 64  # per wake-up, so one busy peer cannot starve the others
@@ -113,6 +123,7 @@ class Swarm:
         return {
             "peers": len(self.peers),
             "sessions": sum(peer.session_up for peer in self.peers),
+            "answered": sum(peer.echo_replies > 0 for peer in self.peers),  # peers whose echoes came back
             "pongs": sum(peer.pongs for peer in self.peers),
             "echo_replies": sum(peer.echo_replies for peer in self.peers),
             "sent": sum(peer.sent for peer in self.peers),
@@ -194,6 +205,70 @@ class Swarm:
                 peer.session_up = False
             elif isinstance(event, PongReceived):
                 peer.pongs += 1
+
+
+def add_peer_addresses(host: Host, count: int) -> None:
+    """Give ``host``'s interface the addresses of ``count`` simulated peers."""
+    if not 1 <= count <= MAX_PEERS:
+        raise LabError(f"a swarm has 1..{MAX_PEERS} peers, not {count}")
+    commands = "".join(f"addr add {FIRST_PEER_ADDRESS + i}/24 dev {host.ifname}\n" for i in range(count))
+    host.run(["ip", "-batch", "-"], input=commands)
+
+
+class SwarmProcess:
+    """The swarm running in a lab host (its addresses added already), and the last stats line it printed."""
+
+    def __init__(
+        self,
+        host: Host,
+        workdir: Path,
+        peers: Sequence[Identity],
+        daemon: bytes,
+        endpoint: str,
+        env: dict[str, str],
+        seconds: float = 600.0,
+    ) -> None:
+        identity_file = workdir / "swarm-identities.txt"
+        atomic_write_text(identity_file, "".join(i.to_file_text() for i in peers), mode=0o600)
+        argv = [
+            sys.executable, "-m", "husarnet_ros.testing.swarm",
+            "--identities", str(identity_file),
+            "--daemon", format_address(daemon),
+            "--endpoint", endpoint,
+            "--first-address", str(FIRST_PEER_ADDRESS),
+            "--port", str(FIRST_PEER_PORT),
+            "--seconds", f"{seconds:g}",
+        ]  # fmt: skip
+        self._process = host.popen(argv, stdout=subprocess.PIPE, text=True, env=env)
+        self.latest: dict[str, int] = {}
+
+    def read_until(self, done: Callable[[dict[str, int]], bool], timeout: float) -> dict[str, int]:
+        """Read stats lines until ``done(stats)``; LabError after ``timeout`` or if the swarm exits."""
+        stdout = self._process.stdout
+        assert stdout is not None
+        deadline = time.monotonic() + timeout
+        while not (self.latest and done(self.latest)):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LabError(f"the swarm did not get there within {timeout:.0f} s: {self.latest}")
+            readable, _, _ = select.select([stdout], [], [], remaining)
+            if readable:
+                line = stdout.readline()
+                if not line:
+                    raise LabError(f"the swarm exited ({self._process.wait()}): {self.latest}")
+                self.latest = json.loads(line)
+        return self.latest
+
+    def stop(self) -> dict[str, int]:
+        """Stop it (SIGTERM: it prints its final stats); returns them."""
+        Lab.stop_process(self._process)
+        stdout = self._process.stdout
+        if stdout is not None:
+            for line in stdout.read().splitlines():
+                if line.strip():
+                    self.latest = json.loads(line)
+            stdout.close()
+        return self.latest
 
 
 def read_identities(path: Path) -> list[Identity]:
