@@ -204,6 +204,7 @@ def summarize(group: Group, result: dict[str, Any]) -> list[dict[str, Any]]:
     for index, phase in enumerate(published["phases"]):
         row = phase_result(index, phase, arrivals, group.size)
         row["ip_fragments"] = result["ip_fragments"]  # per group: the publisher's namespace, all rates
+        row["overlay_packets"] = result["overlay_packets"]
         row["matched_after_s"] = published["matched_after_s"]
         rows.append(row)
     return rows
@@ -212,6 +213,11 @@ def summarize(group: Group, result: dict[str, Any]) -> list[dict[str, Any]]:
 def _phase_line(row: dict[str, Any]) -> str:
     stalled = " STALLED" if row["stalled"] else ""
     return f"{row['rate_hz']:g} Hz {row['delivered']}/{row['sent']}{stalled}"
+
+
+def _group_line(rows: list[dict[str, Any]]) -> str:
+    counters = f"IP fragments {rows[0]['ip_fragments']}, hnet0 packets {rows[0]['overlay_packets']}"
+    return ", ".join(_phase_line(row) for row in rows) + f" ({counters})"
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -235,7 +241,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for number, group in enumerate(groups, 1):
                     started = time.monotonic()
                     rows = summarize(group, run_group(robots, endpoints, group, mtu))
-                    summary = ", ".join(_phase_line(row) for row in rows)
+                    summary = _group_line(rows)
                     done = run_index * len(groups) + number
                     elapsed = time.monotonic() - started
                     progress(f"[{done}/{len(groups) * args.runs}] {group.tag}: {summary} ({elapsed:.0f} s)")

@@ -112,40 +112,44 @@ def stop_robots(robots: Robots) -> None:
 
 def path_environments(robots: Robots, path: str, middleware: str, mtu: int) -> tuple[dict[str, str], ...]:
     """The DDS environment of the publisher (robot-a) and of the subscriber (robot-b) on ``path``."""
+    if path not in PATHS:
+        raise LabError(f"unknown path {path!r}")
     if path == "raw-default":
         if middleware == "fastdds":
             # The default UDPv4 transport only: shared memory would carry the data between the namespaces.
             env = {"RMW_IMPLEMENTATION": "rmw_fastrtps_cpp", "FASTDDS_BUILTIN_TRANSPORTS": "UDPv4"}
             return env, dict(env)
         return {}, {}
-    fastdds = middleware == "fastdds"
-    underlay = {robots.a.hostname: robots.a.host.ipv6, robots.b.hostname: robots.b.host.ipv6}
     envs = []
     for own, peer in (("robot-a", "robot-b"), ("robot-b", "robot-a")):
         directory = robots.workdir / path / middleware / own
-        own_overlay, peer_overlay = robots.overlay[own], robots.overlay[peer]
-        if path == "overlay":
-            env = dds.write_config(
-                directory,
-                own_overlay,
-                [peer_overlay],
-                rmw=middleware,
-                set_rmw_implementation=fastdds,
-                mtu=mtu,
-            )
-            envs.append(env)
-            continue
-        # raw: the very same files, with each robot's underlay address where its fc94 address was.
-        files = dds.render_files(
-            own_overlay, [peer_overlay], middleware, interface=robots.a.host.ifname, mtu=mtu
-        )
-        for name, content in files.items():
-            for host in (own, peer):
-                content = content.replace(normalize_overlay(robots.overlay[host]), underlay[host])
-            files[name] = content
-        dds.write_files(directory, files)
-        envs.append(dds.environment(directory, middleware, set_rmw_implementation=fastdds))
+        dds.write_files(directory, path_files(robots, path, middleware, mtu, own, peer))
+        envs.append(dds.environment(directory, middleware, set_rmw_implementation=middleware == "fastdds"))
     return tuple(envs)
+
+
+def path_files(robots: Robots, path: str, middleware: str, mtu: int, own: str, peer: str) -> dict[str, str]:
+    """The files husarnet_ros.dds renders for robot ``own`` talking to ``peer``, as ``path`` uses them."""
+    if path == "overlay":
+        return dds.render_files(robots.overlay[own], [robots.overlay[peer]], middleware, mtu=mtu)
+    if path == "overlay-untuned":
+        files = dds.render_files(robots.overlay[own], [robots.overlay[peer]], middleware, mtu=mtu)
+        return {name: TUNING_ELEMENTS.sub("", content) for name, content in files.items()}
+    # raw: the very same files, with each robot's underlay address where its fc94 address was.
+    underlay = {robots.a.hostname: robots.a.host.ipv6, robots.b.hostname: robots.b.host.ipv6}
+    files = dds.render_files(
+        robots.overlay[own], [robots.overlay[peer]], middleware, interface=robots.a.host.ifname, mtu=mtu
+    )
+    for name, content in files.items():
+        for host in (own, peer):
+            content = content.replace(normalize_overlay(robots.overlay[host]), underlay[host])
+        files[name] = content
+    return files
+
+
+def hnet0_packets(host: Host, ifname: str) -> int:
+    """Packets this namespace sent into the overlay so far (proves which path the DDS traffic took)."""
+    return int(host.run(["cat", f"/sys/class/net/{ifname}/statistics/tx_packets"]).stdout)
 
 
 def ip_fragments(host: Host) -> int:
@@ -179,7 +183,8 @@ class Group:
 
 
 def run_group(robots: Robots, endpoints: Endpoints, group: Group, mtu: int) -> dict[str, Any]:
-    """Run ``group``; the publisher's report, the subscriber's arrivals and the IP fragments created."""
+    """Run ``group``: the publisher's report, the subscriber's arrivals, the IP fragments the publisher's
+    namespace created and the packets it sent into hnet0."""
     pub_env, sub_env = path_environments(robots, group.path, group.middleware, mtu)
     run_dir = Path(tempfile.mkdtemp(prefix=f"{group.tag}-", dir=robots.workdir))
     base = endpoints.base_env(run_dir / "ros-log")
@@ -210,6 +215,7 @@ def run_group(robots: Robots, endpoints: Endpoints, group: Group, mtu: int) -> d
     pub_argv.insert(2, "pub")
     publisher_host, subscriber_host = robots.hosts
     fragments_before = ip_fragments(publisher_host)
+    overlay_before = hnet0_packets(publisher_host, robots.a.interface)
     with (run_dir / "sub.log").open("wb") as sub_log, (run_dir / "pub.log").open("wb") as pub_log:
         subscriber = subscriber_host.popen(
             sub_argv, env=base | sub_env, stdout=subprocess.PIPE, stderr=sub_log
@@ -233,6 +239,7 @@ def run_group(robots: Robots, endpoints: Endpoints, group: Group, mtu: int) -> d
             "published": json.loads((run_dir / "pub.json").read_text()),
             "arrivals": json.loads((run_dir / "sub.json").read_text()),
             "ip_fragments": ip_fragments(publisher_host) - fragments_before,
+            "overlay_packets": hnet0_packets(publisher_host, robots.a.interface) - overlay_before,
         }
     except (OSError, ValueError) as exc:
         raise LabError(f"{group.tag}: no result from the endpoints ({exc})\n{_logs(run_dir)}") from None

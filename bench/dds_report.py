@@ -62,6 +62,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary["delivered"] = median_min_max(run["delivered"] for run in runs)
     summary["sent"] = median_min_max(run["sent"] for run in runs)
     summary["ip_fragments"] = median_min_max(run.get("ip_fragments") for run in runs)
+    summary["overlay_packets"] = median_min_max(run.get("overlay_packets") for run in runs)
     summary["stalled_runs"] = sum(1 for run in runs if run["stalled"])
     summary["runs"] = len(runs)
     return summary
