@@ -305,29 +305,25 @@ class Node:
             if compressed
             else wire.INNER_IPV6
         )
-        header_room = wire.DATA_HEADER_SIZE + 1 + (l4_start - 32 if compressed else l4_start) + 60
-        needed = count * (header_room + mss + wire.TAG_SIZE)
-        if len(self._tx_buffer) < needed:
-            self._tx_buffer = bytearray(needed)
+        tcp_header = (packet[l4_start + 12] >> 4) * 4
+        # Room per datagram: data header, kind byte, the IPv6 header (without its addresses when compressed)
+        # and extension headers, the TCP header, a segment, the tag.
+        ip_room = l4_start - 32 if compressed else l4_start
+        stride = wire.DATA_HEADER_SIZE + 1 + ip_room + tcp_header + mss + wire.TAG_SIZE
+        if len(self._tx_buffer) < count * stride:
+            self._tx_buffer = bytearray(count * stride)
             self._tx_base = aead.pointer(self._tx_buffer)
-        out, base, seal = self._tx_buffer, self._tx_base, session.seal_in_place
-        nonces = memoryview(os.urandom(wire.NONCE_SIZE * count))
-        pos = size = 0
+        out, base = self._tx_buffer, self._tx_base
         try:
-            for number, (headers, chunk) in enumerate(
-                offload.tcp_segment_parts(packet, l4_start, mss, partial=partial)
-            ):
-                inner = pos + wire.DATA_HEADER_SIZE
-                out[inner] = kind
-                head = headers[:8] + headers[40:] if compressed else headers
-                body = inner + 1 + len(head)
-                out[inner + 1 : body] = head
-                end = body + len(chunk)
-                out[body:end] = chunk
-                nonce = nonces[number * wire.NONCE_SIZE : (number + 1) * wire.NONCE_SIZE]
-                datagram = seal(out, base, pos, end - inner, nonce)
-                size = size or datagram
-                pos += datagram
+            if partial:  # between our own nodes: every header built once, then copied
+                count, _, last = offload.write_partial_segments(
+                    out, wire.DATA_HEADER_SIZE, stride, kind, packet, mss
+                )
+                total = session.seal_run(out, base, 0, count, stride, last)
+            else:
+                total = self._seal_segments(
+                    session, out, base, kind, compressed, packet, l4_start, mss, count
+                )
         except ProtocolError:  # the counter ran out (as in send): never in practice, rekeyed long before
             self._post(
                 NeedsSession(peer, bytes(offload.tcp_segments(packet, l4_start, mss)[0])), self.tx_counters
@@ -335,7 +331,35 @@ class Node:
             return None
         self._note_sent(peer, session, len(packet), now)
         self.tx_counters["tso_segments"] += count
-        return route.endpoint, memoryview(out)[:pos], size
+        return route.endpoint, memoryview(out)[:total], min(stride, total)
+
+    @staticmethod
+    def _seal_segments(
+        session: Session,
+        out: bytearray,
+        base: aead.Pointer,
+        kind: int,
+        compressed: bool,
+        packet: memoryview,
+        l4_start: int,
+        mss: int,
+        count: int,
+    ) -> int:
+        """``send_large`` for a peer without partial checksums (or a packet with extension headers or other
+        addresses): segments with full checksums, one after the other into ``out``; their total length."""
+        nonces = memoryview(os.urandom(wire.NONCE_SIZE * count))
+        seal, pos = session.seal_in_place, 0
+        for number, (headers, chunk) in enumerate(offload.tcp_segment_parts(packet, l4_start, mss)):
+            inner = pos + wire.DATA_HEADER_SIZE
+            out[inner] = kind
+            head = headers[:8] + headers[40:] if compressed else headers
+            body = inner + 1 + len(head)
+            out[inner + 1 : body] = head
+            end = body + len(chunk)
+            out[body:end] = chunk
+            nonce = nonces[number * wire.NONCE_SIZE : (number + 1) * wire.NONCE_SIZE]
+            pos += seal(out, base, pos, end - inner, nonce)
+        return pos
 
     def _seal_one(
         self, peer: Peer, route: Route, inner: bytes, packet: bytes | bytearray, now: float
@@ -405,9 +429,12 @@ class Node:
 
     def receive_data(self, datagram: bytes, endpoint: Endpoint, now: float) -> bytes | None:
         """Open a data frame; returns an IPv6 packet to deliver, or None. Never raises."""
+        if not datagram or datagram[0] != wire.MSG_DATA:
+            self.rx_counters["drop_malformed"] += 1
+            return None
         buffer = bytearray(datagram)
         one = _OnePacket()
-        self._open(buffer, aead.pointer(buffer), 0, len(buffer), endpoint, now, one)
+        self.receive_batch(buffer, aead.pointer(buffer), len(buffer), len(buffer), endpoint, now, one)
         return one.packet
 
     def receive_batch(
@@ -423,69 +450,86 @@ class Node:
         """Datagrams lying back to back in ``buffer[:size]`` (one GRO receive), each ``segment`` bytes but the
         last: data frames are opened in place and their packets handed to ``sink`` in order (views into
         ``buffer``, valid until it is reused); anything else is posted as by ``receive``. ``base`` is
-        ``aead.pointer(buffer)``."""
+        ``aead.pointer(buffer)``. Never raises.
+
+        The datagrams of one receive nearly always belong to one session: its lookups (session, peer,
+        whitelist) and what the frames prove (``_note_authenticated``) are done once per session and batch,
+        and IPv6 frames with implied addresses go to the sink straight from the buffer."""
+        counters, view = self.rx_counters, memoryview(buffer)
+        unpack, first_word, min_size = wire.DATA_WORDS.unpack_from, wire.DATA_FIRST_WORD, wire.DATA_MIN_SIZE
+        compressed, partial_kind = wire.INNER_IPV6_COMPRESSED, wire.INNER_IPV6_PARTIAL
+        add_parts, me = sink.add_parts, self.address
+        known_index, session, peer, noted = -1, None, None, False
+        if size <= 0 or segment <= 0:
+            counters["drop_malformed"] += 1
+            return
         for start in range(0, size, segment):
             length = min(segment, size - start)
-            if buffer[start] == wire.MSG_DATA:
-                self._open(buffer, base, start, length, endpoint, now, sink)
-            else:
-                self.receive(bytes(buffer[start : start + length]), endpoint, now)
+            if buffer[start] != wire.MSG_DATA:
+                self.receive(bytes(view[start : start + length]), endpoint, now)
+                continue
+            if length < min_size:
+                counters["drop_malformed"] += 1
+                continue
+            word, index, counter = unpack(buffer, start)
+            if word != first_word:  # the type, then three reserved zero bytes
+                counters["drop_malformed"] += 1
+                continue
+            if index != known_index or session is None or peer is None:
+                session = self._sessions.get(index)
+                if session is None:
+                    counters["drop_unknown_session"] += 1
+                    continue
+                peer = self.peers.get(session.peer_address)
+                if peer is None or not self.is_allowed(peer.address):
+                    counters["drop_whitelist"] += 1
+                    continue
+                known_index, noted = index, False
+            try:
+                inner_size = session.open_in_place(buffer, base, start, length, counter)
+            except ReplayError:
+                counters["drop_replay"] += 1
+                continue
+            except AuthenticationError:
+                counters["drop_auth"] += 1
+                continue
+            except ProtocolError:
+                counters["drop_malformed"] += 1
+                continue
+            at = start + wire.DATA_HEADER_SIZE
+            kind = buffer[at]
+            if kind in (compressed, partial_kind):
+                if not noted:
+                    session.last_received = now
+                    peer.last_seen = now
+                    self._note_authenticated(peer, session, endpoint, kind, now)
+                    noted = True
+                # Addresses implied (peer -> us): the pieces go to the sink as they lie in the buffer.
+                ip8, l4 = view[at + 1 : at + 9], view[at + 9 : at + inner_size]
+                partial = kind == partial_kind
+                if inner_size < 9 or (partial and not offload.can_be_partial(ip8[6], len(l4))):
+                    counters["drop_malformed"] += 1
+                    continue
+                peer.rx_bytes += wire.IPV6_HEADER_SIZE + len(l4)
+                add_parts(ip8, peer.address, me, l4, partial)
+                continue
+            session.last_received = now
+            peer.last_seen = now
+            self._note_authenticated(peer, session, endpoint, kind, now)
+            self._act(peer, session, bytes(view[at : at + inner_size]), endpoint, now, sink)
 
-    def _open(
+    def _act(
         self,
-        buffer: bytearray,
-        base: aead.Pointer,
-        start: int,
-        length: int,
+        peer: Peer,
+        session: Session,
+        inner: bytes,
         endpoint: Endpoint,
         now: float,
         sink: offload.PacketSink,
     ) -> None:
-        """Open the data frame at ``buffer[start:start + length]`` in place and act on it (receive thread)."""
+        """What an authenticated inner frame other than an IPv6 packet with implied addresses asks for."""
         counters = self.rx_counters
-        if (
-            length < wire.DATA_MIN_SIZE
-            or buffer[start] != wire.MSG_DATA
-            or any(buffer[start + 1 : start + 4])
-        ):
-            counters["drop_malformed"] += 1
-            return
-        session = self._sessions.get(wire.DATA_INDEX.unpack_from(buffer, start + wire.DATA_INDEX_OFFSET)[0])
-        if session is None:
-            counters["drop_unknown_session"] += 1
-            return
-        try:
-            size = session.open_in_place(buffer, base, start, length)
-        except ReplayError:
-            counters["drop_replay"] += 1
-            return
-        except AuthenticationError:
-            counters["drop_auth"] += 1
-            return
-        except ProtocolError:
-            counters["drop_malformed"] += 1
-            return
-        peer = self.peers.get(session.peer_address)
-        if peer is None or not self.is_allowed(peer.address):
-            counters["drop_whitelist"] += 1
-            return
-        session.last_received = now
-        peer.last_seen = now
-        at = start + wire.DATA_HEADER_SIZE
-        kind = buffer[at]
-        self._note_authenticated(peer, session, endpoint, kind, now)
-        if kind == wire.INNER_IPV6_COMPRESSED or kind == wire.INNER_IPV6_PARTIAL:
-            # Addresses implied (peer -> us): the pieces go to the sink as they lie in the buffer.
-            view = memoryview(buffer)
-            ip8, l4 = view[at + 1 : at + 9], view[at + 9 : at + size]
-            partial = kind == wire.INNER_IPV6_PARTIAL
-            if size < 9 or (partial and not offload.can_be_partial(ip8[6], len(l4))):
-                counters["drop_malformed"] += 1
-                return
-            peer.rx_bytes += wire.IPV6_HEADER_SIZE + len(l4)
-            sink.add_parts(ip8, peer.address, self.address, l4, partial)
-            return
-        inner = bytes(buffer[at : at + size])
+        kind, size = inner[0], len(inner)
         if kind == wire.INNER_IPV6:
             packet = inner[1:]
             # A peer may only speak for its own address: no spoofed sources into our stack.

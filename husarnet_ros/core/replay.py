@@ -52,6 +52,11 @@ class ReplayWindow:
         if counter < 0:
             return False
         highest = self._highest
+        if counter > highest and counter >> _WORD_SHIFT == highest >> _WORD_SHIFT:
+            # The common case: in order, still in the current word (nothing to clear, no earlier bit to test).
+            self._highest = counter
+            self._bitmap[(counter >> _WORD_SHIFT) & self._mask_words] |= 1 << (counter & (_WORD_BITS - 1))
+            return True
         if counter > highest:
             current_word = highest >> _WORD_SHIFT if highest >= 0 else -1
             new_word = counter >> _WORD_SHIFT

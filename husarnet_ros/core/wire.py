@@ -38,8 +38,8 @@ CONFIRM_SIGNED_SIZE = _CONFIRM_SIGNED.size  # 40
 CONFIRM_SIZE = CONFIRM_SIGNED_SIZE + SIGNATURE_SIZE + MAC_SIZE  # 120
 # --- data: type rsv(3) receiver_index counter | nonce | ciphertext (inner frame + tag)
 DATA_HEADER = struct.Struct("!B3xIQ")
-DATA_INDEX = struct.Struct("!I")
-DATA_INDEX_OFFSET = 4
+DATA_WORDS = struct.Struct("!IIQ")  # the header as (type << 24 | reserved, receiver index, counter)
+DATA_FIRST_WORD = MSG_DATA << 24
 DATA_COUNTER = struct.Struct("!Q")
 DATA_COUNTER_OFFSET = 8
 DATA_AD_SIZE = DATA_HEADER.size  # 16, authenticated as associated data
