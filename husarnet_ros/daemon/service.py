@@ -21,6 +21,7 @@ under /root, say): then they are imported before the privileges go.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import importlib.util
 import logging
@@ -296,6 +297,11 @@ class _Rest:
             daemon.loop.fail(str(exc) if isinstance(exc, HusarnetError) else f"{type(exc).__name__}: {exc}")
             return
         log.info("ready; control API on %s", self._listening.path)
+        # Everything start-up made (imported modules, FastAPI's models) lives as long as the daemon: keep it
+        # out of the cyclic garbage collector, whose full passes over it paused every thread for tens of
+        # milliseconds (the overlay's p99 ping time). The hot path itself makes no cycles.
+        gc.collect()
+        gc.freeze()
 
     def stop(self) -> None:
         """Stop the control API (waiting for a start under way) and remove its socket."""
