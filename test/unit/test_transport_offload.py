@@ -1,0 +1,126 @@
+"""UdpTransport's batches on loopback: GSO sends, GRO receives, and the fallbacks when either is missing."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from husarnet_ros.daemon.transport import RECEIVE_BUFFER_SIZE, UdpTransport
+
+LOOPBACK = ("::1", 0)
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[UdpTransport, UdpTransport]]:
+    sender, receiver = UdpTransport(0, offload=True), UdpTransport(0, offload=True)
+    receiver.sock.settimeout(5)
+    try:
+        yield sender, receiver
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def batch_of(count: int, size: int, last: int) -> tuple[memoryview, list[bytes]]:
+    """``count`` random datagrams back to back, each ``size`` bytes but the last (``last`` bytes)."""
+    datagrams = [os.urandom(size) for _ in range(count - 1)] + [os.urandom(last)]
+    return memoryview(b"".join(datagrams)), datagrams
+
+
+def receive_all(receiver: UdpTransport, expected: int) -> list[bytes]:
+    """Datagrams as the data plane sees them: every receive split by the size the kernel reports."""
+    buffer = bytearray(RECEIVE_BUFFER_SIZE)
+    got: list[bytes] = []
+    while len(got) < expected:
+        size, segment, _ = receiver.recv_batch(buffer)
+        got += [bytes(buffer[start : min(start + segment, size)]) for start in range(0, size, segment)]
+    return got
+
+
+def target(transport: UdpTransport) -> tuple[str, int]:
+    return ("::1", transport.port)
+
+
+@pytest.mark.parametrize(
+    ("count", "size", "last"), [(1, 1375, 1375), (2, 1375, 700), (48, 1375, 1), (130, 500, 17)]
+)
+def test_a_batch_arrives_whole_and_in_order(
+    pair: tuple[UdpTransport, UdpTransport], count: int, size: int, last: int
+) -> None:
+    sender, receiver = pair
+    view, datagrams = batch_of(count, size, last)
+    sender.sendto_batch(view, size, target(receiver))
+    assert receive_all(receiver, count) == datagrams
+
+
+def test_this_kernel_offers_gso_and_gro(pair: tuple[UdpTransport, UdpTransport]) -> None:
+    """Linux has had both since 5.0; the daemon reports them in status (dataplane.udp_gso/udp_gro)."""
+    sender, receiver = pair
+    assert sender.gso
+    assert receiver.gro
+
+
+def test_without_offload_nothing_is_batched() -> None:
+    sender, receiver = UdpTransport(0), UdpTransport(0)
+    receiver.sock.settimeout(5)
+    try:
+        assert not (sender.gso)
+        assert not (sender.gro)
+        assert not (receiver.gso)
+        assert not (receiver.gro)
+        view, datagrams = batch_of(10, 1000, 300)
+        sender.sendto_batch(view, 1000, target(receiver))
+        buffer = bytearray(RECEIVE_BUFFER_SIZE)
+        for expected in datagrams:
+            size, segment, _ = receiver.recv_batch(buffer)
+            assert (size, segment) == (len(expected), len(expected))  # one datagram per receive
+            assert bytes(buffer[:size]) == expected
+    finally:
+        sender.close()
+        receiver.close()
+
+
+class RefusingSocket:
+    """A socket whose GSO sends fail as a kernel without UDP segmentation would make them fail."""
+
+    def __init__(self, sock: socket.socket, errno_: int) -> None:
+        self._sock = sock
+        self._errno = errno_
+        self.refused = 0
+
+    def sendmsg(self, *_args: Any) -> int:
+        self.refused += 1
+        raise OSError(self._errno, os.strerror(self._errno))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+@pytest.mark.parametrize("refusal", [errno.EIO, errno.EINVAL, errno.EOPNOTSUPP])
+def test_a_refused_gso_send_falls_back_to_single_datagrams(
+    pair: tuple[UdpTransport, UdpTransport], refusal: int
+) -> None:
+    sender, receiver = pair
+    refusing = RefusingSocket(sender.sock, refusal)
+    sender.sock = refusing  # type: ignore[assignment]
+    view, datagrams = batch_of(20, 1200, 99)
+    sender.sendto_batch(view, 1200, target(receiver))
+    assert refusing.refused == 1
+    assert not sender.gso
+    sender.sendto_batch(view, 1200, target(receiver))
+    assert refusing.refused == 1
+    assert receive_all(receiver, 40) == datagrams + datagrams
+
+
+def test_a_full_buffer_is_packet_loss_not_a_fallback(pair: tuple[UdpTransport, UdpTransport]) -> None:
+    sender, receiver = pair
+    refusing = RefusingSocket(sender.sock, errno.ENOBUFS)
+    sender.sock = refusing  # type: ignore[assignment]
+    view, _ = batch_of(5, 1000, 1000)
+    sender.sendto_batch(view, 1000, target(receiver))  # does not raise
+    assert sender.gso
