@@ -330,9 +330,15 @@ class PlainPackets:
         pass
 
 
+# The fields of the first 8 bytes of an IPv6 header and of a TCP header that decide whether segments join.
+_IP8 = struct.Struct("!IHBB")  # version/class/flow label, payload length, next header, hop limit
+_TCP = struct.Struct("!IIIBBH")  # ports, sequence, acknowledgement, data offset, flags, window
+
+
 @dataclass(slots=True)
 class _Run:
-    """Segments of one TCP stream being joined: the first packet's pieces, and every payload."""
+    """Segments of one TCP stream being joined: the first packet's pieces, what the next must match, and
+    every payload."""
 
     first: tuple[Buffer, bytes, bytes, Buffer]  # ip8, src, dst, l4 of the first packet
     tcp_header: int
@@ -343,13 +349,11 @@ class _Run:
     closed: bool  # a short segment or PSH ended it: nothing may follow
     partial: bool  # the first packet's checksum is partial (matters only if it stays alone)
     psh: int
-
-
-def _flow_key(ip8: Buffer, src: bytes, dst: bytes, l4: Buffer, tcp_header: int) -> bytes:
-    """What must match for two segments to join: version, class and flow label, next header and hop limit,
-    addresses, ports, acknowledgement, data offset, window and options. Not compared: the payload length,
-    sequence number, flags, checksum and urgent pointer."""
-    return b"".join((ip8[0:4], ip8[6:8], src, dst, l4[0:4], l4[8:13], l4[14:16], l4[20:tcp_header]))
+    # What must match for a segment to join (besides its sequence number): version, class and flow label,
+    # hop limit, addresses, ports, acknowledgement, data offset, window, options. Not compared: the payload
+    # length, sequence number, flags (only ACK, maybe PSH, ever join), checksum and urgent pointer.
+    same: tuple[int, int, bytes, bytes, int, int, int, int]
+    options: bytes
 
 
 class TcpCoalescer:
@@ -367,7 +371,6 @@ class TcpCoalescer:
         self._write = write
         self._max_length = max_length
         self._run: _Run | None = None
-        self._key = b""
         self.joined = 0  # segments that went up inside a larger packet (statistics)
 
     def add(self, packet: bytes) -> None:
@@ -377,23 +380,29 @@ class TcpCoalescer:
         )
 
     def add_parts(self, ip8: Buffer, src: bytes, dst: bytes, l4: Buffer, partial: bool) -> None:
-        tcp_header = _joinable(ip8, l4)
-        if tcp_header == 0:
-            self.flush()
-            self._write(_vnet_for(partial, ip8[6]), [ip8, src, dst, l4])
+        flow, length, next_header, hop = _IP8.unpack_from(ip8)
+        size = len(l4)
+        if next_header != _NEXT_HEADER_TCP or size < TCP_MIN_HEADER:
+            self._alone(ip8, src, dst, l4, partial)
             return
-        payload = len(l4) - tcp_header
-        seq = int.from_bytes(l4[4:8], "big")
-        flags = l4[13]
-        key = _flow_key(ip8, src, dst, l4, tcp_header)
+        ports, seq, ack, offset, flags, window = _TCP.unpack_from(l4)
+        tcp_header = (offset >> 4) * 4
+        # Only plain data segments join: ACK and maybe PSH, a payload, a payload length that matches.
+        if flags & ~TCP_PSH != TCP_ACK or size <= tcp_header or tcp_header < TCP_MIN_HEADER or length != size:
+            self._alone(ip8, src, dst, l4, partial)
+            return
+        payload = size - tcp_header
+        same = (flow, hop, src, dst, ports, ack, offset, window)
+        options = l4[TCP_MIN_HEADER:tcp_header]
         run = self._run
         if run is not None:
             if (
-                not run.closed
-                and seq == run.next_seq
+                seq == run.next_seq
+                and not run.closed
                 and payload <= run.mss
                 and run.length + payload <= self._max_length
-                and key == self._key
+                and same == run.same
+                and options == run.options
             ):
                 run.parts.append(l4[tcp_header:])
                 run.length += payload
@@ -403,18 +412,23 @@ class TcpCoalescer:
                     run.psh |= flags & TCP_PSH
                 return
             self.flush()
-        self._key = key
         self._run = _Run(
             first=(ip8, src, dst, l4),
             tcp_header=tcp_header,
             parts=[l4[tcp_header:]],
             mss=payload,
             next_seq=(seq + payload) & 0xFFFFFFFF,
-            length=IPV6_HEADER + len(l4),
+            length=IPV6_HEADER + size,
             closed=bool(flags & TCP_PSH),
             partial=partial,
             psh=0,
+            same=same,
+            options=bytes(options),
         )
+
+    def _alone(self, ip8: Buffer, src: bytes, dst: bytes, l4: Buffer, partial: bool) -> None:
+        self.flush()
+        self._write(_vnet_for(partial, ip8[6]), [ip8, src, dst, l4])
 
     def flush(self) -> None:
         run = self._run
@@ -444,18 +458,3 @@ class TcpCoalescer:
         ).pack()
         self.joined += len(run.parts)
         self._write(vnet, [head, src, dst, tcp, *run.parts])
-
-
-def _joinable(ip8: Buffer, l4: Buffer) -> int:
-    """The TCP header length if the packet may take part in a run, else 0: plain IPv6 + TCP (no extension
-    headers), only ACK and maybe PSH set, data to carry, and a payload length that matches."""
-    if ip8[6] != _NEXT_HEADER_TCP or len(l4) <= TCP_MIN_HEADER:
-        return 0
-    if l4[13] & ~TCP_PSH != TCP_ACK:
-        return 0
-    tcp_header = (l4[12] >> 4) * 4
-    if tcp_header < TCP_MIN_HEADER or len(l4) <= tcp_header:
-        return 0
-    if (ip8[4] << 8 | ip8[5]) != len(l4):
-        return 0  # trailing bytes or a short packet: let the kernel judge it alone
-    return tcp_header
