@@ -110,7 +110,7 @@ def finish_checksum(packet: bytearray | memoryview, csum_start: int, csum_offset
     """Complete a partial checksum in place: the kernel stored the pseudo-header sum at
     ``csum_start + csum_offset`` and left the sum over ``packet[csum_start:]`` to whoever sends it."""
     at = csum_start + csum_offset
-    if csum_start < IPV6_HEADER or at + 2 > len(packet):
+    if csum_start < IPV6_HEADER or csum_offset < 0 or at + 2 > len(packet):
         raise ProtocolError(f"partial checksum at {csum_start}+{csum_offset} outside {len(packet)} bytes")
     value = checksum_field(ones_sum(packet[csum_start:]))
     packet[at] = value >> 8
@@ -287,7 +287,10 @@ def complete(packet: bytes) -> bytes:
     if not isinstance(packet, PartialChecksum):
         return packet
     whole = bytearray(packet)
-    finish_checksum(whole, IPV6_HEADER, partial_checksum_offset(whole) - IPV6_HEADER)
+    at = partial_checksum_offset(whole)
+    if at == 0:  # the receive path lets only TCP and UDP through as partial
+        raise ProtocolError("a partial checksum in a packet that is neither TCP nor UDP")
+    finish_checksum(whole, IPV6_HEADER, at - IPV6_HEADER)
     return bytes(whole)
 
 
