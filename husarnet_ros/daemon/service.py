@@ -267,6 +267,7 @@ class _Rest:
     fatal as it was when this ran before the data plane: the daemon stops and exits non-zero saying why."""
 
     STOP_TIMEOUT_S = 15.0
+    START_SWITCH_INTERVAL_S = 0.0005
 
     def __init__(self, daemon: Daemon, listening: ControlSocket) -> None:
         self._daemon = daemon
@@ -280,7 +281,17 @@ class _Rest:
         self._thread.start()
 
     def _run(self) -> None:
-        daemon = self._daemon
+        # This thread's imports hold the GIL for long stretches while the first handshakes want it: hand it
+        # over sooner (5 ms by default) until the start-up is done.
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(self.START_SWITCH_INTERVAL_S)
+        try:
+            self._start(self._daemon)
+        finally:
+            sys.setswitchinterval(switch_interval)
+            gc.enable()  # off since the command started (cli/daemon.py)
+
+    def _start(self, daemon: Daemon) -> None:
         assert daemon.controller is not None
         assert daemon.loop is not None
         try:
@@ -357,3 +368,4 @@ def run(config: DaemonConfig) -> int:
         else:
             control.remove()
         daemon.close()
+        gc.enable()  # if start-up never got that far (cli/daemon.py turned it off)
