@@ -6,7 +6,10 @@ small forwarder in the switch namespace copies every Ethernet frame from one por
 packet sockets, dropping, duplicating or holding back some of them at random (seeded). Every frame is
 one wire datagram: the hosts' ``eth0`` get ``gso_max_segs 1``, so the kernel splits a UDP GSO batch into
 single datagrams before they leave the host, as a real NIC does on the wire (netem on the host's own veth
-would see, and drop, a whole batch as one packet).
+would see, and drop, a whole batch as one packet). The hosts' ``eth0`` get GRO on, polled by a kernel thread
+(threaded NAPI): a real NIC's driver batches what arrives between two polls, and so what survives the link
+is batched again for a receiver that asked for UDP GRO (polled at once after each frame, a veth would hand
+over single datagrams only).
 
     python -m husarnet_ros.testing.lossy_link --ports p0 p1 [--loss P] [--duplicate P] [--reorder P]
                                               [--delay-ms D] [--both-ways] [--seed N] [--seconds S]
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import heapq
 import json
 import random
@@ -50,6 +54,9 @@ _FRAME_MAX = 65536 + 64
 _VNET_GSO_TYPE = 1  # offset of gso_type in struct virtio_net_hdr (0: not a GSO frame)
 _DRAIN_BATCH = 256  # frames read from one port before the other gets its turn
 _POLL_MAX_S = 0.05
+# A veth's receive ring holds 256 frames: when its polling thread falls behind, a send fails with ENOBUFS.
+_SEND_TRIES = 100
+_SEND_RETRY_S = 0.0002
 
 
 @dataclass
@@ -101,12 +108,19 @@ class _Forwarder:
         self.stopping = False
 
     def _send(self, port: _Port, frame: bytes) -> None:
+        """Send on through the other port; a full queue there is waited out (a switch buffers, and this
+        link is to lose only what it is told to), up to a bound."""
         assert port.peer is not None
-        try:
-            port.peer.sock.send(frame)
-            port.counts.forwarded += 1
-        except OSError:
-            port.counts.send_errors += 1
+        for _ in range(_SEND_TRIES):
+            try:
+                port.peer.sock.send(frame)
+                port.counts.forwarded += 1
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOBUFS, errno.EAGAIN):
+                    break
+                time.sleep(_SEND_RETRY_S)
+        port.counts.send_errors += 1
 
     def _arrived(self, index: int, frame: bytes) -> None:
         port = self.ports[index]
@@ -227,6 +241,36 @@ def _set_gso_segments(host: Host, segments: int) -> None:
     host.run(["ip", "link", "set", "dev", host.ifname, "gso_max_segs", str(segments)])
 
 
+# rx-udp-gro-forwarding too: a veth takes frames from a device with TSO (the switch's port) through GRO only
+# when it has that feature or GRO fraglist (veth_skb_is_eligible_for_gro). The polling thread exists only
+# while GRO is on (a veth has no NAPI otherwise).
+_SET_GRO = """
+import sys
+from pyroute2.ethtool import Ethtool
+ifname, on = sys.argv[1], sys.argv[2] == "1"
+names = ("rx-gro", "rx-udp-gro-forwarding")
+threaded = f"/sys/class/net/{ifname}/threaded"
+with Ethtool() as ethtool:
+    features = ethtool.get_features(ifname)
+    print(int(all(features.features[name].enable for name in names)))
+    if not on:
+        try:
+            open(threaded, "w").write("0")
+        except OSError:
+            pass  # no NAPI, no thread
+    for name in names:
+        features.features[name].enable = on
+    ethtool.set_features(ifname, features)
+    if on:
+        open(threaded, "w").write("1")
+"""
+
+
+def _set_gro(host: Host, on: bool) -> bool:
+    """Turn GRO of ``eth0`` on (polled by a kernel thread) or off; returns whether it was on."""
+    return host.run([sys.executable, "-c", _SET_GRO, host.ifname, str(int(on))]).stdout.strip() == "1"
+
+
 @contextlib.contextmanager
 def lossy_link(lab: Lab, hosts: tuple[Host, Host], **impairment: Any) -> Iterator[LossyLink]:
     """Impair what ``hosts[0]`` sends to ``hosts[1]`` (both ways with ``both_ways=True``) on the lab's first
@@ -239,6 +283,7 @@ def lossy_link(lab: Lab, hosts: tuple[Host, Host], **impairment: Any) -> Iterato
         flag = "--" + key.replace("_", "-")
         argv += [flag] if value is True else [] if value is False else [flag, str(value)]
     gso_segments = [_gso_segments(host) for host in hosts]
+    gro = [_set_gro(host, True) for host in hosts]
     for host in hosts:
         _set_gso_segments(host, 1)
     connect_switch(lab, False)
@@ -263,8 +308,9 @@ def lossy_link(lab: Lab, hosts: tuple[Host, Host], **impairment: Any) -> Iterato
             link.stop()
         finally:
             connect_switch(lab, True)
-            for host, segments in zip(hosts, gso_segments, strict=True):
+            for host, segments, was_on in zip(hosts, gso_segments, gro, strict=True):
                 _set_gso_segments(host, segments)
+                _set_gro(host, was_on)
 
 
 if __name__ == "__main__":
