@@ -147,9 +147,25 @@ def path_files(robots: Robots, path: str, middleware: str, mtu: int, own: str, p
     return files
 
 
-def hnet0_packets(host: Host, ifname: str) -> int:
-    """Packets this namespace sent into the overlay so far (proves which path the DDS traffic took)."""
+def sent_packets(host: Host, ifname: str) -> int:
+    """Packets this namespace sent on ``ifname`` so far (hnet0 for the overlay, the veth for the raw paths):
+    shows which path the DDS traffic took, and how many packets it cost (retransmissions included)."""
     return int(host.run(["cat", f"/sys/class/net/{ifname}/statistics/tx_packets"]).stdout)
+
+
+def receive_buffer_errors(host: Host) -> dict[str, int]:
+    """UDP datagrams this namespace dropped so far because a socket's receive buffer was full: over IPv6
+    (the DDS sockets, on either path) and over IPv4 (the daemon's underlay socket, on the overlay path)."""
+    errors = {"udp6": 0, "udp4": 0}
+    for line in host.run(["cat", "/proc/net/snmp6"]).stdout.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "Udp6RcvbufErrors":
+            errors["udp6"] = int(value.strip())
+    lines = [line.split() for line in host.run(["cat", "/proc/net/snmp"]).stdout.splitlines()]
+    for header, values in zip(lines[::2], lines[1::2], strict=False):
+        if header[0] == "Udp:":
+            errors["udp4"] = int(dict(zip(header, values, strict=True)).get("RcvbufErrors", 0))
+    return errors
 
 
 def ip_fragments(host: Host) -> int:
@@ -184,7 +200,7 @@ class Group:
 
 def run_group(robots: Robots, endpoints: Endpoints, group: Group, mtu: int) -> dict[str, Any]:
     """Run ``group``: the publisher's report, the subscriber's arrivals, the IP fragments the publisher's
-    namespace created and the packets it sent into hnet0."""
+    namespace created, the packets it sent into hnet0 and the receive buffer drops in the subscriber's."""
     pub_env, sub_env = path_environments(robots, group.path, group.middleware, mtu)
     run_dir = Path(tempfile.mkdtemp(prefix=f"{group.tag}-", dir=robots.workdir))
     base = endpoints.base_env(run_dir / "ros-log")
@@ -215,7 +231,10 @@ def run_group(robots: Robots, endpoints: Endpoints, group: Group, mtu: int) -> d
     pub_argv.insert(2, "pub")
     publisher_host, subscriber_host = robots.hosts
     fragments_before = ip_fragments(publisher_host)
-    overlay_before = hnet0_packets(publisher_host, robots.a.interface)
+    interface = robots.a.interface if group.path.startswith("overlay") else publisher_host.ifname
+    packets_before = sent_packets(publisher_host, interface)
+    overlay_before = sent_packets(publisher_host, robots.a.interface)
+    drops_before = receive_buffer_errors(subscriber_host)
     with (run_dir / "sub.log").open("wb") as sub_log, (run_dir / "pub.log").open("wb") as pub_log:
         subscriber = subscriber_host.popen(
             sub_argv, env=base | sub_env, stdout=subprocess.PIPE, stderr=sub_log
@@ -239,7 +258,12 @@ def run_group(robots: Robots, endpoints: Endpoints, group: Group, mtu: int) -> d
             "published": json.loads((run_dir / "pub.json").read_text()),
             "arrivals": json.loads((run_dir / "sub.json").read_text()),
             "ip_fragments": ip_fragments(publisher_host) - fragments_before,
-            "overlay_packets": hnet0_packets(publisher_host, robots.a.interface) - overlay_before,
+            "overlay_packets": sent_packets(publisher_host, robots.a.interface) - overlay_before,
+            "path_packets": sent_packets(publisher_host, interface) - packets_before,
+            "subscriber_side_drops": {
+                name: count - drops_before[name]
+                for name, count in receive_buffer_errors(subscriber_host).items()
+            },
         }
     except (OSError, ValueError) as exc:
         raise LabError(f"{group.tag}: no result from the endpoints ({exc})\n{_logs(run_dir)}") from None
