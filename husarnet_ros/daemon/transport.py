@@ -91,8 +91,8 @@ class UdpTransport:
             self.sock.sendto(data, self._target(endpoint))
 
     def sendto_batch(self, datagrams: memoryview, size: int, endpoint: Endpoint) -> None:
-        """Send datagrams lying back to back in ``datagrams``, each ``size`` bytes (the last may be shorter), to
-        one endpoint: with GSO in as few system calls as the kernel allows, else one by one."""
+        """Send datagrams lying back to back in ``datagrams``, each ``size`` bytes (the last may be shorter),
+        to one endpoint: with GSO in as few system calls as the kernel allows, else one by one."""
         total = len(datagrams)
         if not self.gso or total <= size:
             for start in range(0, total, size):

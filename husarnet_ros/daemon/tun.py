@@ -1,4 +1,4 @@
-"""The overlay's TUN device: opened through /dev/net/tun, configured through netlink (pyroute2).
+"""The overlay's TUN device: opened through /dev/net/tun, configured through rtnetlink.
 
 With offloads requested, the device is opened with a virtio-net header on every read and write
 (``IFF_VNET_HDR``) and told it may hand over TCP/IPv6 packets of up to 64 KB and leave checksums partial
@@ -16,11 +16,10 @@ import os
 import socket
 import struct
 
-from pyroute2 import IPRoute
-
 from ..core.constants import OVERLAY_PREFIX_LEN
 from ..core.errors import HusarnetError
 from .in_use import in_use_message
+from .rtnetlink import Rtnetlink
 
 IFA_F_NODAD = 0x02  # linux/if_addr.h: the overlay address is unique by construction, skip DAD
 
@@ -109,15 +108,14 @@ def configure_interface(name: str, address: bytes, mtu: int) -> None:
     the interface up."""
     text = str(ipaddress.IPv6Address(address))
     try:
-        with IPRoute() as ipr:
-            links = ipr.link_lookup(ifname=name)
-            if not links:
-                raise TunError(f"interface {name} vanished while configuring it")
-            index = links[0]
-            ipr.link("set", index=index, mtu=mtu, txqlen=TX_QUEUE_LEN)
-            ipr.addr("add", index=index, address=text, prefixlen=OVERLAY_PREFIX_LEN, IFA_FLAGS=IFA_F_NODAD)
-            ipr.link("set", index=index, state="up")
-    except TunError:
-        raise
-    except Exception as exc:  # pyroute2 raises NetlinkError and others
-        raise TunError(f"cannot configure {name} with {text}/{OVERLAY_PREFIX_LEN}: {exc}") from None
+        index = socket.if_nametoindex(name)
+    except OSError:
+        raise TunError(f"interface {name} vanished while configuring it") from None
+    try:
+        with Rtnetlink() as netlink:
+            netlink.set_link(index, mtu=mtu, txqlen=TX_QUEUE_LEN)
+            netlink.add_address(index, address, OVERLAY_PREFIX_LEN, IFA_F_NODAD)
+            netlink.set_link(index, up=True)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise TunError(f"cannot configure {name} with {text}/{OVERLAY_PREFIX_LEN}: {reason}") from None
