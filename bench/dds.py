@@ -46,8 +46,9 @@ sys.path.insert(0, str(REPO))
 
 from dds_lab import PATHS, Endpoints, Group, Robots, run_group, start_robots, stop_robots  # noqa: E402
 from dds_report import aggregate, capacity_lines, markdown, phase_result  # noqa: E402
-from measure import measure_throughput, start_iperf_server  # noqa: E402
+from measure import measure_throughput, run_iperf, start_iperf_server  # noqa: E402
 
+from husarnet_ros import dds  # noqa: E402
 from husarnet_ros.core.errors import HusarnetError  # noqa: E402
 from husarnet_ros.fileio import atomic_write_text  # noqa: E402
 from husarnet_ros.testing.netlab import Lab, cleanup_stale, netns_supported  # noqa: E402
@@ -68,6 +69,9 @@ RATES: dict[int, tuple[float, ...]] = {
 }
 QUICK_RATES: dict[int, tuple[float, ...]] = {100_000: (30.0, 120.0), 1_000_000: (15.0, 30.0)}
 CAPACITY_SECONDS = 3.0
+# DDS cannot use the overlay's TCP segmentation offload: its datagrams are one packet each. What the overlay
+# carries of such packets is measured too: UDP datagrams of the DDS files' size, offered at this rate.
+UDP_PROBE_MBIT = 2000
 START_UP_S = 4.0  # per group: processes, discovery, shutdown (for the time estimate only)
 
 
@@ -143,16 +147,27 @@ def plan(args: argparse.Namespace) -> list[Group]:
     ]
 
 
-def measure_capacity(robots: Robots) -> dict[str, Any]:
-    """iperf3 TCP, one stream, robot-a to robot-b over the underlay and over the overlay."""
+def measure_capacity(robots: Robots, datagram: int) -> dict[str, Any]:
+    """Robot-a to robot-b over the underlay and over the overlay: iperf3 TCP (one stream), and UDP datagrams
+    of ``datagram`` bytes offered at UDP_PROBE_MBIT (what arrives, and the share lost)."""
     client, server = robots.hosts
     start_iperf_server(server)
     capacity = {}
     for name, address in (("raw", server.ipv6), ("overlay", robots.overlay["robot-b"])):
-        result = measure_throughput(
+        tcp = measure_throughput(
             client, address, streams=1, duration=CAPACITY_SECONDS, tunnel_pids=[robots.a.pid, robots.b.pid]
         )
-        capacity[name] = {"mbit_per_second": result.mbit_per_second}
+        udp_argv = ["--udp", "--length", str(datagram), "--bitrate", f"{UDP_PROBE_MBIT}M"]
+        udp = run_iperf(
+            client, address, [*udp_argv, "--time", f"{CAPACITY_SECONDS:g}"], CAPACITY_SECONDS + 20
+        )
+        received = udp["end"]["sum"]
+        capacity[name] = {
+            "mbit_per_second": tcp.mbit_per_second,
+            "udp_datagram_bytes": datagram,
+            "udp_mbit_per_second": received["bits_per_second"] / 1e6 * (1 - received["lost_percent"] / 100),
+            "udp_lost_percent": received["lost_percent"],
+        }
     return capacity
 
 
@@ -243,7 +258,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             mtu = robots.overlay_mtu()
             results: dict[str, Any] = {"meta": machine_info(args, robots, endpoints, mtu), "cells": []}
             progress(f"lab {lab.prefix}: robots up, overlay MTU {mtu}")
-            results["capacity"] = measure_capacity(robots)
+            results["capacity"] = measure_capacity(robots, dds.max_datagram(mtu))
             progress(capacity_lines(results).strip())
             for run_index in range(args.runs):
                 for number, group in enumerate(groups, 1):

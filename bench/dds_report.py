@@ -104,21 +104,24 @@ def _stalled(per_path: dict[str, dict[str, Any]], paths: list[str]) -> str:
 def markdown(results: dict[str, Any]) -> str:
     """One row per (middleware, reliability, size, rate): each path's delivery, overlay ÷ the others."""
     paths: list[str] = results["meta"]["paths"]
-    overlay_tcp = results.get("capacity", {}).get("overlay", {}).get("mbit_per_second")
+    overlay = results.get("capacity", {}).get("overlay", {})
+    overlay_tcp, overlay_udp = overlay.get("mbit_per_second"), overlay.get("udp_mbit_per_second")
     baselines = [path for path in paths if path != "overlay"] if "overlay" in paths else []
-    header = ["middleware", "QoS", "size", "rate (Hz)", "offered (Mbit/s)"]
+    header = ["middleware", "QoS", "size", "rate (Hz)", "nominal (Mbit/s)"]
     for path in paths:
         header += [f"{path}: delivered / sent", f"{path}: Mbit/s"]
     header += [f"overlay ÷ {path}" for path in baselines]
-    header += ["stalled", "IP fragments (" + " / ".join(paths) + ")", "above overlay TCP capacity"]
+    header += ["stalled", "IP fragments (" + " / ".join(paths) + ")", "above overlay capacity (TCP / UDP)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     by_key: dict[tuple[str, str, int, float], dict[str, dict[str, Any]]] = {}
     for cell in results["cells"]:
         key = (cell["middleware"], cell["reliability"], cell["size"], cell["rate_hz"])
         by_key.setdefault(key, {})[cell["path"]] = cell["summary"]
     for (middleware, reliability, size, rate), per_path in by_key.items():
-        offered = per_path.get("overlay", next(iter(per_path.values())))["offered_mbit_s"]
-        row = [middleware, reliability.upper(), _size_label(size), f"{rate:g}", _spread(offered)]
+        nominal = (
+            rate * size * 8 / 1e6
+        )  # what the publisher was asked to send; delivered / sent shows the rest
+        row = [middleware, reliability.upper(), _size_label(size), f"{rate:g}", _num(nominal)]
         for path in paths:
             summary = per_path.get(path)
             if summary is None:
@@ -131,8 +134,9 @@ def markdown(results: dict[str, Any]) -> str:
             row.append(DASH if value is None else f"{value:.2f}x")
         row.append(_stalled(per_path, paths))
         row.append(" / ".join(_spread(per_path[p]["ip_fragments"]) if p in per_path else DASH for p in paths))
-        above = (
-            DASH if overlay_tcp is None or offered is None else ("yes" if offered[0] > overlay_tcp else "no")
+        limits = (overlay_tcp, overlay_udp)
+        above = " / ".join(
+            DASH if limit is None else ("yes" if nominal > limit else "no") for limit in limits
         )
         lines.append("| " + " | ".join([*row, above]) + " |")
     return "\n".join(lines) + "\n"
@@ -140,5 +144,14 @@ def markdown(results: dict[str, Any]) -> str:
 
 def capacity_lines(results: dict[str, Any]) -> str:
     capacity = results.get("capacity", {})
-    parts = [f"{name} {value['mbit_per_second']:,.0f} Mbit/s" for name, value in capacity.items() if value]
-    return "TCP capacity (iperf3, 1 stream): " + (", ".join(parts) if parts else "not measured") + "\n"
+    tcp = [f"{name} {value['mbit_per_second']:,.0f} Mbit/s" for name, value in capacity.items() if value]
+    udp = [
+        f"{name} {value['udp_mbit_per_second']:,.0f} Mbit/s ({value['udp_lost_percent']:.1f}% lost)"
+        for name, value in capacity.items()
+        if value and "udp_mbit_per_second" in value
+    ]
+    lines = "TCP capacity (iperf3, 1 stream): " + (", ".join(tcp) if tcp else "not measured") + "\n"
+    if udp:
+        size = next(iter(capacity.values()))["udp_datagram_bytes"]
+        lines += f"UDP, {size} B datagrams offered at 2 Gbit/s, received: " + ", ".join(udp) + "\n"
+    return lines
