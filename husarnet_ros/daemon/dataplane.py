@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from ..core import aead, offload
 from ..core.constants import MAX_DATAGRAM
 from ..core.errors import ProtocolError
 from ..core.node import Node
+from ..core.peer import Endpoint
 from .log_ring import LogThrottle
 from .transport import RECEIVE_BUFFER_SIZE, UdpTransport
 from .tun import OFFLOAD_READ_SIZE, Tun
@@ -33,6 +35,10 @@ log = logging.getLogger(__name__)
 # A TUN or socket that fails this many times in a row is gone (the device was deleted, the fd closed).
 _FATAL_CONSECUTIVE_ERRORS = 100
 _ERROR_LOG_INTERVAL_S = 1.0
+# Packets read from the TUN before they are sent, at most (a GSO send takes up to 64).
+_MAX_QUEUED_SINGLES = 64
+# How long the send thread sleeps in poll() with nothing to read before it checks whether it should stop.
+_IDLE_POLL_MS = 1000
 # What an ICMP error of an earlier send makes recvfrom() return: the socket itself is fine.
 _TRANSIENT_RECV_ERRNOS = {
     errno.ECONNREFUSED,
@@ -107,16 +113,32 @@ class DataPlane:
 
     def _tun_to_udp_offload(self) -> None:
         """Reads carry a virtio header; a TCP packet of up to 64 KB is cut into MTU-sized segments here, each
-        sealed on its own, and they leave in one or two GSO sends."""
+        sealed on its own, and they leave in one or two GSO sends. Other packets are read while the TUN has
+        more (non-blocking reads) and sent together when it has none left or ``_MAX_QUEUED_SINGLES`` wait:
+        equal ones (a burst of DDS fragments) in one GSO send. Nothing waits for more to come: a lone packet
+        (a ping) leaves as soon as the next read finds the TUN empty."""
         node, fd, transport, counters = self._node, self._tun.fd, self._transport, self._node.tx_counters
         send, send_partial, send_large = node.send, node.send_partial, node.send_large
-        sendto, sendto_batch = transport.sendto, transport.sendto_batch
+        send_many, sendto_batch = transport.send_many, transport.sendto_batch
         read, clock, unpack = os.read, time.monotonic, offload.VNET_STRUCT.unpack_from
         header_size = offload.VNET_HEADER_SIZE
+        singles: list[tuple[Endpoint, bytes]] = []
+        ready = select.poll()
+        ready.register(fd, select.POLLIN)
+        os.set_blocking(fd, False)
         while not self.stopping:
-            frame = self._read(read, fd, OFFLOAD_READ_SIZE)
-            if frame is None:
+            try:
+                frame = read(fd, OFFLOAD_READ_SIZE)
+            except BlockingIOError:
+                if singles:
+                    send_many(singles)
+                    singles.clear()
+                ready.poll(_IDLE_POLL_MS)
                 continue
+            except OSError as exc:
+                self._read_failed(exc)
+                continue
+            self._tun_failures = 0
             try:
                 flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = unpack(frame)
                 if gso_type == offload.GSO_NONE:
@@ -127,12 +149,18 @@ class DataPlane:
                     if out is None:
                         self._wake_if_posted()  # a handshake may be needed now, not at the next tick
                         continue
-                    sendto(out[1], out[0])
+                    singles.append(out)
+                    if len(singles) >= _MAX_QUEUED_SINGLES:
+                        send_many(singles)
+                        singles.clear()
                     continue
                 if gso_type & ~offload.GSO_ECN != offload.GSO_TCPV6:
                     # A kind we did not offer the kernel (TUNSETOFFLOAD): never expected.
                     counters["drop_gso_type"] += 1
                     continue
+                if singles:  # in order: what was read before this goes before it
+                    send_many(singles)
+                    singles.clear()
                 batch = send_large(memoryview(frame)[header_size:], csum_start, gso_size, clock())
                 if batch is None:
                     self._wake_if_posted()
@@ -142,6 +170,7 @@ class DataPlane:
             except ProtocolError:
                 counters["drop_malformed_tun"] += 1
             except Exception as exc:
+                singles.clear()
                 self._packet_error("tun->udp", exc)
 
     def _read(self, read: Callable[[int, int], bytes], fd: int, size: int) -> bytes | None:
@@ -149,17 +178,20 @@ class DataPlane:
         try:
             data = read(fd, size)
         except OSError as exc:
-            if self.stopping:
-                return None
-            self._tun_failures += 1
-            if self._tun_failures >= _FATAL_CONSECUTIVE_ERRORS:
-                self.stopping = True
-                self._on_fatal(f"the TUN device cannot be read any more: {exc.strerror or exc}")
-                return None
-            time.sleep(0.01)
+            self._read_failed(exc)
             return None
         self._tun_failures = 0
         return data
+
+    def _read_failed(self, exc: OSError) -> None:
+        if self.stopping:
+            return
+        self._tun_failures += 1
+        if self._tun_failures >= _FATAL_CONSECUTIVE_ERRORS:
+            self.stopping = True
+            self._on_fatal(f"the TUN device cannot be read any more: {exc.strerror or exc}")
+            return
+        time.sleep(0.01)
 
     def _wake_if_posted(self) -> None:
         if self._node.has_posted():

@@ -33,7 +33,10 @@ GSO_MAX_SEGMENTS = 64
 GSO_MAX_BYTES = 65000
 # A GRO receive returns up to 64 KB of same-sized datagrams.
 RECEIVE_BUFFER_SIZE = 65536 + 4096
-_GSO_FAILURES = {errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP}
+# A GSO send refused because the kernel or the device cannot segment (GSO off for good), or because one
+# segment would not fit the route's MTU (that size off; a single datagram is fragmented instead).
+_GSO_FAILURES = {errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP}
+_GSO_TOO_BIG = {errno.EINVAL, errno.EMSGSIZE}
 
 
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
@@ -70,6 +73,7 @@ class UdpTransport:
         self.gso = offload and _try_option(sock, UDP_SEGMENT, 0)  # 0: no default size, only per send
         self.gro = offload and _try_option(sock, UDP_GRO, 1)
         self._gro_ancillary = socket.CMSG_SPACE(4) if self.gro else 0
+        self._gso_max_segment = 0xFFFF  # lowered when the kernel refuses a segment size (see _gso_send)
         # Conversions cached both ways: the hot path must not re-parse addresses per packet. Every thread
         # that sends or receives fills them (single dict operations, atomic under the GIL); forget_routes()
         # empties them when interfaces change, since an interface index is part of a link-local target.
@@ -98,20 +102,56 @@ class UdpTransport:
             for start in range(0, total, size):
                 self.sendto(datagrams[start : start + size], endpoint)
             return
-        target = self._target(endpoint)
         step = size * max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size))
-        segment = [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
         for start in range(0, total, step):
-            try:
-                self.sock.sendmsg([datagrams[start : start + step]], segment, 0, target)
-            except OSError as exc:
-                if exc.errno not in _GSO_FAILURES:
-                    continue  # full buffers, unreachable networks: packet loss, as for sendto
-                log.warning("UDP segmentation offload refused (%s); sending datagrams one by one", exc)
-                self.gso = False
+            if not self._gso_send([datagrams[start : start + step]], size, endpoint):
                 for single in range(start, total, size):
                     self.sendto(datagrams[single : single + size], endpoint)
                 return
+
+    def send_many(self, datagrams: list[tuple[Endpoint, bytes]]) -> None:
+        """Send datagrams in order; runs of them for one endpoint with one size (the last of a run may be
+        shorter) go in one GSO send each: a burst of equal packets (a DDS sample cut into fragments) costs
+        one system call, not one per packet."""
+        count, index = len(datagrams), 0
+        while index < count:
+            endpoint, first = datagrams[index]
+            size = len(first)
+            end = index + 1
+            if self.gso:
+                most = min(count, index + min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size))
+                while end < most and datagrams[end][0] == endpoint and len(datagrams[end][1]) == size:
+                    end += 1
+                if end < most and datagrams[end][0] == endpoint and len(datagrams[end][1]) < size:
+                    end += 1  # a shorter one may close the run
+            if end - index == 1 or not self._gso_send([d for _, d in datagrams[index:end]], size, endpoint):
+                for _, datagram in datagrams[index:end]:
+                    self.sendto(datagram, endpoint)
+            index = end
+
+    def _gso_send(self, buffers: list[bytes | memoryview], size: int, endpoint: Endpoint) -> bool:
+        """One GSO send of ``buffers`` (datagrams of ``size`` bytes, the last maybe shorter); False if the
+        kernel refused it, and the caller sends them one by one. A segment too big for the route's MTU
+        (which a single datagram would pass, fragmented) is refused for that size and larger only; a kernel
+        or device without UDP segmentation turns GSO off for good."""
+        if size > self._gso_max_segment:
+            return False
+        segment = [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+        try:
+            self.sock.sendmsg(buffers, segment, 0, self._target(endpoint))
+        except OSError as exc:
+            if exc.errno in _GSO_TOO_BIG:
+                self._gso_max_segment = min(self._gso_max_segment, size - 1)
+                log.info(
+                    "UDP segments of %d bytes do not fit the route (%s); larger ones go singly", size, exc
+                )
+                return False
+            if exc.errno not in _GSO_FAILURES:
+                return True  # full buffers, unreachable networks: packet loss, as for sendto
+            log.warning("UDP segmentation offload refused (%s); sending datagrams one by one", exc)
+            self.gso = False
+            return False
+        return True
 
     def recv_batch(self, buffer: bytearray) -> tuple[int, int, Endpoint]:
         """Receive into ``buffer``: (bytes received, size of each datagram in them, sender). Without GRO, or

@@ -101,8 +101,8 @@ class RefusingSocket:
         return getattr(self._sock, name)
 
 
-@pytest.mark.parametrize("refusal", [errno.EIO, errno.EINVAL, errno.EOPNOTSUPP])
-def test_a_refused_gso_send_falls_back_to_single_datagrams(
+@pytest.mark.parametrize("refusal", [errno.EIO, errno.EOPNOTSUPP])
+def test_a_kernel_without_segmentation_turns_gso_off(
     pair: tuple[UdpTransport, UdpTransport], refusal: int
 ) -> None:
     sender, receiver = pair
@@ -111,10 +111,46 @@ def test_a_refused_gso_send_falls_back_to_single_datagrams(
     view, datagrams = batch_of(20, 1200, 99)
     sender.sendto_batch(view, 1200, target(receiver))
     assert refusing.refused == 1
-    assert not sender.gso
+    assert not sender.gso  # off for good after the first refusal
     sender.sendto_batch(view, 1200, target(receiver))
     assert refusing.refused == 1
     assert receive_all(receiver, 40) == datagrams + datagrams
+
+
+@pytest.mark.parametrize("refusal", [errno.EINVAL, errno.EMSGSIZE])
+def test_a_segment_too_big_for_the_route_goes_singly_from_then_on(
+    pair: tuple[UdpTransport, UdpTransport], refusal: int
+) -> None:
+    """A datagram bigger than the route's MTU is fragmented when sent alone, but refused as a GSO segment:
+    datagrams of that size (and larger) go one by one; smaller ones still go together."""
+    sender, receiver = pair
+    refusing = RefusingSocket(sender.sock, refusal)
+    sender.sock = refusing  # type: ignore[assignment]
+    view, big = batch_of(5, 9000, 9000)
+    sender.sendto_batch(view, 9000, target(receiver))
+    sender.send_many([(target(receiver), datagram) for datagram in big])
+    assert refusing.refused == 1  # the second batch of that size did not even try
+    assert sender.gso
+    sender.sock = refusing._sock  # the real socket again: smaller datagrams still go by GSO
+    _, small = batch_of(10, 1000, 1000)
+    sender.send_many([(target(receiver), datagram) for datagram in small])
+    assert receive_all(receiver, 20) == big + big + small
+
+
+def test_send_many_groups_runs_and_keeps_order(pair: tuple[UdpTransport, UdpTransport]) -> None:
+    """Runs of one size for one endpoint (the last maybe shorter) go together; order is kept throughout."""
+    sender, receiver = pair
+    other = UdpTransport(0)
+    other.sock.settimeout(5)
+    try:
+        sizes = [1250] * 7 + [300] + [1250] * 3 + [80, 80, 1400]
+        items = [(target(receiver), os.urandom(size)) for size in sizes]
+        items.insert(5, (target(other), b"elsewhere"))
+        sender.send_many(items)
+        assert receive_all(receiver, len(sizes)) == [data for to, data in items if to == target(receiver)]
+        assert other.sock.recv(100) == b"elsewhere"
+    finally:
+        other.close()
 
 
 def test_a_full_buffer_is_packet_loss_not_a_fallback(pair: tuple[UdpTransport, UdpTransport]) -> None:
