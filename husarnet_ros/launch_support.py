@@ -25,6 +25,7 @@ import yaml
 from . import dds as dds_config
 from .api import Status, Whitelist, resolve_control_socket
 from .client import ClientError, ControlClient
+from .core.constants import DEFAULT_MTU
 from .core.errors import ConfigError
 from .core.fleet import RobotView, load_fleet
 from .dds import export_lines
@@ -208,8 +209,11 @@ def dds_output_dir(requested: str, namespace: str) -> Path:
     return dds_config.default_output_dir(normalize_namespace(namespace))
 
 
-def dds_environment(dds: str, output_dir: Path, addresses: DdsPeers) -> dict[str, str]:
-    """Write the DDS configuration files and return the variables to set; {} for ``dds:=none``.
+def dds_environment(
+    dds: str, output_dir: Path, addresses: DdsPeers, mtu: int = DEFAULT_MTU
+) -> dict[str, str]:
+    """Write the DDS configuration files and return the variables to set; {} for ``dds:=none``. ``mtu``: the
+    overlay's (the running daemon's: ``dds.overlay_mtu``), which sizes DDS datagrams.
 
     Without an own address (no daemon, no fleet) no file can be written: ConfigError saying what to give.
     """
@@ -222,7 +226,7 @@ def dds_environment(dds: str, output_dir: Path, addresses: DdsPeers) -> dict[str
             "(start the daemon, pass fleet:=... robot:=..., or dds:=none)"
         )
     return dds_config.write_config(
-        output_dir, addresses.own, list(addresses.peers), rmw=dds, set_rmw_implementation=True
+        output_dir, addresses.own, list(addresses.peers), rmw=dds, set_rmw_implementation=True, mtu=mtu
     )
 
 

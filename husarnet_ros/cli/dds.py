@@ -23,6 +23,7 @@ class _Plan:
     own: str | None
     peers: list[str]
     output_dir: Path
+    mtu: int  # the running daemon's overlay MTU (the default without one): sizes the DDS datagrams
 
 
 def _plan(fleet_file: Path | None, robot: str | None, output_dir: Path | None, discovered: bool) -> _Plan:
@@ -47,7 +48,7 @@ def _plan(fleet_file: Path | None, robot: str | None, output_dir: Path | None, d
         fail(f"{daemon_error} (or give --fleet FILE --robot NAME)")
     own, peers = dds.own_and_peers(view, status, whitelist)
     namespace = view.me.namespace if view is not None else ""
-    return _Plan(own, peers, output_dir or dds.default_output_dir(namespace))
+    return _Plan(own, peers, output_dir or dds.default_output_dir(namespace), dds.overlay_mtu(status))
 
 
 def _options(command: Any) -> Any:
@@ -88,7 +89,7 @@ def _write(
     fleet_file: Path | None, robot: str | None, output_dir: Path | None, rmw: str | None, discovered: bool
 ) -> tuple[_Plan, dict[str, str], list[Path], dict[str, str]]:
     plan = _plan(fleet_file, robot, output_dir, discovered)
-    files = dds.render_files(plan.own, plan.peers, rmw or "auto")
+    files = dds.render_files(plan.own, plan.peers, rmw or "auto", mtu=plan.mtu)
     changed = dds.write_files(plan.output_dir, files)
     env = dds.environment(plan.output_dir, rmw or "auto", set_rmw_implementation=rmw is not None)
     return plan, files, changed, env

@@ -109,7 +109,7 @@ class DdsNode(Node):
         declare_parameters(self, (*COMMON_PARAMETERS, *FLEET_PARAMETERS, *DDS_PARAMETERS))
         self.link = DaemonLink.from_parameters(self)
         self._fleet = _FleetCache(self)
-        self._written: tuple[Path, str, str | None, tuple[str, ...]] | None = None
+        self._written: tuple[Path, str, str | None, tuple[str, ...], int] | None = None
         self._exported: dict[str, str] | None = None
         self._last_problem = ""
         periodic_timer(self, "poll_period_s", self.poll)
@@ -129,8 +129,8 @@ class DdsNode(Node):
             self.get_logger().warning(message)
             self._last_problem = message
 
-    def desired(self) -> tuple[str | None, list[str]] | None:
-        """(own address, peers) to write now, or None when there is nothing to go on yet."""
+    def desired(self) -> tuple[str | None, list[str], int] | None:
+        """(own address, peers, overlay MTU) to write now, or None when there is nothing to go on yet."""
         view = self.link.call(_daemon_view)
         fleet = self._fleet.get(param_str(self, "fleet_file"))
         me: RobotView | None = None
@@ -155,19 +155,19 @@ class DdsNode(Node):
                 f"(control socket {self.link.socket_path})"
             )
             return None
-        return own, peers
+        return own, peers, dds.overlay_mtu(view.status if view else None)
 
     def poll(self) -> None:
         wanted = self.desired()
         if wanted is None:
             return
-        own, peers = wanted
+        own, peers, mtu = wanted
         output_dir = self.output_dir()
         rmw = param_str(self, "rmw")
-        key = (output_dir, rmw, own, tuple(peers))
+        key = (output_dir, rmw, own, tuple(peers), mtu)
         try:
             # Every poll: costs a read of two small files, and puts back a file someone removed.
-            env = dds.write_config(output_dir, own, peers, rmw=rmw)
+            env = dds.write_config(output_dir, own, peers, rmw=rmw, mtu=mtu)
         except HusarnetError as exc:
             self._problem(f"cannot write the DDS configuration: {exc}")
             return

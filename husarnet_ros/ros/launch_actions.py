@@ -43,6 +43,7 @@ from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from .. import dds as dds_config
 from .. import launch_support as support
 from ..api import resolve_control_socket
 from ..core.fleet import RobotView
@@ -241,7 +242,8 @@ def _configure_and_start(settings: RobotSettings, daemon: support.DaemonInfo | N
         actions.append(_log("WARNING: " + mismatch))
     if settings.dds != "none":
         addresses = support.dds_peers(settings.view, daemon)
-        env = support.dds_environment(settings.dds, settings.dds_output_dir, addresses)
+        mtu = dds_config.overlay_mtu(daemon.status if daemon is not None else None)
+        env = support.dds_environment(settings.dds, settings.dds_output_dir, addresses, mtu)
         env_file = support.write_env_file(settings.dds_output_dir, env)
         actions += [SetEnvironmentVariable(name, value) for name, value in sorted(env.items())]
         actions.append(
