@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-try:
-    import husarnet_ros  # noqa: F401
-except ImportError:  # run from a checkout that is not pip-installed
-    sys.path.insert(0, str(REPO))
+# This checkout's husarnet_ros, not a copy installed in the venv: the daemons (started with this package's
+# directory on their PYTHONPATH, husarnet_ros.testing.lab_daemon) must run the code being measured.
+sys.path.insert(0, str(REPO))
 
 from husarnet_ros.fileio import atomic_write_text  # noqa: E402
 from husarnet_ros.testing.lab_daemon import Daemon, whitelist_each_other  # noqa: E402

@@ -110,6 +110,37 @@ def stopper(processes: Sequence[subprocess.Popen[Any]]) -> Callable[[], None]:
     return stop
 
 
+def process_tunnel(
+    name: str,
+    client: Host,
+    server_address: str,
+    interface: str,
+    processes: Sequence[subprocess.Popen[Any]],
+    logs: Sequence[Path],
+    started_at: float,
+    version_argv: list[str],
+    details: dict[str, Any] | None = None,
+) -> Tunnel:
+    """The Tunnel of a peer made of ``processes`` started at ``started_at``, once the first ping through it is
+    answered (its start-up time); stops them if it never is."""
+    try:
+        startup = wait_started(client, server_address, started_at, name, processes_alive(processes, logs))
+    except Exception:
+        stopper(processes)()
+        raise
+    return Tunnel(
+        name,
+        server_address,
+        interface,
+        tunnel_pids=[process.pid for process in processes],
+        mtu=interface_mtu(client, interface),
+        startup_s=startup,
+        versions={name: tool_version(version_argv)},
+        details=details or {},
+        stop=stopper(processes),
+    )
+
+
 def tool_version(argv: list[str]) -> str:
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)

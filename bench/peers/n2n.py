@@ -15,12 +15,8 @@ from pathlib import Path
 from tunnels import (
     Tunnel,
     inner_address,
-    interface_mtu,
-    processes_alive,
+    process_tunnel,
     spawn,
-    stopper,
-    tool_version,
-    wait_started,
 )
 
 from husarnet_ros.testing.netlab import Host, Lab
@@ -48,19 +44,14 @@ def n2n(lab: Lab, client: Host, server: Host, workdir: Path) -> Tunnel:
         for host, address, log in ((server, inner[1], logs[1]), (client, inner[0], logs[0]))
     ]
     processes = [edges[1], edges[0], supernode]  # client edge, server edge, supernode
-    try:
-        startup = wait_started(client, inner[1], started_at, "n2n", processes_alive(processes, logs))
-    except Exception:
-        stopper(processes)()
-        raise
-    return Tunnel(
+    return process_tunnel(
         "n2n",
+        client,
         inner[1],
         INTERFACE,
-        tunnel_pids=[process.pid for process in processes],
-        mtu=interface_mtu(client, INTERFACE),
-        startup_s=startup,
-        versions={"n2n": tool_version(["edge", "-h"])},
+        processes,
+        logs,
+        started_at,
+        ["edge", "-h"],
         details={"supernode_pid_index": 2},
-        stop=stopper(processes),
     )

@@ -16,12 +16,8 @@ from typing import Any
 from tunnels import (
     Tunnel,
     inner_address,
-    interface_mtu,
-    processes_alive,
+    process_tunnel,
     spawn,
-    stopper,
-    tool_version,
-    wait_started,
 )
 
 from husarnet_ros.fileio import atomic_write_text
@@ -69,20 +65,8 @@ def nebula(lab: Lab, client: Host, server: Host, workdir: Path) -> Tunnel:
     started_at = time.time()
     server_process = spawn(server, ["nebula", "-config", str(configs[1])], logs[1])  # the lighthouse first
     ordered = [spawn(client, ["nebula", "-config", str(configs[0])], logs[0]), server_process]
-    try:
-        startup = wait_started(client, inner[1], started_at, "nebula", processes_alive(ordered, logs))
-    except Exception:
-        stopper(ordered)()
-        raise
-    return Tunnel(
-        "nebula",
-        inner[1],
-        INTERFACE,
-        tunnel_pids=[process.pid for process in ordered],
-        mtu=interface_mtu(client, INTERFACE),
-        startup_s=startup,
-        versions={"nebula": tool_version(["nebula", "-version"])},
-        stop=stopper(ordered),
+    return process_tunnel(
+        "nebula", client, inner[1], INTERFACE, ordered, logs, started_at, ["nebula", "-version"]
     )
 
 

@@ -14,12 +14,8 @@ from typing import Any
 from tunnels import (
     Tunnel,
     inner_address,
-    interface_mtu,
-    processes_alive,
+    process_tunnel,
     spawn,
-    stopper,
-    tool_version,
-    wait_started,
 )
 
 from husarnet_ros.fileio import atomic_write_text
@@ -68,18 +64,6 @@ def tinc(lab: Lab, client: Host, server: Host, workdir: Path) -> Tunnel:
     # connects: tinc waits seconds before it tries a refused connection again.
     server_process = start(1)
     ordered = [start(0), server_process]
-    try:
-        startup = wait_started(client, inner[1], started_at, "tinc", processes_alive(ordered, logs))
-    except Exception:
-        stopper(ordered)()
-        raise
-    return Tunnel(
-        "tinc",
-        inner[1],
-        INTERFACE,
-        tunnel_pids=[process.pid for process in ordered],
-        mtu=interface_mtu(client, INTERFACE),
-        startup_s=startup,
-        versions={"tinc": tool_version(["tincd", "--version"])},
-        stop=stopper(ordered),
+    return process_tunnel(
+        "tinc", client, inner[1], INTERFACE, ordered, logs, started_at, ["tincd", "--version"]
     )
