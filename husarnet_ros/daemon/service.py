@@ -331,8 +331,8 @@ def run(config: DaemonConfig) -> int:
     Errors it cannot start or go on with are HusarnetErrors whose message is the one line to show."""
     ring = LogRing()
     _configure_logging(config.log_level, ring)
+    daemon = Daemon(config, ring)  # a state directory it cannot use is one error line, nothing else
     log.info("starting (pid %d)", os.getpid())
-    daemon = Daemon(config, ring)
     control = ControlSocket(str(config.control_socket))
     rest: _Rest | None = None
     try:
