@@ -261,7 +261,12 @@ class Node:
         """``send`` for a packet whose TCP/UDP checksum the kernel left partial (``NEEDS_CSUM``): it goes as
         it is to a peer that takes partial checksums, else completed here."""
         at = csum_start + csum_offset
-        found = self._route_for(packet, now, lambda: offload.finish_checksum(packet, csum_start, csum_offset))
+
+        def completed() -> bytearray:  # what waits for a session goes out later like any packet: whole
+            offload.finish_checksum(packet, csum_start, csum_offset)
+            return packet
+
+        found = self._route_for(packet, now, completed)
         if found is None:
             return None
         peer, route = found
@@ -282,12 +287,7 @@ class Node:
         partial for a peer that takes them. None if they cannot go now; else the datagrams back to back in
         one buffer (valid until the next call), for a GSO send."""
         count = offload.tcp_segment_count(packet, l4_start, mss)  # ProtocolError if malformed
-        segments: list[bytearray] = []
-
-        def full_segments() -> None:
-            segments[:] = offload.tcp_segments(packet, l4_start, mss)
-
-        found = self._route_for(packet, now, full_segments, queued=lambda: segments[0])
+        found = self._route_for(packet, now, lambda: offload.tcp_segments(packet, l4_start, mss)[0])
         if found is None:
             return None
         peer, route = found
@@ -376,12 +376,11 @@ class Node:
         self,
         packet: bytes | bytearray | memoryview,
         now: float,
-        before_queueing: Callable[[], None] | None = None,
         queued: Callable[[], bytes | bytearray | memoryview] | None = None,
     ) -> tuple[Peer, Route] | None:
         """The peer and route for a packet read from the TUN, or None (counted). A missing session is asked of
-        the control loop, with a packet to send once it exists: ``packet`` itself after ``before_queueing``
-        (which completes it), or what ``queued`` returns."""
+        the control loop, with a packet to send once it exists: ``packet`` itself, or what ``queued`` makes of
+        it (a whole packet, where ``packet`` is a partial or a large one)."""
         if len(packet) < wire.IPV6_HEADER_SIZE or packet[0] >> 4 != 6:
             self.tx_counters["drop_not_ipv6"] += 1
             return None
@@ -395,8 +394,6 @@ class Node:
             return None
         route = peer.route
         if route is None or now - route.session.created_at >= REJECT_AFTER_TIME:
-            if before_queueing is not None:
-                before_queueing()
             first = queued() if queued is not None else packet
             self._post(NeedsSession(peer, bytes(first)), self.tx_counters)
             return None

@@ -143,7 +143,8 @@ class DataPlane:
                 flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = unpack(frame)
                 if gso_type == offload.GSO_NONE:
                     if flags & offload.VNET_F_NEEDS_CSUM:
-                        out = send_partial(bytearray(frame[header_size:]), csum_start, csum_offset, clock())
+                        packet = bytearray(memoryview(frame)[header_size:])  # one copy, then in place
+                        out = send_partial(packet, csum_start, csum_offset, clock())
                     else:
                         out = send(frame[header_size:], clock())
                     if out is None:

@@ -12,7 +12,6 @@ import logging
 import socket
 import struct
 
-from ..core.constants import MAX_DATAGRAM
 from ..core.errors import HusarnetError
 from ..core.peer import Endpoint
 from .in_use import in_use_message
@@ -162,10 +161,6 @@ class UdpTransport:
             if level == socket.SOL_UDP and kind == UDP_GRO and len(data) >= 4:
                 segment = struct.unpack_from("=i", data)[0] or size
         return size, segment, self._endpoint_of(addr)
-
-    def recvfrom(self, size: int = MAX_DATAGRAM) -> tuple[bytes, Endpoint]:
-        data, addr = self.sock.recvfrom(size)
-        return data, self._endpoint_of(addr)
 
     def _endpoint_of(self, addr: tuple[str, int, int, int]) -> Endpoint:
         key = (addr[0], addr[1], addr[3])
