@@ -15,7 +15,6 @@ Never gates CI: numbers depend on the machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -37,7 +36,7 @@ from packages import MissingTools, ensure_commands  # noqa: E402
 from peers.n2n import n2n  # noqa: E402
 from peers.nebula import nebula  # noqa: E402
 from peers.tinc import tinc  # noqa: E402
-from report import aggregate, markdown, targets  # noqa: E402
+from report import aggregate, markdown, save, targets  # noqa: E402
 from tunnels import (  # noqa: E402
     Tunnel,
     husarnet_ros_overlay,
@@ -50,7 +49,6 @@ from tunnels import (  # noqa: E402
 
 import husarnet_ros  # noqa: E402
 from husarnet_ros.core.errors import HusarnetError  # noqa: E402
-from husarnet_ros.fileio import atomic_write_text  # noqa: E402
 from husarnet_ros.testing.netlab import Host, Lab, cleanup_stale, netns_supported  # noqa: E402
 
 DEFAULT_JSON = REPO / "bench" / "results" / "dataplane.json"
@@ -252,13 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; lab cleaned up", file=sys.stderr)
         return 130
     table = markdown(results)
-    print(table)
-    args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.json_out, json.dumps(results, indent=2) + "\n")
-    progress(f"JSON written to {args.json_out}")
-    if args.md_out:
-        atomic_write_text(args.md_out, table)
-        progress(f"Markdown written to {args.md_out}")
+    save(results, table, args.json_out, args.md_out, progress)
     failed = sum(1 for entry in results["runs"] for path in entry["paths"].values() if "error" in path)
     return 1 if failed else 0
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import platform
 import shutil
@@ -47,10 +46,10 @@ sys.path.insert(0, str(REPO))
 from dds_lab import PATHS, Endpoints, Group, Robots, run_group, start_robots, stop_robots  # noqa: E402
 from dds_report import aggregate, capacity_lines, markdown, phase_result  # noqa: E402
 from measure import measure_throughput, run_iperf, start_iperf_server  # noqa: E402
+from report import save  # noqa: E402
 
 from husarnet_ros import dds  # noqa: E402
 from husarnet_ros.core.errors import HusarnetError  # noqa: E402
-from husarnet_ros.fileio import atomic_write_text  # noqa: E402
 from husarnet_ros.testing.netlab import Lab, cleanup_stale, netns_supported  # noqa: E402
 from husarnet_ros.testing.ros_launch import private_domain_id  # noqa: E402
 
@@ -317,13 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; lab cleaned up", file=sys.stderr)
         return 130
     table = capacity_lines(results) + "\n" + markdown(results)
-    print(table)
-    args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.json_out, json.dumps(results, indent=2) + "\n")
-    progress(f"JSON written to {args.json_out}")
-    if args.md_out:
-        atomic_write_text(args.md_out, table)
-        progress(f"Markdown written to {args.md_out}")
+    save(results, table, args.json_out, args.md_out, progress)
     return 0
 
 

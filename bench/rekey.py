@@ -15,7 +15,6 @@ wireguard-go is the baseline measured in the same run. Needs root. Never gates C
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -31,11 +30,11 @@ sys.path.insert(0, str(REPO))
 from dataplane import BASE_COMMANDS, machine_info, path_specs, progress  # noqa: E402
 from measure import run_iperf, start_iperf_server  # noqa: E402
 from packages import MissingTools, ensure_commands  # noqa: E402
+from report import save  # noqa: E402
 from tunnels import Tunnel, make_workdir  # noqa: E402
 
 from husarnet_ros.core.constants import REKEY_AFTER_TIME  # noqa: E402
 from husarnet_ros.core.errors import HusarnetError  # noqa: E402
-from husarnet_ros.fileio import atomic_write_text  # noqa: E402
 from husarnet_ros.testing.netlab import Lab, cleanup_stale, netns_supported  # noqa: E402
 
 DEFAULT_JSON = REPO / "bench" / "results" / "rekey.json"
@@ -257,12 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; lab cleaned up", file=sys.stderr)
         return 130
     table = markdown(results)
-    print(table)
-    args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.json_out, json.dumps(results, indent=2) + "\n")
-    progress(f"JSON written to {args.json_out}")
-    if args.md_out:
-        atomic_write_text(args.md_out, table)
+    save(results, table, args.json_out, args.md_out, progress)
     return 1 if any("error" in path for path in results["paths"].values()) else 0
 
 

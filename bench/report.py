@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 OURS = "husarnet_ros"
@@ -227,3 +229,18 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "Failed measurements:", ""]
         lines += [f"- {name}: {error.splitlines()[0]}" for name, error in failures]
     return "\n".join(lines) + "\n"
+
+
+def save(
+    results: dict[str, Any], table: str, json_out: Path, md_out: Path | None, progress: Callable[[str], None]
+) -> None:
+    """Print the table and write the JSON (and the Markdown, if asked), atomically, saying where."""
+    from husarnet_ros.fileio import atomic_write_text
+
+    print(table)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json_out, json.dumps(results, indent=2) + "\n")
+    progress(f"JSON written to {json_out}")
+    if md_out:
+        atomic_write_text(md_out, table)
+        progress(f"Markdown written to {md_out}")
