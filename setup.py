@@ -36,6 +36,7 @@ ROS_EXECUTABLES: dict[str, str] = {
 # Command-line tools on PATH.
 CONSOLE_SCRIPTS: dict[str, str] = {
     "husarnet-ros": "husarnet_ros.cli.main:main",
+    "husarnet-ros-base-server": "husarnet_ros.cli.base_server:main",
 }
 
 INSTALL_REQUIRES = [

@@ -150,6 +150,19 @@ class DataPlaneStatus(_Model):
     udp_gro: bool = Field(default=False, description="several datagrams arrive in one receive (UDP_GRO)")
 
 
+class BaseServerStatus(_Model):
+    """One configured base server as this daemon sees it."""
+
+    address: str = Field(description="as configured, host:port")
+    transport: str = Field(default="udp", description="udp or tcp")
+    state: str = Field(description="connecting, registered or down")
+    home: bool = Field(default=False, description="the one used for rendezvous and relay")
+    rtt_ms: float | None = None
+    observed_endpoint: str | None = Field(
+        default=None, description="this node's endpoint as the base server sees it (its NAT's public side)"
+    )
+
+
 class Status(_Model):
     """The daemon's own state and all its peers."""
 
@@ -163,6 +176,13 @@ class Status(_Model):
     ready: bool = Field(default=True, description="interface up and transport bound")
     counters: dict[str, int] = Field(default_factory=dict, description="drop and error counters by reason")
     dataplane: DataPlaneStatus = Field(default_factory=DataPlaneStatus)
+    base: BaseServerStatus | None = Field(
+        default=None,
+        description="the base server in use (the home), or the first configured while none answers",
+    )
+    base_servers: list[BaseServerStatus] = Field(
+        default_factory=list, description="every configured base server"
+    )
     peers: list[PeerStatus] = Field(default_factory=list)
 
 

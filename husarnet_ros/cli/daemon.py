@@ -49,11 +49,13 @@ def daemon_config_from_options(**options: Any) -> dict[str, Any]:
     renamed = {"config": "config_file", "whitelist": "whitelist_enabled"}
     config: dict[str, Any] = {}
     for name, value in options.items():
-        if value is None:
+        if value is None or (name == "base_servers" and not value):
             continue
         field = renamed.get(name, name)
         if field == "discovery_networks" and isinstance(value, str):
             value = parse_networks(value)
+        elif field == "base_servers":
+            value = list(value)
         elif field in ("state_dir", "control_socket", "hosts_file", "config_file"):
             value = str(value)
         config[field] = value
@@ -128,6 +130,14 @@ _path = click.Path(dir_okay=True, file_okay=True)
     metavar="CIDR[,CIDR...]",
     help="Networks whose LAN discovery beacons are accepted. "
     "[default: RFC 1918, 198.18.0.0/15, IPv6 link-local and ULA]",
+)
+@click.option(
+    "--base-server",
+    "base_servers",
+    multiple=True,
+    metavar="HOST[:PORT]",
+    help="A base server (rendezvous and relay for peers on other networks); repeat for several, they fail "
+    "over. Replaces the config file's list. [default port: 5582]",
 )
 def daemon(**options: Any) -> None:
     """Run the husarnet-ros daemon in the foreground (as root; it drops its capabilities once set up).

@@ -41,6 +41,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "daemon": ("daemon", "daemon"),
     "doctor": ("doctor", "doctor"),
     "dds": ("dds", "dds_command"),
+    "base-server": ("base_server", "base_server"),
 }
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..api import DEFAULT_CONTROL_SOCKET
+from .base_client import parse_base_server
 from .beacon import DEFAULT_SOURCE_NETWORKS
 from .constants import DEFAULT_MTU, DEFAULT_UDP_PORT, OVERLAY_PREFIX
 from .errors import ConfigError
@@ -97,6 +98,11 @@ class DaemonConfig(BaseModel):
         description="CIDR networks whose LAN discovery beacons are believed (overlay sources never are).",
     )
     discovery_enabled: bool = Field(True, description="Send and listen for LAN multicast beacons.")
+    base_servers: list[str] = Field(
+        default_factory=list,
+        description="Base servers (host, host:port or [IPv6]:port; port 5582 by default) that introduce and "
+        "relay peers on other networks; the daemon registers with all and uses the fastest that answers.",
+    )
     user: str = Field(
         DEFAULT_DAEMON_USER,
         description="Account the daemon switches to once set up ('' or 'root': stay uid 0, capabilities "
@@ -147,6 +153,16 @@ class DaemonConfig(BaseModel):
         if level not in LOG_LEVELS:
             raise ValueError(f"log level {value!r} is not one of {', '.join(LOG_LEVELS)}")
         return level
+
+    @field_validator("base_servers")
+    @classmethod
+    def _check_base_servers(cls, value: list[str]) -> list[str]:
+        for text in value:
+            try:
+                parse_base_server(text)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return [text.strip() for text in value]
 
     @field_validator("discovery_networks")
     @classmethod

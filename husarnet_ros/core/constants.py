@@ -68,3 +68,9 @@ MAX_POSTED_HANDSHAKES = 256  # handshake datagrams queued for the control loop (
 # until the peer answers, at most this many times (a peer that predates the frame never does).
 FEATURES_RETRY_INTERVAL = 0.5
 FEATURES_ATTEMPTS = 5
+
+# Hole punching (core/node.py learn_from_base): after a base server names a peer's candidates, probe the
+# better-ranked ones this often, this long, at most this many per round.
+PUNCH_INTERVAL = 0.2
+PUNCH_DURATION = 3.0
+MAX_PUNCH_PROBES = 8

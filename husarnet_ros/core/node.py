@@ -43,6 +43,7 @@ from .constants import (
     MAX_PENDING_RESPONSES,
     MAX_POSTED_EVENTS,
     MAX_POSTED_HANDSHAKES,
+    MAX_PUNCH_PROBES,
     MAX_UPGRADE_PROBES,
     PATH_DEAD_AFTER,
     PATH_DEAD_PINGS,
@@ -55,6 +56,8 @@ from .constants import (
     PEER_FORGET_AFTER,
     PREVIOUS_SESSION_GRACE,
     PROBE_TIMEOUT,
+    PUNCH_DURATION,
+    PUNCH_INTERVAL,
     REJECT_AFTER_TIME,
     REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME,
@@ -87,6 +90,8 @@ from .peer import (
     ProbePurpose,
     Route,
     endpoint_rank,
+    is_relay,
+    relay_endpoint,
 )
 from .ratelimit import RateLimiter
 from .session import Session
@@ -631,6 +636,8 @@ class Node:
         if endpoint == route.endpoint:
             if not peer.path_alive:
                 self._set_route(peer, endpoint, event.now, "answered again")
+        elif is_relay(endpoint) and peer.path_alive and not is_relay(route.endpoint):
+            pass  # relayed frames still in flight after the move to a direct path: not a roam
         elif not event.probe:
             self._set_route(peer, endpoint, event.now, "roamed")  # traffic comes from there now: follow it
         elif not peer.path_alive:
@@ -1012,6 +1019,14 @@ class Node:
                     self._probe(peer, route.endpoint, ProbePurpose.LIVENESS, now)
                     peer.liveness_pings += 1
                     peer.next_liveness_ping_at = now + PATH_PING_INTERVAL
+        if peer.path_alive and now < peer.punch_until and now >= peer.next_punch_at:
+            # A base server just named candidates, and the peer got ours at the same moment: both probe
+            # each other's now and again for a few seconds, which opens both NATs (hole punching).
+            rank = endpoint_rank(route.endpoint)
+            better = [e for e in peer.ordered_candidates() if endpoint_rank(e) < rank]
+            for endpoint in better[:MAX_PUNCH_PROBES]:
+                self._probe(peer, endpoint, ProbePurpose.CANDIDATE, now)
+            peer.next_punch_at = now + PUNCH_INTERVAL
         if peer.path_alive:
             if now >= peer.next_probe_at:
                 self._probe(peer, route.endpoint, ProbePurpose.LATENCY, now)
@@ -1093,6 +1108,42 @@ class Node:
             if candidate is not None:
                 candidate.source = CandidateSource.STATIC
                 candidate.last_seen = float("inf")  # static endpoints never expire
+
+    def learn_from_base(self, address: bytes, endpoints: list[Endpoint], relay: bool, now: float) -> None:
+        """A base server named ``endpoints`` for a whitelisted peer (and, with ``relay``, relays to it):
+        remember them as candidates and start hole punching. Only probed: nothing moves until an
+        authenticated answer comes back on one."""
+        if not self.is_allowed(address):
+            self._drop("base_peer_not_allowed")
+            return
+        peer = self._admit_peer(address, now)
+        if peer is None:
+            return
+        for endpoint in endpoints:
+            if not is_relay(endpoint):
+                self._learn(peer, endpoint, CandidateSource.BASE, now)
+        if relay:
+            self._learn(peer, relay_endpoint(address), CandidateSource.RELAY, now)
+        peer.last_activity = now
+        peer.punch_until = now + PUNCH_DURATION
+        peer.next_punch_at = now
+
+    def offer_relay(self, address: bytes, now: float) -> None:
+        """The home base server relays: a whitelisted peer can be reached through it (the worst-ranked
+        candidate, used only while no direct one answers)."""
+        if not self.is_allowed(address):
+            return
+        peer = self._admit_peer(address, now)
+        if peer is not None:
+            self._learn(peer, relay_endpoint(address), CandidateSource.RELAY, now)
+
+    def withdraw_relay(self) -> None:
+        """No base server relays any more: forget the relay candidates not in use (a relayed route in use
+        stays until it stops answering, like any path)."""
+        for peer in self.peers.values():
+            relay = relay_endpoint(peer.address)
+            if relay in peer.candidates and relay != peer.endpoint and relay not in peer.initiation_endpoints:
+                del peer.candidates[relay]
 
     def forget_peer(self, address: bytes, reason: str = "forgotten") -> None:
         """Drop all state of a peer (e.g. removed from the whitelist); its queued traffic is discarded."""
@@ -1251,7 +1302,11 @@ class Node:
         route = peer.route
         if route is not None and peer.path_alive:
             targets = [route.endpoint] + [e for e in targets if e != route.endpoint]
+        relay = relay_endpoint(peer.address)
         targets = targets[:MAX_INIT_TARGETS]
+        if relay in peer.candidates and relay not in targets:
+            # The relay is the one path that works through any NAT: never crowded out by direct guesses.
+            targets[-1:] = [relay]
         if not targets:
             return
         data, state = handshake.start(

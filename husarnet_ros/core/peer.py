@@ -32,6 +32,8 @@ class CandidateSource(enum.Enum):
     LINK_LOCAL = "link-local"  # beacon from an IPv6 link-local address
     STATIC = "static"  # configured by the user
     LEARNED = "learned"  # authenticated traffic arrived from it
+    BASE = "base"  # a base server named it (the peer's NAT-observed or advertised local endpoint)
+    RELAY = "relay"  # through the home base server's relay (see relay_endpoint)
 
 
 @dataclass(slots=True)
@@ -64,6 +66,21 @@ class Probe:
     purpose: ProbePurpose
 
 
+# A relayed path is named like an endpoint so that the path machinery (candidates, probes, roaming) treats
+# it like any other: the host is the peer's overlay address, the port 0 (which no UDP endpoint has). The
+# transport sends such a datagram to the home base server, prefixed with the relay header.
+RELAY_PORT = 0
+RELAY_RANK = 9  # worse than every direct endpoint: used only while none answers
+
+
+def relay_endpoint(address: bytes) -> Endpoint:
+    return (str(ipaddress.IPv6Address(address)), RELAY_PORT)
+
+
+def is_relay(endpoint: Endpoint) -> bool:
+    return endpoint[1] == RELAY_PORT
+
+
 def endpoint_rank(endpoint: Endpoint) -> int:
     """Preference among direct endpoints, lower is better: IPv4, then global/ULA IPv6, then IPv6 link-local.
 
@@ -74,6 +91,8 @@ def endpoint_rank(endpoint: Endpoint) -> int:
     settled peer uses, whichever endpoint the handshake happened to take.
     """
     host = endpoint[0]
+    if endpoint[1] == RELAY_PORT:
+        return RELAY_RANK
     if "%" in host:
         return 2
     try:
@@ -144,6 +163,9 @@ class Peer:
     tx_bytes: int = 0  # send thread
     tx_bytes_queued: int = 0  # packets queued before the session existed, sent by the control loop
     roam_posted: tuple[int, Endpoint] | None = None  # receive thread: last (path_epoch, endpoint) reported
+    # hole punching: after a base server named candidates, probe them every PUNCH_INTERVAL until then
+    punch_until: float = 0.0
+    next_punch_at: float = 0.0
 
     @property
     def current(self) -> Session | None:
@@ -159,7 +181,7 @@ class Peer:
     def path(self) -> PathKind:
         route = self.route
         if route is not None and route.session.confirmed and self.path_alive:
-            return PathKind.DIRECT
+            return PathKind.TUNNELLED if route.endpoint[1] == RELAY_PORT else PathKind.DIRECT
         return PathKind.NONE
 
     def sessions(self) -> list[Session]:

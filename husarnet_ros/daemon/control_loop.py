@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from ..core.constants import BEACON_INTERVAL
 from ..core.node import Event, Node
+from .base_connector import BaseConnector
 from .controller import NotReady
 from .discovery import Discovery
 from .log_ring import LogThrottle
@@ -53,6 +54,7 @@ class ControlLoop:
         *,
         discovery: Discovery | None = None,
         netwatch: NetworkWatch | None = None,
+        base: BaseConnector | None = None,
         on_round: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -63,6 +65,7 @@ class ControlLoop:
         self._on_event = on_event
         self._discovery = discovery
         self._netwatch = netwatch
+        self._base = base
         self._on_round = on_round
         self._clock = clock
         self._commands: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = (
@@ -164,6 +167,8 @@ class ControlLoop:
             node.network_changed(now)
             self._next_beacon = now  # tell the LAN where we are now
         node.tick(now)
+        if self._base is not None:
+            self._base.round(now)
         if self._on_round is not None:
             self._on_round(now)
         self.flush()
@@ -175,6 +180,8 @@ class ControlLoop:
         deadline = min(node.next_timer(now), now + MAX_WAIT_S)
         if self._discovery is not None:
             deadline = min(deadline, self._next_beacon)
+        if self._base is not None:
+            deadline = min(deadline, self._base.next_timer(now))
         if self._network_change_due is not None:
             deadline = min(deadline, self._network_change_due)
         return max(0.0, deadline - self._clock())

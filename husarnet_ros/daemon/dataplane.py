@@ -13,6 +13,7 @@ once a second), never the thread; a thread that cannot go on at all reports it t
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import os
@@ -21,11 +22,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..core import aead, offload
+from ..core import aead, basewire, offload
 from ..core.constants import MAX_DATAGRAM
 from ..core.errors import ProtocolError
 from ..core.node import Node
-from ..core.peer import Endpoint
+from ..core.peer import Endpoint, relay_endpoint
 from .log_ring import LogThrottle
 from .transport import RECEIVE_BUFFER_SIZE, UdpTransport
 from .tun import OFFLOAD_READ_SIZE, Tun
@@ -39,6 +40,8 @@ _ERROR_LOG_INTERVAL_S = 1.0
 _MAX_QUEUED_SINGLES = 64
 # How long the send thread sleeps in poll() with nothing to read before it checks whether it should stop.
 _IDLE_POLL_MS = 1000
+# Base-server messages (not relayed frames) waiting for the control loop, at most.
+MAX_BASE_INBOX = 256
 # What an ICMP error of an earlier send makes recvfrom() return: the socket itself is fine.
 _TRANSIENT_RECV_ERRNOS = {
     errno.ECONNREFUSED,
@@ -67,6 +70,13 @@ class DataPlane:
         self._threads: list[threading.Thread] = []
         self.stopping = False
         self._error_log = {name: LogThrottle(_ERROR_LOG_INTERVAL_S) for name in ("tun->udp", "udp->tun")}
+        # Base servers: relayed frames are accepted only from these endpoints (set by the control loop);
+        # their other messages wait here for the control loop (core/base_client.py).
+        self.base_endpoints: frozenset[Endpoint] = frozenset()
+        self.base_inbox: collections.deque[tuple[bytes, Endpoint]] = collections.deque()
+
+    def set_base_endpoints(self, endpoints: frozenset[Endpoint]) -> None:
+        self.base_endpoints = endpoints
 
     def start(self) -> None:
         for target, name in ((self._tun_to_udp, "tun->udp"), (self._udp_to_tun, "udp->tun")):
@@ -233,7 +243,10 @@ class DataPlane:
             try:
                 if segment < size:
                     counters["gro_batches"] += 1
-                receive_batch(buffer, base, size, segment, endpoint, clock(), sink)
+                if buffer[0] >= basewire.FIRST_BASE_TYPE:
+                    self._from_base(buffer, size, segment, endpoint, clock(), sink)
+                else:
+                    receive_batch(buffer, base, size, segment, endpoint, clock(), sink)
                 sink.flush()
                 while replies:
                     to, data = replies.popleft()
@@ -242,3 +255,41 @@ class DataPlane:
                     self._wake()
             except Exception as exc:
                 self._packet_error("udp->tun", exc)
+
+    def _from_base(
+        self,
+        buffer: bytearray,
+        size: int,
+        segment: int,
+        endpoint: Endpoint,
+        now: float,
+        sink: offload.PacketSink,
+    ) -> None:
+        """Datagrams from a base server: relayed frames are opened like any frame, from the peer's relay
+        endpoint; the base's own messages go to the control loop."""
+        node, counters, view = self._node, self._node.rx_counters, memoryview(buffer)
+        for start in range(0, size, segment):
+            datagram = view[start : min(start + segment, size)]
+            kind = datagram[0]
+            if kind == basewire.MSG_BASE_RELAYED:
+                if endpoint not in self.base_endpoints:
+                    counters["drop_relayed_not_from_base"] += 1
+                    continue
+                try:
+                    source, frame = basewire.decode_relay(datagram, "relayed frame")
+                except ProtocolError:
+                    counters["drop_malformed"] += 1
+                    continue
+                counters["relayed_frames"] += 1
+                inner = bytearray(frame)
+                node.receive_batch(
+                    inner, aead.pointer(inner), len(inner), len(inner), relay_endpoint(source), now, sink
+                )
+            elif basewire.FIRST_BASE_TYPE <= kind <= basewire.LAST_BASE_TYPE:
+                if len(self.base_inbox) < MAX_BASE_INBOX:
+                    self.base_inbox.append((bytes(datagram), endpoint))
+                    self._wake()
+                else:
+                    counters["drop_base_inbox_full"] += 1
+            else:
+                counters["drop_unknown_type"] += 1

@@ -24,10 +24,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .. import __version__
-from ..api import DataPlaneStatus, PeerStatus, PingReply, PingResult, Status, Whitelist, quote_input
+from ..api import (
+    BaseServerStatus,
+    DataPlaneStatus,
+    PeerStatus,
+    PingReply,
+    PingResult,
+    Status,
+    Whitelist,
+    quote_input,
+)
 from ..api import HostEntry as ApiHostEntry
 from ..core import hosts as hosts_model
 from ..core.address import format_address, parse_overlay
@@ -48,6 +57,9 @@ from ..core.whitelist import Whitelist as Acl
 from .controller import Conflict, InvalidRequest, NotFound, NotReady, StorageError
 from .log_ring import LogRing
 from .state import StateDir, StateError
+
+if TYPE_CHECKING:
+    from .base_connector import BaseConnector
 
 log = logging.getLogger("husarnet_ros.daemon")
 
@@ -111,6 +123,7 @@ class NodeController:
         self.started_mono = clock()
         self.ready = False
         self._owner: NodeOwner | None = None
+        self.base: BaseConnector | None = None  # set by the daemon when base servers are configured
         self._write_lock = threading.Lock()  # one whitelist or hosts change at a time (persist, then apply)
         self.node = Node(
             identity,
@@ -198,7 +211,12 @@ class NodeController:
             future.set_result(rtt_ms)
 
     # ------------------------------------------------------------------ status
-    def _peer_status(self, peer: Peer) -> PeerStatus:
+    def wanted_peers(self) -> list[bytes]:
+        """Peers to introduce through a base server: the whitelist, or (whitelist off) every peer known."""
+        acl = self.acl
+        return list(acl.addresses) if acl.enabled else list(self.node.peers)
+
+    def _peer_status(self, peer: Peer, home: str | None = None) -> PeerStatus:
         path = peer.path
         route = peer.route
         if route is not None and route.session.confirmed:
@@ -213,7 +231,7 @@ class NodeController:
             hostname=peer.hostname or self._hostname_of(peer.address),
             path=path.value,
             endpoint=format_endpoint(peer.endpoint) if path is PathKind.DIRECT else None,
-            base_server=None,
+            base_server=home if path is PathKind.TUNNELLED else None,
             rtt_ms=round(peer.rtt_ms, 3) if peer.rtt_ms is not None and path is not PathKind.NONE else None,
             last_handshake=self._wall(peer.last_handshake),
             last_seen=self._wall(last_seen),
@@ -230,10 +248,19 @@ class NodeController:
         return None
 
     def status(self) -> Status:
-        def snapshot() -> tuple[list[PeerStatus], dict[str, int]]:
-            return [self._peer_status(p) for p in self.node.peers.values()], dict(self.node.counters)
+        def snapshot() -> tuple[list[PeerStatus], dict[str, int], list[dict[str, Any]]]:
+            servers = self.base.client.status() if self.base is not None else []
+            home = next((str(s["address"]) for s in servers if s["home"]), None)
+            counters = dict(self.node.counters)
+            if self.base is not None:
+                counters.update(self.base.client.counters)
+            return [self._peer_status(p, home) for p in self.node.peers.values()], counters, servers
 
-        peers, counters = self._on_node(snapshot)
+        peers, counters, servers = self._on_node(snapshot)
+        base_servers = [BaseServerStatus.model_validate(server) for server in servers]
+        in_use = next(
+            (server for server in base_servers if server.home), base_servers[0] if base_servers else None
+        )
         # Whitelisted addresses never heard from are shown too: "is my robot there?" has an answer.
         known = {p.address for p in peers}
         for raw in sorted(self.acl.addresses):
@@ -253,6 +280,8 @@ class NodeController:
             ready=self.ready,
             counters=counters,
             dataplane=self.info.dataplane,
+            base=in_use,
+            base_servers=base_servers,
             peers=sorted(peers, key=lambda p: (p.hostname or "~", p.address)),
         )
 

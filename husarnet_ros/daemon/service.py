@@ -39,12 +39,14 @@ from ..core.address import format_address
 from ..core.config import DaemonConfig
 from ..core.errors import HusarnetError
 from ..exit_with_parent import exit_with_parent_if_asked
+from .base_connector import BaseConnector
 from .control_loop import ControlLoop
 from .control_socket import ControlSocket
 from .controller import Controller
 from .dataplane import DataPlane
 from .discovery import Discovery
 from .hosts_helper import HostsHelper
+from .local_endpoints import local_endpoints
 from .log_ring import LOG_FORMAT, LogRing
 from .netwatch import NetworkWatch
 from .node_controller import NodeController, NodeInfo
@@ -88,6 +90,7 @@ class Daemon:
         self.controller: NodeController | None = None
         self.loop: ControlLoop | None = None
         self.dataplane: DataPlane | None = None
+        self.base: BaseConnector | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def setup_privileged(self) -> Controller:
@@ -136,12 +139,25 @@ class Daemon:
                 else None
             ),
         )
+        if cfg.base_servers:
+            tun_name, port = self.tun.name, self.transport.port
+            self.base = BaseConnector(
+                self.controller.node,
+                self.identity,
+                self.transport,
+                cfg.base_servers,
+                wanted_peers=self.controller.wanted_peers,
+                local_endpoints=lambda: local_endpoints(port, {tun_name}),
+                now=time.monotonic(),
+            )
+            self.controller.base = self.base
         self.loop = ControlLoop(
             self.controller.node,
             self.transport,
             self.controller.on_event,
             discovery=self.discovery,
             netwatch=self.netwatch,
+            base=self.base,
             on_round=self.controller.keep_timestamp_floor,
         )
         self.controller.attach_owner(self.loop)
@@ -205,6 +221,9 @@ class Daemon:
         self.dataplane = DataPlane(
             self.controller.node, self.tun, self.transport, self.loop.wake, self.loop.fail
         )
+        if self.base is not None:
+            self.dataplane.base_inbox = self.base.inbox
+            self.base.attach(self.dataplane.set_base_endpoints)
         self.dataplane.start()
         self.controller.ready = True
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import logging
 import socket
 import struct
 
+from ..core import basewire
 from ..core.errors import HusarnetError
-from ..core.peer import Endpoint
+from ..core.peer import RELAY_PORT, Endpoint
 from .in_use import in_use_message
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,10 @@ class UdpTransport:
         # empties them when interfaces change, since an interface index is part of a link-local target.
         self._to_socket: dict[Endpoint, tuple[str, int, int, int]] = {}
         self._from_socket: dict[tuple[str, int, int], Endpoint] = {}
+        # Relayed paths (core/peer.py relay_endpoint): sent to the home base server with a relay header.
+        # Set by the control loop; the send threads read it (one attribute: atomic under the GIL).
+        self._relay_via: tuple[str, int, int, int] | None = None
+        self._relay_headers: dict[Endpoint, bytes] = {}
 
     def _target(self, endpoint: Endpoint) -> tuple[str, int, int, int]:
         target = self._to_socket.get(endpoint)
@@ -88,16 +94,37 @@ class UdpTransport:
             self._to_socket[endpoint] = target
         return target
 
+    def set_relay(self, base: Endpoint | None) -> None:
+        """Send relayed datagrams through ``base`` from now on (None: no base relays; they are dropped)."""
+        self._relay_via = None if base is None else socket_target(base)
+
     def sendto(self, data: bytes | memoryview, endpoint: Endpoint) -> None:
+        if endpoint[1] == RELAY_PORT:
+            self._send_relayed(data, endpoint)
+            return
         # Unreachable networks and full buffers behave like packet loss.
         with contextlib.suppress(OSError):
             self.sock.sendto(data, self._target(endpoint))
+
+    def _send_relayed(self, data: bytes | memoryview, endpoint: Endpoint) -> None:
+        via = self._relay_via
+        if via is None:
+            return  # like packet loss: the path stops answering and the node looks for another
+        header = self._relay_headers.get(endpoint)
+        if header is None:
+            address = ipaddress.IPv6Address(endpoint[0]).packed
+            header = basewire.relay_header(basewire.MSG_BASE_RELAY, address)
+            if len(self._relay_headers) > _MAX_CACHED_ENDPOINTS:
+                self._relay_headers.clear()
+            self._relay_headers[endpoint] = header
+        with contextlib.suppress(OSError):
+            self.sock.sendmsg([header, data], [], 0, via)
 
     def sendto_batch(self, datagrams: memoryview, size: int, endpoint: Endpoint) -> None:
         """Send datagrams lying back to back in ``datagrams``, each ``size`` bytes (the last may be shorter),
         to one endpoint: with GSO in as few system calls as the kernel allows, else one by one."""
         total = len(datagrams)
-        if not self.gso or total <= size:
+        if not self.gso or total <= size or endpoint[1] == RELAY_PORT:
             for start in range(0, total, size):
                 self.sendto(datagrams[start : start + size], endpoint)
             return
@@ -117,7 +144,7 @@ class UdpTransport:
             endpoint, first = datagrams[index]
             size = len(first)
             end = index + 1
-            if self.gso:
+            if self.gso and endpoint[1] != RELAY_PORT:
                 most = min(count, index + min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size))
                 while end < most and datagrams[end][0] == endpoint and len(datagrams[end][1]) == size:
                     end += 1

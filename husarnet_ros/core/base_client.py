@@ -1,0 +1,239 @@
+"""A node's side of the base servers, sans-IO: registration, keepalive, failover and rendezvous requests.
+
+The node registers with every configured base server (so a peer homed on any of them can reach it through
+that one) and uses one of them, its *home*, for rendezvous and relay: the registered one that answers
+fastest, kept until another is clearly faster or it stops answering. Every ``KEEPALIVE_S`` each base gets a
+hello; the answer (a cookie) is turned into a signed registration at once, and its round trip is the base's
+RTT. ``DOWN_AFTER_UNANSWERED`` hellos in a row without an answer mark a base down, and the home moves to the
+next registered one; a base that says it does not know us (it restarted) gets a registration at once.
+
+Nothing a base says changes a session: a ``PeerInfo`` only names endpoints to probe.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import basewire
+from .errors import ConfigError, ProtocolError
+from .identity import Identity
+from .peer import Endpoint
+
+KEEPALIVE_S = 5.0  # hello (and registration) to every base this often: liveness, RTT, NAT mapping
+ANSWER_TIMEOUT_S = 1.0  # a hello unanswered this long is retried
+DOWN_AFTER_UNANSWERED = 3  # hellos in a row without an answer: the base is down
+RETRY_MAX_S = 5.0  # a down base is retried at least this often
+HOME_SWITCH_RATIO = 0.5  # another base becomes home only when its RTT is below this share of the home's
+CONNECT_INTERVAL_S = 5.0  # at most one rendezvous request per peer this often
+DEFAULT_BASE_PORT = 5582
+
+Datagram = tuple[Endpoint, bytes]
+
+
+def parse_base_server(text: str) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address -> (host, port); ConfigError if not."""
+    value = text.strip()
+    if not value:
+        raise ConfigError("base server: empty")
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if not sep or (rest and not rest.startswith(":")):
+            raise ConfigError(f"base server {text!r}: expected [address]:port")
+    elif value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+    else:
+        host, port_text = value, ""
+    if not host:
+        raise ConfigError(f"base server {text!r}: no host")
+    try:
+        port = int(port_text) if port_text else DEFAULT_BASE_PORT
+    except ValueError:
+        raise ConfigError(f"base server {text!r}: port {port_text!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"base server {text!r}: port {port} is out of range 1-65535")
+    return host, port
+
+
+class BaseState(enum.Enum):
+    CONNECTING = "connecting"  # no answer yet
+    REGISTERED = "registered"
+    DOWN = "down"  # stopped answering
+
+
+@dataclass
+class BaseLink:
+    name: str  # as configured ("host:port")
+    endpoint: Endpoint
+    state: BaseState = BaseState.CONNECTING
+    transport: str = "udp"
+    rtt_ms: float | None = None
+    observed: Endpoint | None = None  # our endpoint as this base sees it (the NAT's public side)
+    registered_at: float | None = None
+    last_answer: float | None = None
+    unanswered: int = 0
+    hello_sent_at: float | None = None
+    next_hello_at: float = 0.0
+    refresh_s: float = KEEPALIVE_S
+
+    def status(self, home: bool) -> dict[str, object]:
+        return {
+            "address": self.name,
+            "transport": self.transport,
+            "state": self.state.value,
+            "home": home,
+            "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
+            "observed_endpoint": None if self.observed is None else f"{self.observed[0]}:{self.observed[1]}",
+        }
+
+
+@dataclass
+class BaseClient:
+    identity: Identity
+    local_endpoints: Callable[[], list[Endpoint]] = list
+    links: list[BaseLink] = field(default_factory=list)
+    outbox: collections.deque[Datagram] = field(default_factory=collections.deque)
+    peer_infos: collections.deque[basewire.PeerInfo] = field(default_factory=collections.deque)
+    counters: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def __post_init__(self) -> None:
+        self._home: BaseLink | None = None
+        self._connect_sent: dict[bytes, float] = {}
+        self.home_changes = 0
+
+    # ------------------------------------------------------------------ configuration
+    def set_servers(self, servers: list[tuple[str, Endpoint]], now: float) -> None:
+        """The configured base servers (name, resolved endpoint), in the user's order; known ones keep their
+        state."""
+        known = {(link.name, link.endpoint): link for link in self.links}
+        self.links = [known.get(key) or BaseLink(key[0], key[1], next_hello_at=now) for key in servers]
+        if self._home is not None and self._home not in self.links:
+            self._home = None
+        self._choose_home()
+
+    def is_base(self, endpoint: Endpoint) -> bool:
+        return any(link.endpoint == endpoint for link in self.links)
+
+    @property
+    def home(self) -> BaseLink | None:
+        return self._home
+
+    # ------------------------------------------------------------------ timers
+    def tick(self, now: float) -> None:
+        for link in self.links:
+            if link.hello_sent_at is not None and now - link.hello_sent_at >= ANSWER_TIMEOUT_S:
+                link.hello_sent_at = None
+                link.unanswered += 1
+                if link.unanswered >= DOWN_AFTER_UNANSWERED and link.state is not BaseState.DOWN:
+                    link.state = BaseState.DOWN
+                    link.rtt_ms = None
+                    self.counters["base_down"] += 1
+                    self._choose_home()
+                link.next_hello_at = now + (
+                    ANSWER_TIMEOUT_S if link.state is not BaseState.DOWN else min(RETRY_MAX_S, KEEPALIVE_S)
+                )
+            if link.hello_sent_at is None and now >= link.next_hello_at:
+                self._hello(link, now)
+
+    def next_timer(self, now: float) -> float:
+        due = now + KEEPALIVE_S
+        for link in self.links:
+            if link.hello_sent_at is not None:
+                due = min(due, link.hello_sent_at + ANSWER_TIMEOUT_S)
+            else:
+                due = min(due, link.next_hello_at)
+        return max(now, due)
+
+    def _hello(self, link: BaseLink, now: float) -> None:
+        link.hello_sent_at = now
+        self.outbox.append((link.endpoint, basewire.encode_hello()))
+
+    # ------------------------------------------------------------------ input
+    def receive(self, data: bytes, endpoint: Endpoint, now: float) -> None:
+        """A base-protocol datagram (types 0x11..0x18 but relayed frames); bad or unexpected ones are
+        counted and dropped."""
+        link = next((candidate for candidate in self.links if candidate.endpoint == endpoint), None)
+        if link is None:
+            self.counters["drop_base_not_configured"] += 1
+            return
+        try:
+            kind = data[0] if data else -1
+            if kind == basewire.MSG_BASE_CHALLENGE:
+                self._on_challenge(link, basewire.decode_challenge(data), now)
+            elif kind == basewire.MSG_BASE_WELCOME:
+                self._on_welcome(link, basewire.decode_welcome(data), now)
+            elif kind == basewire.MSG_BASE_PEER:
+                self.peer_infos.append(basewire.decode_peer(data))
+            elif kind == basewire.MSG_BASE_UNKNOWN:
+                basewire.decode_unknown(data)
+                self.counters["base_forgot_us"] += 1
+                if link.hello_sent_at is None:
+                    self._hello(link, now)
+            else:
+                self.counters["drop_base_unexpected"] += 1
+        except ProtocolError:
+            self.counters["drop_base_malformed"] += 1
+
+    def _on_challenge(self, link: BaseLink, challenge: basewire.Challenge, now: float) -> None:
+        if link.hello_sent_at is not None:
+            sample = (now - link.hello_sent_at) * 1000.0
+            link.rtt_ms = sample if link.rtt_ms is None else 0.7 * link.rtt_ms + 0.3 * sample
+        register = basewire.Register(
+            challenge.epoch, challenge.cookie, self.identity.public_key, self.local_endpoints()
+        )
+        signature = self.identity.sign(basewire.REGISTER_CONTEXT + register.signed_part())
+        self.outbox.append((link.endpoint, register.signed_part() + signature))
+
+    def _on_welcome(self, link: BaseLink, welcome: basewire.Welcome, now: float) -> None:
+        if welcome.address != self.identity.address:
+            self.counters["drop_base_wrong_address"] += 1
+            return
+        link.hello_sent_at = None
+        link.unanswered = 0
+        link.last_answer = now
+        link.observed = welcome.observed
+        link.refresh_s = max(1.0, min(float(welcome.refresh_s), KEEPALIVE_S))
+        link.next_hello_at = now + link.refresh_s
+        if link.state is not BaseState.REGISTERED:
+            link.state = BaseState.REGISTERED
+            link.registered_at = now
+        self._choose_home()
+
+    def _choose_home(self) -> None:
+        def rtt(link: BaseLink) -> float:
+            return link.rtt_ms if link.rtt_ms is not None else float("inf")
+
+        registered = [link for link in self.links if link.state is BaseState.REGISTERED]
+        home = self._home
+        if not registered:
+            new = None
+        elif home is None or home.state is not BaseState.REGISTERED:
+            new = min(registered, key=rtt)
+        else:
+            fastest = min(registered, key=rtt)
+            new = fastest if rtt(fastest) < HOME_SWITCH_RATIO * rtt(home) else home
+        if new is not home:
+            self._home = new
+            self.home_changes += 1
+
+    # ------------------------------------------------------------------ rendezvous
+    def connect(self, target: bytes, now: float) -> bool:
+        """Ask the home base to tell us and ``target`` each other's candidates (at most every
+        ``CONNECT_INTERVAL_S`` per target); False when there is no home base or it is too soon."""
+        home = self._home
+        if home is None:
+            return False
+        last = self._connect_sent.get(target)
+        if last is not None and now - last < CONNECT_INTERVAL_S:
+            return False
+        if len(self._connect_sent) > 4096:
+            self._connect_sent = {t: s for t, s in self._connect_sent.items() if now - s < CONNECT_INTERVAL_S}
+        self._connect_sent[target] = now
+        self.outbox.append((home.endpoint, basewire.encode_connect(target)))
+        return True
+
+    def status(self) -> list[dict[str, object]]:
+        return [link.status(link is self._home) for link in self.links]

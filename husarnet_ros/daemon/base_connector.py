@@ -1,0 +1,172 @@
+"""The daemon's link to its base servers, run by the control loop (the only thread that touches it).
+
+Each round it hands the base servers' messages (queued by the receive thread) to the sans-IO
+``BaseClient``, runs its timers, sends what it queued, and acts on what it learned: the home base server
+relays (the transport sends relayed datagrams there, and every wanted peer gets the relay as its
+worst-ranked candidate), and a peer that has no direct path is asked for at the home base, whose answer
+names the peer's candidates to both sides at once (hole punching).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..core.base_client import BaseClient, BaseLink, BaseState, parse_base_server
+from ..core.basewire import MAX_ENDPOINTS
+from ..core.identity import Identity
+from ..core.node import Node
+from ..core.peer import Endpoint, PathKind
+from .transport import UdpTransport
+
+log = logging.getLogger("husarnet_ros.daemon")
+
+WANTED_PEERS_INTERVAL_S = 1.0  # relay offered and rendezvous asked for the wanted peers this often
+RESOLVE_RETRY_S = 30.0  # a base server name that did not resolve is tried again this often
+MAX_BASE_SERVERS = 16
+
+
+def resolve(host: str, port: int) -> Endpoint | None:
+    """The first address of ``host`` (IPv4 preferred: the sturdiest through NATs), or None."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError):
+        return None
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
+    for family, _, _, _, sockaddr in infos:
+        if family in (socket.AF_INET, socket.AF_INET6):
+            return (str(sockaddr[0]), port)
+    return None
+
+
+class BaseConnector:
+    def __init__(
+        self,
+        node: Node,
+        identity: Identity,
+        transport: UdpTransport,
+        servers: list[str],
+        *,
+        wanted_peers: Callable[[], Iterable[bytes]],
+        local_endpoints: Callable[[], list[Endpoint]],
+        now: float,
+    ) -> None:
+        self._node = node
+        self._transport = transport
+        self._wanted_peers = wanted_peers
+        self.configured = [parse_base_server(text) for text in servers][:MAX_BASE_SERVERS]
+        self.client = BaseClient(identity, lambda: local_endpoints()[:MAX_ENDPOINTS])
+        # Filled by the receive thread (daemon/dataplane.py), drained here; the data plane reads `endpoints`.
+        self.inbox: collections.deque[tuple[bytes, Endpoint]] = collections.deque()
+        self.endpoints: frozenset[Endpoint] = frozenset()
+        self._on_endpoints: Callable[[frozenset[Endpoint]], None] | None = None
+        self._home: BaseLink | None = None
+        self._next_wanted = now
+        self._next_resolve = now
+        self._resolve(now)
+
+    def attach(self, on_endpoints: Callable[[frozenset[Endpoint]], None]) -> None:
+        """The data plane wants the base servers' endpoints (relayed frames come only from them)."""
+        self._on_endpoints = on_endpoints
+        on_endpoints(self.endpoints)
+
+    def _resolve(self, now: float) -> None:
+        servers, missing = [], []
+        for host, port in self.configured:
+            endpoint = resolve(host, port)
+            name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            if endpoint is None:
+                missing.append(name)
+            else:
+                servers.append((name, endpoint))
+        if missing:
+            log.warning(
+                "base server %s: cannot resolve; trying again in %g s", ", ".join(missing), RESOLVE_RETRY_S
+            )
+        self.client.set_servers(servers, now)
+        self.endpoints = frozenset(endpoint for _, endpoint in servers)
+        if self._on_endpoints is not None:
+            self._on_endpoints(self.endpoints)
+        self._next_resolve = now + RESOLVE_RETRY_S if missing else float("inf")
+
+    # ------------------------------------------------------------------ the control loop's round
+    def round(self, now: float) -> None:
+        client, node = self.client, self._node
+        if now >= self._next_resolve:
+            self._resolve(now)
+        while self.inbox:
+            data, endpoint = self.inbox.popleft()
+            client.receive(data, endpoint, now)
+        client.tick(now)
+        self._follow_home(now)
+        while client.peer_infos:
+            info = client.peer_infos.popleft()
+            node.learn_from_base(info.address, info.candidates, info.known and self._home is not None, now)
+        if now >= self._next_wanted:
+            self._next_wanted = now + WANTED_PEERS_INTERVAL_S
+            if self._home is not None:
+                for address in self._wanted_peers():
+                    node.offer_relay(address, now)
+                    if node.path_of(address) is not PathKind.DIRECT:
+                        client.connect(address, now)
+        self.flush()
+
+    def flush(self) -> None:
+        outbox, sendto = self.client.outbox, self._transport.sendto
+        while outbox:
+            endpoint, data = outbox.popleft()
+            sendto(data, endpoint)
+
+    def _follow_home(self, now: float) -> None:
+        home = self.client.home
+        if home is self._home:
+            return
+        before, self._home = self._home, home
+        self._transport.set_relay(None if home is None else home.endpoint)
+        if home is None:
+            self._node.withdraw_relay()
+            log.warning(
+                "no base server answers (%s): peers on other networks are unreachable until one does; "
+                "direct links go on",
+                ", ".join(link.name for link in self.client.links) or "none configured",
+            )
+        else:
+            self._next_wanted = now  # offer the relay and ask for peers at once
+            if before is None:
+                log.info(
+                    "base server %s: registered over %s (RTT %.1f ms)",
+                    home.name,
+                    home.transport,
+                    home.rtt_ms or 0.0,
+                )
+            else:
+                log.info(
+                    "base server: now using %s over %s (was %s, %s)",
+                    home.name,
+                    home.transport,
+                    before.name,
+                    before.state.value,
+                )
+
+    def next_timer(self, now: float) -> float:
+        return min(self.client.next_timer(now), self._next_wanted if self._home is not None else float("inf"))
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        home = self.client.home
+        return {
+            "home": None if home is None else home.name,
+            "servers": self.client.status(),
+            "state": home.state.value
+            if home is not None
+            else (
+                BaseState.CONNECTING.value
+                if any(link.state is BaseState.CONNECTING for link in self.client.links)
+                else BaseState.DOWN.value
+                if self.client.links
+                else "none"
+            ),
+        }

@@ -1,0 +1,142 @@
+"""The base server process: one dual-stack UDP socket around the sans-IO ``BaseServer`` (server/registry.py).
+
+Single-threaded: a datagram in, its answers out; every second the expiry of silent clients; every
+``status_interval`` seconds one status line in the log (JSON with ``--json``) and, with ``status_file``,
+the same figures written to that file atomically (for monitoring and tests).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import select
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from ..core.base_client import DEFAULT_BASE_PORT
+from ..core.errors import HusarnetError
+from ..fileio import atomic_write_text
+from .registry import DEFAULT_MAX_CLIENTS, BaseServer
+
+log = logging.getLogger("husarnet_ros.base_server")
+
+_MAX_DATAGRAM = 65535
+_EXPIRE_EVERY_S = 1.0
+_SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+class BaseServerError(HusarnetError):
+    """The base server could not start (port in use, bad listen address)."""
+
+
+@dataclass
+class BaseServerConfig:
+    listen: str = "::"
+    udp_port: int = DEFAULT_BASE_PORT
+    max_clients: int = DEFAULT_MAX_CLIENTS
+    status_interval: float = 60.0
+    status_file: Path | None = None
+    json_log: bool = False
+
+
+def open_socket(listen: str, port: int) -> socket.socket:
+    family = socket.AF_INET if "." in listen and ":" not in listen else socket.AF_INET6
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 clients too
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+        sock.bind((listen, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise BaseServerError(f"UDP port {port} is in use; choose another with --udp-port") from None
+        raise BaseServerError(f"cannot listen on {listen!r} UDP port {port}: {exc.strerror or exc}") from None
+    return sock
+
+
+class BaseServerService:
+    def __init__(self, config: BaseServerConfig) -> None:
+        self.config = config
+        self.engine = BaseServer(max_clients=config.max_clients)
+        self.sock = open_socket(config.listen, config.udp_port)
+        self.port = self.sock.getsockname()[1]
+        self._stopping = False
+        self.started = time.monotonic()
+
+    def stop(self, _signum: int | None = None, _frame: FrameType | None = None) -> None:
+        self._stopping = True
+
+    def status(self) -> dict[str, object]:
+        return {
+            "udp_port": self.port,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            **self.engine.status(),
+        }
+
+    def _report(self) -> None:
+        status = self.status()
+        if self.config.json_log:
+            log.info("%s", json.dumps(status, sort_keys=True))
+        else:
+            log.info(
+                "%d clients, %d frames (%d bytes) relayed, counters %s",
+                status["clients"],
+                status["relayed_frames"],
+                status["relayed_bytes"],
+                status["counters"],
+            )
+        if self.config.status_file is not None:
+            try:
+                atomic_write_text(self.config.status_file, json.dumps(status, sort_keys=True) + "\n")
+            except OSError as exc:
+                log.warning("cannot write the status file %s: %s", self.config.status_file, exc)
+
+    def run(self) -> None:
+        sock, engine = self.sock, self.engine
+        next_expire = next_report = time.monotonic()
+        log.info("base server listening on UDP %s port %d", self.config.listen, self.port)
+        while not self._stopping:
+            now = time.monotonic()
+            if now >= next_expire:
+                engine.expire(now)
+                next_expire = now + _EXPIRE_EVERY_S
+            if now >= next_report:
+                self._report()
+                next_report = now + self.config.status_interval
+            try:
+                ready, _, _ = select.select([sock], [], [], min(next_expire, next_report) - now)
+            except InterruptedError:
+                continue
+            if not ready:
+                continue
+            for _ in range(256):  # a bounded batch, then the timers again
+                try:
+                    data, addr = sock.recvfrom(_MAX_DATAGRAM, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # ICMP errors of earlier sends: not the socket's end
+                    log.debug("receive error: %s", exc)
+                    continue
+                for target, answer in engine.receive(data, (addr[0], addr[1]), time.monotonic()):
+                    try:
+                        sock.sendto(answer, target)
+                    except OSError as exc:
+                        engine.counters["send_errors"] += 1
+                        log.debug("send to %s failed: %s", target, exc)
+        self._report()
+        sock.close()
+
+
+def run(config: BaseServerConfig) -> int:
+    service = BaseServerService(config)
+    signal.signal(signal.SIGTERM, service.stop)
+    signal.signal(signal.SIGINT, service.stop)
+    service.run()
+    return 0
