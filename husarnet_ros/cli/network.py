@@ -135,7 +135,7 @@ def ping(target: str, count: int, interval: float, timeout: float) -> None:
 @click.group()
 @json_option
 def wait() -> None:
-    """Block until the daemon is ready or a peer is reachable (for scripts).
+    """Block until the daemon is ready, a peer is reachable or a base server answers (for scripts).
 
     Both commands first wait for a daemon to answer on the control socket: a missing socket (the daemon
     is still starting) or one nobody answers on (left behind by a killed daemon) is retried until the
@@ -202,6 +202,45 @@ def wait_peer(target: str, timeout: float) -> None:
     except WaitTimedOut as exc:
         _never_answered(f"timed out after {timeout:g} s {what}: {exc}")
     _report_wait(reached, f"{shown} reachable", f"timed out after {timeout:g} s {what}")
+
+
+@wait.command("base")
+@_timeout_option
+@json_option
+def wait_base(timeout: float) -> None:
+    """Wait until the daemon is registered with a base server (peers on other networks can then be reached).
+
+    Fails at once when the daemon has no base server configured. Waits for a daemon to answer on the
+    control socket first (see `husarnet-ros wait --help`).
+
+    \b
+    Example:
+      husarnet-ros wait base --timeout 30
+    """
+    state = cli_state()
+    client = state.client()
+    what = "waiting for a base server"
+    deadline = time.monotonic() + timeout
+    try:
+        ready = client.wait_ready(timeout, on_retry=_progress(state.socket_path))
+    except WaitTimedOut as exc:
+        _never_answered(f"timed out after {timeout:g} s {what}: {exc}")
+    reached = False
+    while ready:
+        status = client.status()
+        if not status.base_servers:
+            fail("the daemon has no base server configured (daemon --base-server HOST[:PORT])")
+        if status.base is not None and status.base.state == "registered":
+            reached = True
+            break
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(min(_BASE_POLL_S, max(0.0, deadline - time.monotonic())))
+    in_use = f"base server {status.base.address} ({status.base.transport})" if reached and status.base else ""
+    _report_wait(reached, f"registered with {in_use}", f"timed out after {timeout:g} s {what}")
+
+
+_BASE_POLL_S = 0.2
 
 
 def _progress(socket_path: str) -> Callable[[ClientError], None]:

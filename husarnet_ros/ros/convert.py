@@ -9,8 +9,8 @@ everything except the stamps and the values that move with every packet or probe
 last_seen, rtt). The periodic publication carries those; a path or endpoint change is published at once.
 
 Conventions: a missing rtt is -1.0 (the message says negative = unknown); a missing time is the zero Time;
-missing strings are empty. There are no base servers yet: ``base_state`` is "none" when the daemon answers
-and "unknown" when it does not.
+missing strings are empty. ``base_state`` is the state of the base server in use ("registered",
+"connecting", "down"), "none" when the daemon has none configured and "unknown" when it does not answer.
 """
 
 from __future__ import annotations
@@ -91,9 +91,9 @@ def status_to_msg(status: Status, stamp: Time) -> StatusMsg:
         address=status.address,
         hostname=status.hostname,
         daemon_running=True,
-        base_server="",
-        base_state=BASE_STATE_NONE,
-        base_transport="",
+        base_server=status.base.address if status.base is not None else "",
+        base_state=status.base.state if status.base is not None else BASE_STATE_NONE,
+        base_transport=status.base.transport if status.base is not None else "",
         whitelist_enabled=status.whitelist_enabled,
         peers_total=len(paths),
         peers_direct=paths.count("direct"),

@@ -196,7 +196,16 @@ def base_diagnostic(health: DaemonHealth) -> DiagnosticStatus:
     if not health.answering:
         values["state"] = "unknown"
         return _status(STALE, BASE_NAME, "unknown: the daemon is not answering", "", values)
-    return _status(OK, BASE_NAME, "no base server configured (LAN only)", "", values)
+    base = health.status.base if health.status is not None else None
+    if base is None:
+        return _status(OK, BASE_NAME, "no base server configured (LAN only)", "", values)
+    values = {"base_server": base.address, "state": base.state, "transport": base.transport}
+    if base.rtt_ms is not None:
+        values["rtt_ms"] = f"{base.rtt_ms:.1f}"
+    if base.state == "registered":
+        return _status(OK, BASE_NAME, f"registered with {base.address} over {base.transport}", "", values)
+    # Direct links go on without a base server; only peers on other networks are out of reach.
+    return _status(WARN, BASE_NAME, f"no base server answers ({base.address}: {base.state})", "", values)
 
 
 def build_diagnostics(

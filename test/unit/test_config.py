@@ -53,6 +53,7 @@ def test_defaults() -> None:
     assert c.discovery_enabled is True
     assert c.user == "husarnet-ros"
     assert c.config_file is None
+    assert c.base_servers == []  # LAN only until base servers are given
     rfc1918 = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
     for network in [*rfc1918, "198.18.0.0/15", "fe80::/10", "fc00::/7"]:
         assert network in c.discovery_networks
@@ -60,6 +61,7 @@ def test_defaults() -> None:
 
 def test_field_names_are_exactly_these() -> None:
     assert set(DaemonConfig.model_fields) == {
+        "base_servers",
         "offload",
         "state_dir",
         "control_socket",
@@ -303,3 +305,11 @@ def test_several_problems_reported_together() -> None:
         load_config(None, {"mtu": 1, "udp_port": -5})
     assert "mtu:" in str(info.value)
     assert "udp_port:" in str(info.value)
+
+
+def test_base_servers_are_checked_and_a_bad_one_is_named() -> None:
+    c = DaemonConfig(base_servers=["198.18.100.2", " base.example:443 ", "[fd00:98::2]:5582"])
+    assert c.base_servers == ["198.18.100.2", "base.example:443", "[fd00:98::2]:5582"]
+    for bad in ["", "host:0", "host:70000", "host:port", "[fd00:98::2"]:
+        with pytest.raises(ValidationError, match="base server"):
+            DaemonConfig(base_servers=[bad])

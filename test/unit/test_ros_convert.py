@@ -8,7 +8,7 @@ import pytest
 from builtin_interfaces.msg import Time
 from sample_status import make_status
 
-from husarnet_ros.api import PeerStatus
+from husarnet_ros.api import BaseServerStatus, PeerStatus
 from husarnet_ros.msg import Peer
 from husarnet_ros.ros.convert import (
     BASE_STATE_NONE,
@@ -142,6 +142,13 @@ def test_empty_peer_array() -> None:
 
 
 # --- status -------------------------------------------------------------------------------------------------
+
+
+def test_status_names_the_base_server_in_use() -> None:
+    base = BaseServerStatus(address="198.18.100.2:5582", transport="udp", state="registered", home=True)
+    status = make_status([]).model_copy(update={"base": base, "base_servers": [base]})
+    msg = status_to_msg(status, STAMP)
+    assert (msg.base_server, msg.base_state, msg.base_transport) == ("198.18.100.2:5582", "registered", "udp")
 
 
 def test_status_counts_paths_and_has_no_base_server() -> None:

@@ -8,7 +8,7 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
 from sample_status import make_status
 
-from husarnet_ros.api import PeerStatus, Status
+from husarnet_ros.api import BaseServerStatus, PeerStatus, Status
 from husarnet_ros.ros.diagnostics import (
     BASE_NAME,
     DAEMON_NAME,
@@ -114,6 +114,31 @@ def test_no_base_server_is_ok_lan_only() -> None:
     assert (status.name, status.level) == (BASE_NAME, OK)
     assert status.message == "no base server configured (LAN only)"
     assert values(status) == {"base_server": "", "state": "none", "transport": ""}
+
+
+def with_base(state: str) -> Status:
+    base = BaseServerStatus(address="198.18.100.2:5582", transport="udp", state=state, home=True, rtt_ms=2.5)
+    return make_status([]).model_copy(update={"base": base, "base_servers": [base]})
+
+
+def test_registered_base_server_is_ok_with_its_address_and_transport() -> None:
+    status = base_diagnostic(answering(with_base("registered")))
+    assert status.level == OK
+    assert "198.18.100.2:5582" in status.message
+    assert values(status) == {
+        "base_server": "198.18.100.2:5582",
+        "state": "registered",
+        "transport": "udp",
+        "rtt_ms": "2.5",
+    }
+
+
+@pytest.mark.parametrize("state", ["down", "connecting"])
+def test_base_server_not_answering_is_warn_not_error(state: str) -> None:
+    # Direct links work on without a base server: a warning, not an error.
+    status = base_diagnostic(answering(with_base(state)))
+    assert status.level == WARN
+    assert values(status)["state"] == state
 
 
 @pytest.mark.parametrize("ever", [False, True])
