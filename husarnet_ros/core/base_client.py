@@ -26,7 +26,10 @@ KEEPALIVE_S = 5.0  # hello (and registration) to every base this often: liveness
 ANSWER_TIMEOUT_S = 1.0  # a hello unanswered this long is retried
 DOWN_AFTER_UNANSWERED = 3  # hellos in a row without an answer: the base is down
 RETRY_MAX_S = 5.0  # a down base is retried at least this often
-HOME_SWITCH_RATIO = 0.5  # another base becomes home only when its RTT is below this share of the home's
+# Another base becomes home only when its RTT is below this share of the home's and lower by this much:
+# sub-millisecond differences are noise, and every switch moves every relayed path.
+HOME_SWITCH_RATIO = 0.5
+HOME_SWITCH_MIN_GAIN_MS = 5.0
 CONNECT_INTERVAL_S = 5.0  # at most one rendezvous request per peer this often
 DEFAULT_BASE_PORT = 5582
 
@@ -214,7 +217,8 @@ class BaseClient:
             new = min(registered, key=rtt)
         else:
             fastest = min(registered, key=rtt)
-            new = fastest if rtt(fastest) < HOME_SWITCH_RATIO * rtt(home) else home
+            faster = rtt(fastest) < HOME_SWITCH_RATIO * rtt(home)
+            new = fastest if faster and rtt(home) - rtt(fastest) >= HOME_SWITCH_MIN_GAIN_MS else home
         if new is not home:
             self._home = new
             self.home_changes += 1
