@@ -150,6 +150,14 @@ class BaseClient:
                 due = min(due, link.next_hello_at)
         return max(now, due)
 
+    def network_changed(self, now: float) -> None:
+        """Our addresses changed: register again everywhere at once (new local endpoints, and the NAT may
+        have given us a new public endpoint, which peers learn from the base)."""
+        for link in self.links:
+            link.next_hello_at = now
+            if link.hello_sent_at is None:
+                self._hello(link, now)
+
     def _hello(self, link: BaseLink, now: float) -> None:
         link.hello_sent_at = now
         self.outbox.append((link.endpoint, basewire.encode_hello()))

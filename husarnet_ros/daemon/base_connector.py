@@ -151,6 +151,11 @@ class BaseConnector:
                     before.state.value,
                 )
 
+    def network_changed(self, now: float) -> None:
+        self.client.network_changed(now)
+        self._next_wanted = now  # and ask for the peers again: they learn our new endpoint
+        self.flush()
+
     def next_timer(self, now: float) -> float:
         return min(self.client.next_timer(now), self._next_wanted if self._home is not None else float("inf"))
 

@@ -165,6 +165,8 @@ class ControlLoop:
             self._network_changed_at = now
             self._transport.forget_routes()
             node.network_changed(now)
+            if self._base is not None:
+                self._base.network_changed(now)
             self._next_beacon = now  # tell the LAN where we are now
         node.tick(now)
         if self._base is not None:
