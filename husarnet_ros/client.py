@@ -9,8 +9,8 @@ Used by the CLI and by the ROS nodes::
 Every failure is a ``ClientError``: ``DaemonUnavailable`` when nothing answers on the socket (the message
 says how to start the daemon or point at another socket; ``SocketAccessDenied`` when the socket is not
 ours to use), ``ControlError`` with the daemon's own message (and HTTP status) when it refused the request,
-``NotFound`` when that status is 404 (unknown peer, host name or whitelist entry). Each call has a timeout;
-long calls (ping, wait) extend it by the time they may legitimately take.
+``NotFound`` when that status is 404 (unknown peer, host name, whitelist entry or base server). Each call
+has a timeout; long calls (ping, wait) extend it by the time they may legitimately take.
 
 ``wait_ready`` and ``wait_peer`` also wait for a daemon to answer at all: a script may start the daemon
 and wait for it at once, or wait while a killed daemon's successor starts.
@@ -32,6 +32,7 @@ from .api import (
     API_PREFIX,
     CONTROL_SOCKET_ENV,
     MAX_UNIX_SOCKET_PATH_BYTES,
+    BaseServerStatus,
     Health,
     HostEntry,
     LogLines,
@@ -64,6 +65,7 @@ M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 _PEERS = TypeAdapter(list[PeerStatus])
 _HOSTS = TypeAdapter(list[HostEntry])
+_BASE_SERVERS = TypeAdapter(list[BaseServerStatus])
 
 
 class ClientError(HusarnetError):
@@ -372,6 +374,22 @@ class ControlClient:
 
     def whitelist_set_enabled(self, enabled: bool) -> Whitelist:
         return self._parse(Whitelist, self._request("PATCH", "/whitelist", json={"enabled": enabled}))
+
+    # --- base servers (each call returns the list after the change) -------------------------------------
+
+    def base_servers(self) -> list[BaseServerStatus]:
+        """The base servers the daemon uses, in order, each with its state."""
+        return self._parse_list(_BASE_SERVERS, self._request("GET", "/base"))
+
+    def base_add(self, address: str) -> list[BaseServerStatus]:
+        """Use the base server ``address`` (host, host:port or [IPv6]:port) from now on, also after restarts;
+        one already used is no error. ControlError (status 400) if it does not parse, 409 if the list is
+        full."""
+        return self._parse_list(_BASE_SERVERS, self._request("POST", "/base", json={"address": address}))
+
+    def base_remove(self, address: str) -> list[BaseServerStatus]:
+        """Stop using the base server ``address``; NotFound if the daemon does not use it."""
+        return self._parse_list(_BASE_SERVERS, self._request("DELETE", f"/base/{self._segment(address)}"))
 
     # --- hosts (each call returns the entries after the change) ------------------------------------------
 

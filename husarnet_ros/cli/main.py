@@ -35,6 +35,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "logs": ("network", "logs"),
     "whitelist": ("lists", "whitelist"),
     "hosts": ("lists", "hosts"),
+    "base": ("base", "base"),
     "genid": ("identity", "genid"),
     "whoami": ("identity", "whoami"),
     "import-identity": ("identity", "import_identity"),

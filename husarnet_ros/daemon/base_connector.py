@@ -68,6 +68,21 @@ class BaseConnector:
         self._next_resolve = now
         self._resolve(now)
 
+    def set_servers(self, servers: list[str], now: float) -> None:
+        """Use ``servers`` from now on (changed at run time): parsed and resolved again. A server that stays
+        keeps its registration and RTT (``BaseClient.set_servers``), and stays home unless a kept one is
+        clearly faster; a removed home hands over to the next registered one, or, with none left, the relay
+        is withdrawn at once. ConfigError if one does not parse (nothing changes then)."""
+        self.configured = [parse_base_server(text) for text in servers][:MAX_BASE_SERVERS]
+        self._resolve(now)
+        if not self.client.links and self._home is not None:
+            self._home = None
+            self._transport.set_relay(None)
+            self._node.withdraw_relay()
+            log.info("base servers: none configured any more; peers on other networks are unreachable")
+        else:
+            self._follow_home(now)
+
     def attach(self, on_endpoints: Callable[[frozenset[Endpoint]], None]) -> None:
         """The data plane wants the base servers' endpoints (relayed frames come only from them)."""
         self._on_endpoints = on_endpoints

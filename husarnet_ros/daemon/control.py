@@ -9,7 +9,7 @@ never stalls the daemon. Where controller methods run depends on ``controller_lo
 - ``controller_loop=<the daemon's running loop>``: every call, synchronous or coroutine, is executed on that
   loop (``call_soon_threadsafe`` / ``run_coroutine_threadsafe``), so a single-loop daemon needs no locks.
 
-Routes (all JSON; errors are ``{"error": "message"}`` with 404/409/422/503/507, never a traceback; a value
+Routes (all JSON; errors are ``{"error": "message"}`` with 400/404/409/422/503/507, never a traceback; a value
 the client sent is quoted shortened, never in full):
 
     GET    /v1/health                       Health (answered without the controller)
@@ -20,6 +20,9 @@ the client sent is quoted shortened, never in full):
     POST   /v1/whitelist                    AddressRequest -> Whitelist
     DELETE /v1/whitelist/{address}          Whitelist
     PATCH  /v1/whitelist                    EnabledRequest -> Whitelist (switch enforcement)
+    GET    /v1/base                         list[BaseServerStatus]
+    POST   /v1/base                         BaseServerRequest -> list[BaseServerStatus]
+    DELETE /v1/base/{address}               list[BaseServerStatus]
     GET    /v1/hosts                        list[HostEntry]
     POST   /v1/hosts                        HostEntry -> list[HostEntry]
     DELETE /v1/hosts/{hostname}             list[HostEntry]
@@ -49,6 +52,7 @@ import uvicorn
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -58,6 +62,7 @@ from ..api import (
     MAX_LOG_LINES,
     MAX_WAIT_TIMEOUT_S,
     AddressRequest,
+    BaseServerStatus,
     EnabledRequest,
     ErrorBody,
     Health,
@@ -132,10 +137,19 @@ class _Dispatcher:
         return await run_on_loop(self._loop, fn(*args))
 
 
+class BaseServerRequest(BaseModel):
+    """A base server to use: host, host:port or [IPv6]:port (port 5582 by default)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    address: str = Field(min_length=1, max_length=300, description="host[:port] or [IPv6]:port")
+
+
 # --- the app -----------------------------------------------------------------------------------------------
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorBody, "description": "unknown peer, host name or whitelist entry"},
+    400: {"model": ErrorBody, "description": "a value of the wrong form (a base server address)"},
+    404: {"model": ErrorBody, "description": "unknown peer, host name, whitelist entry or base server"},
     409: {"model": ErrorBody, "description": "conflicts with current state"},
     422: {"model": ErrorBody, "description": "invalid request"},
     503: {"model": ErrorBody, "description": "daemon not ready"},
@@ -246,7 +260,7 @@ def create_app(controller: Controller, controller_loop: asyncio.AbstractEventLoo
     app = FastAPI(
         title="husarnet-ros daemon control API",
         version=__version__,
-        description="Status, peers, whitelist, hosts, ping and waits of a husarnet-ros daemon.",
+        description="Status, peers, whitelist, base servers, hosts, ping and waits of a husarnet-ros daemon.",
         responses=_ERROR_RESPONSES,
     )
     _install_error_handlers(app)
@@ -305,6 +319,20 @@ def create_app(controller: Controller, controller_loop: asyncio.AbstractEventLoo
     async def whitelist_enabled(body: EnabledRequest) -> Whitelist:
         await do.call(controller.whitelist_set_enabled, body.enabled)
         return await do.call(controller.whitelist)
+
+    @app.get(f"{p}/base", tags=["base servers"])
+    async def base_servers() -> list[BaseServerStatus]:
+        return await do.call(controller.base_servers)
+
+    @app.post(f"{p}/base", tags=["base servers"])
+    async def base_add(body: BaseServerRequest) -> list[BaseServerStatus]:
+        await do.call(controller.base_add, body.address)
+        return await do.call(controller.base_servers)
+
+    @app.delete(f"{p}/base/{{address:path}}", tags=["base servers"])
+    async def base_remove(address: str) -> list[BaseServerStatus]:
+        await do.call(controller.base_remove, address)
+        return await do.call(controller.base_servers)
 
     @app.get(f"{p}/hosts", tags=["hosts"])
     async def hosts() -> list[HostEntry]:

@@ -7,14 +7,15 @@ The coroutine methods (``ping``, ``wait_ready``, ``wait_peer``) run on the contr
 daemon's state lives on another event loop, hop there with ``daemon.control.run_on_loop(loop, coro)``.
 
 Errors: raise the ``ControllerError`` subclasses below with a message meant for the user; the server turns
-them into HTTP 404/409/422/503/507 with ``{"error": message}``. An ``AddressError`` counts as InvalidRequest.
+them into HTTP 400/404/409/422/503/507 with ``{"error": message}``. An ``AddressError`` counts as
+InvalidRequest.
 """
 
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from ..api import HostEntry, PingResult, Status, Whitelist
+from ..api import BaseServerStatus, HostEntry, PingResult, Status, Whitelist
 from ..core.errors import HusarnetError
 
 
@@ -24,8 +25,14 @@ class ControllerError(HusarnetError):
     http_status = 400
 
 
+class BadValue(ControllerError):
+    """A value that is not even of the right form (e.g. a base server address that does not parse)."""
+
+    http_status = 400
+
+
 class NotFound(ControllerError):
-    """Unknown host name, peer or whitelist entry."""
+    """Unknown host name, peer, whitelist entry or base server."""
 
     http_status = 404
 
@@ -77,6 +84,19 @@ class Controller(Protocol):
 
     def whitelist_set_enabled(self, enabled: bool) -> None:
         """Switch enforcement on or off at once and persist the choice."""
+        ...
+
+    def base_servers(self) -> list[BaseServerStatus]:
+        """The base servers in use (the saved list, else the configured one), in order, with their state."""
+        ...
+
+    def base_add(self, address: str) -> None:
+        """Use the base server ``address`` (``host[:port]``) at once and persist the list; adding one already
+        there is not an error. BadValue if it does not parse, Conflict when the list is full."""
+        ...
+
+    def base_remove(self, address: str) -> None:
+        """Stop using the base server ``address`` at once and persist the list; NotFound if absent."""
         ...
 
     def hosts(self) -> list[HostEntry]:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +42,7 @@ from ..api import (
 from ..api import HostEntry as ApiHostEntry
 from ..core import hosts as hosts_model
 from ..core.address import format_address, parse_overlay
-from ..core.errors import AddressError, HusarnetError
+from ..core.errors import AddressError, ConfigError, HusarnetError
 from ..core.identity import Identity
 from ..core.node import (
     Event,
@@ -54,9 +56,9 @@ from ..core.node import (
 )
 from ..core.peer import PathKind, Peer, format_endpoint
 from ..core.whitelist import Whitelist as Acl
-from .controller import Conflict, InvalidRequest, NotFound, NotReady, StorageError
+from .controller import BadValue, Conflict, InvalidRequest, NotFound, NotReady, StorageError
 from .log_ring import LogRing
-from .state import StateDir, StateError
+from .state import StateDir, StateError, base_server_name
 
 if TYPE_CHECKING:
     from .base_connector import BaseConnector
@@ -67,6 +69,10 @@ T = TypeVar("T")
 
 # How often the waits look again; only how quickly they notice, never asserted on.
 WAIT_POLL_S = 0.05
+# The state of a configured base server whose name did not resolve (yet: it is tried again every 30 s).
+UNRESOLVED = "unresolved"
+# What resolve() can look up: DNS labels of letters, digits, '-' and '_', dots between them.
+_DNS_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*\.?")
 # The persisted timestamp floor runs this far ahead of the timestamps issued (renewed at half of it).
 TIMESTAMP_LEASE_NS = 3600 * 10**9
 
@@ -123,7 +129,10 @@ class NodeController:
         self.started_mono = clock()
         self.ready = False
         self._owner: NodeOwner | None = None
-        self.base: BaseConnector | None = None  # set by the daemon when base servers are configured
+        self.base: BaseConnector | None = None  # set by the daemon (none on the in-memory network)
+        # The base servers in use (canonical names, in order): set by the daemon at start, then only by
+        # base_add/base_remove under the write lock; replaced, never changed in place.
+        self.base_server_names: list[str] = []
         self._write_lock = threading.Lock()  # one whitelist or hosts change at a time (persist, then apply)
         self.node = Node(
             identity,
@@ -249,7 +258,7 @@ class NodeController:
 
     def status(self) -> Status:
         def snapshot() -> tuple[list[PeerStatus], dict[str, int], list[dict[str, Any]]]:
-            servers = self.base.client.status() if self.base is not None else []
+            servers = self._base_links()
             home = next((str(s["address"]) for s in servers if s["home"]), None)
             counters = dict(self.node.counters)
             if self.base is not None:
@@ -257,7 +266,7 @@ class NodeController:
             return [self._peer_status(p, home) for p in self.node.peers.values()], counters, servers
 
         peers, counters, servers = self._on_node(snapshot)
-        base_servers = [BaseServerStatus.model_validate(server) for server in servers]
+        base_servers = self._base_statuses(servers)
         in_use = next(
             (server for server in base_servers if server.home), base_servers[0] if base_servers else None
         )
@@ -324,6 +333,60 @@ class NodeController:
                 return
             self._change_whitelist(Acl(self.acl.addresses, enabled), "save the whitelist")
         log.info("whitelist %s", "enabled" if enabled else "disabled")
+
+    # ------------------------------------------------------------------ base servers
+    def _base_links(self) -> list[dict[str, Any]]:
+        """The base links' status (on the node owner's thread: the control loop owns the BaseConnector)."""
+        return self.base.client.status() if self.base is not None else []
+
+    def _base_statuses(self, links: list[dict[str, Any]]) -> list[BaseServerStatus]:
+        """Every base server in use, in order: its link's state, or "unresolved" while its name resolves to
+        no address (the link exists only once it does)."""
+        by_name = {str(link["address"]): link for link in links}
+        return [
+            BaseServerStatus.model_validate(by_name[name])
+            if name in by_name
+            else BaseServerStatus(address=name, state=UNRESOLVED)
+            for name in self.base_server_names
+        ]
+
+    def base_servers(self) -> list[BaseServerStatus]:
+        return self._base_statuses(self._on_node(self._base_links))
+
+    def base_add(self, address: str) -> None:
+        from .base_connector import MAX_BASE_SERVERS  # not at import: it brings the UDP transport along
+
+        name = _base_name(address)
+        with self._write_lock:
+            if name in self.base_server_names:
+                return
+            if len(self.base_server_names) >= MAX_BASE_SERVERS:
+                raise Conflict(
+                    f"cannot add base server {name}: at most {MAX_BASE_SERVERS} are used; remove one first "
+                    "(husarnet-ros base rm HOST[:PORT])"
+                )
+            self._change_base_servers([*self.base_server_names, name])
+        log.info("base server %s added", name)
+
+    def base_remove(self, address: str) -> None:
+        name = _base_name(address)
+        with self._write_lock:
+            if name not in self.base_server_names:
+                raise NotFound(f"{name} is not a base server of this daemon")
+            self._change_base_servers([n for n in self.base_server_names if n != name])
+        log.info("base server %s removed", name)
+
+    def _change_base_servers(self, names: list[str]) -> None:
+        """Persist ``names``, then use them; on a failed write nothing changes at all."""
+        try:
+            self.state.save_base_servers(names)
+        except StateError as exc:
+            raise StorageError(f"could not save the base servers: {exc}; nothing was changed") from None
+        self.base_server_names = names
+        base = self.base
+        if base is not None:
+            now = self._clock()
+            self._on_node(lambda: base.set_servers(names, now))
 
     # ------------------------------------------------------------------ hosts
     def hosts(self) -> list[ApiHostEntry]:
@@ -467,6 +530,30 @@ class NodeController:
 
     def logs(self, limit: int) -> list[str]:
         return self._ring.tail(limit)
+
+
+def _base_name(address: str) -> str:
+    """The canonical name of a base server the user typed; BadValue saying what is wrong otherwise."""
+    try:
+        name = base_server_name(address)
+    except ConfigError as exc:
+        raise BadValue(str(exc)) from None
+    host = name.rpartition(":")[0]
+    bracketed = host.startswith("[")
+    if not _is_ip(host.strip("[]")) and (bracketed or not _DNS_NAME.fullmatch(host)):
+        raise BadValue(
+            f"base server {quote_input(address)}: {quote_input(host)} is neither an IP address nor a "
+            "valid host name"
+        )
+    return name
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _parse(address: str) -> bytes:

@@ -39,7 +39,7 @@ from ..core.address import format_address
 from ..core.config import DaemonConfig
 from ..core.errors import HusarnetError
 from ..exit_with_parent import exit_with_parent_if_asked
-from .base_connector import BaseConnector
+from .base_connector import MAX_BASE_SERVERS, BaseConnector
 from .control_loop import ControlLoop
 from .control_socket import ControlSocket
 from .controller import Controller
@@ -51,7 +51,7 @@ from .log_ring import LOG_FORMAT, LogRing
 from .netwatch import NetworkWatch
 from .node_controller import NodeController, NodeInfo
 from .privileges import Account, blocked_directory, drop_all_capabilities, find_account
-from .state import StateDir, StateError
+from .state import StateDir, StateError, base_server_name
 from .transport import UdpTransport
 from .tun import Tun
 
@@ -77,6 +77,7 @@ class Daemon:
             self.identity = self.state.load_or_create_identity()
             self.acl = self.state.load_whitelist(default_enabled=config.whitelist_enabled)
             self.host_entries = self.state.load_hosts()
+            self.saved_base_servers = self.state.load_base_servers()  # None: never changed at run time
         except BaseException:
             self.state.unlock()
             raise
@@ -139,18 +140,30 @@ class Daemon:
                 else None
             ),
         )
-        if cfg.base_servers:
-            tun_name, port = self.tun.name, self.transport.port
-            self.base = BaseConnector(
-                self.controller.node,
-                self.identity,
-                self.transport,
-                cfg.base_servers,
-                wanted_peers=self.controller.wanted_peers,
-                local_endpoints=lambda: local_endpoints(port, {tun_name}),
-                now=time.monotonic(),
-            )
-            self.controller.base = self.base
+        # Always there, even with no base server (then it sends nothing and costs one idle check a round):
+        # `husarnet-ros base add` may give it one at any time. The list saved by `base add|rm` wins.
+        base_servers = list(dict.fromkeys(base_server_name(text) for text in cfg.base_servers))
+        if self.saved_base_servers is not None:
+            if self.saved_base_servers != base_servers:
+                log.info(
+                    "base servers: using the list saved in %s (changed with `husarnet-ros base`), not the "
+                    "configured one",
+                    self.state.base_servers_path,
+                )
+            base_servers = self.saved_base_servers
+        base_servers = base_servers[:MAX_BASE_SERVERS]
+        tun_name, port = self.tun.name, self.transport.port
+        self.base = BaseConnector(
+            self.controller.node,
+            self.identity,
+            self.transport,
+            base_servers,
+            wanted_peers=self.controller.wanted_peers,
+            local_endpoints=lambda: local_endpoints(port, {tun_name}),
+            now=time.monotonic(),
+        )
+        self.controller.base = self.base
+        self.controller.base_server_names = base_servers
         self.loop = ControlLoop(
             self.controller.node,
             self.transport,

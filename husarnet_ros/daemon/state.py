@@ -6,6 +6,8 @@ Layout (directory mode 0700, files 0600, every write atomic via ``fileio.atomic_
     whitelist.json  {"version": 1, "enabled": true, "addresses": ["fc94:...", ...]}
     clock.json      {"version": 1, "timestamp_floor_ns": N}: handshake timestamps stay above N (restarts)
     hosts.json      {"version": 1, "entries": [{"hostname": "...", "address": "fc94:..."}]}
+    base_servers.json {"version": 1, "servers": ["host:port", ...]}: written by `husarnet-ros base add|rm`;
+                    once it exists it wins over the configured base servers
     lock            flock()ed by the running daemon; holds its pid for the error message
 
 A damaged file is never replaced or "repaired": loading it is an error whose message names the
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import ipaddress
 import json
 import logging
 import os
@@ -27,7 +30,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ..core.errors import HusarnetError, IdentityError
+from ..core.base_client import parse_base_server
+from ..core.errors import ConfigError, HusarnetError, IdentityError
 from ..core.hosts import HostEntry, canonical_entries
 from ..core.identity import Identity, IdentityFileError, read_identity_file
 from ..core.whitelist import Whitelist, WhitelistError
@@ -39,9 +43,11 @@ IDENTITY_FILE = "identity"
 WHITELIST_FILE = "whitelist.json"
 HOSTS_FILE = "hosts.json"
 CLOCK_FILE = "clock.json"
+BASE_SERVERS_FILE = "base_servers.json"
 LOCK_FILE = "lock"
 HOSTS_FORMAT_VERSION = 1
 CLOCK_FORMAT_VERSION = 1
+BASE_SERVERS_FORMAT_VERSION = 1
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 MAX_STATE_FILE_SIZE = 16 << 20  # far above any real whitelist; stops a bogus huge file early
@@ -120,6 +126,10 @@ class StateDir:
         return self.path / CLOCK_FILE
 
     @property
+    def base_servers_path(self) -> Path:
+        return self.path / BASE_SERVERS_FILE
+
+    @property
     def lock_path(self) -> Path:
         return self.path / LOCK_FILE
 
@@ -172,7 +182,14 @@ class StateDir:
         The directory, the whitelist, the hosts record and the lock file change owner; the identity
         stays root's (0600): it is read once at start, as root, and the daemon never needs it again.
         """
-        for path in (self.path, self.whitelist_path, self.hosts_path, self.clock_path, self.lock_path):
+        paths = (
+            self.whitelist_path,
+            self.hosts_path,
+            self.clock_path,
+            self.base_servers_path,
+            self.lock_path,
+        )
+        for path in (self.path, *paths):
             try:
                 os.chown(path, uid, gid)
             except FileNotFoundError:
@@ -264,6 +281,24 @@ class StateDir:
             "entries": [entry.to_json() for entry in canonical_entries(entries)],
         }
         self._write_text(self.hosts_path, json.dumps(document, indent=2) + "\n")
+
+    # -- base servers --------------------------------------------------------------------------
+
+    def load_base_servers(self) -> list[str] | None:
+        """The base servers saved by ``husarnet-ros base add|rm`` (canonical names, in the user's order), or
+        None if the list was never changed at run time (the configured one applies then)."""
+        path = self.base_servers_path
+        text = self._read_text(path)
+        if text is None:
+            return None
+        try:
+            return _base_servers_from_json(json.loads(text))
+        except (ValueError, RecursionError, ConfigError) as exc:  # JSONDecodeError is a ValueError
+            raise StateError(self._corrupt_message(path, exc)) from None
+
+    def save_base_servers(self, servers: list[str]) -> None:
+        document = {"version": BASE_SERVERS_FORMAT_VERSION, "servers": [base_server_name(s) for s in servers]}
+        self._write_text(self.base_servers_path, json.dumps(document, indent=2) + "\n")
 
     # -- handshake timestamps ------------------------------------------------------------------
 
@@ -374,3 +409,34 @@ def _hosts_from_json(document: object) -> list[HostEntry]:
     if not isinstance(entries, list):
         raise ValueError("'entries' must be a list")
     return canonical_entries(HostEntry.from_json(item) for item in entries)
+
+
+def base_server_name(text: str) -> str:
+    """The one spelling of a base server address: ``host:port`` or ``[IPv6]:port``, the port always written,
+    a host name in lower case, an IP address in its compressed form. ConfigError (saying what is wrong) if
+    ``text`` is not ``host``, ``host:port``, ``[IPv6]:port`` or a bare IPv6 address."""
+    host, port = parse_base_server(text)
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        host = host.lower()  # DNS names are case-insensitive: one server, one name
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _base_servers_from_json(document: object) -> list[str]:
+    if not isinstance(document, dict):
+        raise ValueError("expected a JSON object with 'version' and 'servers'")
+    if document.get("version") != BASE_SERVERS_FORMAT_VERSION:
+        raise ValueError(f"format version {document.get('version')!r} is not supported")
+    unknown = set(document) - {"version", "servers"}
+    if unknown:
+        raise ValueError(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
+    servers = document.get("servers")
+    if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
+        raise ValueError("'servers' must be a list of strings")
+    names: list[str] = []
+    for server in servers:
+        name = base_server_name(server)
+        if name not in names:
+            names.append(name)
+    return names

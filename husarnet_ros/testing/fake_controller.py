@@ -10,8 +10,9 @@ This fake is for what that cannot give on demand:
 - a controller for tests of the control server itself (socket life cycle, connection limits, threading),
   which never call it, or subclass it to block or to record where a call runs.
 
-It keeps no whitelist and no hosts entries: both are always empty, removals answer NotFound, additions are
-refused. ``serve_fake()`` runs it behind the real ``ControlServer`` on a short temporary socket path.
+It keeps no whitelist, base servers or hosts entries: all are always empty, removals answer NotFound,
+additions are refused. ``serve_fake()`` runs it behind the real ``ControlServer`` on a short temporary
+socket path.
 """
 
 from __future__ import annotations
@@ -22,13 +23,24 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..api import HostEntry, PeerStatus, PingReply, PingResult, Status, Whitelist, normalize_overlay
+from ..api import (
+    BaseServerStatus,
+    HostEntry,
+    PeerStatus,
+    PingReply,
+    PingResult,
+    Status,
+    Whitelist,
+    normalize_overlay,
+)
 from ..core.errors import AddressError
 from ..daemon.control import ControlServer
 from ..daemon.controller import InvalidRequest, NotFound
 
 OWN_ADDRESS = "fc94::1"
-_KEEPS_NOTHING = "the fake daemon keeps no whitelist or hosts entries (test with testing.memnet_daemon)"
+_KEEPS_NOTHING = (
+    "the fake daemon keeps no whitelist, base servers or hosts entries (test with testing.memnet_daemon)"
+)
 
 
 @dataclass
@@ -65,6 +77,15 @@ class FakeController:
 
     def whitelist_set_enabled(self, enabled: bool) -> None:
         raise InvalidRequest(_KEEPS_NOTHING)
+
+    def base_servers(self) -> list[BaseServerStatus]:
+        return []
+
+    def base_add(self, address: str) -> None:
+        raise InvalidRequest(_KEEPS_NOTHING)
+
+    def base_remove(self, address: str) -> None:
+        raise NotFound(f"{address} is not a base server of this daemon")
 
     def hosts(self) -> list[HostEntry]:
         return []
