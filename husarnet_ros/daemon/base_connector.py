@@ -10,6 +10,10 @@ names the peer's candidates to both sides at once (hole punching).
 from __future__ import annotations
 
 import collections
+
+# getaddrinfo() encodes a name with the idna codec, imported on its first use: import it while the daemon can
+# still read the Python installation, since `husarnet-ros base add` resolves after the privilege drop.
+import encodings.idna  # noqa: F401
 import logging
 import socket
 from collections.abc import Callable, Iterable
