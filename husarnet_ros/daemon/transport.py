@@ -110,6 +110,10 @@ class UdpTransport:
         via = self._relay_via
         if via is None:
             return  # like packet loss: the path stops answering and the node looks for another
+        with contextlib.suppress(OSError):
+            self.sock.sendmsg([self._relay_header(endpoint), data], [], 0, via)
+
+    def _relay_header(self, endpoint: Endpoint) -> bytes:
         header = self._relay_headers.get(endpoint)
         if header is None:
             address = ipaddress.IPv6Address(endpoint[0]).packed
@@ -117,14 +121,16 @@ class UdpTransport:
             if len(self._relay_headers) > _MAX_CACHED_ENDPOINTS:
                 self._relay_headers.clear()
             self._relay_headers[endpoint] = header
-        with contextlib.suppress(OSError):
-            self.sock.sendmsg([header, data], [], 0, via)
+        return header
 
     def sendto_batch(self, datagrams: memoryview, size: int, endpoint: Endpoint) -> None:
         """Send datagrams lying back to back in ``datagrams``, each ``size`` bytes (the last may be shorter),
         to one endpoint: with GSO in as few system calls as the kernel allows, else one by one."""
         total = len(datagrams)
-        if not self.gso or total <= size or endpoint[1] == RELAY_PORT:
+        if endpoint[1] == RELAY_PORT:
+            self._send_relayed_batch(datagrams, size, endpoint)
+            return
+        if not self.gso or total <= size:
             for start in range(0, total, size):
                 self.sendto(datagrams[start : start + size], endpoint)
             return
@@ -134,6 +140,33 @@ class UdpTransport:
                 for single in range(start, total, size):
                     self.sendto(datagrams[single : single + size], endpoint)
                 return
+
+    def _send_relayed_batch(self, datagrams: memoryview, size: int, endpoint: Endpoint) -> None:
+        """Datagrams for a relayed path, each behind its own relay header, in GSO sends of segments of
+        ``size`` + header to the base when the kernel allows (the base relays them the same way)."""
+        via, total = self._relay_via, len(datagrams)
+        if via is None:
+            return
+        if not self.gso or total <= size or size + basewire.RELAY_HEADER_SIZE > self._gso_max_segment:
+            for start in range(0, total, size):
+                self._send_relayed(datagrams[start : start + size], endpoint)
+            return
+        header = self._relay_header(endpoint)
+        segment = size + basewire.RELAY_HEADER_SIZE
+        per_send = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // segment))
+        option = [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment))]
+        for first in range(0, total, size * per_send):
+            parts: list[bytes | memoryview] = []
+            for start in range(first, min(total, first + size * per_send), size):
+                parts += (header, datagrams[start : start + size])
+            try:
+                self.sock.sendmsg(parts, option, 0, via)
+            except OSError as exc:
+                if exc.errno in _GSO_FAILURES or exc.errno in _GSO_TOO_BIG:
+                    for start in range(first, total, size):
+                        self._send_relayed(datagrams[start : start + size], endpoint)
+                    return
+                # full buffers, unreachable networks: packet loss
 
     def send_many(self, datagrams: list[tuple[Endpoint, bytes]]) -> None:
         """Send datagrams in order; runs of them for one endpoint with one size (the last of a run may be

@@ -186,6 +186,40 @@ class BaseServer:
         self.counters["relayed_bytes"] += len(frame)
         return [(target.endpoint, relayed)]
 
+    def relay_in_place(
+        self, buffer: bytearray, size: int, segment: int, endpoint: Endpoint
+    ) -> Endpoint | None:
+        """The fast path for a batch of relay messages from one sender (``size`` bytes of ``segment``-sized
+        datagrams, the last maybe shorter, as UDP GRO hands them over): when every one is a well-formed relay
+        message to the same registered destination, rewrite each header in place into a relayed one (same
+        length: type and address only) and return where the whole batch goes, to be sent as it lies. None: not
+        such a batch, nothing changed; the caller hands each datagram to ``receive``."""
+        sender = self._sender(endpoint)
+        if sender is None or segment <= basewire.RELAY_HEADER_SIZE:
+            return None
+        view = memoryview(buffer)
+        destination = bytes(view[basewire.HEADER_SIZE : basewire.RELAY_HEADER_SIZE])
+        target = self.clients.get(destination)
+        if target is None:
+            return None
+        expected = basewire.header(basewire.MSG_BASE_RELAY) + destination
+        starts = range(0, size, segment)
+        for start in starts:
+            if (
+                size - start <= basewire.RELAY_HEADER_SIZE
+                or view[start : start + basewire.RELAY_HEADER_SIZE] != expected
+            ):
+                return None
+        relayed = basewire.relay_header(basewire.MSG_BASE_RELAYED, sender.address)
+        for start in starts:
+            view[start : start + basewire.RELAY_HEADER_SIZE] = relayed
+        frames = len(starts)
+        payload = size - frames * basewire.RELAY_HEADER_SIZE
+        sender.relayed_bytes += payload
+        self.counters["relayed_frames"] += frames
+        self.counters["relayed_bytes"] += payload
+        return target.endpoint
+
     # ------------------------------------------------------------------ timers and status
     def expire(self, now: float) -> int:
         """Forget clients that stopped refreshing; returns how many."""

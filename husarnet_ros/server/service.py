@@ -13,11 +13,13 @@ import logging
 import select
 import signal
 import socket
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from ..core import basewire
 from ..core.base_client import DEFAULT_BASE_PORT
 from ..core.errors import HusarnetError
 from ..fileio import atomic_write_text
@@ -25,7 +27,9 @@ from .registry import DEFAULT_MAX_CLIENTS, BaseServer
 
 log = logging.getLogger("husarnet_ros.base_server")
 
-_MAX_DATAGRAM = 65535
+RECEIVE_BUFFER_SIZE = 65536 + 4096  # a GRO receive returns up to 64 KB
+UDP_SEGMENT = 103  # linux/udp.h (Python 3.11 does not name them)
+UDP_GRO = 104
 _EXPIRE_EVERY_S = 1.0
 _SOCKET_BUFFER = 4 * 1024 * 1024
 
@@ -67,8 +71,57 @@ class BaseServerService:
         self.engine = BaseServer(max_clients=config.max_clients)
         self.sock = open_socket(config.listen, config.udp_port)
         self.port = self.sock.getsockname()[1]
+        # UDP GRO/GSO where the kernel has them: a relayed stream moves in batches, not datagram by datagram.
+        self._gso = _try_option(self.sock, UDP_SEGMENT, 0)
+        gro = _try_option(self.sock, UDP_GRO, 1)
+        self._ancillary = socket.CMSG_SPACE(4) if gro else 0
         self._stopping = False
         self.started = time.monotonic()
+
+    def _handle(self, buffer: bytearray, size: int, segment: int, endpoint: tuple[str, int]) -> None:
+        engine = self.engine
+        if buffer[0] == basewire.MSG_BASE_RELAY:
+            # Relayed traffic (a TCP stream through the relay) comes as batches of equal datagrams from one
+            # client to one peer: rewritten in place and sent on in one GSO send when the kernel allows.
+            target = engine.relay_in_place(buffer, size, segment, endpoint)
+            if target is not None:
+                self._send_batch(memoryview(buffer)[:size], segment, target)
+                return
+        now = time.monotonic()
+        view = memoryview(buffer)
+        for start in range(0, size, segment):
+            datagram = bytes(view[start : min(size, start + segment)])
+            for target, answer in engine.receive(datagram, endpoint, now):
+                self._send(answer, target)
+
+    def _send(self, data: bytes | memoryview, target: tuple[str, int]) -> None:
+        try:
+            self.sock.sendto(data, target)
+        except OSError as exc:
+            self.engine.counters["send_errors"] += 1
+            log.debug("send to %s failed: %s", target, exc)
+
+    def _send_batch(self, data: memoryview, segment: int, target: tuple[str, int]) -> None:
+        if len(data) > segment and self._gso:
+            try:
+                self.sock.sendmsg(
+                    [data], [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment))], 0, target
+                )
+                return
+            except OSError as exc:
+                if exc.errno not in (
+                    errno.EINVAL,
+                    errno.EMSGSIZE,
+                    errno.EIO,
+                    errno.ENOPROTOOPT,
+                    errno.EOPNOTSUPP,
+                ):
+                    self.engine.counters["send_errors"] += 1
+                    return
+                log.info("UDP segmentation refused (%s); relaying datagrams one by one", exc)
+                self._gso = False
+        for start in range(0, len(data), segment):
+            self._send(data[start : start + segment], target)
 
     def stop(self, _signum: int | None = None, _frame: FrameType | None = None) -> None:
         self._stopping = True
@@ -100,6 +153,7 @@ class BaseServerService:
 
     def run(self) -> None:
         sock, engine = self.sock, self.engine
+        buffer = bytearray(RECEIVE_BUFFER_SIZE)
         next_expire = next_report = time.monotonic()
         log.info("base server listening on UDP %s port %d", self.config.listen, self.port)
         while not self._stopping:
@@ -118,20 +172,33 @@ class BaseServerService:
                 continue
             for _ in range(256):  # a bounded batch, then the timers again
                 try:
-                    data, addr = sock.recvfrom(_MAX_DATAGRAM, socket.MSG_DONTWAIT)
+                    size, ancillary, _flags, addr = sock.recvmsg_into(
+                        [buffer], self._ancillary, socket.MSG_DONTWAIT
+                    )
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:  # ICMP errors of earlier sends: not the socket's end
                     log.debug("receive error: %s", exc)
                     continue
-                for target, answer in engine.receive(data, (addr[0], addr[1]), time.monotonic()):
-                    try:
-                        sock.sendto(answer, target)
-                    except OSError as exc:
-                        engine.counters["send_errors"] += 1
-                        log.debug("send to %s failed: %s", target, exc)
+                if size:
+                    self._handle(buffer, size, _gro_segment(ancillary, size), (addr[0], addr[1]))
         self._report()
         sock.close()
+
+
+def _try_option(sock: socket.socket, option: int, value: int) -> bool:
+    try:
+        sock.setsockopt(socket.SOL_UDP, option, value)
+    except OSError:
+        return False
+    return True
+
+
+def _gro_segment(ancillary: list[tuple[int, int, bytes]], size: int) -> int:
+    for level, kind, data in ancillary:
+        if level == socket.SOL_UDP and kind == UDP_GRO and len(data) >= 4:
+            return struct.unpack_from("=i", data)[0] or size
+    return size
 
 
 def run(config: BaseServerConfig) -> int:
