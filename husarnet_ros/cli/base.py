@@ -107,7 +107,7 @@ def base_add(address: str) -> None:
 @click.argument("address", metavar="HOST[:PORT]")
 @json_option
 def base_rm(address: str) -> None:
-    """Stop using the base server HOST[:PORT] (peers reached through it look for another path at once).
+    """Stop using the base server HOST[:PORT] (peers relayed through it move to the next registered one).
 
     \b
     Example:
