@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -44,10 +45,20 @@ def parse_base_server(text: str) -> tuple[str, int]:
     if value.startswith("["):
         host, sep, rest = value[1:].partition("]")
         port_text = rest[1:] if rest.startswith(":") else ""
-        if not sep or (rest and not rest.startswith(":")):
+        if not sep or (rest and not rest.startswith(":")) or rest == ":":
             raise ConfigError(f"base server {text!r}: expected [address]:port")
     elif value.count(":") == 1:
         host, _, port_text = value.partition(":")
+        if not port_text:
+            raise ConfigError(f"base server {text!r}: empty port after ':'")
+    elif ":" in value:
+        host, port_text = value, ""
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(
+                f"base server {text!r}: not an IPv6 address; write [address]:port or host:port"
+            ) from None
     else:
         host, port_text = value, ""
     if not host:
@@ -78,7 +89,8 @@ class BaseLink:
     registered_at: float | None = None
     last_answer: float | None = None
     unanswered: int = 0
-    hello_sent_at: float | None = None
+    hello_sent_at: float | None = None  # the hello waiting for its answer (None after ANSWER_TIMEOUT_S)
+    challenge_wanted_until: float = -1.0  # a challenge is answered only shortly after our own hello
     next_hello_at: float = 0.0
     refresh_s: float = KEEPALIVE_S
 
@@ -128,6 +140,7 @@ class BaseClient:
     def tick(self, now: float) -> None:
         for link in self.links:
             if link.hello_sent_at is not None and now - link.hello_sent_at >= ANSWER_TIMEOUT_S:
+                sent = link.hello_sent_at
                 link.hello_sent_at = None
                 link.unanswered += 1
                 if link.unanswered >= DOWN_AFTER_UNANSWERED and link.state is not BaseState.DOWN:
@@ -135,8 +148,9 @@ class BaseClient:
                     link.rtt_ms = None
                     self.counters["base_down"] += 1
                     self._choose_home()
-                link.next_hello_at = now + (
-                    ANSWER_TIMEOUT_S if link.state is not BaseState.DOWN else min(RETRY_MAX_S, KEEPALIVE_S)
+                # Retry at once while it may only have lost a datagram; a down base every RETRY_MAX_S.
+                link.next_hello_at = sent + (
+                    RETRY_MAX_S if link.state is BaseState.DOWN else ANSWER_TIMEOUT_S
                 )
             if link.hello_sent_at is None and now >= link.next_hello_at:
                 self._hello(link, now)
@@ -160,6 +174,7 @@ class BaseClient:
 
     def _hello(self, link: BaseLink, now: float) -> None:
         link.hello_sent_at = now
+        link.challenge_wanted_until = now + RETRY_MAX_S
         self.outbox.append((link.endpoint, basewire.encode_hello()))
 
     # ------------------------------------------------------------------ input
@@ -189,6 +204,12 @@ class BaseClient:
             self.counters["drop_base_malformed"] += 1
 
     def _on_challenge(self, link: BaseLink, challenge: basewire.Challenge, now: float) -> None:
+        # One signed registration per hello of ours, and only soon after it: a forged challenge (the base's
+        # address is easy to spoof) must not make us sign and send more than it cost.
+        if now > link.challenge_wanted_until:
+            self.counters["drop_base_unsolicited"] += 1
+            return
+        link.challenge_wanted_until = -1.0
         if link.hello_sent_at is not None:
             sample = (now - link.hello_sent_at) * 1000.0
             link.rtt_ms = sample if link.rtt_ms is None else 0.7 * link.rtt_ms + 0.3 * sample

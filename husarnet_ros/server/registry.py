@@ -123,9 +123,9 @@ class BaseServer:
         if address is None:
             self.counters["drop_bad_key"] += 1
             return []
-        if not verify_signature(
-            message.public_key, basewire.REGISTER_CONTEXT + message.signed_part(), message.signature
-        ):
+        # Over the bytes received, not a re-encoding: what was signed is exactly what came.
+        signed = bytes(data[: len(data) - len(message.signature)])
+        if not verify_signature(message.public_key, basewire.REGISTER_CONTEXT + signed, message.signature):
             self.counters["drop_bad_signature"] += 1
             return []
         client = self.clients.get(address)
@@ -139,7 +139,9 @@ class BaseServer:
             self.counters["registrations"] += 1
         else:
             if client.endpoint != endpoint:
-                self._by_endpoint.pop(client.endpoint, None)
+                # The old endpoint may be someone else's by now (a NAT reuses mappings): only ours goes.
+                if self._by_endpoint.get(client.endpoint) == address:
+                    del self._by_endpoint[client.endpoint]
                 client.endpoint = endpoint
             client.local_endpoints = message.local_endpoints
             client.last_seen = now
