@@ -40,6 +40,7 @@ from report import aggregate, markdown, save, targets  # noqa: E402
 from tunnels import (  # noqa: E402
     Tunnel,
     husarnet_ros_overlay,
+    husarnet_ros_relayed,
     make_workdir,
     raw_veth,
     tool_version,
@@ -67,6 +68,9 @@ def path_specs(daemon_args: list[str]) -> dict[str, PathSpec]:
     def overlay(lab: Lab, client: Host, server: Host, workdir: Path) -> Tunnel:
         return husarnet_ros_overlay(lab, client, server, workdir, daemon_args)
 
+    def relayed(lab: Lab, client: Host, server: Host, workdir: Path) -> Tunnel:
+        return husarnet_ros_relayed(lab, client, server, workdir, daemon_args)
+
     return {
         "raw veth": PathSpec(raw_veth, ()),
         "wireguard-go": PathSpec(wireguard_go, ("wg", "wireguard-go")),
@@ -75,6 +79,7 @@ def path_specs(daemon_args: list[str]) -> dict[str, PathSpec]:
         "nebula": PathSpec(nebula, ("nebula", "nebula-cert")),
         "n2n": PathSpec(n2n, ("edge", "supernode")),
         "husarnet_ros": PathSpec(overlay, ()),
+        "husarnet_ros relayed": PathSpec(relayed, ("nft",)),
     }
 
 

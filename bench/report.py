@@ -12,6 +12,7 @@ from typing import Any
 OURS = "husarnet_ros"
 UNDERLAY = "raw veth"
 JUMBO = "wireguard-go MTU 9000"
+RELAYED = "husarnet_ros relayed"  # through a base server's relay; judged against the direct path
 DEFAULT_PEERS = ("wireguard-go", "tinc", "nebula", "n2n")  # the VPNs at their default settings
 DASH = "-"
 EN_DASH = "\u2013"  # between the min and max of a range
@@ -87,6 +88,7 @@ class Target:
     against: str  # BEST_DEFAULT, BEST_PEER, JUMBO or ABSOLUTE
     bound: float  # a ratio, or for ABSOLUTE a value in ``unit``
     strict: bool = False  # "<" rather than "<=" (">=" is never strict)
+    ours: str = OURS  # the path judged
 
     def describe(self) -> str:
         sign = ">=" if self.higher_is_better else ("<" if self.strict else "<=")
@@ -109,13 +111,14 @@ TARGETS = (
     Target("CPU per Gbit, 1 stream", "cpu_1_s_per_gbit", "s", False, BEST_PEER, 1.0, strict=True),
     Target("CPU per Gbit, 4 streams", "cpu_4_s_per_gbit", "s", False, BEST_PEER, 1.0, strict=True),
     Target("start-up", "startup_s", "s", False, ABSOLUTE, 0.5, strict=True),
+    Target("TCP 1 stream, relayed", "tcp_1_mbit", "Mbit/s", True, OURS, 0.5, ours=RELAYED),
 )
 
 
 def comparator(summary: dict[str, dict[str, Any]], target: Target) -> tuple[str | None, float | None]:
     """The name and median of what ``target`` compares with: one named path, or the best of a group."""
-    if target.against == JUMBO:
-        return JUMBO, median(summary, JUMBO, target.metric)
+    if target.against in (JUMBO, OURS):  # one named path
+        return target.against, median(summary, target.against, target.metric)
     group = DEFAULT_PEERS if target.against == BEST_DEFAULT else (*DEFAULT_PEERS, JUMBO)
     measured = [
         (name, value) for name in group if (value := median(summary, name, target.metric)) is not None
@@ -131,7 +134,7 @@ def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     (None when something it needs was not measured)."""
     rows = []
     for target in TARGETS:
-        ours = median(summary, OURS, target.metric)
+        ours = median(summary, target.ours, target.metric)
         name, value = comparator(summary, target)
         ratio = ours / value if ours is not None and value else None
         judged = ours if target.against == ABSOLUTE else ratio
@@ -188,7 +191,7 @@ def _compared(row: dict[str, Any]) -> str:
     name, against = row["compared_with"], str(row["against"])
     if name is None:
         return DASH
-    if against == JUMBO:
+    if against in (JUMBO, OURS):
         return str(name)
     return f"{'best peer, for scale' if against == ABSOLUTE else against}: {name}"
 

@@ -27,9 +27,11 @@ from typing import Any
 
 from measure import first_reply
 
+from husarnet_ros.core.constants import DEFAULT_UDP_PORT
 from husarnet_ros.core.whitelist import Whitelist
 from husarnet_ros.daemon.state import StateDir
 from husarnet_ros.fileio import atomic_write_text
+from husarnet_ros.testing.lab_base import LabBaseServer
 from husarnet_ros.testing.lab_daemon import Daemon
 from husarnet_ros.testing.netlab import Host, Lab, LabError, wait_until
 
@@ -301,6 +303,52 @@ def husarnet_ros_overlay(
             end: _daemon_view(daemon) for end, daemon in zip(("client", "server"), daemons, strict=True)
         },
     )
+
+
+RELAY_BASE_PORT = 5583  # the bench's base server: next to the server's daemon, on another port
+_RELAY_TABLE = "bench_relay"
+
+
+def husarnet_ros_relayed(
+    lab: Lab, client: Host, server: Host, workdir: Path, daemon_args: Sequence[str] = ()
+) -> Tunnel:
+    """The same two daemons, but every datagram between them goes through a base server's relay: it runs in
+    the server's namespace (the pair has no third host), nftables drops daemon-to-daemon datagrams both
+    ways, and discovery is pointed at a network nobody is on, so the base server is the only way."""
+    base = LabBaseServer.start(server, RELAY_BASE_PORT)
+    rules = [
+        (client, f"udp dport {DEFAULT_UDP_PORT} ip daddr {server.ipv4} drop"),
+        (server, f"udp sport {DEFAULT_UDP_PORT} udp dport {DEFAULT_UDP_PORT} drop"),
+    ]
+    for host, rule in rules:
+        chain = f"chain out {{\n type filter hook output priority 0;\n {rule}\n}}"
+        ruleset = f"table inet {_RELAY_TABLE} {{\n{chain}\n}}\n"
+        host.run(["nft", "-f", "-"], input=ruleset)
+    args = [*daemon_args, "--base-server", base.address, "--discovery-networks", "198.19.255.0/24"]
+    try:
+        tunnel = husarnet_ros_overlay(lab, client, server, workdir, args)
+    except Exception:
+        base.stop()
+        base.remove_files()
+        raise
+    path = (tunnel.snapshot()["client"]["peer"] or {}).get("path")
+    if path != "tunnelled":
+        tunnel.stop()
+        base.stop()
+        raise LabError(f"the relayed path is {path!r}, not tunnelled")
+    stop_daemons = tunnel.stop
+
+    def stop() -> None:
+        stop_daemons()
+        base.stop()
+        base.remove_files()
+
+    assert base.process is not None
+    tunnel.name = "husarnet_ros relayed"
+    tunnel.tunnel_pids.append(base.process.pid)  # the relay's CPU counts too
+    tunnel.stop = stop
+    tunnel.details["base_server"] = base.address
+    return tunnel
 
 
 def _daemon_view(daemon: Daemon) -> dict[str, Any]:
