@@ -577,6 +577,10 @@ class Node:
         if not session.confirmed and not session.confirm_posted and (current or session is peer.next):
             session.confirm_posted = True
             self._post(SessionWorks(peer, session, endpoint, now), self.rx_counters)
+        if route is not None and endpoint == route.endpoint:
+            # Liveness is judged by what comes from the route's own endpoint: frames that arrive another way
+            # (over the relay while the direct path is dead) must not make a dead route look answered.
+            peer.route_heard_at = now
         if route is None or not current or kind == wire.INNER_PONG:
             return  # pongs report their endpoint themselves (PongSeen)
         if endpoint != route.endpoint or not peer.path_alive:
@@ -863,6 +867,7 @@ class Node:
             peer.previous_expires = now + PREVIOUS_SESSION_GRACE
         self._sessions[session.local_index] = session
         peer.route = Route(session, endpoint)
+        peer.route_heard_at = max(peer.route_heard_at, now)
         peer.path_alive = session.confirmed
         peer.path_epoch += 1
         peer.path_lost_at = None
@@ -893,7 +898,7 @@ class Node:
 
     def _announce(self, peer: Peer, before: PathKind) -> None:
         after = peer.path
-        if before is PathKind.NONE and after is PathKind.DIRECT and peer.endpoint is not None:
+        if before is PathKind.NONE and after is not PathKind.NONE and peer.endpoint is not None:
             self.events.append(PeerUp(peer.address, peer.endpoint))
 
     def _abandon_initiation(self, peer: Peer) -> None:
@@ -957,6 +962,7 @@ class Node:
         lost_at = peer.path_lost_at
         if endpoint != route.endpoint:
             peer.route = Route(route.session, endpoint)
+        peer.route_heard_at = max(peer.route_heard_at, now)  # an authenticated frame came from it just now
         peer.path_alive = True
         peer.path_epoch += 1
         peer.path_lost_at = None
@@ -992,7 +998,7 @@ class Node:
         """Since when traffic on the route has gone unanswered (data or pings sent after the last
         authenticated frame received), or None."""
         session = route.session
-        heard = session.last_received
+        heard = peer.route_heard_at
         oldest = session.first_unanswered_send if session.first_unanswered_send > heard else None
         for probe in peer.probes.values():
             if (

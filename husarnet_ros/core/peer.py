@@ -163,6 +163,9 @@ class Peer:
     tx_bytes: int = 0  # send thread
     tx_bytes_queued: int = 0  # packets queued before the session existed, sent by the control loop
     roam_posted: tuple[int, Endpoint] | None = None  # receive thread: last (path_epoch, endpoint) reported
+    route_heard_at: float = (
+        0.0  # receive thread (and route changes): last authenticated frame from the route's endpoint
+    )
     # hole punching: after a base server named candidates, probe them every PUNCH_INTERVAL until then
     punch_until: float = 0.0
     next_punch_at: float = 0.0

@@ -54,7 +54,7 @@ from ..core.node import (
     PeerUp,
     PongReceived,
 )
-from ..core.peer import PathKind, Peer, format_endpoint
+from ..core.peer import Endpoint, PathKind, Peer, format_endpoint, is_relay
 from ..core.whitelist import Whitelist as Acl
 from .controller import BadValue, Conflict, InvalidRequest, NotFound, NotReady, StorageError
 from .log_ring import LogRing
@@ -188,9 +188,7 @@ class NodeController:
     # ------------------------------------------------------------------ node events (owner's thread)
     def on_event(self, event: Event) -> None:
         if isinstance(event, PeerUp):
-            log.info(
-                "peer %s up, direct via %s", format_address(event.address), format_endpoint(event.endpoint)
-            )
+            log.info("peer %s up, %s", format_address(event.address), _path_text(event.endpoint))
         elif isinstance(event, PeerDown):
             log.info("peer %s down (%s)", format_address(event.address), event.reason)
         elif isinstance(event, PathLost):
@@ -201,10 +199,7 @@ class NodeController:
             )
         elif isinstance(event, PathChanged):
             log.info(
-                "peer %s: direct via %s (%s)",
-                format_address(event.address),
-                format_endpoint(event.endpoint),
-                event.reason,
+                "peer %s: %s (%s)", format_address(event.address), _path_text(event.endpoint), event.reason
             )
         elif isinstance(event, PongReceived):
             loop = self._ping_loop
@@ -554,6 +549,12 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _path_text(endpoint: Endpoint) -> str:
+    return (
+        "tunnelled via the base server" if is_relay(endpoint) else f"direct via {format_endpoint(endpoint)}"
+    )
 
 
 def _parse(address: str) -> bytes:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-import pytest
 from fixed_identities import fixed_identity
 
 from husarnet_ros.core import wire
@@ -232,13 +231,6 @@ def test_when_the_direct_path_breaks_traffic_falls_back_to_the_relay_within_seco
     assert pair.exchange(b"relayed again")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: frames relayed from the peer refresh session.last_received, which hides the unanswered "
-    "sends on the dead direct route (Node._unanswered_since), and _on_endpoint_seen ignores relayed frames "
-    "while the route looks alive: the side that did not detect the loss first keeps sending into the dead "
-    "direct path for as long as the other side sends through the relay at least about once a second",
-)
 def test_the_side_that_falls_back_second_is_not_kept_on_a_dead_direct_path_by_relayed_frames() -> None:
     """a streams to b; the direct path dies; a notices first (b is quiet) and moves to the relay. When b
     then starts answering, its packets must reach a too: b's sends to the dead endpoint go unanswered, so
