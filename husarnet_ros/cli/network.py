@@ -229,7 +229,10 @@ def wait_base(timeout: float) -> None:
     while ready:
         status = client.status()
         if not status.base_servers:
-            fail("the daemon has no base server configured (daemon --base-server HOST[:PORT])")
+            fail(
+                "the daemon has no base server configured "
+                "(husarnet-ros base add HOST[:PORT], or daemon --base-server)"
+            )
         if status.base is not None and status.base.state == "registered":
             reached = True
             break

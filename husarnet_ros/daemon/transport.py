@@ -71,8 +71,8 @@ class UdpTransport:
             raise TransportError(f"cannot bind UDP port {port}: {exc.strerror or exc}") from None
         self.sock = sock
         self.port = sock.getsockname()[1]
-        self.gso = offload and _try_option(sock, UDP_SEGMENT, 0)  # 0: no default size, only per send
-        self.gro = offload and _try_option(sock, UDP_GRO, 1)
+        self.gso = offload and try_udp_option(sock, UDP_SEGMENT, 0)  # 0: no default size, only per send
+        self.gro = offload and try_udp_option(sock, UDP_GRO, 1)
         self._gro_ancillary = socket.CMSG_SPACE(4) if self.gro else 0
         self._gso_max_segment = 0xFFFF  # lowered when the kernel refuses a segment size (see _gso_send)
         # Conversions cached both ways: the hot path must not re-parse addresses per packet. Every thread
@@ -216,11 +216,7 @@ class UdpTransport:
         """Receive into ``buffer``: (bytes received, size of each datagram in them, sender). Without GRO, or
         for a datagram that was not coalesced, the size is the whole length."""
         size, ancillary, _flags, addr = self.sock.recvmsg_into([buffer], self._gro_ancillary)
-        segment = size
-        for level, kind, data in ancillary:
-            if level == socket.SOL_UDP and kind == UDP_GRO and len(data) >= 4:
-                segment = struct.unpack_from("=i", data)[0] or size
-        return size, segment, self._endpoint_of(addr)
+        return size, gro_segment(ancillary, size), self._endpoint_of(addr)
 
     def _endpoint_of(self, addr: tuple[str, int, int, int]) -> Endpoint:
         key = (addr[0], addr[1], addr[3])
@@ -258,12 +254,21 @@ def _set_buffers(sock: socket.socket) -> None:
                 sock.setsockopt(socket.SOL_SOCKET, plain, _SOCKET_BUFFER)
 
 
-def _try_option(sock: socket.socket, option: int, value: int) -> bool:
+def try_udp_option(sock: socket.socket, option: int, value: int) -> bool:
     try:
         sock.setsockopt(socket.SOL_UDP, option, value)
     except OSError:
         return False
     return True
+
+
+def gro_segment(ancillary: list[tuple[int, int, bytes]], size: int) -> int:
+    """The size of each datagram in a receive of ``size`` bytes: the UDP_GRO segment size the kernel reports
+    with a coalesced receive, else the whole."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_UDP and kind == UDP_GRO and len(data) >= 4:
+            return int(struct.unpack_from("=i", data)[0]) or size
+    return size
 
 
 def _interface_name(index: int) -> str:

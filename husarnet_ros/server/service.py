@@ -22,14 +22,12 @@ from types import FrameType
 from ..core import basewire
 from ..core.base_client import DEFAULT_BASE_PORT
 from ..core.errors import HusarnetError
+from ..daemon.transport import RECEIVE_BUFFER_SIZE, UDP_GRO, UDP_SEGMENT, gro_segment, try_udp_option
 from ..fileio import atomic_write_text
 from .registry import DEFAULT_MAX_CLIENTS, BaseServer
 
 log = logging.getLogger("husarnet_ros.base_server")
 
-RECEIVE_BUFFER_SIZE = 65536 + 4096  # a GRO receive returns up to 64 KB
-UDP_SEGMENT = 103  # linux/udp.h (Python 3.11 does not name them)
-UDP_GRO = 104
 _EXPIRE_EVERY_S = 1.0
 _SOCKET_BUFFER = 4 * 1024 * 1024
 
@@ -72,8 +70,8 @@ class BaseServerService:
         self.sock = open_socket(config.listen, config.udp_port)
         self.port = self.sock.getsockname()[1]
         # UDP GRO/GSO where the kernel has them: a relayed stream moves in batches, not datagram by datagram.
-        self._gso = _try_option(self.sock, UDP_SEGMENT, 0)
-        gro = _try_option(self.sock, UDP_GRO, 1)
+        self._gso = try_udp_option(self.sock, UDP_SEGMENT, 0)
+        gro = try_udp_option(self.sock, UDP_GRO, 1)
         self._ancillary = socket.CMSG_SPACE(4) if gro else 0
         self._stopping = False
         self.started = time.monotonic()
@@ -181,24 +179,9 @@ class BaseServerService:
                     log.debug("receive error: %s", exc)
                     continue
                 if size:
-                    self._handle(buffer, size, _gro_segment(ancillary, size), (addr[0], addr[1]))
+                    self._handle(buffer, size, gro_segment(ancillary, size), (addr[0], addr[1]))
         self._report()
         sock.close()
-
-
-def _try_option(sock: socket.socket, option: int, value: int) -> bool:
-    try:
-        sock.setsockopt(socket.SOL_UDP, option, value)
-    except OSError:
-        return False
-    return True
-
-
-def _gro_segment(ancillary: list[tuple[int, int, bytes]], size: int) -> int:
-    for level, kind, data in ancillary:
-        if level == socket.SOL_UDP and kind == UDP_GRO and len(data) >= 4:
-            return struct.unpack_from("=i", data)[0] or size
-    return size
 
 
 def run(config: BaseServerConfig) -> int:
