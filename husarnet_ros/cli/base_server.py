@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..core.base_client import DEFAULT_BASE_PORT
+from ..core.base_client import DEFAULT_BASE_PORT, DEFAULT_BASE_TCP_PORT
 
 
 @click.command("base-server")
@@ -20,6 +20,14 @@ from ..core.base_client import DEFAULT_BASE_PORT
     show_default=True,
     help="UDP port.",
 )
+@click.option(
+    "--tcp-port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_BASE_TCP_PORT,
+    show_default=True,
+    help="TCP port for clients whose network lets no UDP out (the same messages, length-prefixed).",
+)
+@click.option("--no-tcp", is_flag=True, help="Do not listen on TCP.")
 @click.option(
     "--max-clients",
     type=click.IntRange(1, 10_000_000),
@@ -49,6 +57,8 @@ from ..core.base_client import DEFAULT_BASE_PORT
 def base_server(
     listen: str,
     udp_port: int,
+    tcp_port: int,
+    no_tcp: bool,
     max_clients: int,
     status_interval: float,
     status_file: Path | None,
@@ -63,14 +73,16 @@ def base_server(
 
     \b
     Example:
-      husarnet-ros base-server --udp-port 5582 --status-file /run/husarnet-ros-base.json
+      husarnet-ros base-server --udp-port 5582 --tcp-port 443 --status-file /run/husarnet-ros-base.json
     """
     from ..server.service import BaseServerConfig, run
 
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    config = BaseServerConfig(listen, udp_port, max_clients, status_interval, status_file, json_log)
+    config = BaseServerConfig(
+        listen, udp_port, None if no_tcp else tcp_port, max_clients, status_interval, status_file, json_log
+    )
     raise SystemExit(run(config))
 
 

@@ -139,6 +139,11 @@ _path = click.Path(dir_okay=True, file_okay=True)
     help="A base server (rendezvous and relay for peers on other networks); repeat for several, they fail "
     "over. Replaces the config file's list. [default port: 5582]",
 )
+@click.option(
+    "--base-tcp-port",
+    type=click.IntRange(0, 65535),
+    help="TCP port of the base servers, used while UDP to one gets no answer; 0: never TCP. [default: 443]",
+)
 def daemon(**options: Any) -> None:
     """Run the husarnet-ros daemon in the foreground (as root; it drops its capabilities once set up).
 

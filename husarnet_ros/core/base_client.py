@@ -32,7 +32,10 @@ RETRY_MAX_S = 5.0  # a down base is retried at least this often
 HOME_SWITCH_RATIO = 0.5
 HOME_SWITCH_MIN_GAIN_MS = 5.0
 CONNECT_INTERVAL_S = 5.0  # at most one rendezvous request per peer this often
+UDP_RETRY_S = 15.0  # while a base is reached over TCP, try UDP again this often (and go back when it answers)
+TCP_RETRY_S = 10.0  # after TCP to a base failed too, try it again this long later
 DEFAULT_BASE_PORT = 5582
+DEFAULT_BASE_TCP_PORT = 443  # the fallback for networks that let no UDP out
 
 Datagram = tuple[Endpoint, bytes]
 
@@ -80,10 +83,17 @@ class BaseState(enum.Enum):
 
 @dataclass
 class BaseLink:
+    """One base server. ``endpoint`` is where its messages go and come from now: its UDP endpoint, or, while
+    UDP gets no answer, the local end of a TCP bridge (daemon/base_tcp.py) that carries them over TCP."""
+
     name: str  # as configured ("host:port")
     endpoint: Endpoint
     state: BaseState = BaseState.CONNECTING
     transport: str = "udp"
+    udp_endpoint: Endpoint = ("", 0)  # the base's UDP endpoint (set from endpoint when created)
+    tcp_wanted: bool = False  # UDP does not answer: the daemon should open TCP (then call use_tcp)
+    tcp_retry_at: float = 0.0
+    udp_probe_at: float = 0.0  # while on TCP: next hello over UDP
     rtt_ms: float | None = None
     observed: Endpoint | None = None  # our endpoint as this base sees it (the NAT's public side)
     registered_at: float | None = None
@@ -93,6 +103,10 @@ class BaseLink:
     challenge_wanted_until: float = -1.0  # a challenge is answered only shortly after our own hello
     next_hello_at: float = 0.0
     refresh_s: float = KEEPALIVE_S
+
+    def __post_init__(self) -> None:
+        if self.udp_endpoint == ("", 0):
+            self.udp_endpoint = self.endpoint
 
     def status(self, home: bool) -> dict[str, object]:
         return {
@@ -123,14 +137,50 @@ class BaseClient:
     def set_servers(self, servers: list[tuple[str, Endpoint]], now: float) -> None:
         """The configured base servers (name, resolved endpoint), in the user's order; known ones keep their
         state."""
-        known = {(link.name, link.endpoint): link for link in self.links}
+        known = {(link.name, link.udp_endpoint): link for link in self.links}
         self.links = [known.get(key) or BaseLink(key[0], key[1], next_hello_at=now) for key in servers]
         if self._home is not None and self._home not in self.links:
             self._home = None
         self._choose_home()
 
     def is_base(self, endpoint: Endpoint) -> bool:
-        return any(link.endpoint == endpoint for link in self.links)
+        return self._link_for(endpoint) is not None
+
+    def _link_for(self, endpoint: Endpoint) -> BaseLink | None:
+        for link in self.links:
+            if endpoint == link.endpoint or endpoint == link.udp_endpoint:
+                return link
+        return None
+
+    def endpoints(self) -> frozenset[Endpoint]:
+        """Every endpoint base-server messages may come from (UDP, and the TCP bridges in use)."""
+        return frozenset(e for link in self.links for e in (link.endpoint, link.udp_endpoint))
+
+    # ------------------------------------------------------------------ TCP fallback
+    def use_tcp(self, link: BaseLink, bridge: Endpoint, now: float) -> None:
+        """The daemon opened TCP to ``link``'s base; its messages go through ``bridge`` from now on."""
+        link.endpoint, link.transport, link.tcp_wanted = bridge, "tcp", False
+        link.state, link.unanswered = BaseState.CONNECTING, 0
+        link.udp_probe_at = now + UDP_RETRY_S
+        self.counters["base_tcp_fallbacks"] += 1
+        self._hello(link, now)
+
+    def tcp_failed(self, link: BaseLink, now: float) -> None:
+        """TCP to the base could not be opened, or broke: back to UDP (down), TCP again later."""
+        was_tcp = link.transport == "tcp"
+        link.endpoint, link.transport, link.tcp_wanted = link.udp_endpoint, "udp", False
+        link.tcp_retry_at = now + TCP_RETRY_S
+        link.hello_sent_at = None
+        if was_tcp and link.state is not BaseState.DOWN:
+            link.state = BaseState.DOWN
+            link.rtt_ms = None
+            self.counters["base_down"] += 1
+            self._choose_home()
+        link.next_hello_at = now
+
+    def _back_to_udp(self, link: BaseLink) -> None:
+        link.endpoint, link.transport = link.udp_endpoint, "udp"
+        self.counters["base_udp_again"] += 1
 
     @property
     def home(self) -> BaseLink | None:
@@ -152,8 +202,15 @@ class BaseClient:
                 link.next_hello_at = sent + (
                     RETRY_MAX_S if link.state is BaseState.DOWN else ANSWER_TIMEOUT_S
                 )
+            if link.state is BaseState.DOWN and link.transport == "udp" and now >= link.tcp_retry_at:
+                link.tcp_wanted = True  # UDP gets no answer: the daemon tries TCP
             if link.hello_sent_at is None and now >= link.next_hello_at:
                 self._hello(link, now)
+            if link.transport == "tcp" and now >= link.udp_probe_at:
+                # Does UDP work again? A challenge coming back over it moves the link back (receive).
+                link.udp_probe_at = now + UDP_RETRY_S
+                link.challenge_wanted_until = now + RETRY_MAX_S
+                self.outbox.append((link.udp_endpoint, basewire.encode_hello()))
 
     def next_timer(self, now: float) -> float:
         due = now + KEEPALIVE_S
@@ -181,10 +238,17 @@ class BaseClient:
     def receive(self, data: bytes, endpoint: Endpoint, now: float) -> None:
         """A base-protocol datagram (types 0x11..0x18 but relayed frames); bad or unexpected ones are
         counted and dropped."""
-        link = next((candidate for candidate in self.links if candidate.endpoint == endpoint), None)
+        link = self._link_for(endpoint)
         if link is None:
             self.counters["drop_base_not_configured"] += 1
             return
+        if endpoint != link.endpoint:
+            # Over UDP while the link uses TCP: only the answer to our UDP probe counts, and it means UDP
+            # works again.
+            if not data or data[0] != basewire.MSG_BASE_CHALLENGE or now > link.challenge_wanted_until:
+                self.counters["drop_base_other_transport"] += 1
+                return
+            self._back_to_udp(link)
         try:
             kind = data[0] if data else -1
             if kind == basewire.MSG_BASE_CHALLENGE:

@@ -239,3 +239,45 @@ def encode_unknown() -> bytes:
 
 def decode_unknown(data: bytes | memoryview) -> None:
     check_header(data, "base unknown", exact=HEADER_SIZE)
+
+
+# ---------------------------------------------------------------------- TCP framing
+# Over TCP (for networks that let no UDP out) the same messages travel as frames: a big-endian u16 length,
+# then the message. A zero length is invalid (no message is empty).
+FRAME_LENGTH_SIZE = 2
+MAX_FRAME = 0xFFFF
+
+
+def frame(message: bytes | memoryview) -> bytes:
+    if not 0 < len(message) <= MAX_FRAME:
+        raise ProtocolError(f"a TCP frame holds 1..{MAX_FRAME} bytes, not {len(message)}")
+    return len(message).to_bytes(FRAME_LENGTH_SIZE, "big") + bytes(message)
+
+
+class FrameDecoder:
+    """Cuts a TCP byte stream into messages. ``feed`` returns the complete ones; ProtocolError on a zero
+    length, after which the stream cannot be trusted (close it)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes | memoryview) -> list[bytes]:
+        self._buffer += data
+        messages = []
+        buffer, start = self._buffer, 0
+        while len(buffer) - start >= FRAME_LENGTH_SIZE:
+            length = int.from_bytes(buffer[start : start + FRAME_LENGTH_SIZE], "big")
+            if length == 0:
+                raise ProtocolError("TCP frame of length 0")
+            end = start + FRAME_LENGTH_SIZE + length
+            if end > len(buffer):
+                break
+            messages.append(bytes(buffer[start + FRAME_LENGTH_SIZE : end]))
+            start = end
+        del buffer[:start]
+        return messages
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame held (at most MAX_FRAME + 1)."""
+        return len(self._buffer)

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..api import DEFAULT_CONTROL_SOCKET
-from .base_client import parse_base_server
+from .base_client import DEFAULT_BASE_TCP_PORT, parse_base_server
 from .beacon import DEFAULT_SOURCE_NETWORKS
 from .constants import DEFAULT_MTU, DEFAULT_UDP_PORT, OVERLAY_PREFIX
 from .errors import ConfigError
@@ -98,6 +98,13 @@ class DaemonConfig(BaseModel):
         description="CIDR networks whose LAN discovery beacons are believed (overlay sources never are).",
     )
     discovery_enabled: bool = Field(True, description="Send and listen for LAN multicast beacons.")
+    base_tcp_port: int = Field(
+        DEFAULT_BASE_TCP_PORT,
+        ge=0,
+        le=65535,
+        description="TCP port of the base servers, used while UDP to one gets no answer (a network that lets "
+        "no UDP out); 0: never TCP.",
+    )
     base_servers: list[str] = Field(
         default_factory=list,
         description="Base servers (host, host:port or [IPv6]:port; port 5582 by default) that introduce and "

@@ -19,11 +19,12 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..core.base_client import BaseClient, BaseLink, BaseState, parse_base_server
+from ..core.base_client import DEFAULT_BASE_TCP_PORT, BaseClient, BaseLink, BaseState, parse_base_server
 from ..core.basewire import MAX_ENDPOINTS
 from ..core.identity import Identity
 from ..core.node import Node
 from ..core.peer import Endpoint, PathKind
+from .base_tcp import TcpBridge
 from .transport import UdpTransport
 
 log = logging.getLogger("husarnet_ros.daemon")
@@ -57,7 +58,9 @@ class BaseConnector:
         wanted_peers: Callable[[], Iterable[bytes]],
         local_endpoints: Callable[[], list[Endpoint]],
         now: float,
+        tcp_port: int = DEFAULT_BASE_TCP_PORT,
     ) -> None:
+        """``tcp_port``: the base servers' TCP port, used while UDP gets no answer (0: never TCP)."""
         self._node = node
         self._transport = transport
         self._wanted_peers = wanted_peers
@@ -68,6 +71,9 @@ class BaseConnector:
         self.endpoints: frozenset[Endpoint] = frozenset()
         self._on_endpoints: Callable[[frozenset[Endpoint]], None] | None = None
         self._home: BaseLink | None = None
+        self._home_endpoint: Endpoint | None = None
+        self._tcp_port = tcp_port
+        self._bridges: dict[str, TcpBridge] = {}  # base name -> TCP bridge (while UDP does not work)
         self._next_wanted = now
         self._next_resolve = now
         self._resolve(now)
@@ -106,10 +112,52 @@ class BaseConnector:
                 "base server %s: cannot resolve; trying again in %g s", ", ".join(missing), RESOLVE_RETRY_S
             )
         self.client.set_servers(servers, now)
-        self.endpoints = frozenset(endpoint for _, endpoint in servers)
-        if self._on_endpoints is not None:
-            self._on_endpoints(self.endpoints)
+        for name in [name for name in self._bridges if name not in {n for n, _ in servers}]:
+            self._bridges.pop(name).close()
+        self._publish_endpoints()
         self._next_resolve = now + RESOLVE_RETRY_S if missing else float("inf")
+
+    def _publish_endpoints(self) -> None:
+        endpoints = self.client.endpoints()
+        if endpoints != self.endpoints:
+            self.endpoints = endpoints
+            if self._on_endpoints is not None:
+                self._on_endpoints(endpoints)
+
+    # ------------------------------------------------------------------ TCP fallback
+    def _tend_bridges(self, now: float) -> None:
+        """Open TCP where UDP gets no answer, hand it to the link once connected, and close it when the
+        link is back on UDP or TCP failed too."""
+        for link in self.client.links:
+            bridge = self._bridges.get(link.name)
+            if bridge is None:
+                if link.tcp_wanted and self._tcp_port:
+                    target = (link.udp_endpoint[0], self._tcp_port)
+                    try:
+                        self._bridges[link.name] = TcpBridge(link.name, target, self._transport.port)
+                    except OSError as exc:
+                        log.warning("base server %s: cannot open a TCP bridge: %s", link.name, exc)
+                        self.client.tcp_failed(link, now)
+                    else:
+                        log.info(
+                            "base server %s: no answer over UDP; trying TCP port %d",
+                            link.name,
+                            self._tcp_port,
+                        )
+                continue
+            if bridge.state == "connected" and link.transport == "udp" and link.tcp_wanted:
+                self.client.use_tcp(link, bridge.endpoint, now)
+            elif bridge.state == "failed" or (link.transport == "tcp" and link.state is BaseState.DOWN):
+                self._bridges.pop(link.name).close()
+                self.client.tcp_failed(link, now)
+            elif link.transport == "udp" and not link.tcp_wanted:
+                log.info("base server %s: UDP answers again; TCP closed", link.name)
+                self._bridges.pop(link.name).close()
+
+    def close(self) -> None:
+        for bridge in self._bridges.values():
+            bridge.close()
+        self._bridges.clear()
 
     # ------------------------------------------------------------------ the control loop's round
     def round(self, now: float) -> None:
@@ -120,6 +168,8 @@ class BaseConnector:
             data, endpoint = self.inbox.popleft()
             client.receive(data, endpoint, now)
         client.tick(now)
+        self._tend_bridges(now)
+        self._publish_endpoints()
         self._follow_home(now)
         while client.peer_infos:
             info = client.peer_infos.popleft()
@@ -141,10 +191,16 @@ class BaseConnector:
 
     def _follow_home(self, now: float) -> None:
         home = self.client.home
+        endpoint = None if home is None else home.endpoint
+        if home is self._home and endpoint == self._home_endpoint:
+            return
+        self._transport.set_relay(endpoint)  # also when the home moved between UDP and TCP
+        self._home_endpoint = endpoint
         if home is self._home:
+            if home is not None:
+                log.info("base server %s: now over %s", home.name, home.transport)
             return
         before, self._home = self._home, home
-        self._transport.set_relay(None if home is None else home.endpoint)
         if home is None:
             self._node.withdraw_relay()
             log.warning(

@@ -161,6 +161,7 @@ class Daemon:
             wanted_peers=self.controller.wanted_peers,
             local_endpoints=lambda: local_endpoints(port, {tun_name}),
             now=time.monotonic(),
+            tcp_port=cfg.base_tcp_port,
         )
         self.controller.base = self.base
         self.controller.base_server_names = base_servers
@@ -254,7 +255,7 @@ class Daemon:
     def close(self) -> None:
         if self.dataplane is not None:
             self.dataplane.stopping = True
-        for closer in (self.netwatch, self.discovery, self.transport, self.tun, self.loop):
+        for closer in (self.base, self.netwatch, self.discovery, self.transport, self.tun, self.loop):
             if closer is not None:
                 with contextlib.suppress(Exception):
                     closer.close()

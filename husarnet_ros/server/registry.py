@@ -30,6 +30,13 @@ EXPIRE_AFTER_S = 3 * REFRESH_S + 15  # a client that missed three refreshes is g
 COOKIE_EPOCH_S = 60  # the cookie key changes this often; the current and the previous epoch are accepted
 
 Datagram = tuple[Endpoint, bytes]
+# A client connected over TCP is known by (address, TCP port + this): never equal to a UDP endpoint, so the
+# I/O layer knows which way an answer goes. Its TCP endpoint is no candidate for peers (they speak UDP).
+TCP_PORT_OFFSET = 1 << 16
+
+
+def is_tcp(endpoint: Endpoint) -> bool:
+    return endpoint[1] >= TCP_PORT_OFFSET
 
 
 @dataclass
@@ -44,13 +51,17 @@ class Client:
 
     def candidates(self) -> list[Endpoint]:
         """Where a peer may reach this client: the NAT-observed endpoint first, then its own addresses."""
+        if is_tcp(self.endpoint):
+            return self.local_endpoints[: basewire.MAX_ENDPOINTS]
         observed = _plain(self.endpoint)
         return [observed, *(e for e in self.local_endpoints if e != observed)][: basewire.MAX_ENDPOINTS]
 
 
 def _plain(endpoint: Endpoint) -> Endpoint:
-    """An IPv4 client seen through a dual-stack socket as ::ffff:a.b.c.d, named as IPv4."""
+    """An IPv4 client seen through a dual-stack socket as ::ffff:a.b.c.d, named as IPv4; a TCP one with its
+    real port."""
     host, port = endpoint
+    port %= TCP_PORT_OFFSET
     return (host[7:], port) if host.startswith("::ffff:") and "." in host else (host, port)
 
 

@@ -62,6 +62,7 @@ def test_defaults() -> None:
 def test_field_names_are_exactly_these() -> None:
     assert set(DaemonConfig.model_fields) == {
         "base_servers",
+        "base_tcp_port",
         "offload",
         "state_dir",
         "control_socket",
