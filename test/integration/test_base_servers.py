@@ -25,9 +25,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from husarnet_ros.core.base_client import UDP_RETRY_S
 from husarnet_ros.testing.lab_base import LabBaseServer
 from husarnet_ros.testing.lab_daemon import Daemon, whitelist_each_other
-from husarnet_ros.testing.natlab import NatKind, NatLab, Site
+from husarnet_ros.testing.natlab import NatKind, NatLab, Site, router_ruleset
 from husarnet_ros.testing.netlab import Host, Lab, parse_ping, wait_until
 from husarnet_ros.testing.transfer import tcp_transfer
 
@@ -251,6 +252,43 @@ def test_base_server_failover_and_soft_state(
         wait_until(lambda: used.status()["clients"] == 3, 20.0, interval=0.2, what="clients re-registered")
         wait_until(lambda: ping_ok(a, c, count=1), 20.0, interval=0.2, what="relayed ping after the restart")
         assert transfer_intact(c, a)
+    except BaseException:
+        print(world.logs())
+        raise
+
+
+def test_udp_blocked_robot_goes_tcp_then_back_to_udp_when_udp_works(
+    lab: Lab, daemon_factory: DaemonFactory, world_factory: list[World]
+) -> None:
+    kinds = {"a": NatKind.PORT_RESTRICTED, "f": NatKind.UDP_BLOCKED}
+    world = build(lab, daemon_factory, kinds, bases=1)
+    world_factory.append(world)
+    a, f = world.robots["a"], world.robots["f"]
+    try:
+        f.daemon.cli("wait", "base", "--timeout", "20", timeout=30)
+        assert f.daemon.status()["base"]["transport"] == "tcp"
+        wait_path(a, f, "tunnelled")
+        assert ping_ok(a, f)
+        # The site's firewall opens UDP (now an ordinary port-restricted NAT): within one UDP probe interval
+        # the daemon is back on UDP, and the pair punches through to a direct path.
+        site = f.site
+        site.router.run(["nft", "delete", "table", "ip", site.nft_table])
+        site.router.run(
+            ["nft", "-f", "-"],
+            input=router_ruleset(site.nft_table, NatKind.PORT_RESTRICTED, site.lan_network),
+        )
+        wait_until(
+            lambda: f.daemon.status()["base"]["transport"] == "udp",
+            UDP_RETRY_S + 10,
+            interval=0.2,
+            what="back to UDP",
+        )
+        assert f.daemon.status()["base"]["state"] == "registered"
+        wait_path(a, f, "direct")
+        assert ping_ok(a, f)
+        wait_until(
+            lambda: world.bases[0].status()["tcp_connections"] == 0, 10, interval=0.2, what="TCP closed"
+        )
     except BaseException:
         print(world.logs())
         raise
