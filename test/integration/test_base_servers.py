@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -67,7 +67,13 @@ class World:
         return "\n".join(parts)
 
 
-def build(lab: Lab, daemon_factory: DaemonFactory, kinds: dict[str, NatKind], bases: int) -> World:
+def build(
+    lab: Lab,
+    daemon_factory: DaemonFactory,
+    kinds: dict[str, NatKind],
+    bases: int,
+    before_start: Callable[[dict[str, Robot], list[LabBaseServer]], None] | None = None,
+) -> World:
     net = NatLab(lab)
     servers = [LabBaseServer.start(net.public_host(f"base{i + 1}")) for i in range(bases)]
     robots = {}
@@ -79,6 +85,8 @@ def build(lab: Lab, daemon_factory: DaemonFactory, kinds: dict[str, NatKind], ba
             extra += ["--base-server", server.address]
         daemon = daemon_factory(host, f"robot-{name}", start=False, extra_args=extra)
         robots[name] = Robot(name, site, host, daemon)
+    if before_start is not None:
+        before_start(robots, servers)
     for robot in robots.values():
         robot.daemon.start(wait_ready=False)
     for robot in robots.values():
@@ -289,6 +297,67 @@ def test_udp_blocked_robot_goes_tcp_then_back_to_udp_when_udp_works(
         wait_until(
             lambda: world.bases[0].status()["tcp_connections"] == 0, 10, interval=0.2, what="TCP closed"
         )
+    except BaseException:
+        print(world.logs())
+        raise
+
+
+BLOCK_TABLE = "test_block"
+
+
+def block(site: Site, server: LabBaseServer) -> None:
+    """The site's router drops everything to ``server`` (a base this site cannot reach for a while)."""
+    rule = f"ip daddr {server.host.ipv4} drop"
+    chain = f"chain blocked {{\n type filter hook forward priority -10;\n {rule}\n}}"
+    site.router.run(["nft", "-f", "-"], input=f"table ip {BLOCK_TABLE} {{\n{chain}\n}}\n")
+
+
+def unblock(site: Site) -> None:
+    site.router.run(["nft", "delete", "table", "ip", BLOCK_TABLE])
+
+
+def registered_with(robot: Robot) -> set[str]:
+    return {s["address"] for s in robot.daemon.status()["base_servers"] if s["state"] == "registered"}
+
+
+def test_robots_homed_on_different_base_servers_reach_each_other(
+    lab: Lab, daemon_factory: DaemonFactory, world_factory: list[World]
+) -> None:
+    # a starts where only base 1 answers, c where only base 2 does: each makes that one its home. Then both
+    # bases are reachable from both sites; the homes stay (neither is clearly faster), and the relayed pair
+    # (port-restricted with symmetric) works both ways: a relays through base 1, c through base 2, each
+    # reaching the other because every robot registers with every base it knows.
+    def split(robots: dict[str, Robot], servers: list[LabBaseServer]) -> None:
+        block(robots["a"].site, servers[1])
+        block(robots["c"].site, servers[0])
+
+    kinds = {"a": NatKind.PORT_RESTRICTED, "c": NatKind.SYMMETRIC}
+    world = build(lab, daemon_factory, kinds, bases=2, before_start=split)
+    world_factory.append(world)
+    a, c = world.robots["a"], world.robots["c"]
+    base1, base2 = (server.address for server in world.bases)
+    try:
+        wait_until(lambda: registered_with(a) == {base1}, 20, interval=0.2, what="a registered with base 1")
+        wait_until(lambda: registered_with(c) == {base2}, 20, interval=0.2, what="c registered with base 2")
+        unblock(a.site)
+        unblock(c.site)
+        for robot in (a, c):
+            wait_until(
+                lambda r=robot: registered_with(r) == {base1, base2},
+                20,
+                interval=0.2,
+                what=f"{robot.name} registered with both",
+            )
+        assert a.daemon.status()["base"]["address"] == base1
+        assert c.daemon.status()["base"]["address"] == base2
+        wait_path(a, c, "tunnelled")
+        assert (a.daemon.peer(c.address) or {}).get("base_server") == base1
+        assert (c.daemon.peer(a.address) or {}).get("base_server") == base2
+        assert ping_ok(a, c, count=5)
+        assert ping_ok(c, a, count=5)
+        assert transfer_intact(a, c)
+        for server in world.bases:  # each base relayed one direction
+            assert server.status()["relayed_bytes"] > 0
     except BaseException:
         print(world.logs())
         raise
