@@ -341,13 +341,9 @@ def test_robots_homed_on_different_base_servers_reach_each_other(
         wait_until(lambda: registered_with(c) == {base2}, 20, interval=0.2, what="c registered with base 2")
         unblock(a.site)
         unblock(c.site)
-        for robot in (a, c):
-            wait_until(
-                lambda r=robot: registered_with(r) == {base1, base2},
-                20,
-                interval=0.2,
-                what=f"{robot.name} registered with both",
-            )
+        both = {base1, base2}
+        wait_until(lambda: registered_with(a) == both, 20, interval=0.2, what="a registered with both")
+        wait_until(lambda: registered_with(c) == both, 20, interval=0.2, what="c registered with both")
         assert a.daemon.status()["base"]["address"] == base1
         assert c.daemon.status()["base"]["address"] == base2
         wait_path(a, c, "tunnelled")
