@@ -32,7 +32,7 @@ DEFAULT_WAIT_TIMEOUT_S = 30.0
 def status() -> None:
     """Show this node's address, hostname, whitelist state and every peer.
 
-    For each peer: path (direct, or none while there is no working path), endpoint, RTT, age of the last
+    For each peer: path (direct, tunnelled through a base server, or none), endpoint, RTT, age of the last
     handshake, bytes.
 
     \b
@@ -51,7 +51,7 @@ def status() -> None:
 @click.command()
 @json_option
 def peers() -> None:
-    """List peers: address, hostname, path (direct or none), endpoint, RTT, last handshake, rx/tx.
+    """List peers: address, hostname, path (direct, tunnelled or none), endpoint, RTT, last handshake, rx/tx.
 
     \b
     Example:
@@ -95,8 +95,8 @@ def peers() -> None:
 def ping(target: str, count: int, interval: float, timeout: float) -> None:
     """Ping a peer with authenticated probes and say how it was reached.
 
-    Each reply line shows the RTT and the path it took, "direct via ENDPOINT". Exits 0 if any reply came
-    back, 1 otherwise.
+    Each reply line shows the RTT and the path it took ("direct via ENDPOINT" or "tunnelled"). Exits 0
+    if any reply came back, 1 otherwise.
 
     \b
     Examples:
