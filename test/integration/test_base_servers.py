@@ -17,6 +17,7 @@ server it knows.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import subprocess
 import time
@@ -30,6 +31,7 @@ from husarnet_ros.testing.lab_base import LabBaseServer
 from husarnet_ros.testing.lab_daemon import Daemon, whitelist_each_other
 from husarnet_ros.testing.natlab import NatKind, NatLab, Site, router_ruleset
 from husarnet_ros.testing.netlab import Host, Lab, parse_ping, wait_until
+from husarnet_ros.testing.outage import ContinuousPing
 from husarnet_ros.testing.transfer import tcp_transfer
 
 from .conftest import DaemonFactory
@@ -354,6 +356,46 @@ def test_robots_homed_on_different_base_servers_reach_each_other(
         assert transfer_intact(a, c)
         for server in world.bases:  # each base relayed one direction
             assert server.status()["relayed_bytes"] > 0
+    except BaseException:
+        print(world.logs())
+        raise
+
+
+ROAMING_BOUND_S = 3.0  # functional bound, as in test_path_recovery; the measured gap is printed
+
+
+def test_a_robot_behind_nat_that_changes_address_keeps_its_direct_link(
+    lab: Lab, daemon_factory: DaemonFactory, world_factory: list[World]
+) -> None:
+    """Robot a (behind a port-restricted NAT) gets a new LAN address: its NAT mapping changes with it, and a
+    direct peer that can still reach it (robot n, on a routed network) follows without a restart."""
+    kinds = {"a": NatKind.PORT_RESTRICTED, "n": NatKind.NONE}
+    world = build(lab, daemon_factory, kinds, bases=1)
+    world_factory.append(world)
+    a, n = world.robots["a"], world.robots["n"]
+    try:
+        wait_path(a, n, "direct")
+        before = (n.daemon.peer(a.address) or {}).get("endpoint")
+        ping = ContinuousPing(n.host, a.address, interval=0.02, seconds=12)
+        time.sleep(1.0)
+        site, host = a.site, a.host
+        new_address = str(ipaddress.IPv4Address(host.ipv4) + 40)
+        host.sysctl(f"net.ipv4.conf.{host.ifname}.promote_secondaries", 1)
+        host.run(["ip", "addr", "add", f"{new_address}/24", "dev", host.ifname])
+        host.run(["ip", "addr", "del", f"{host.ipv4}/24", "dev", host.ifname])
+        host.run(["ip", "route", "replace", "default", "via", site.lan_gateway])
+        changed_at = time.time()
+        time.sleep(ROAMING_BOUND_S + 2.0)
+        ping.stop()
+        gap = ping.longest_gap()
+        print(f"address change behind NAT: longest gap in traffic {gap:.2f} s")
+        assert ping.first_reply_after(changed_at) is not None
+        assert gap < ROAMING_BOUND_S
+        assert path_of(n, a) == "direct"
+        after = (n.daemon.peer(a.address) or {}).get("endpoint")
+        print(f"robot n reaches robot a at {before} before, {after} after")
+        assert after is not None
+        assert after.split(":")[0] == site.wan_ipv4  # still through a's NAT, at whatever port it gave now
     except BaseException:
         print(world.logs())
         raise
