@@ -9,7 +9,8 @@ Used by the CLI and by the ROS nodes::
 Every failure is a ``ClientError``: ``DaemonUnavailable`` when nothing answers on the socket (the message
 says how to start the daemon or point at another socket; ``SocketAccessDenied`` when the socket is not
 ours to use), ``ControlError`` with the daemon's own message (and HTTP status) when it refused the request,
-``NotFound`` when that status is 404 (unknown peer, host name, whitelist entry or base server). Each call
+``NotFound`` when that status is 404 (unknown peer, host name, whitelist entry, base server or static
+endpoint). Each call
 has a timeout; long calls (ping, wait) extend it by the time they may legitimately take.
 
 ``wait_ready`` and ``wait_peer`` also wait for a daemon to answer at all: a script may start the daemon
@@ -47,6 +48,7 @@ from .api import (
     shorten,
 )
 from .core.errors import HusarnetError
+from .core.peer_endpoint import StaticEndpoint
 
 DEFAULT_TIMEOUT_S = 5.0
 # Added to the time a long call may take on the daemon's side, for the round trip and scheduling.
@@ -66,6 +68,7 @@ T = TypeVar("T")
 _PEERS = TypeAdapter(list[PeerStatus])
 _HOSTS = TypeAdapter(list[HostEntry])
 _BASE_SERVERS = TypeAdapter(list[BaseServerStatus])
+_STATIC_ENDPOINTS = TypeAdapter(list[StaticEndpoint])
 
 
 class ClientError(HusarnetError):
@@ -390,6 +393,24 @@ class ControlClient:
     def base_remove(self, address: str) -> list[BaseServerStatus]:
         """Stop using the base server ``address``; NotFound if the daemon does not use it."""
         return self._parse_list(_BASE_SERVERS, self._request("DELETE", f"/base/{self._segment(address)}"))
+
+    # --- static endpoints of peers (each call returns them all after the change) ---------------------------
+
+    def static_endpoints(self) -> list[StaticEndpoint]:
+        """The peers' static endpoints (WireGuard's ``Endpoint``), in the order they were added."""
+        return self._parse_list(_STATIC_ENDPOINTS, self._request("GET", "/endpoints"))
+
+    def static_endpoint_add(self, address: str, endpoint: str) -> list[StaticEndpoint]:
+        """Reach the peer ``address`` at ``endpoint`` (host, host:port or [IPv6]:port; port 5582 by default)
+        from now on, also after restarts; one already there is no error. ControlError with status 400 if
+        either does not parse, 409 if the peer or the table is full."""
+        body = {"address": address, "endpoint": endpoint}
+        return self._parse_list(_STATIC_ENDPOINTS, self._request("POST", "/endpoints", json=body))
+
+    def static_endpoint_remove(self, address: str, endpoint: str) -> list[StaticEndpoint]:
+        """Stop using that static endpoint of the peer; NotFound if it is not one."""
+        path = f"/endpoints/{self._segment(address)}/{self._segment(endpoint)}"
+        return self._parse_list(_STATIC_ENDPOINTS, self._request("DELETE", path))
 
     # --- hosts (each call returns the entries after the change) ------------------------------------------
 

@@ -36,6 +36,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "whitelist": ("lists", "whitelist"),
     "hosts": ("lists", "hosts"),
     "base": ("base", "base"),
+    "endpoint": ("endpoint", "endpoint"),
     "genid": ("identity", "genid"),
     "whoami": ("identity", "whoami"),
     "import-identity": ("identity", "import_identity"),

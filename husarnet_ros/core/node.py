@@ -1115,6 +1115,20 @@ class Node:
                 candidate.source = CandidateSource.STATIC
                 candidate.last_seen = float("inf")  # static endpoints never expire
 
+    def remove_static_endpoint(self, address: bytes, endpoint: Endpoint, now: float) -> None:
+        """The user no longer gives ``endpoint`` for the peer: it stops being a pinned, never-expiring
+        candidate. One in use (the route, a confirmation or a handshake under way) stays as a learned
+        endpoint, which lives on while it answers and expires like any other once it does not."""
+        peer = self.peers.get(address)
+        candidate = peer.candidates.get(endpoint) if peer is not None else None
+        if peer is None or candidate is None or candidate.source is not CandidateSource.STATIC:
+            return
+        if endpoint in {peer.endpoint, peer.confirm_endpoint, *peer.initiation_endpoints}:
+            candidate.source = CandidateSource.LEARNED
+            candidate.last_seen = now
+        else:
+            del peer.candidates[endpoint]
+
     def learn_from_base(self, address: bytes, endpoints: list[Endpoint], relay: bool, now: float) -> None:
         """A base server named ``endpoints`` for a whitelisted peer (and, with ``relay``, relays to it):
         remember them as candidates and start hole punching. Only probed: nothing moves until an

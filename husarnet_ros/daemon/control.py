@@ -23,6 +23,9 @@ the client sent is quoted shortened, never in full):
     GET    /v1/base                         list[BaseServerStatus]
     POST   /v1/base                         BaseServerRequest -> list[BaseServerStatus]
     DELETE /v1/base/{address}               list[BaseServerStatus]
+    GET    /v1/endpoints                    list[StaticEndpoint] (peers' static endpoints)
+    POST   /v1/endpoints                    StaticEndpointRequest -> list[StaticEndpoint]
+    DELETE /v1/endpoints/{address}/{endpoint} list[StaticEndpoint]
     GET    /v1/hosts                        list[HostEntry]
     POST   /v1/hosts                        HostEntry -> list[HostEntry]
     DELETE /v1/hosts/{hostname}             list[HostEntry]
@@ -82,6 +85,7 @@ from ..api import (
     validate_hostname,
 )
 from ..core.errors import AddressError, HusarnetError
+from ..core.peer_endpoint import StaticEndpoint
 from .control_limits import ConnectionGuard, ConnectionSlot, ControlHttpProtocol, ControlLimits
 from .control_socket import CONTROL_GROUP, ControlSocket, ControlSocketError
 from .controller import Controller, ControllerError, InvalidRequest, NotFound, NotReady
@@ -137,6 +141,17 @@ class _Dispatcher:
         return await run_on_loop(self._loop, fn(*args))
 
 
+class StaticEndpointRequest(BaseModel):
+    """A peer's static endpoint to use (WireGuard's ``Endpoint``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    address: str = Field(min_length=1, max_length=100, description="the peer's overlay address")
+    endpoint: str = Field(
+        min_length=1, max_length=300, description="host[:port] or [IPv6]:port; host an IP address or DNS name"
+    )
+
+
 class BaseServerRequest(BaseModel):
     """A base server to use: host, host:port or [IPv6]:port (port 5582 by default)."""
 
@@ -148,8 +163,14 @@ class BaseServerRequest(BaseModel):
 # --- the app -----------------------------------------------------------------------------------------------
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "a value of the wrong form (a base server address)"},
-    404: {"model": ErrorBody, "description": "unknown peer, host name, whitelist entry or base server"},
+    400: {
+        "model": ErrorBody,
+        "description": "a value of the wrong form (a base server address, a static endpoint)",
+    },
+    404: {
+        "model": ErrorBody,
+        "description": "unknown peer, host name, whitelist entry, base server or static endpoint",
+    },
     409: {"model": ErrorBody, "description": "conflicts with current state"},
     422: {"model": ErrorBody, "description": "invalid request"},
     503: {"model": ErrorBody, "description": "daemon not ready"},
@@ -260,7 +281,10 @@ def create_app(controller: Controller, controller_loop: asyncio.AbstractEventLoo
     app = FastAPI(
         title="husarnet-ros daemon control API",
         version=__version__,
-        description="Status, peers, whitelist, base servers, hosts, ping and waits of a husarnet-ros daemon.",
+        description=(
+            "Status, peers, whitelist, base servers, static endpoints, hosts, ping and waits of a "
+            "husarnet-ros daemon."
+        ),
         responses=_ERROR_RESPONSES,
     )
     _install_error_handlers(app)
@@ -333,6 +357,20 @@ def create_app(controller: Controller, controller_loop: asyncio.AbstractEventLoo
     async def base_remove(address: str) -> list[BaseServerStatus]:
         await do.call(controller.base_remove, address)
         return await do.call(controller.base_servers)
+
+    @app.get(f"{p}/endpoints", tags=["static endpoints"])
+    async def static_endpoints() -> list[StaticEndpoint]:
+        return await do.call(controller.static_endpoints)
+
+    @app.post(f"{p}/endpoints", tags=["static endpoints"])
+    async def static_endpoint_add(body: StaticEndpointRequest) -> list[StaticEndpoint]:
+        await do.call(controller.static_endpoint_add, body.address, body.endpoint)
+        return await do.call(controller.static_endpoints)
+
+    @app.delete(f"{p}/endpoints/{{address}}/{{endpoint:path}}", tags=["static endpoints"])
+    async def static_endpoint_remove(address: str, endpoint: str) -> list[StaticEndpoint]:
+        await do.call(controller.static_endpoint_remove, address, endpoint)
+        return await do.call(controller.static_endpoints)
 
     @app.get(f"{p}/hosts", tags=["hosts"])
     async def hosts() -> list[HostEntry]:

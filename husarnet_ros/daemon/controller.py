@@ -17,6 +17,7 @@ from typing import Protocol, runtime_checkable
 
 from ..api import BaseServerStatus, HostEntry, PingResult, Status, Whitelist
 from ..core.errors import HusarnetError
+from ..core.peer_endpoint import StaticEndpoint
 
 
 class ControllerError(HusarnetError):
@@ -32,7 +33,7 @@ class BadValue(ControllerError):
 
 
 class NotFound(ControllerError):
-    """Unknown host name, peer, whitelist entry or base server."""
+    """Unknown host name, peer, whitelist entry, base server or static endpoint."""
 
     http_status = 404
 
@@ -97,6 +98,20 @@ class Controller(Protocol):
 
     def base_remove(self, address: str) -> None:
         """Stop using the base server ``address`` at once and persist the list; NotFound if absent."""
+        ...
+
+    def static_endpoints(self) -> list[StaticEndpoint]:
+        """The peers' static endpoints (WireGuard's ``Endpoint``), in the order they were added."""
+        ...
+
+    def static_endpoint_add(self, address: str, endpoint: str) -> None:
+        """Reach the peer ``address`` at ``endpoint`` (``host[:port]``) from now on, also after restarts;
+        adding one already there is not an error. BadValue if either does not parse, InvalidRequest for this
+        node's own address, Conflict when the peer or the table has its maximum."""
+        ...
+
+    def static_endpoint_remove(self, address: str, endpoint: str) -> None:
+        """Stop using that static endpoint of the peer and persist the change; NotFound if absent."""
         ...
 
     def hosts(self) -> list[HostEntry]:

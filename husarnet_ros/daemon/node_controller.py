@@ -54,7 +54,14 @@ from ..core.node import (
     PeerUp,
     PongReceived,
 )
-from ..core.peer import Endpoint, PathKind, Peer, format_endpoint, is_relay
+from ..core.peer import CandidateSource, Endpoint, PathKind, Peer, format_endpoint, is_relay
+from ..core.peer_endpoint import (
+    MAX_STATIC_ENDPOINTS,
+    MAX_STATIC_ENDPOINTS_PER_PEER,
+    PeerEndpoint,
+    StaticEndpoint,
+    parse_peer_endpoint,
+)
 from ..core.whitelist import Whitelist as Acl
 from .controller import BadValue, Conflict, InvalidRequest, NotFound, NotReady, StorageError
 from .log_ring import LogRing
@@ -73,6 +80,10 @@ WAIT_POLL_S = 0.05
 UNRESOLVED = "unresolved"
 # What resolve() can look up: DNS labels of letters, digits, '-' and '_', dots between them.
 _DNS_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*\.?")
+# Static endpoints are checked against the node this often (re-given after a whitelist change forgot the
+# peer); a name that did not resolve is looked up again after STATIC_RESOLVE_RETRY_S.
+STATIC_CHECK_INTERVAL_S = 1.0
+STATIC_RESOLVE_RETRY_S = 30.0
 # The persisted timestamp floor runs this far ahead of the timestamps issued (renewed at half of it).
 TIMESTAMP_LEASE_NS = 3600 * 10**9
 
@@ -115,7 +126,9 @@ class NodeController:
         clock: Callable[[], float] = time.monotonic,
         wall_minus_mono: float | None = None,
         extra_counters: Callable[[], dict[str, int]] | None = None,
+        static_endpoints: list[StaticEndpoint] | None = None,
     ) -> None:
+        """``static_endpoints``: the saved ones (None: read from ``state``)."""
         self.identity = identity
         self.state = state
         self.acl = acl  # replaced (never changed in place) on every whitelist change: read by every thread
@@ -134,6 +147,19 @@ class NodeController:
         # base_add/base_remove under the write lock; replaced, never changed in place.
         self.base_server_names: list[str] = []
         self._write_lock = threading.Lock()  # one whitelist or hosts change at a time (persist, then apply)
+        # The peers' static endpoints, in the order added: set here, then only by static_endpoint_add/remove
+        # under the write lock; both replaced together, never changed in place. The node's owner reads
+        # ``_static_wanted`` (parsed once) in tend_static_endpoints.
+        self.static_entries: list[StaticEndpoint] = []
+        self._static_wanted: dict[tuple[bytes, str], PeerEndpoint] = {}
+        self._set_static_endpoints(
+            state.load_static_endpoints() if static_endpoints is None else static_endpoints
+        )
+        # Owned by the node's owner: what each static endpoint resolved to (as given to the node), and when
+        # a name that did not resolve is looked up again.
+        self._static_resolved: dict[tuple[bytes, str], Endpoint] = {}
+        self._static_retry_at: dict[tuple[bytes, str], float] = {}
+        self._next_static_check = 0.0
         self.node = Node(
             identity,
             self._allows,
@@ -146,6 +172,8 @@ class NodeController:
         self._timestamp_lease_ns = 0
         self._floor_warned = False
         self.keep_timestamp_floor(clock())
+        # No other thread has the node yet: the saved static endpoints of addresses are given to it now.
+        self.tend_static_endpoints(clock())
         # Ping waiters: owned by the control server's event loop (see the module docstring).
         self._ping_loop: asyncio.AbstractEventLoop | None = None
         self._ping_waiters: dict[bytes, asyncio.Future[float]] = {}
@@ -167,6 +195,14 @@ class NodeController:
                     exc,
                 )
         self._timestamp_lease_ns = lease
+
+    def upkeep(self, now: float) -> None:
+        """The controller's share of each round of the node's owner (the daemon's control loop): persist the
+        timestamp floor, give the node the static endpoints (resolving names)."""
+        self.keep_timestamp_floor(now)
+        if now >= self._next_static_check:
+            self._next_static_check = now + STATIC_CHECK_INTERVAL_S
+            self.tend_static_endpoints(now, resolve_names=True)
 
     def _allows(self, address: bytes) -> bool:
         return self.acl.allows(address)
@@ -303,7 +339,12 @@ class NodeController:
             raise StorageError(f"could not {what}: {exc}; nothing was changed") from None
         self.acl = changed
         now = self._clock()
-        self._on_node(lambda: self.node.whitelist_changed(now))
+
+        def apply() -> None:
+            self.node.whitelist_changed(now)
+            self.tend_static_endpoints(now)  # a peer allowed again gets its static endpoints at once
+
+        self._on_node(apply)
 
     def whitelist_add(self, address: str) -> None:
         raw = _parse(address)
@@ -382,6 +423,113 @@ class NodeController:
         if base is not None:
             now = self._clock()
             self._on_node(lambda: base.set_servers(names, now))
+
+    # ------------------------------------------------------------------ static endpoints
+    def _set_static_endpoints(self, entries: list[StaticEndpoint]) -> None:
+        self._static_wanted = {
+            (parse_overlay(e.address), e.endpoint): parse_peer_endpoint(e.endpoint) for e in entries
+        }
+        self.static_entries = entries
+
+    def static_endpoints(self) -> list[StaticEndpoint]:
+        return list(self.static_entries)
+
+    def static_endpoint_add(self, address: str, endpoint: str) -> None:
+        entry = _static_entry(address, endpoint)
+        if parse_overlay(entry.address) == self.identity.address:
+            raise InvalidRequest("that is this node's own address")
+        with self._write_lock:
+            current = self.static_entries
+            if entry in current:
+                return
+            if sum(1 for e in current if e.address == entry.address) >= MAX_STATIC_ENDPOINTS_PER_PEER:
+                raise Conflict(
+                    f"cannot add {entry.endpoint}: peer {entry.address} has {MAX_STATIC_ENDPOINTS_PER_PEER} "
+                    "static endpoints already; remove one first "
+                    "(husarnet-ros endpoint rm ADDRESS HOST[:PORT])"
+                )
+            if len(current) >= MAX_STATIC_ENDPOINTS:
+                raise Conflict(
+                    f"cannot add {entry.endpoint}: at most {MAX_STATIC_ENDPOINTS} static endpoints in all; "
+                    "remove one first"
+                )
+            self._change_static_endpoints([*current, entry])
+        log.info("static endpoint %s of peer %s added", entry.endpoint, entry.address)
+
+    def static_endpoint_remove(self, address: str, endpoint: str) -> None:
+        entry = _static_entry(address, endpoint)
+        with self._write_lock:
+            if entry not in self.static_entries:
+                raise NotFound(f"{entry.endpoint} is not a static endpoint of peer {entry.address}")
+            self._change_static_endpoints([e for e in self.static_entries if e != entry])
+        log.info("static endpoint %s of peer %s removed", entry.endpoint, entry.address)
+
+    def _change_static_endpoints(self, entries: list[StaticEndpoint]) -> None:
+        """Persist ``entries``, then use them; on a failed write nothing changes at all."""
+        try:
+            self.state.save_static_endpoints(entries)
+        except StateError as exc:
+            raise StorageError(f"could not save the static endpoints: {exc}; nothing was changed") from None
+        self._set_static_endpoints(entries)
+        now = self._clock()
+
+        def apply() -> None:
+            self.tend_static_endpoints(now)
+            self._next_static_check = now  # names are looked up in the next round, not in this API call
+
+        self._on_node(apply)
+
+    def tend_static_endpoints(self, now: float, resolve_names: bool = False) -> None:
+        """Make the node's static candidates match the wanted static endpoints (on the node owner's thread).
+
+        A removed one stops being pinned (kept while it is the path in use, like any path). A wanted one is
+        given to the node while its peer is allowed (the node forgets a peer the whitelist drops, with its
+        candidates: it gets them back once allowed again). Names are looked up only with ``resolve_names``
+        (the owner's rounds, not API calls, so a slow DNS server never stalls the API), once they resolve,
+        and again every STATIC_RESOLVE_RETRY_S while they do not."""
+        node, wanted, resolved = self.node, self._static_wanted, self._static_resolved
+        for key in [k for k in resolved if k not in wanted]:
+            gone = resolved.pop(key)
+            if not any(k[0] == key[0] and e == gone for k, e in resolved.items()):
+                node.remove_static_endpoint(key[0], gone, now)
+        for key in [k for k in self._static_retry_at if k not in wanted]:
+            del self._static_retry_at[key]
+        for key, spec in wanted.items():
+            endpoint: Endpoint | None = resolved.get(key)
+            if endpoint is None:
+                endpoint = spec.address_endpoint()
+                if endpoint is None:
+                    if not resolve_names or now < self._static_retry_at.get(key, now):
+                        continue
+                    endpoint = self._resolve_static(key, spec, now)
+                    if endpoint is None:
+                        continue
+                resolved[key] = endpoint
+            address = key[0]
+            if not self.acl.allows(address):
+                continue
+            peer = node.peer(address)
+            candidate = peer.candidates.get(endpoint) if peer is not None else None
+            if candidate is None or candidate.source is not CandidateSource.STATIC:
+                node.add_static_endpoint(address, endpoint, now)
+
+    def _resolve_static(self, key: tuple[bytes, str], spec: PeerEndpoint, now: float) -> Endpoint | None:
+        from .base_connector import resolve  # not at import: it brings the UDP transport along
+
+        endpoint = resolve(spec.host, spec.port)
+        peer = format_address(key[0])
+        if endpoint is None:
+            self._static_retry_at[key] = now + STATIC_RESOLVE_RETRY_S
+            log.warning(
+                "static endpoint %s of peer %s: cannot resolve; trying again in %g s",
+                spec.text,
+                peer,
+                STATIC_RESOLVE_RETRY_S,
+            )
+            return None
+        self._static_retry_at.pop(key, None)
+        log.info("static endpoint %s of peer %s is %s", spec.text, peer, format_endpoint(endpoint))
+        return endpoint
 
     # ------------------------------------------------------------------ hosts
     def hosts(self) -> list[ApiHostEntry]:
@@ -541,6 +689,18 @@ def _base_name(address: str) -> str:
             "valid host name"
         )
     return name
+
+
+def _static_entry(address: str, endpoint: str) -> StaticEndpoint:
+    """The static endpoint the user typed, in its one spelling; BadValue saying what is wrong otherwise."""
+    try:
+        peer = format_address(parse_overlay(address))
+    except AddressError as exc:
+        raise BadValue(str(exc)) from None
+    try:
+        return StaticEndpoint(address=peer, endpoint=parse_peer_endpoint(endpoint).text)
+    except ConfigError as exc:
+        raise BadValue(str(exc)) from None
 
 
 def _is_ip(text: str) -> bool:

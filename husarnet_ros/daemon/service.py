@@ -78,6 +78,7 @@ class Daemon:
             self.acl = self.state.load_whitelist(default_enabled=config.whitelist_enabled)
             self.host_entries = self.state.load_hosts()
             self.saved_base_servers = self.state.load_base_servers()  # None: never changed at run time
+            self.static_endpoints = self.state.load_static_endpoints()
         except BaseException:
             self.state.unlock()
             raise
@@ -134,6 +135,7 @@ class Daemon:
             ),
             ring=self.ring,
             wall_minus_mono=self.wall_minus_mono,
+            static_endpoints=self.static_endpoints,
             extra_counters=(
                 (lambda: {"beacons_received": discovery.received, "beacons_rejected": discovery.rejected})
                 if discovery is not None
@@ -172,7 +174,7 @@ class Daemon:
             discovery=self.discovery,
             netwatch=self.netwatch,
             base=self.base,
-            on_round=self.controller.keep_timestamp_floor,
+            on_round=self.controller.upkeep,
         )
         self.controller.attach_owner(self.loop)
         log.info(

@@ -8,6 +8,8 @@ Layout (directory mode 0700, files 0600, every write atomic via ``fileio.atomic_
     hosts.json      {"version": 1, "entries": [{"hostname": "...", "address": "fc94:..."}]}
     base_servers.json {"version": 1, "servers": ["host:port", ...]}: written by `husarnet-ros base add|rm`;
                     once it exists it wins over the configured base servers
+    static_endpoints.json {"version": 1, "endpoints": [{"address": "fc94:...", "endpoint": "host:port"}]}:
+                    peers' static endpoints, written by `husarnet-ros endpoint add|rm` (and the fleet sync)
     lock            flock()ed by the running daemon; holds its pid for the error message
 
 A damaged file is never replaced or "repaired": loading it is an error whose message names the
@@ -30,10 +32,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..core.base_client import parse_base_server
 from ..core.errors import ConfigError, HusarnetError, IdentityError
 from ..core.hosts import HostEntry, canonical_entries
 from ..core.identity import Identity, IdentityFileError, read_identity_file
+from ..core.peer_endpoint import StaticEndpoint, check_limits
 from ..core.whitelist import Whitelist, WhitelistError
 from ..fileio import FileMissingError, FileReadError, atomic_write_text, read_bounded
 
@@ -44,10 +49,12 @@ WHITELIST_FILE = "whitelist.json"
 HOSTS_FILE = "hosts.json"
 CLOCK_FILE = "clock.json"
 BASE_SERVERS_FILE = "base_servers.json"
+STATIC_ENDPOINTS_FILE = "static_endpoints.json"
 LOCK_FILE = "lock"
 HOSTS_FORMAT_VERSION = 1
 CLOCK_FORMAT_VERSION = 1
 BASE_SERVERS_FORMAT_VERSION = 1
+STATIC_ENDPOINTS_FORMAT_VERSION = 1
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 MAX_STATE_FILE_SIZE = 16 << 20  # far above any real whitelist; stops a bogus huge file early
@@ -130,6 +137,10 @@ class StateDir:
         return self.path / BASE_SERVERS_FILE
 
     @property
+    def static_endpoints_path(self) -> Path:
+        return self.path / STATIC_ENDPOINTS_FILE
+
+    @property
     def lock_path(self) -> Path:
         return self.path / LOCK_FILE
 
@@ -187,6 +198,7 @@ class StateDir:
             self.hosts_path,
             self.clock_path,
             self.base_servers_path,
+            self.static_endpoints_path,
             self.lock_path,
         )
         for path in (self.path, *paths):
@@ -299,6 +311,27 @@ class StateDir:
     def save_base_servers(self, servers: list[str]) -> None:
         document = {"version": BASE_SERVERS_FORMAT_VERSION, "servers": [base_server_name(s) for s in servers]}
         self._write_text(self.base_servers_path, json.dumps(document, indent=2) + "\n")
+
+    # -- static endpoints ------------------------------------------------------------------------
+
+    def load_static_endpoints(self) -> list[StaticEndpoint]:
+        """The peers' static endpoints saved by ``husarnet-ros endpoint add|rm``, in the order added (none
+        when never saved)."""
+        path = self.static_endpoints_path
+        text = self._read_text(path)
+        if text is None:
+            return []
+        try:
+            return _static_endpoints_from_json(json.loads(text))
+        except (ValueError, RecursionError, ConfigError) as exc:  # JSONDecodeError is a ValueError
+            raise StateError(self._corrupt_message(path, exc)) from None
+
+    def save_static_endpoints(self, entries: list[StaticEndpoint]) -> None:
+        document = {
+            "version": STATIC_ENDPOINTS_FORMAT_VERSION,
+            "endpoints": [entry.model_dump() for entry in entries],
+        }
+        self._write_text(self.static_endpoints_path, json.dumps(document, indent=2) + "\n")
 
     # -- handshake timestamps ------------------------------------------------------------------
 
@@ -440,3 +473,27 @@ def _base_servers_from_json(document: object) -> list[str]:
         if name not in names:
             names.append(name)
     return names
+
+
+def _static_endpoints_from_json(document: object) -> list[StaticEndpoint]:
+    if not isinstance(document, dict):
+        raise ValueError("expected a JSON object with 'version' and 'endpoints'")
+    if document.get("version") != STATIC_ENDPOINTS_FORMAT_VERSION:
+        raise ValueError(f"format version {document.get('version')!r} is not supported")
+    unknown = set(document) - {"version", "endpoints"}
+    if unknown:
+        raise ValueError(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
+    items = document.get("endpoints")
+    if not isinstance(items, list):
+        raise ValueError("'endpoints' must be a list")
+    entries: dict[tuple[str, str], StaticEndpoint] = {}
+    for index, item in enumerate(items):
+        try:
+            entry = StaticEndpoint.model_validate(item)
+        except ValidationError as exc:
+            problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+            raise ValueError(f"endpoints[{index}]: {problems}") from None
+        entries.setdefault(entry.key, entry)
+    result = list(entries.values())
+    check_limits(result)
+    return result

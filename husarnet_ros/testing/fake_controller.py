@@ -10,9 +10,9 @@ This fake is for what that cannot give on demand:
 - a controller for tests of the control server itself (socket life cycle, connection limits, threading),
   which never call it, or subclass it to block or to record where a call runs.
 
-It keeps no whitelist, base servers or hosts entries: all are always empty, removals answer NotFound,
-additions are refused. ``serve_fake()`` runs it behind the real ``ControlServer`` on a short temporary
-socket path.
+It keeps no whitelist, base servers, static endpoints or hosts entries: all are always empty, removals
+answer NotFound, additions are refused. ``serve_fake()`` runs it behind the real ``ControlServer`` on a
+short temporary socket path.
 """
 
 from __future__ import annotations
@@ -34,12 +34,14 @@ from ..api import (
     normalize_overlay,
 )
 from ..core.errors import AddressError
+from ..core.peer_endpoint import StaticEndpoint
 from ..daemon.control import ControlServer
 from ..daemon.controller import InvalidRequest, NotFound
 
 OWN_ADDRESS = "fc94::1"
 _KEEPS_NOTHING = (
-    "the fake daemon keeps no whitelist, base servers or hosts entries (test with testing.memnet_daemon)"
+    "the fake daemon keeps no whitelist, base servers, static endpoints or hosts entries "
+    "(test with testing.memnet_daemon)"
 )
 
 
@@ -86,6 +88,15 @@ class FakeController:
 
     def base_remove(self, address: str) -> None:
         raise NotFound(f"{address} is not a base server of this daemon")
+
+    def static_endpoints(self) -> list[StaticEndpoint]:
+        return []
+
+    def static_endpoint_add(self, address: str, endpoint: str) -> None:
+        raise InvalidRequest(_KEEPS_NOTHING)
+
+    def static_endpoint_remove(self, address: str, endpoint: str) -> None:
+        raise NotFound(f"{endpoint} is not a static endpoint of peer {address}")
 
     def hosts(self) -> list[HostEntry]:
         return []
