@@ -94,6 +94,7 @@ class BaseLink:
     tcp_wanted: bool = False  # UDP does not answer: the daemon should open TCP (then call use_tcp)
     tcp_retry_at: float = 0.0
     udp_probe_at: float = 0.0  # while on TCP: next hello over UDP
+    udp_probe_wanted_until: float = -1.0  # its challenge is awaited until then (separately from TCP's)
     rtt_ms: float | None = None
     observed: Endpoint | None = None  # our endpoint as this base sees it (the NAT's public side)
     registered_at: float | None = None
@@ -209,7 +210,7 @@ class BaseClient:
             if link.transport == "tcp" and now >= link.udp_probe_at:
                 # Does UDP work again? A challenge coming back over it moves the link back (receive).
                 link.udp_probe_at = now + UDP_RETRY_S
-                link.challenge_wanted_until = now + RETRY_MAX_S
+                link.udp_probe_wanted_until = now + RETRY_MAX_S
                 self.outbox.append((link.udp_endpoint, basewire.encode_hello()))
 
     def next_timer(self, now: float) -> float:
@@ -243,12 +244,20 @@ class BaseClient:
             self.counters["drop_base_not_configured"] += 1
             return
         if endpoint != link.endpoint:
-            # Over UDP while the link uses TCP: only the answer to our UDP probe counts, and it means UDP
-            # works again.
-            if not data or data[0] != basewire.MSG_BASE_CHALLENGE or now > link.challenge_wanted_until:
+            # Over UDP while the link uses TCP: only the answer to our own UDP probe counts (once), and it
+            # means UDP works again: register over UDP.
+            if not data or data[0] != basewire.MSG_BASE_CHALLENGE or now > link.udp_probe_wanted_until:
                 self.counters["drop_base_other_transport"] += 1
                 return
+            try:
+                challenge = basewire.decode_challenge(data)
+            except ProtocolError:
+                self.counters["drop_base_malformed"] += 1
+                return
+            link.udp_probe_wanted_until = -1.0
             self._back_to_udp(link)
+            self._register(link, challenge)
+            return
         try:
             kind = data[0] if data else -1
             if kind == basewire.MSG_BASE_CHALLENGE:
@@ -277,6 +286,9 @@ class BaseClient:
         if link.hello_sent_at is not None:
             sample = (now - link.hello_sent_at) * 1000.0
             link.rtt_ms = sample if link.rtt_ms is None else 0.7 * link.rtt_ms + 0.3 * sample
+        self._register(link, challenge)
+
+    def _register(self, link: BaseLink, challenge: basewire.Challenge) -> None:
         register = basewire.Register(
             challenge.epoch, challenge.cookie, self.identity.public_key, self.local_endpoints()
         )
@@ -290,6 +302,8 @@ class BaseClient:
         link.hello_sent_at = None
         link.unanswered = 0
         link.last_answer = now
+        if link.transport == "udp":
+            link.tcp_wanted = False  # UDP works: a TCP bridge still opening is not wanted any more
         link.observed = welcome.observed
         link.refresh_s = max(1.0, min(float(welcome.refresh_s), KEEPALIVE_S))
         link.next_hello_at = now + link.refresh_s

@@ -58,6 +58,9 @@ class TcpBridge:
             log.info("base server %s: no TCP either (%s)", self.name, exc.strerror or exc)
             self.state = "failed"
             return
+        if self._stopping:  # closed while connecting: close() has returned, nobody uses this any more
+            sock.close()
+            return
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(SEND_TIMEOUT_S)

@@ -1,12 +1,15 @@
-"""Demo fleet: three robots in network namespaces on one LAN find each other over the overlay.
+"""Demo fleet: four robots on three networks, behind NATs and a firewall, find each other over the overlay.
 
     python -m husarnet_ros.testing.demo [--keep] [--timeout S]
 
-Each robot (robot-a, robot-b, robot-c) is a network namespace on a shared bridge running
-its own ``husarnet-ros daemon``. The demo whitelists the robots to each other, waits until
-they are peers, prints each robot's status table, pings every other robot over its fc94
-address (with ``husarnet-ros ping`` and with ``ping -6``). Then the ROS 2 part: multicast is
-dropped on the LAN (only the daemons' beacons pass), robot-a and robot-b each run
+Network namespaces make a small internet (husarnet_ros.testing.natlab) with a base server on it
+(``husarnet-ros base-server``) and three sites: robot-a and robot-b share a LAN behind a
+port-restricted NAT, robot-c is behind a symmetric NAT, robot-d behind a firewall that lets only
+TCP 443 out. Each robot runs its own ``husarnet-ros daemon`` with the base server configured. The
+demo whitelists the robots to each other, waits until they are peers, prints each robot's status
+table (which links are direct, which tunnelled through the base server, over UDP or TCP), pings
+every other robot over its fc94 address (with ``husarnet-ros ping`` and with ``ping -6``). Then the
+ROS 2 part: multicast is dropped on the LANs (only the daemons' beacons pass), robot-a and robot-b run
 ``ros2 launch husarnet_ros fleet.launch.py`` from one fleet file, a plain rclpy talker on robot-a
 reaches a listener on robot-b through the overlay with the generated DDS configuration, and
 robot-b's ``/robot_b/husarnet/peers`` table is shown. A summary ends it (``--no-ros`` skips the
@@ -33,11 +36,23 @@ from types import FrameType
 from typing import Any
 
 from husarnet_ros.core.errors import HusarnetError
+from husarnet_ros.testing.lab_base import LabBaseServer
 from husarnet_ros.testing.lab_daemon import Daemon, husarnet_ros_command, husarnet_ros_missing
+from husarnet_ros.testing.natlab import NatKind, NatLab
 from husarnet_ros.testing.netlab import Host, Lab, LabError, cleanup_stale, netns_supported
 from husarnet_ros.testing.ros_launch import ROS2, RobotLaunch
 
-ROBOT_NAMES = ("robot-a", "robot-b", "robot-c")
+# Where each robot is: sites of the demo's small internet, and how each site reaches it.
+SITES = {
+    "home": (NatKind.PORT_RESTRICTED, ("robot-a", "robot-b")),
+    "field": (NatKind.SYMMETRIC, ("robot-c",)),
+    "office": (NatKind.UDP_BLOCKED, ("robot-d",)),
+}
+SITE_WORDS = {
+    NatKind.PORT_RESTRICTED: "behind a port-restricted NAT",
+    NatKind.SYMMETRIC: "behind a symmetric NAT",
+    NatKind.UDP_BLOCKED: "behind a firewall that lets only TCP 443 out",
+}
 PING_COUNT = 3
 ROS_ROBOTS = ("robot-a", "robot-b")  # the ROS part: talker on the first, listener on the second
 ROS_DOMAIN_ID = 0  # what a user has by default; the namespaces keep the demo's DDS traffic to itself
@@ -56,6 +71,8 @@ class PingOutcome:
     received: int
     transmitted: int
     rtt_avg_ms: float | None
+    path: str = "none"  # direct or tunnelled, as the source's daemon says after the pings
+    via: str = ""  # the endpoint (direct) or the base server and its transport (tunnelled)
 
     @property
     def ok(self) -> bool:
@@ -67,6 +84,7 @@ class Fleet:
     """The running demo: the lab, one daemon per robot, and what the steps found out."""
 
     lab: Lab
+    base: LabBaseServer | None = None
     daemons: list[Daemon] = field(default_factory=list)
     addresses: dict[str, str] = field(default_factory=dict)  # hostname -> fc94 address
     pings: list[PingOutcome] = field(default_factory=list)
@@ -93,12 +111,24 @@ def heading(title: str) -> None:
 
 
 # --- steps --------------------------------------------------------------------------
-def start_robots(fleet: Fleet, names: Sequence[str] = ROBOT_NAMES) -> None:
-    """A LAN with one namespace per robot, and a daemon in each."""
-    hosts = fleet.lab.lan(len(names), labels=list(names))
-    for host in hosts:
-        progress(f"{host.label}: namespace {host.netns}, LAN {host.ipv4} / {host.ipv6}")
-    fleet.daemons = [Daemon.create(host, host.label) for host in hosts]
+def start_robots(fleet: Fleet) -> None:
+    """The small internet with the base server, the sites, and a daemon on each robot."""
+    net = NatLab(fleet.lab)
+    fleet.base = LabBaseServer.start(net.public_host("base"))
+    progress(
+        f"base server on the internet: {fleet.base.address} (UDP) and TCP 443, "
+        f"namespace {fleet.base.host.netns}"
+    )
+    for site_name, (kind, robots) in SITES.items():
+        site = net.site(site_name, kind, robots=0)
+        hosts = [net.add_robot(site, label) for label in robots]
+        progress(
+            f"{', '.join(robots)}: LAN {site.lan_network} {SITE_WORDS[kind]} (public address {site.wan_ipv4})"
+        )
+        for host in hosts:
+            # The base server is the way to robots on other sites; beacons only from the robot's own LAN.
+            extra = ["--base-server", fleet.base.address, "--discovery-networks", site.lan_network]
+            fleet.daemons.append(Daemon.create(host, host.label, extra_args=extra))
     for daemon in fleet.daemons:
         daemon.start(wait_ready=False)
         progress(f"{daemon.hostname}: daemon started (pid {daemon.pid}, log {daemon.log_path})")
@@ -106,6 +136,10 @@ def start_robots(fleet: Fleet, names: Sequence[str] = ROBOT_NAMES) -> None:
         daemon.wait_ready()
         fleet.addresses[daemon.hostname] = daemon.address
         progress(f"{daemon.hostname}: ready, overlay address {fleet.addresses[daemon.hostname]}")
+    for daemon in fleet.daemons:
+        daemon.cli("wait", "base", "--timeout", str(fleet.peer_timeout), timeout=fleet.peer_timeout + 10)
+        base = daemon.status().get("base") or {}
+        progress(f"{daemon.hostname}: registered with the base server over {base.get('transport')}")
 
 
 def whitelist_each_other(fleet: Fleet) -> None:
@@ -141,6 +175,7 @@ def ping_each_other(fleet: Fleet) -> None:
             print(f"$ husarnet-ros ping {address} -c {PING_COUNT}\n{(cli.stdout + cli.stderr).rstrip()}")
             kernel = daemon.host.ping6(address, PING_COUNT)
             print(f"$ ping -6 -c {PING_COUNT} {address}\n{kernel.output.rstrip()}", flush=True)
+            path, via = path_of(daemon, address)
             fleet.pings.append(
                 PingOutcome(
                     daemon.hostname,
@@ -150,8 +185,20 @@ def ping_each_other(fleet: Fleet) -> None:
                     kernel.received,
                     kernel.transmitted,
                     kernel.rtt_avg_ms,
+                    path,
+                    via,
                 )
             )
+
+
+def path_of(daemon: Daemon, address: str) -> tuple[str, str]:
+    """How ``daemon`` reaches ``address`` now: the path, and the endpoint or base server it goes through."""
+    entry = daemon.peer(address) or {}
+    path = str(entry.get("path", "none"))
+    if path == "tunnelled":
+        transport = (daemon.status().get("base") or {}).get("transport", "")
+        return path, f"via base server {entry.get('base_server')} ({transport})"
+    return path, f"via {entry.get('endpoint')}" if entry.get("endpoint") else ""
 
 
 def print_summary(fleet: Fleet) -> None:
@@ -165,7 +212,10 @@ def print_summary(fleet: Fleet) -> None:
         cli = "ok" if outcome.cli_ok else "failed"
         kernel = f"{outcome.received}/{outcome.transmitted}"
         pair = f"{outcome.source} -> {outcome.target}"
-        print(f"{verdict} {pair}: husarnet-ros ping {cli}, ping -6 {kernel}, avg {rtt}")
+        print(
+            f"{verdict} {pair}: {outcome.path} {outcome.via}; "
+            f"husarnet-ros ping {cli}, ping -6 {kernel}, avg {rtt}"
+        )
     good = sum(outcome.ok for outcome in fleet.pings)
     print(f"\n{good}/{len(fleet.pings)} robot pairs reach each other over the overlay", flush=True)
     if fleet.ros_messages is not None:
@@ -323,6 +373,8 @@ def run_demo(steps: Sequence[Step] = ALL_STEPS, *, keep: bool = False, peer_time
             progress("cleaning up")
             for daemon in fleet.daemons:
                 daemon.stop()
+            if fleet.base is not None:
+                fleet.base.stop()
             failed = not fleet.pings or not all(outcome.ok for outcome in fleet.pings)
             failed |= ros_across_robots in steps and not (fleet.ros_messages and fleet.ros_peer_rows)
             keep_files = failed
@@ -340,6 +392,8 @@ def run_demo(steps: Sequence[Step] = ALL_STEPS, *, keep: bool = False, peer_time
         if fleet and not keep_files:
             for daemon in fleet.daemons:
                 daemon.remove_files()
+            if fleet.base is not None:
+                fleet.base.remove_files()
     progress("done: namespaces, interfaces and processes removed")
     return 1 if failed else 0
 

@@ -337,13 +337,6 @@ def test_an_unsolicited_message_over_udp_while_on_tcp_is_ignored_and_counted() -
     assert lab.link.observed == ("198.18.0.10", 50000)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: while a keepalive hello over TCP awaits its answer, link.challenge_wanted_until (shared by "
-    "the TCP hello and the UDP probe) is open, so a challenge from the base's UDP endpoint that answers no "
-    "UDP probe (late, or forged: the base's address is easy to spoof) moves the link back to UDP; the "
-    "registration then goes to the blocked UDP endpoint and the TCP challenge is dropped as other-transport",
-)
 def test_a_udp_challenge_while_a_tcp_hello_awaits_its_answer_is_not_a_probe_answer() -> None:
     lab, _ = on_tcp()
     lab.run_until(lambda: lab.link.hello_sent_at is not None, "sent a keepalive hello")
@@ -354,13 +347,6 @@ def test_a_udp_challenge_while_a_tcp_hello_awaits_its_answer_is_not_a_probe_answ
     assert lab.link.transport == "tcp"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: when a keepalive hello over TCP and the UDP probe go out in the same round and the TCP "
-    "challenge comes back first, _on_challenge sets challenge_wanted_until to -1, so the UDP challenge that "
-    "answers the probe is dropped (drop_base_other_transport) and the link stays on TCP for another "
-    "UDP_RETRY_S although UDP works",
-)
 def test_the_probe_answer_counts_even_after_the_tcp_keepalive_answer() -> None:
     lab, switched = on_tcp()
     lab.udp_blocked = False
@@ -373,13 +359,6 @@ def test_the_probe_answer_counts_even_after_the_tcp_keepalive_answer() -> None:
     assert lab.link.transport == "udp"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: tcp_wanted is set when the base goes down over UDP and cleared only by use_tcp or "
-    "tcp_failed; a base that answers over UDP again keeps wanting TCP, so the daemon does not close a "
-    "bridge still connecting (base_connector closes it only when not tcp_wanted) and moves the working UDP "
-    "link to TCP once it connects",
-)
 def test_a_base_that_answers_over_udp_again_no_longer_wants_tcp() -> None:
     lab = TcpLab(udp_blocked=True)
     lab.run_until(lambda: lab.link.tcp_wanted, "wanted TCP")
