@@ -268,6 +268,8 @@ def test_openapi_schema_lists_every_route(shared_http: httpx.Client) -> None:
         "/v1/whitelist/{address}",
         "/v1/base",
         "/v1/base/{address}",
+        "/v1/endpoints",
+        "/v1/endpoints/{address}/{endpoint}",
         "/v1/hosts",
         "/v1/hosts/{hostname}",
         "/v1/resolve/{name}",
