@@ -9,12 +9,15 @@ The fleet file is YAML (reference: docs/ROS.md, example: config/fleet.yaml)::
         namespace: robot1          # ROS namespace; defaults to the robot's name
       robot2:
         address: fc94:...
+        endpoint: 198.18.5.20:5582 # optional: where the others reach it (or `endpoints: [...]`)
     links:                         # optional; absent means every robot may talk to every other
       - [arms, robot2]             # members of `arms` and robot2 may talk, in both directions
       - ["*", base]                # "*" is every robot
 
 Each robot launches with its own name and gets from ``Fleet.view(name)`` its whitelist (the peers it may
-talk to), the hosts entries to keep (those peers' names and addresses) and its DDS initial peers.
+talk to), the hosts entries to keep (those peers' names and addresses), the static endpoints of those peers
+(WireGuard's ``Endpoint``: ``host:port`` or ``[IPv6]:port``, host an IP address or a DNS name) and its DDS
+initial peers.
 
 Pure: parsing and computing only; ``load_fleet`` reads the file, nothing here writes.
 """
@@ -32,6 +35,7 @@ from .address import format_address, parse_overlay
 from .errors import AddressError, ConfigError, HusarnetError
 from .hosts import normalize_hostname
 from .identity import read_identity_file
+from .peer_endpoint import MAX_STATIC_ENDPOINTS_PER_PEER, endpoint_name
 from .yamlfile import read_yaml_file
 
 # A fleet file is a few KiB; a bigger one is a mistake (or an attack on whoever parses it).
@@ -66,6 +70,25 @@ class RobotSpec(BaseModel):
     )
     groups: tuple[str, ...] = ()
     namespace: str | None = Field(default=None, description="ROS namespace; defaults to the robot's name")
+    endpoint: str | None = Field(
+        default=None, description="static endpoint: where the others reach it (host:port or [IPv6]:port)"
+    )
+    endpoints: tuple[str, ...] = Field(default=(), description="several static endpoints")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _one_endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else endpoint_name(value)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(endpoint_name(value) for value in values))
+
+    @property
+    def all_endpoints(self) -> tuple[str, ...]:
+        """``endpoint`` and ``endpoints`` together, each once, in the order written."""
+        return tuple(dict.fromkeys((*((self.endpoint,) if self.endpoint else ()), *self.endpoints)))
 
     @field_validator("address")
     @classmethod
@@ -86,6 +109,8 @@ class RobotSpec(BaseModel):
         # Both would be two truths that may disagree; the fleet file must say one thing.
         if self.address is not None and self.identity_file is not None:
             raise ValueError("has both `address` and `identity_file`: give only one")
+        if len(self.all_endpoints) > MAX_STATIC_ENDPOINTS_PER_PEER:
+            raise ValueError(f"has more than {MAX_STATIC_ENDPOINTS_PER_PEER} endpoints")
         return self
 
 
@@ -123,6 +148,7 @@ class Member:
     address: str
     groups: tuple[str, ...]
     namespace: str
+    endpoints: tuple[str, ...] = ()  # static endpoints, in their one spelling (core.peer_endpoint)
 
 
 @dataclass(frozen=True)
@@ -140,6 +166,11 @@ class RobotView:
     def hosts(self) -> dict[str, str]:
         """Hostname -> address of every peer this robot may talk to."""
         return {peer.name: peer.address for peer in self.peers}
+
+    @property
+    def static_endpoints(self) -> list[tuple[str, str]]:
+        """(address, endpoint) of every static endpoint of the peers this robot may talk to."""
+        return [(peer.address, endpoint) for peer in self.peers for endpoint in peer.endpoints]
 
 
 @dataclass(frozen=True)
@@ -215,7 +246,9 @@ def parse_fleet(data: Any, base_dir: Path, source: str = "<fleet>") -> Fleet:
         else:
             assert robot.identity_file is not None
             address = _address_from_identity(base_dir / robot.identity_file)
-        members[name] = Member(name, address, robot.groups, robot.namespace or default_namespace(name))
+        members[name] = Member(
+            name, address, robot.groups, robot.namespace or default_namespace(name), robot.all_endpoints
+        )
     seen: dict[str, str] = {}
     for member in members.values():
         if member.address in seen:

@@ -14,6 +14,12 @@ Who owns which host entry (the rule the hosts node follows)
     took it back). At start, entries that equal a robot of the fleet file (name and address) are adopted
     too, so a name left over from an earlier run is cleaned once that robot is no longer a peer.
     Entries the node never wanted are never touched.
+
+Who owns which static endpoint
+    The same rule, for the peers' static endpoints (``husarnet-ros endpoint``): the whitelist node adds the
+    fleet's missing ones and removes only those it owns (an ``EndpointLedger``) once the fleet no longer
+    gives them; one a user added by hand is never removed. At start, the daemon's static endpoints that the
+    fleet gives are adopted, so one left over from an earlier run is removed once the file drops it.
 """
 
 from __future__ import annotations
@@ -127,6 +133,45 @@ class HostsPlan:
     @property
     def empty(self) -> bool:
         return not self.add and not self.remove
+
+
+StaticKey = tuple[str, str]  # (peer address, endpoint), both in their one spelling
+
+
+@dataclass(frozen=True)
+class EndpointsPlan:
+    """Static endpoints to add and to remove so the daemon's match the fleet's."""
+
+    add: tuple[StaticKey, ...]
+    remove: tuple[StaticKey, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not self.add and not self.remove
+
+
+@dataclass
+class EndpointLedger:
+    """The static endpoints a whitelist node owns (see the module docstring for the rule)."""
+
+    owned: set[StaticKey] = field(default_factory=set)
+    started: bool = False
+
+    def plan(self, wanted: Iterable[StaticKey], current: Iterable[StaticKey]) -> EndpointsPlan:
+        """What to add (wanted, not there yet) and remove (ours, no longer wanted, still there)."""
+        wanted_keys, present = list(dict.fromkeys(wanted)), set(current)
+        if not self.started:
+            self.owned |= present & set(wanted_keys)  # left from an earlier run of ours, or the same as ours
+            self.started = True
+        add = tuple(key for key in wanted_keys if key not in present)
+        remove = tuple(sorted(key for key in self.owned if key not in wanted_keys and key in present))
+        return EndpointsPlan(add, remove)
+
+    def settle(self, wanted: Iterable[StaticKey], current: Iterable[StaticKey]) -> None:
+        """Update ownership from the daemon's list after the changes: wanted ones it holds are ours, stale
+        ones still there (a removal failed) stay ours to retry, ones gone are forgotten."""
+        present, wanted_keys = set(current), set(wanted)
+        self.owned = (wanted_keys & present) | (self.owned & present)
 
 
 @dataclass

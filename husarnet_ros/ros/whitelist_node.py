@@ -17,7 +17,10 @@ Fleet file (``fleet_file``, ``robot``): when the daemon first answers, whenever 
 back) or came back after an outage, when the file changes on disk and when either parameter changes, every
 peer of the robot's view is whitelisted and its name written to the hosts block. Only additions: entries the
 user made are never removed, and a robot dropped from the file stays whitelisted until removed by
-``remove_peer`` or a daemon restart with a fresh whitelist. A fleet file that cannot be used (missing,
+``remove_peer`` or a daemon restart with a fresh whitelist. The peers' static endpoints (``endpoint:`` in
+the file) are synced both ways: missing ones added, and the ones this node added removed once the file no
+longer gives them; ones added by hand (``husarnet-ros endpoint add``) are never removed
+(``fleet_sync.EndpointLedger``). A fleet file that cannot be used (missing,
 invalid, robot not listed) is logged as an ERROR, once per change of the file, and the node keeps serving
 its services: a typo must be loud, but must not take the peer services down with it.
 """
@@ -37,8 +40,9 @@ from husarnet_ros.msg import Peer
 from husarnet_ros.srv import AddPeer, ListPeers, Ping, RemovePeer
 
 from ..api import Status
-from ..client import ControlClient
+from ..client import ControlClient, NotFound
 from ..core.errors import ConfigError
+from ..core.peer_endpoint import StaticEndpoint
 from .common import (
     COMMON_PARAMETERS,
     FLEET_PARAMETERS,
@@ -51,11 +55,35 @@ from .common import (
 )
 from .convert import UNKNOWN_RTT_MS, path_code, peer_to_msg
 from .daemon_calls import hosts_add, hosts_remove, whitelist_add, whitelist_remove
-from .fleet_sync import FleetState, address_mismatch, hosts_to_write, load_fleet_view, whitelist_missing
+from .fleet_sync import (
+    EndpointLedger,
+    FleetState,
+    StaticKey,
+    address_mismatch,
+    hosts_to_write,
+    load_fleet_view,
+    whitelist_missing,
+)
 from .peer_target import InvalidPeerRequest, PeerTarget, parse_peer_target, ping_timeout
 
 NODE_NAME = "husarnet_whitelist"
 FileStamp = tuple[int, int] | None
+
+
+def _endpoint_add(key: StaticKey) -> Callable[[ControlClient], list[StaticEndpoint]]:
+    return lambda client: client.static_endpoint_add(*key)
+
+
+def _endpoint_remove(key: StaticKey) -> Callable[[ControlClient], list[StaticEndpoint]]:
+    """Removes the static endpoint; the list afterwards, also when someone else removed it first."""
+
+    def remove(client: ControlClient) -> list[StaticEndpoint]:
+        try:
+            return client.static_endpoint_remove(*key)
+        except NotFound:  # already gone: the goal is reached
+            return client.static_endpoints()
+
+    return remove
 
 
 def _file_stamp(path: str) -> FileStamp:
@@ -78,6 +106,7 @@ class WhitelistNode(Node):
         self._applied_for: tuple[str, str, FileStamp, str] | None = None
         self._last_error = ""
         self._last_uptime_s: float | None = None
+        self._endpoints = EndpointLedger()  # the static endpoints this node added (only _apply_fleet uses it)
 
         services = ReentrantCallbackGroup()
         self.create_service(AddPeer, "husarnet/add_peer", self._add_peer, callback_group=services)
@@ -154,12 +183,38 @@ class WhitelistNode(Node):
             if not written_reply.ok:
                 return not self._failed_to_apply(written_reply.error)
             written.append(name)
+        synced, error = self._sync_endpoints(state)
+        if synced is None:
+            return not self._failed_to_apply(error)
         self.get_logger().info(
             f"fleet file {state.source} applied as robot {state.robot!r}: {len(state.view.peers)} peer(s) "
             f"({', '.join(p.name for p in state.view.peers) or 'none'}); whitelisted {len(added)} new, "
-            f"wrote {len(written)} host name(s)"
+            f"wrote {len(written)} host name(s), static endpoints: {synced}"
         )
         return True
+
+    def _sync_endpoints(self, state: FleetState) -> tuple[str | None, str]:
+        """Add the fleet's missing static endpoints, remove the ones this node added that the fleet no longer
+        gives; (what changed, "") or (None, the daemon's error)."""
+        wanted = state.view.static_endpoints
+        listed = self._link.request(lambda c: c.static_endpoints())
+        if listed.value is None:
+            return None, listed.error
+        current = [entry.key for entry in listed.value]
+        plan = self._endpoints.plan(wanted, current)
+        added = removed = 0
+        for key in plan.add:
+            reply = self._link.request(_endpoint_add(key))
+            if reply.value is None:
+                return None, reply.error
+            current, added = [entry.key for entry in reply.value], added + 1
+        for key in plan.remove:
+            gone = self._link.request(_endpoint_remove(key))
+            if gone.value is None:
+                return None, gone.error
+            current, removed = [entry.key for entry in gone.value], removed + 1
+        self._endpoints.settle(wanted, current)
+        return f"{added} added, {removed} removed", ""
 
     def _failed_to_apply(self, error: str) -> bool:
         """Log why the fleet could not be applied; True when trying again later makes sense."""

@@ -366,3 +366,43 @@ def test_single_robot_fleet_has_an_empty_view() -> None:
     assert view.peers == ()
     assert view.whitelist == []
     assert view.hosts == {}
+
+
+# --- static endpoints ------------------------------------------------------------------------------------
+
+
+def test_static_endpoints_of_the_peers_in_one_spelling() -> None:
+    fleet = fleet_of(
+        {
+            "robot1": {"address": "fc94::1", "endpoint": "Robot1.Example.com"},
+            "robot2": {"address": "fc94::2", "endpoints": ["198.18.5.20:6000", "[FD00:98::20]"]},
+            "robot3": {"address": "fc94::3", "endpoint": "198.18.5.30", "endpoints": ["198.18.5.30:5582"]},
+            "base": {"address": "fc94::b"},
+        },
+        links=[["robot1", "robot2"], ["robot1", "base"]],
+    )
+    assert fleet.members["robot3"].endpoints == ("198.18.5.30:5582",)  # one endpoint, written twice
+    assert fleet.view("robot1").static_endpoints == [
+        ("fc94::2", "198.18.5.20:6000"),
+        ("fc94::2", "[fd00:98::20]:5582"),
+    ]
+    # Only peers' endpoints: robot2 gets robot1's, never its own; base has none to give.
+    assert fleet.view("robot2").static_endpoints == [("fc94::1", "robot1.example.com:5582")]
+    assert fleet.view("base").static_endpoints == [("fc94::1", "robot1.example.com:5582")]
+
+
+@pytest.mark.parametrize(
+    ("robot", "expected"),
+    [
+        (
+            {"endpoint": "robot1:port"},
+            "robots.r1.endpoint: endpoint 'robot1:port': port 'port' is not a number",
+        ),
+        ({"endpoints": ["ok.example.com", "two words"]}, "robots.r1.endpoints: endpoint 'two words'"),
+        ({"endpoints": "198.18.5.20"}, "robots.r1.endpoints: must be a list"),
+        ({"endpoints": [f"198.18.5.{i}" for i in range(5)]}, "robots.r1: has more than 4 endpoints"),
+    ],
+)
+def test_a_bad_endpoint_is_a_clear_config_error(robot: dict[str, Any], expected: str) -> None:
+    message = error_of({"robots": {"r1": {"address": "fc94::1", **robot}}})
+    assert expected in message

@@ -10,6 +10,8 @@ import pytest
 from husarnet_ros.api import PeerStatus
 from husarnet_ros.core.errors import ConfigError
 from husarnet_ros.ros.fleet_sync import (
+    EndpointLedger,
+    EndpointsPlan,
     HostsLedger,
     HostsPlan,
     address_mismatch,
@@ -278,3 +280,44 @@ def test_ping_timeout() -> None:
     for bad in (math.nan, 61.0, math.inf, 0.001):
         with pytest.raises(InvalidPeerRequest, match="timeout_s"):
             ping_timeout(bad)
+
+
+# --- static endpoints: the ledger ---------------------------------------------------------------------
+
+P2, P3 = "fc94::2", "fc94::3"
+E2, E2B, E3 = (P2, "198.18.5.20:5582"), (P2, "robot2.example.com:5582"), (P3, "198.18.5.30:5582")
+BY_HAND = (P3, "198.18.9.9:5582")
+
+
+def test_endpoints_first_plan_adds_the_missing_and_removes_nothing() -> None:
+    ledger = EndpointLedger()
+    plan = ledger.plan([E2, E3, E2], [BY_HAND])
+    assert plan == EndpointsPlan(add=(E2, E3), remove=())
+    ledger.settle([E2, E3], [BY_HAND, E2, E3])
+    assert ledger.owned == {E2, E3}
+    assert ledger.plan([E2, E3], [BY_HAND, E2, E3]).empty
+
+
+def test_endpoints_dropped_from_the_fleet_are_removed_but_never_one_added_by_hand() -> None:
+    ledger = EndpointLedger()
+    ledger.plan([E2, E3], [BY_HAND])
+    ledger.settle([E2, E3], [BY_HAND, E2, E3])
+    plan = ledger.plan([E2B], [BY_HAND, E2, E3])
+    assert plan == EndpointsPlan(add=(E2B,), remove=(E2, E3))
+    ledger.settle([E2B], [BY_HAND, E2B])
+    assert ledger.owned == {E2B}
+
+
+def test_endpoints_a_failed_removal_is_retried_and_one_gone_already_is_forgotten() -> None:
+    ledger = EndpointLedger(owned={E2, E3}, started=True)
+    ledger.settle([], [E2])  # E2's removal failed, E3 was removed by someone else
+    assert ledger.owned == {E2}
+    assert ledger.plan([], [E2]).remove == (E2,)
+
+
+def test_endpoints_the_fleet_gives_found_at_start_are_adopted() -> None:
+    ledger = EndpointLedger()
+    plan = ledger.plan([E2], [E2, BY_HAND])  # E2 left from an earlier run: ours from now on
+    assert plan.empty
+    ledger.settle([E2], [E2, BY_HAND])
+    assert ledger.plan([], [E2, BY_HAND]) == EndpointsPlan(add=(), remove=(E2,))
