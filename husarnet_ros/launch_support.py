@@ -114,6 +114,46 @@ def husarnet_ros_command(python: str = sys.executable) -> list[str]:
     return [str(script)] if script.exists() else [python, "-m", "husarnet_ros.cli"]
 
 
+def base_server_command(
+    *,
+    listen: str = "::",
+    udp_port: str = "",
+    tcp_port: str = "",
+    max_clients: str = "",
+    status_file: str = "",
+    status_interval: str = "",
+    base: list[str] | None = None,
+) -> list[str]:
+    """``husarnet-ros base-server ...`` from launch arguments (strings); ``tcp_port`` 0 = no TCP. ConfigError
+    for a value that is not a number where one is needed."""
+    argv = [*(base or husarnet_ros_command()), "base-server"]
+    if listen:
+        argv += ["--listen", listen]
+    for option, value in (
+        ("--udp-port", udp_port),
+        ("--max-clients", max_clients),
+        ("--status-interval", status_interval),
+    ):
+        if value:
+            argv += [option, _number(option, value)]
+    if tcp_port:
+        argv += ["--no-tcp"] if _number("--tcp-port", tcp_port) == "0" else ["--tcp-port", tcp_port.strip()]
+    if status_file:
+        argv += ["--status-file", status_file]
+    return argv
+
+
+def _number(option: str, value: str) -> str:
+    text = value.strip()
+    try:
+        float(text)
+    except ValueError:
+        raise ConfigError(
+            f"launch argument {option.lstrip('-').replace('-', '_')}:={value!r} is not a number"
+        ) from None
+    return text
+
+
 def daemon_command(
     *,
     control_socket: str,

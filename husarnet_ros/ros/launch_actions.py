@@ -174,6 +174,53 @@ def _log(message: str) -> LogInfo:
     return LogInfo(msg=LOG_PREFIX + message)
 
 
+SERVER_ARGUMENTS = (
+    Argument("listen", "::", "address the base server listens on (:: = IPv6 and IPv4)"),
+    Argument("udp_port", "5582", "UDP port of the base server"),
+    Argument("tcp_port", "443", "TCP port for robots whose network lets no UDP out (0 = no TCP)"),
+    Argument("max_clients", "10000", "registered robots at most"),
+    Argument("status_file", "", "also write the base server's status (JSON) here ('' = log only)"),
+    Argument("status_interval", "60", "seconds between status lines in the log"),
+)
+
+
+def server_launch_description() -> LaunchDescription:
+    """launch/server.launch.py: ``husarnet-ros base-server`` with the arguments given; the launch ends when
+    it exits."""
+    return LaunchDescription(
+        [*(argument.declare() for argument in SERVER_ARGUMENTS), OpaqueFunction(function=_server)]
+    )
+
+
+def _server(context: LaunchContext) -> list[Any]:
+    value = {
+        argument.name: LaunchConfiguration(argument.name).perform(context) for argument in SERVER_ARGUMENTS
+    }
+    server = ExecuteProcess(
+        cmd=support.base_server_command(**value),
+        name="husarnet_base_server",
+        output="screen",
+        sigterm_timeout="10",
+        additional_env=child_environment(),
+    )
+    return [
+        _log(
+            f"starting a base server on UDP port {value['udp_port']}"
+            + (f" and TCP port {value['tcp_port']}" if value["tcp_port"] not in ("", "0") else "")
+        ),
+        server,
+        RegisterEventHandler(
+            OnProcessExit(
+                target_action=server,
+                on_exit=[
+                    _log("the base server exited: stopping this launch"),
+                    EmitEvent(event=Shutdown(reason="base server exited")),
+                ],
+            )
+        ),
+    ]
+
+
 def robot_launch_description(share: Path) -> LaunchDescription:
     return LaunchDescription(
         [*(argument.declare() for argument in robot_arguments(share)), OpaqueFunction(function=_robot)]

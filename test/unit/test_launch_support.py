@@ -7,6 +7,7 @@ import shlex
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -254,3 +255,29 @@ def test_parameter_overrides_file_targets_the_node_in_any_namespace() -> None:
         }
     finally:
         path.unlink()
+
+
+def test_base_server_command_passes_what_was_given() -> None:
+    base = ["husarnet-ros"]
+    assert launch_support.base_server_command(base=base) == ["husarnet-ros", "base-server", "--listen", "::"]
+    argv = launch_support.base_server_command(
+        listen="0.0.0.0",
+        udp_port="5590",
+        tcp_port="4443",
+        max_clients="50",
+        status_file="/tmp/base.json",
+        status_interval="0.5",
+        base=base,
+    )
+    assert argv == [
+        "husarnet-ros", "base-server", "--listen", "0.0.0.0", "--udp-port", "5590", "--max-clients", "50",
+        "--status-interval", "0.5", "--tcp-port", "4443", "--status-file", "/tmp/base.json",
+    ]  # fmt: skip
+    assert launch_support.base_server_command(tcp_port="0", base=base)[-1] == "--no-tcp"
+
+
+@pytest.mark.parametrize("option", ["udp_port", "tcp_port", "max_clients", "status_interval"])
+def test_base_server_command_names_a_bad_number(option: str) -> None:
+    with pytest.raises(ConfigError, match=f"{option}:='x'"):
+        arguments: dict[str, Any] = {option: "x"}
+        launch_support.base_server_command(**arguments)
