@@ -278,6 +278,6 @@ def test_base_server_command_passes_what_was_given() -> None:
 
 @pytest.mark.parametrize("option", ["udp_port", "tcp_port", "max_clients", "status_interval"])
 def test_base_server_command_names_a_bad_number(option: str) -> None:
+    arguments: dict[str, Any] = {option: "x"}
     with pytest.raises(ConfigError, match=f"{option}:='x'"):
-        arguments: dict[str, Any] = {option: "x"}
         launch_support.base_server_command(**arguments)
