@@ -1,13 +1,14 @@
 """Base-server benchmark: registrations per second and memory per registered client, against a real
 ``husarnet-ros base-server`` process on loopback, with a trivial Python UDP echo server as the floor.
 
-    python bench/base_server.py [--runs N] [--clients N] [--sockets N] [--json-out PATH] [--md-out PATH]
+    python bench/base_server.py [--runs N] [--clients N] [--window N] [--json-out PATH] [--md-out PATH]
 
-One client process drives everything with non-blocking sockets, one per simulated source host: each is bound
-to its own 127.x.y.z address (all of 127.0.0.0/8 is loopback), so the base server's per-host rate limiter
-sees as many hosts as there are sockets, as it would on the internet. A registration is the whole exchange a
-daemon makes: hello -> challenge (cookie) -> signed registration -> welcome. At most one exchange is in
-flight per socket; an exchange unanswered for a second starts over with a hello (counted as a retry).
+One client process drives everything with non-blocking sockets, one per identity: identity i always
+registers from its own 127.x.y.z address (all of 127.0.0.0/8 is loopback), so the base server's per-host rate
+limiter (20 messages/s, burst 10) sees one host per client, as on the internet, and limits nobody. A
+registration is the whole exchange a daemon makes: hello -> challenge (cookie) -> signed registration ->
+welcome. At most ``--window`` exchanges are in flight; one unanswered for a second starts over with a hello
+(counted as a retry; the server's drop counters are kept in the JSON).
 
 Per run, against a fresh base server: its RSS (``VmRSS``) with 0 clients, then the identity pool registered
 in steps (fresh registrations: addresses the base has not seen), the RSS after each step, then every
@@ -217,11 +218,11 @@ class Echo(Exchange):
 
 
 @dataclass
-class Slot:
+class Source:
+    """One simulated source host: a socket on its own loopback address."""
+
     sock: socket.socket
-    source: tuple[str, int]
-    job: int | None = None
-    sent_at: float = 0.0
+    endpoint: tuple[str, int]
 
 
 @dataclass
@@ -241,77 +242,78 @@ class PhaseResult:
 
 
 class Driver:
-    """``sockets`` UDP sockets, each on its own loopback address, driving exchanges against one server."""
+    """One UDP socket per identity, each on its own loopback address (identity i always registers from
+    source i, as a daemon does), and at most ``window`` exchanges in flight against one server."""
 
-    def __init__(self, sockets: int) -> None:
+    def __init__(self, sources: int, window: int) -> None:
         self.selector = selectors.DefaultSelector()
-        self.slots: list[Slot] = []
+        self.sources: list[Source] = []
+        self.window = window
         hosts = SOURCE_NETWORK.hosts()
-        for _ in range(sockets):
+        for index in range(sources):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.setblocking(False)
             sock.bind((str(next(hosts)), 0))
-            slot = Slot(sock, sock.getsockname())
-            self.slots.append(slot)
-            self.selector.register(sock, selectors.EVENT_READ, slot)
+            self.sources.append(Source(sock, sock.getsockname()))
+            self.selector.register(sock, selectors.EVENT_READ, index)
 
     def close(self) -> None:
-        for slot in self.slots:
-            self.selector.unregister(slot.sock)
-            slot.sock.close()
+        for source in self.sources:
+            self.selector.unregister(source.sock)
+            source.sock.close()
         self.selector.close()
 
     def drain(self) -> None:
         """Throw away late answers of an earlier phase."""
-        for slot in self.slots:
+        for source in self.sources:
             while True:
                 try:
-                    slot.sock.recv(2048)
+                    source.sock.recv(2048)
                 except BlockingIOError:
                     break
 
     def run(self, exchange: Exchange, jobs: Sequence[int], port: int, server_pid: int) -> PhaseResult:
+        """Every job (an index into the sources) once through ``exchange``."""
         target = (LOOPBACK, port)
         queue = list(reversed(jobs))
+        in_flight: dict[int, float] = {}  # job -> when its exchange (last) started
         done = retries = 0
         cpu_before, client_before = cpu_seconds(server_pid), time.process_time()
         started = time.monotonic()
         deadline = started + PHASE_TIMEOUT_S
 
-        def start_next(slot: Slot, now: float) -> None:
-            slot.job = queue.pop() if queue else None
-            if slot.job is not None:
-                slot.sent_at = now
-                slot.sock.sendto(exchange.first(slot.job, slot.source), target)
+        def begin(job: int, now: float) -> None:
+            in_flight[job] = now
+            source = self.sources[job]
+            source.sock.sendto(exchange.first(job, source.endpoint), target)
 
-        for slot in self.slots:
-            start_next(slot, started)
-        busy = sum(slot.job is not None for slot in self.slots)
+        while queue and len(in_flight) < self.window:
+            begin(queue.pop(), started)
         next_check = started + EXCHANGE_TIMEOUT_S
-        while busy and (now := time.monotonic()) < deadline:
+        while in_flight and (now := time.monotonic()) < deadline:
             for key, _ in self.selector.select(timeout=0.1):
-                slot = key.data
+                job: int = key.data
+                source = self.sources[job]
                 while True:
                     try:
-                        reply = slot.sock.recv(2048)
+                        reply = source.sock.recv(2048)
                     except BlockingIOError:
                         break
-                    if slot.job is None:
-                        continue
-                    following, finished = exchange.answer(slot.job, slot.source, reply)
+                    if job not in in_flight:
+                        continue  # a late answer to a finished job
+                    following, finished = exchange.answer(job, source.endpoint, reply)
                     if following is not None:
-                        slot.sock.sendto(following, target)
-                        continue
-                    if finished:
+                        source.sock.sendto(following, target)
+                    elif finished:
                         done += 1
-                        start_next(slot, time.monotonic())
-                        busy -= slot.job is None
+                        del in_flight[job]
+                        if queue:
+                            begin(queue.pop(), time.monotonic())
             if now >= next_check:  # lost or refused datagrams: start those exchanges over
-                for slot in self.slots:
-                    if slot.job is not None and now - slot.sent_at > EXCHANGE_TIMEOUT_S:
+                for job, since in list(in_flight.items()):
+                    if now - since > EXCHANGE_TIMEOUT_S:
                         retries += 1
-                        slot.sent_at = now
-                        slot.sock.sendto(exchange.first(slot.job, slot.source), target)
+                        begin(job, now)
                 next_check = now + EXCHANGE_TIMEOUT_S / 4
         seconds = time.monotonic() - started
         return PhaseResult(
@@ -321,7 +323,7 @@ class Driver:
             retries=retries,
             server_cpu_s=cpu_seconds(server_pid) - cpu_before,
             client_cpu_s=time.process_time() - client_before,
-            timed_out=busy > 0,
+            timed_out=bool(in_flight),
         )
 
 
@@ -442,7 +444,7 @@ def _cell(stats: dict[str, Any] | None, digits: int, suffix: str = "") -> str:
 def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [
         f"Median (min{EN_DASH}max) of {meta['runs']} runs; {meta['clients']} identities, "
-        f"{meta['sockets']} source hosts on loopback, one exchange in flight per host.",
+        f"each registering from its own loopback address, {meta['window']} exchanges in flight.",
         "",
         "| what | exchanges/s | ratio to the echo floor | server CPU s per 1000 | client CPU s/s |",
         "|---|---:|---:|---:|---:|",
@@ -475,7 +477,7 @@ def main() -> int:
     )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--clients", type=int, default=4000, help="identities registered per run")
-    parser.add_argument("--sockets", type=int, default=256, help="simulated source hosts")
+    parser.add_argument("--window", type=int, default=256, help="exchanges in flight at most")
     parser.add_argument("--identities", type=Path, default=IDENTITY_CACHE, help="the identity cache file")
     parser.add_argument("--json-out", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--md-out", type=Path)
@@ -487,7 +489,7 @@ def main() -> int:
     steps = sorted({clients // 4, clients // 2, clients})  # 0, 1000, 2000, 4000 by default
     identities = identity_pool(clients, args.identities)
     runs: list[dict[str, Any]] = []
-    driver = Driver(max(1, min(args.sockets, clients)))
+    driver = Driver(clients, max(1, args.window))
     workdir = Path(tempfile.mkdtemp(prefix="bench-base-server-", dir="/tmp"))
     try:
         for run in range(max(1, args.runs)):
@@ -505,7 +507,7 @@ def main() -> int:
     meta = {
         "runs": len(runs),
         "clients": clients,
-        "sockets": len(driver.slots),
+        "window": driver.window,
         "steps": steps,
         "load_average": os.getloadavg(),
         "cpus": os.cpu_count(),
