@@ -71,6 +71,9 @@ def path_specs(daemon_args: list[str]) -> dict[str, PathSpec]:
     def relayed(lab: Lab, client: Host, server: Host, workdir: Path) -> Tunnel:
         return husarnet_ros_relayed(lab, client, server, workdir, daemon_args)
 
+    def relayed_tcp(lab: Lab, client: Host, server: Host, workdir: Path) -> Tunnel:
+        return husarnet_ros_relayed(lab, client, server, workdir, daemon_args, tcp=True)
+
     return {
         "raw veth": PathSpec(raw_veth, ()),
         "wireguard-go": PathSpec(wireguard_go, ("wg", "wireguard-go")),
@@ -80,6 +83,7 @@ def path_specs(daemon_args: list[str]) -> dict[str, PathSpec]:
         "n2n": PathSpec(n2n, ("edge", "supernode")),
         "husarnet_ros": PathSpec(overlay, ()),
         "husarnet_ros relayed": PathSpec(relayed, ("nft",)),
+        "husarnet_ros relayed over TCP": PathSpec(relayed_tcp, ("nft",)),
     }
 
 

@@ -310,20 +310,29 @@ _RELAY_TABLE = "bench_relay"
 
 
 def husarnet_ros_relayed(
-    lab: Lab, client: Host, server: Host, workdir: Path, daemon_args: Sequence[str] = ()
+    lab: Lab,
+    client: Host,
+    server: Host,
+    workdir: Path,
+    daemon_args: Sequence[str] = (),
+    *,
+    tcp: bool = False,
 ) -> Tunnel:
     """The same two daemons, but every datagram between them goes through a base server's relay: it runs in
     the server's namespace (the pair has no third host), nftables drops daemon-to-daemon datagrams both
-    ways, and discovery is pointed at a network nobody is on, so the base server is the only way."""
+    ways, and discovery is pointed at a network nobody is on, so the base server is the only way. ``tcp``:
+    the client cannot reach the base over UDP either, so its side of the relay runs over TCP."""
     base = LabBaseServer.start(server, RELAY_BASE_PORT)
     rules = [
         (client, f"udp dport {DEFAULT_UDP_PORT} ip daddr {server.ipv4} drop"),
         (server, f"udp sport {DEFAULT_UDP_PORT} udp dport {DEFAULT_UDP_PORT} drop"),
     ]
-    for host, rule in rules:
-        chain = f"chain out {{\n type filter hook output priority 0;\n {rule}\n}}"
-        ruleset = f"table inet {_RELAY_TABLE} {{\n{chain}\n}}\n"
-        host.run(["nft", "-f", "-"], input=ruleset)
+    if tcp:
+        rules.append((client, f"udp dport {RELAY_BASE_PORT} drop"))
+    for host in (client, server):
+        lines = "\n ".join(rule for owner, rule in rules if owner is host)
+        chain = f"chain out {{\n type filter hook output priority 0;\n {lines}\n}}"
+        host.run(["nft", "-f", "-"], input=f"table inet {_RELAY_TABLE} {{\n{chain}\n}}\n")
     args = [*daemon_args, "--base-server", base.address, "--discovery-networks", "198.19.255.0/24"]
     try:
         tunnel = husarnet_ros_overlay(lab, client, server, workdir, args)
@@ -332,10 +341,11 @@ def husarnet_ros_relayed(
         base.remove_files()
         raise
     path = (tunnel.snapshot()["client"]["peer"] or {}).get("path")
-    if path != "tunnelled":
+    transport = _base_transport(tunnel)
+    if path != "tunnelled" or transport != ("tcp" if tcp else "udp"):
         tunnel.stop()
         base.stop()
-        raise LabError(f"the relayed path is {path!r}, not tunnelled")
+        raise LabError(f"the relayed path is {path!r} over {transport!r}, not what was set up")
     stop_daemons = tunnel.stop
 
     def stop() -> None:
@@ -344,18 +354,32 @@ def husarnet_ros_relayed(
         base.remove_files()
 
     assert base.process is not None
-    tunnel.name = "husarnet_ros relayed"
+    tunnel.name = "husarnet_ros relayed over TCP" if tcp else "husarnet_ros relayed"
     tunnel.tunnel_pids.append(base.process.pid)  # the relay's CPU counts too
     tunnel.stop = stop
     tunnel.details["base_server"] = base.address
     return tunnel
 
 
+def _base_transport(tunnel: Tunnel) -> str | None:
+    """How the client daemon reaches its base server (udp or tcp), once the TCP fallback settled."""
+
+    def settled() -> str | None:
+        base = tunnel.snapshot()["client"].get("base") or {}
+        return base.get("transport") if base.get("state") == "registered" else None
+
+    return wait_until(settled, 20.0, interval=0.2, what="the client's base server link")
+
+
 def _daemon_view(daemon: Daemon) -> dict[str, Any]:
     """The daemon's counters and its one peer's entry (state, last handshake, bytes), from ``status``."""
     status = daemon.status()
     peers = status.get("peers", [])
-    return {"counters": status.get("counters", {}), "peer": peers[0] if peers else None}
+    return {
+        "counters": status.get("counters", {}),
+        "peer": peers[0] if peers else None,
+        "base": status.get("base"),
+    }
 
 
 def _prepare_state(daemon: Daemon) -> ipaddress.IPv6Address:
