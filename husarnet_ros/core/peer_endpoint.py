@@ -54,7 +54,7 @@ class PeerEndpoint:
     @property
     def is_name(self) -> bool:
         """True for a DNS name (the daemon resolves it), False for an IP address."""
-        return not _is_ip(self.host)
+        return not is_ip(self.host)
 
     def address_endpoint(self) -> Endpoint | None:
         """The UDP endpoint of an IP address; None for a name (it needs resolving first)."""
@@ -65,7 +65,8 @@ def _quoted(text: str) -> str:
     return repr(text if len(text) <= 60 else text[:59] + "…")
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
+    """Whether ``text`` is an IPv4 or IPv6 address (not a name)."""
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -121,7 +122,7 @@ def parse_peer_endpoint(text: str) -> PeerEndpoint:
         raise EndpointError("endpoint: empty (expected host:port, [IPv6]:port or host)")
     if len(value) > MAX_ENDPOINT_CHARS:
         raise EndpointError(f"endpoint {_quoted(value)}: too long ({len(value)} characters)")
-    if ":" in value and not value.startswith("[") and value.count(":") > 1 and _is_ip(value):
+    if ":" in value and not value.startswith("[") and value.count(":") > 1 and is_ip(value):
         host, port_text = value, ""  # a bare IPv6 address: the default port
     else:
         host, port_text = _split(value, text)
@@ -132,7 +133,7 @@ def parse_peer_endpoint(text: str) -> PeerEndpoint:
     port = int(port_text) if port_text else DEFAULT_PEER_PORT
     if not 0 < port < 65536:
         raise EndpointError(f"endpoint {_quoted(text)}: port {port} is out of range 1-65535")
-    if _is_ip(host):
+    if is_ip(host):
         return PeerEndpoint(_canonical_ip(host, text), port)
     if value.startswith("["):
         raise EndpointError(f"endpoint {_quoted(text)}: {_quoted(host)} in brackets is not an IPv6 address")

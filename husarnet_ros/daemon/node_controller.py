@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import re
 import threading
@@ -60,6 +59,7 @@ from ..core.peer_endpoint import (
     MAX_STATIC_ENDPOINTS_PER_PEER,
     PeerEndpoint,
     StaticEndpoint,
+    is_ip,
     parse_peer_endpoint,
 )
 from ..core.whitelist import Whitelist as Acl
@@ -683,7 +683,7 @@ def _base_name(address: str) -> str:
         raise BadValue(str(exc)) from None
     host = name.rpartition(":")[0]
     bracketed = host.startswith("[")
-    if not _is_ip(host.strip("[]")) and (bracketed or not _DNS_NAME.fullmatch(host)):
+    if not is_ip(host.strip("[]")) and (bracketed or not _DNS_NAME.fullmatch(host)):
         raise BadValue(
             f"base server {quote_input(address)}: {quote_input(host)} is neither an IP address nor a "
             "valid host name"
@@ -701,14 +701,6 @@ def _static_entry(address: str, endpoint: str) -> StaticEndpoint:
         return StaticEndpoint(address=peer, endpoint=parse_peer_endpoint(endpoint).text)
     except ConfigError as exc:
         raise BadValue(str(exc)) from None
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _path_text(endpoint: Endpoint) -> str:
