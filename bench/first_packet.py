@@ -31,7 +31,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from functools import partial
@@ -239,12 +239,13 @@ def failover_run(world: World) -> dict[str, float | None]:
     return {"gap_s": ping.longest_gap() if after is not None else None, "first_reply_after_kill_s": after}
 
 
-def address_change_run(world: World, new_address: str) -> dict[str, float | None]:
-    """n pings a over a direct path while a moves to ``new_address`` on its LAN."""
+def address_change_run(world: World, addresses: tuple[str, str]) -> dict[str, float | None]:
+    """n pings a over a direct path while a moves to the one of ``addresses`` it does not have."""
     a, n = world.roaming
     site, host = world.sites["a"], a.host
     n.wait_path(world.addresses["a"], "direct", timeout=30)
     old_address = current_ipv4(host)
+    new_address = addresses[1] if old_address == addresses[0] else addresses[0]
     ping = ContinuousPing(
         n.host, world.addresses["a"], interval=PING_INTERVAL_S, seconds=ADDRESS_WINDOW_S + 2
     )
@@ -263,6 +264,15 @@ def address_change_run(world: World, new_address: str) -> dict[str, float | None
 def current_ipv4(host: Host) -> str:
     out = host.run(["ip", "-4", "-o", "addr", "show", "dev", host.ifname]).stdout
     return out.split(" inet ", 1)[1].split("/", 1)[0]
+
+
+def attempt(measurement: Callable[..., dict[str, float | None]], *args: Any) -> dict[str, Any]:
+    """One run of ``measurement``; a run that could not even set up is recorded with its error."""
+    try:
+        return measurement(*args)
+    except LabError as exc:
+        progress(f"{measurement.__name__} failed: {exc}")
+        return {"error": str(exc)}
 
 
 def measure(runs: int) -> dict[str, list[dict[str, Any]]]:
@@ -289,15 +299,16 @@ def measure(runs: int) -> dict[str, list[dict[str, Any]]]:
                 base.restart()
             with running(world.failover, wait_ready=True):
                 for run in range(runs):
-                    results["failover"].append(failover_run(world))
+                    results["failover"].append(attempt(failover_run, world))
                     progress(f"failover run {run + 1}: {results['failover'][-1]}")
+            for base in world.bases:  # the last failover run left one killed
+                if base.process is None or base.process.poll() is not None:
+                    base.restart()
             original = world.sites["a"].robots[0].ipv4
             moved = str(ipaddress.IPv4Address(original) + ADDRESS_SHIFT)
             with running(world.roaming, wait_ready=True):
                 for run in range(runs):
-                    results["address_change"].append(
-                        address_change_run(world, moved if run % 2 == 0 else original)
-                    )
+                    results["address_change"].append(attempt(address_change_run, world, (original, moved)))
                     progress(f"address change run {run + 1}: {results['address_change'][-1]}")
         finally:
             world.close()
