@@ -198,6 +198,7 @@ class BaseServerService:
             now = time.monotonic()
             if now >= next_expire:
                 engine.expire(now)
+                self._close_idle(now)
                 next_expire = now + _EXPIRE_EVERY_S
             if now >= next_report:
                 self._report()
@@ -252,13 +253,16 @@ class BaseServerService:
             except OSError as exc:  # e.g. out of descriptors: the listener itself goes on
                 log.warning("TCP accept failed: %s", exc)
                 return
-            if len(self.connections) >= self.engine.max_clients:
+            host = addr[0]
+            if len(self.connections) >= self.engine.max_clients or (
+                sum(1 for endpoint in self.connections if endpoint[0] == host) >= tcp.MAX_CONNECTIONS_PER_HOST
+            ):
                 self.engine.counters["drop_tcp_too_many"] += 1
                 sock.close()
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            connection = tcp.Connection(sock, tcp.tcp_endpoint(addr))
+            connection = tcp.Connection(sock, tcp.tcp_endpoint(addr), opened_at=time.monotonic())
             self.connections[connection.endpoint] = connection
             self._selector.register(sock, selectors.EVENT_READ, connection)
             self.engine.counters["tcp_accepted"] += 1
@@ -266,12 +270,21 @@ class BaseServerService:
     def _read_tcp(self, connection: tcp.Connection) -> None:
         messages = connection.read()
         if messages is None:
+            if connection.bad_frame:
+                self.engine.counters["tcp_closed_bad_frame"] += 1
             self._drop(connection)
             return
         now = time.monotonic()
+        if messages:
+            connection.last_frame_at = now
         for message in messages:
             for target, answer in self.engine.receive(message, connection.endpoint, now):
                 self._send(answer, target)
+
+    def _close_idle(self, now: float) -> None:
+        for connection in [c for c in self.connections.values() if c.expired(now)]:
+            self.engine.counters["tcp_closed_idle"] += 1
+            self._drop(connection)
 
     def _watch(self, connection: tcp.Connection) -> None:
         """Ask for writability only while something waits to be written."""

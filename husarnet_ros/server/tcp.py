@@ -22,6 +22,12 @@ from .registry import TCP_PORT_OFFSET
 log = logging.getLogger("husarnet_ros.base_server")
 
 MAX_QUEUED_BYTES = 4 * 1024 * 1024  # per connection; frames beyond it are dropped (and counted)
+# A connection must carry a complete frame this soon after it opens, and then one at least this often (a
+# registered client sends a hello every 5 s): otherwise it is closed, so idle or half-open connections cannot
+# pile up to the cap and lock genuine TCP-only clients out.
+FIRST_FRAME_WITHIN_S = 10.0
+IDLE_CLOSE_AFTER_S = 60.0
+MAX_CONNECTIONS_PER_HOST = 32  # one NAT may hide a few robots; more from one address is a flood
 _READ_SIZE = 256 * 1024
 
 
@@ -58,6 +64,14 @@ class Connection:
     queue: collections.deque[bytes] = field(default_factory=collections.deque)
     queued_bytes: int = 0
     offset: int = 0  # bytes of queue[0] already written
+    opened_at: float = 0.0
+    last_frame_at: float | None = None  # the last complete frame received
+    bad_frame: bool = False  # read() ended it on a frame that cannot be (counted by the service)
+
+    def expired(self, now: float) -> bool:
+        if self.last_frame_at is None:
+            return now - self.opened_at > FIRST_FRAME_WITHIN_S
+        return now - self.last_frame_at > IDLE_CLOSE_AFTER_S
 
     def enqueue(self, message: bytes | memoryview) -> bool:
         """Queue one message; False (dropped) when the client is too far behind."""
@@ -81,6 +95,7 @@ class Connection:
         try:
             return self.decoder.feed(data)
         except ProtocolError:
+            self.bad_frame = True
             return None
 
     def write(self) -> bool:

@@ -37,6 +37,7 @@ from husarnet_ros.core.errors import ProtocolError
 from husarnet_ros.core.identity import Identity
 from husarnet_ros.core.peer import Endpoint
 from husarnet_ros.daemon.base_tcp import TcpBridge
+from husarnet_ros.server import service as service_module
 from husarnet_ros.server import tcp
 from husarnet_ros.server.registry import TCP_PORT_OFFSET, BaseServer, is_tcp
 from husarnet_ros.server.service import BaseServerConfig, BaseServerService
@@ -533,12 +534,20 @@ class FramedClient:
                 raise ConnectionError("the base server closed the connection")
             self._buffer += chunk
 
-    def closed_by_server(self) -> bool:
-        """Whether the server closed the connection (waiting for it at most WAIT_S)."""
+    def closed_by_server(self, timeout: float | None = None) -> bool:
+        """Whether the server closed the connection (waiting for it at most ``timeout``, default WAIT_S);
+        False when it is still open then."""
+        previous = self.sock.gettimeout()
+        if timeout is not None:
+            self.sock.settimeout(timeout)
         try:
             return self.sock.recv(1) == b""
         except ConnectionResetError:
             return True
+        except TimeoutError:
+            return False
+        finally:
+            self.sock.settimeout(previous)
 
     def close(self) -> None:
         self.sock.close()
@@ -975,3 +984,56 @@ def test_closing_a_bridge_ends_its_thread_and_its_connection(
     assert not bridge_threads("close")
     assert bridge.udp.fileno() == -1
     assert frame_server.ended.wait(WAIT_S)
+
+
+# --------------------------------------------------------------------------- idle and crowded TCP connections
+def test_a_bad_frame_is_counted_when_the_connection_is_closed(
+    service: BaseServerService, clients: list[FramedClient | DatagramClient]
+) -> None:
+    assert service.tcp_port is not None
+    mallory = FramedClient(service.tcp_port)
+    clients.append(mallory)
+    mallory.sock.sendall(b"\x00\x00")
+    assert mallory.closed_by_server()
+    wait_until(lambda: counters(service).get("tcp_closed_bad_frame") == 1, "the bad frame is counted")
+
+
+def counters(service: BaseServerService) -> dict[str, int]:
+    found = service.status()["counters"]
+    assert isinstance(found, dict)
+    return found
+
+
+def test_silent_and_idle_connections_are_closed(
+    monkeypatch: pytest.MonkeyPatch, clients: list[FramedClient | DatagramClient]
+) -> None:
+    # A connection that never sends a whole frame, and one that stops sending, must not hold a slot forever.
+    monkeypatch.setattr(tcp, "FIRST_FRAME_WITHIN_S", 0.3)
+    monkeypatch.setattr(tcp, "IDLE_CLOSE_AFTER_S", 1.5)
+    monkeypatch.setattr(service_module, "_EXPIRE_EVERY_S", 0.05)
+    with running(BaseServerConfig("127.0.0.1", 0, 0, status_interval=60)) as service:
+        assert service.tcp_port is not None
+        silent, talker = FramedClient(service.tcp_port), FramedClient(service.tcp_port)
+        clients += [silent, talker]
+        silent.sock.sendall(b"\x00")  # half a length: never a frame
+        talker.send(basewire.encode_hello())
+        assert basewire.decode_challenge(talker.receive())
+        assert silent.closed_by_server()
+        assert counters(service)["tcp_closed_idle"] >= 1
+        assert not talker.closed_by_server(timeout=0.1)  # it spoke recently
+        assert talker.closed_by_server()  # and then went quiet for longer than the idle limit
+        wait_until(lambda: service.status()["tcp_connections"] == 0, "both closed")
+
+
+def test_one_host_cannot_take_every_connection(
+    monkeypatch: pytest.MonkeyPatch, clients: list[FramedClient | DatagramClient]
+) -> None:
+    monkeypatch.setattr(tcp, "MAX_CONNECTIONS_PER_HOST", 2)
+    with running(BaseServerConfig("127.0.0.1", 0, 0, status_interval=60)) as service:
+        assert service.tcp_port is not None
+        first, second, third = (FramedClient(service.tcp_port) for _ in range(3))
+        clients += [first, second, third]
+        assert third.closed_by_server()
+        assert counters(service)["drop_tcp_too_many"] == 1
+        first.send(basewire.encode_hello())
+        assert basewire.decode_challenge(first.receive())
