@@ -399,6 +399,7 @@ def one_run(driver: Driver, identities: list[Identity], steps: list[int], workdi
         record["memory_kib"] = memory
         per_client = slope(memory)
         record["kib_per_client"] = per_client
+        time.sleep(0.5)  # the status file is written every 0.2 s: let it catch up with the last phase
         record["server_counters"] = base.counters()
     finally:
         base.stop()
