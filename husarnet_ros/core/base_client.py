@@ -36,6 +36,9 @@ UDP_RETRY_S = 15.0  # while a base is reached over TCP, try UDP again this often
 TCP_RETRY_S = 10.0  # after TCP to a base failed too, try it again this long later
 DEFAULT_BASE_PORT = 5582
 DEFAULT_BASE_TCP_PORT = 443  # the fallback for networks that let no UDP out
+# A node registers with every base it is given (a hello to each every KEEPALIVE_S): a bound on that work,
+# and on what the daemon's configuration, its API and a fleet file may list.
+MAX_BASE_SERVERS = 16
 
 Datagram = tuple[Endpoint, bytes]
 

@@ -13,17 +13,20 @@ The fleet file is YAML (reference: docs/ROS.md, example: config/fleet.yaml)::
     links:                         # optional; absent means every robot may talk to every other
       - [arms, robot2]             # members of `arms` and robot2 may talk, in both directions
       - ["*", base]                # "*" is every robot
+    base_servers:                  # optional: the base servers every robot of the fleet uses
+      - base.example.com           # host[:port] or [IPv6]:port, port 5582 by default
 
 Each robot launches with its own name and gets from ``Fleet.view(name)`` its whitelist (the peers it may
 talk to), the hosts entries to keep (those peers' names and addresses), the static endpoints of those peers
-(WireGuard's ``Endpoint``: ``host:port`` or ``[IPv6]:port``, host an IP address or a DNS name) and its DDS
-initial peers.
+(WireGuard's ``Endpoint``: ``host:port`` or ``[IPv6]:port``, host an IP address or a DNS name), its DDS
+initial peers and the fleet's base servers (the same for every robot).
 
 Pure: parsing and computing only; ``load_fleet`` reads the file, nothing here writes.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +35,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .address import format_address, parse_overlay
+from .base_client import MAX_BASE_SERVERS, parse_base_server
 from .errors import AddressError, ConfigError, HusarnetError
 from .hosts import normalize_hostname
 from .identity import read_identity_file
-from .peer_endpoint import MAX_STATIC_ENDPOINTS_PER_PEER, endpoint_name
+from .peer_endpoint import MAX_STATIC_ENDPOINTS_PER_PEER, endpoint_name, is_ip
 from .yamlfile import read_yaml_file
 
 # A fleet file is a few KiB; a bigger one is a mistake (or an attack on whoever parses it).
@@ -43,6 +47,8 @@ MAX_FLEET_FILE_SIZE = 1 << 20
 EVERY_ROBOT = "*"
 # A ROS namespace: tokens of letters, digits and underscores separated by "/", none starting with a digit.
 _NAMESPACE_RE = re.compile(r"/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*")
+# A base server's host name as the daemon accepts it (daemon/node_controller.py): DNS labels, dots between.
+_BASE_HOST_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*\.?")
 
 
 def _check_namespace(namespace: str) -> str:
@@ -52,6 +58,24 @@ def _check_namespace(namespace: str) -> str:
             "no token starting with a digit, no '__')"
         )
     return namespace
+
+
+def base_server_name(text: str) -> str:
+    """The one spelling of a base server, the daemon's (``daemon.state.base_server_name``, which core may not
+    import; test_fleet.py holds the two equal): ``host:port`` or ``[IPv6]:port``, the port always written, an
+    IP address compressed, a host name in lower case. ValueError saying what is wrong when the daemon would
+    refuse it: not ``host[:port]`` (parse_base_server), or a host neither an IP address nor a DNS name."""
+    try:
+        host, port = parse_base_server(text)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    if is_ip(host):
+        host = str(ipaddress.ip_address(host))
+    else:
+        host = host.lower()  # DNS names are case-insensitive: one server, one name
+        if text.strip().startswith("[") or not _BASE_HOST_NAME.fullmatch(host):
+            raise ValueError(f"base server {text!r}: {host!r} is neither an IP address nor a valid host name")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def default_namespace(name: str) -> str:
@@ -121,6 +145,23 @@ class FleetSpec(BaseModel):
 
     robots: dict[str, RobotSpec]
     links: tuple[tuple[str, str], ...] | None = None
+    base_servers: tuple[str, ...] = Field(
+        default=(), description="base servers every robot uses: host[:port] or [IPv6]:port"
+    )
+
+    @field_validator("base_servers")
+    @classmethod
+    def _base_servers(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        written: dict[str, str] = {}  # one spelling -> as written
+        for value in values:
+            name = base_server_name(value)
+            if name in written:
+                same = "is listed twice" if written[name] == value else f"is the same as {written[name]!r}"
+                raise ValueError(f"base server {value!r} {same} ({name})")
+            written[name] = value
+        if len(written) > MAX_BASE_SERVERS:
+            raise ValueError(f"{len(written)} base servers: at most {MAX_BASE_SERVERS} are used")
+        return tuple(written)
 
     @field_validator("robots")
     @classmethod
@@ -157,6 +198,7 @@ class RobotView:
 
     me: Member
     peers: tuple[Member, ...]
+    base_servers: tuple[str, ...] = ()  # the fleet's, in their one spelling (base_server_name)
 
     @property
     def whitelist(self) -> list[str]:
@@ -177,6 +219,7 @@ class RobotView:
 class Fleet:
     members: dict[str, Member]
     links: tuple[tuple[str, str], ...] | None
+    base_servers: tuple[str, ...] = ()  # every robot uses them; in their one spelling (base_server_name)
 
     def _selects(self, selector: str, member: Member) -> bool:
         return selector in (EVERY_ROBOT, member.name) or selector in member.groups
@@ -200,7 +243,7 @@ class Fleet:
             known = ", ".join(sorted(self.members))
             raise ConfigError(f"robot {name!r} is not in the fleet (robots: {known})")
         peers = tuple(m for other, m in sorted(self.members.items()) if self.may_talk(name, other))
-        return RobotView(me=self.members[name], peers=peers)
+        return RobotView(me=self.members[name], peers=peers, base_servers=self.base_servers)
 
     def by_address(self, address: str) -> Member | None:
         for member in self.members.values():
@@ -264,7 +307,7 @@ def parse_fleet(data: Any, base_dir: Path, source: str = "<fleet>") -> Fleet:
                 raise ConfigError(
                     f"invalid fleet file {source}: links.{index}: {selector!r} is neither a robot nor a group"
                 )
-    return Fleet(members, spec.links)
+    return Fleet(members, spec.links, spec.base_servers)
 
 
 def load_fleet(path: Path) -> Fleet:

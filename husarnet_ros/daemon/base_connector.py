@@ -19,7 +19,14 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..core.base_client import DEFAULT_BASE_TCP_PORT, BaseClient, BaseLink, BaseState, parse_base_server
+from ..core.base_client import (
+    DEFAULT_BASE_TCP_PORT,
+    MAX_BASE_SERVERS,
+    BaseClient,
+    BaseLink,
+    BaseState,
+    parse_base_server,
+)
 from ..core.basewire import MAX_ENDPOINTS
 from ..core.identity import Identity
 from ..core.node import Node
@@ -31,7 +38,6 @@ log = logging.getLogger("husarnet_ros.daemon")
 
 WANTED_PEERS_INTERVAL_S = 1.0  # relay offered and rendezvous asked for the wanted peers this often
 RESOLVE_RETRY_S = 30.0  # a base server name that did not resolve is tried again this often
-MAX_BASE_SERVERS = 16
 
 
 def resolve(host: str, port: int) -> Endpoint | None:

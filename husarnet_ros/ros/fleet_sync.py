@@ -20,6 +20,12 @@ Who owns which static endpoint
     fleet's missing ones and removes only those it owns (an ``EndpointLedger``) once the fleet no longer
     gives them; one a user added by hand is never removed. At start, the daemon's static endpoints that the
     fleet gives are adopted, so one left over from an earlier run is removed once the file drops it.
+
+Who owns which base server
+    The same rule again, for the fleet's ``base_servers`` (``husarnet-ros base``; a ``BaseServerLedger``):
+    the missing ones are added, the ones the node owns are removed once the file drops them; one added by
+    hand (or from the daemon's own configuration) is never removed, unless the file also gave it when the
+    node started (adopted).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from ..api import PeerStatus
 from ..core.errors import ConfigError, HusarnetError
@@ -136,28 +143,35 @@ class HostsPlan:
 
 
 StaticKey = tuple[str, str]  # (peer address, endpoint), both in their one spelling
+# What a ledger keeps: a static endpoint's StaticKey, or a base server's name (core.fleet.base_server_name).
+Key = TypeVar("Key", StaticKey, str)
 
 
 @dataclass(frozen=True)
-class EndpointsPlan:
-    """Static endpoints to add and to remove so the daemon's match the fleet's."""
+class SyncPlan(Generic[Key]):
+    """Entries to add and to remove so the daemon's match the fleet's."""
 
-    add: tuple[StaticKey, ...]
-    remove: tuple[StaticKey, ...]
+    add: tuple[Key, ...]
+    remove: tuple[Key, ...]
 
     @property
     def empty(self) -> bool:
         return not self.add and not self.remove
 
 
-@dataclass
-class EndpointLedger:
-    """The static endpoints a whitelist node owns (see the module docstring for the rule)."""
+EndpointsPlan = SyncPlan[StaticKey]
+BaseServersPlan = SyncPlan[str]
 
-    owned: set[StaticKey] = field(default_factory=set)
+
+@dataclass
+class OwnershipLedger(Generic[Key]):
+    """The entries of a daemon list (static endpoints, base servers) a whitelist node owns: see the module
+    docstring for the rule. Only the node's fleet sync uses it, on one thread."""
+
+    owned: set[Key] = field(default_factory=set)
     started: bool = False
 
-    def plan(self, wanted: Iterable[StaticKey], current: Iterable[StaticKey]) -> EndpointsPlan:
+    def plan(self, wanted: Iterable[Key], current: Iterable[Key]) -> SyncPlan[Key]:
         """What to add (wanted, not there yet) and remove (ours, no longer wanted, still there)."""
         wanted_keys, present = list(dict.fromkeys(wanted)), set(current)
         if not self.started:
@@ -165,13 +179,21 @@ class EndpointLedger:
             self.started = True
         add = tuple(key for key in wanted_keys if key not in present)
         remove = tuple(sorted(key for key in self.owned if key not in wanted_keys and key in present))
-        return EndpointsPlan(add, remove)
+        return SyncPlan(add, remove)
 
-    def settle(self, wanted: Iterable[StaticKey], current: Iterable[StaticKey]) -> None:
+    def settle(self, wanted: Iterable[Key], current: Iterable[Key]) -> None:
         """Update ownership from the daemon's list after the changes: wanted ones it holds are ours, stale
         ones still there (a removal failed) stay ours to retry, ones gone are forgotten."""
         present, wanted_keys = set(current), set(wanted)
         self.owned = (wanted_keys & present) | (self.owned & present)
+
+
+class EndpointLedger(OwnershipLedger[StaticKey]):
+    """The peers' static endpoints a whitelist node owns."""
+
+
+class BaseServerLedger(OwnershipLedger[str]):
+    """The base servers a whitelist node owns."""
 
 
 @dataclass

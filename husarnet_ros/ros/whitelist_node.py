@@ -20,17 +20,20 @@ user made are never removed, and a robot dropped from the file stays whitelisted
 ``remove_peer`` or a daemon restart with a fresh whitelist. The peers' static endpoints (``endpoint:`` in
 the file) are synced both ways: missing ones added, and the ones this node added removed once the file no
 longer gives them; ones added by hand (``husarnet-ros endpoint add``) are never removed
-(``fleet_sync.EndpointLedger``). A fleet file that cannot be used (missing,
-invalid, robot not listed) is logged as an ERROR, once per change of the file, and the node keeps serving
-its services: a typo must be loud, but must not take the peer services down with it.
+(``fleet_sync.EndpointLedger``). The fleet's ``base_servers`` are synced the same way (``husarnet-ros base``;
+``fleet_sync.BaseServerLedger``). A fleet file that cannot be used (missing, invalid, robot not listed) is
+logged as an ERROR, once per change of the file, and the node keeps serving its services: a typo must be
+loud, but must not take the peer services down with it. A change the daemon refuses (e.g. a base server over
+its limit) is logged as an ERROR too, and tried again when the file, the parameters or the daemon change.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
@@ -42,7 +45,6 @@ from husarnet_ros.srv import AddPeer, ListPeers, Ping, RemovePeer
 from ..api import Status
 from ..client import ControlClient, NotFound
 from ..core.errors import ConfigError
-from ..core.peer_endpoint import StaticEndpoint
 from .common import (
     COMMON_PARAMETERS,
     FLEET_PARAMETERS,
@@ -56,8 +58,11 @@ from .common import (
 from .convert import UNKNOWN_RTT_MS, path_code, peer_to_msg
 from .daemon_calls import hosts_add, hosts_remove, whitelist_add, whitelist_remove
 from .fleet_sync import (
+    BaseServerLedger,
     EndpointLedger,
     FleetState,
+    Key,
+    OwnershipLedger,
     StaticKey,
     address_mismatch,
     hosts_to_write,
@@ -70,20 +75,41 @@ NODE_NAME = "husarnet_whitelist"
 FileStamp = tuple[int, int] | None
 
 
-def _endpoint_add(key: StaticKey) -> Callable[[ControlClient], list[StaticEndpoint]]:
-    return lambda client: client.static_endpoint_add(*key)
+@dataclass(frozen=True)
+class _ListCalls(Generic[Key]):
+    """The calls that read and change one daemon list the fleet syncs both ways; each gives the keys the list
+    holds afterwards."""
+
+    what: str  # for the log: "static endpoints", "base servers"
+    listed: Callable[[ControlClient], list[Key]]
+    add: Callable[[ControlClient, Key], list[Key]]
+    remove: Callable[[ControlClient, Key], list[Key]]  # also when someone else removed it first
+
+    def adding(self, key: Key) -> Callable[[ControlClient], list[Key]]:
+        return lambda client: self.add(client, key)
+
+    def removing(self, key: Key) -> Callable[[ControlClient], list[Key]]:
+        def remove(client: ControlClient) -> list[Key]:
+            try:
+                return self.remove(client, key)
+            except NotFound:  # already gone: the goal is reached
+                return self.listed(client)
+
+        return remove
 
 
-def _endpoint_remove(key: StaticKey) -> Callable[[ControlClient], list[StaticEndpoint]]:
-    """Removes the static endpoint; the list afterwards, also when someone else removed it first."""
-
-    def remove(client: ControlClient) -> list[StaticEndpoint]:
-        try:
-            return client.static_endpoint_remove(*key)
-        except NotFound:  # already gone: the goal is reached
-            return client.static_endpoints()
-
-    return remove
+STATIC_ENDPOINTS = _ListCalls[StaticKey](
+    "static endpoints",
+    listed=lambda client: [entry.key for entry in client.static_endpoints()],
+    add=lambda client, key: [entry.key for entry in client.static_endpoint_add(*key)],
+    remove=lambda client, key: [entry.key for entry in client.static_endpoint_remove(*key)],
+)
+BASE_SERVERS = _ListCalls[str](
+    "base servers",
+    listed=lambda client: [server.address for server in client.base_servers()],
+    add=lambda client, name: [server.address for server in client.base_add(name)],
+    remove=lambda client, name: [server.address for server in client.base_remove(name)],
+)
 
 
 def _file_stamp(path: str) -> FileStamp:
@@ -106,7 +132,9 @@ class WhitelistNode(Node):
         self._applied_for: tuple[str, str, FileStamp, str] | None = None
         self._last_error = ""
         self._last_uptime_s: float | None = None
-        self._endpoints = EndpointLedger()  # the static endpoints this node added (only _apply_fleet uses it)
+        # What this node added to the daemon's lists (only _apply_fleet uses them).
+        self._endpoints = EndpointLedger()
+        self._base_servers = BaseServerLedger()
 
         services = ReentrantCallbackGroup()
         self.create_service(AddPeer, "husarnet/add_peer", self._add_peer, callback_group=services)
@@ -183,38 +211,48 @@ class WhitelistNode(Node):
             if not written_reply.ok:
                 return not self._failed_to_apply(written_reply.error)
             written.append(name)
-        synced, error = self._sync_endpoints(state)
-        if synced is None:
-            return not self._failed_to_apply(error)
+        # Each list is synced even when the other failed: a refused endpoint must not hold the bases back.
+        endpoints, endpoint_error = self._sync(self._endpoints, state.view.static_endpoints, STATIC_ENDPOINTS)
+        bases, base_error = self._sync(self._base_servers, list(state.view.base_servers), BASE_SERVERS)
+        if endpoints is None or bases is None:
+            return not self._failed_to_apply("; ".join(filter(None, (endpoint_error, base_error))))
         self.get_logger().info(
             f"fleet file {state.source} applied as robot {state.robot!r}: {len(state.view.peers)} peer(s) "
             f"({', '.join(p.name for p in state.view.peers) or 'none'}); whitelisted {len(added)} new, "
-            f"wrote {len(written)} host name(s), static endpoints: {synced}"
+            f"wrote {len(written)} host name(s), {endpoints}, {bases}"
         )
         return True
 
-    def _sync_endpoints(self, state: FleetState) -> tuple[str | None, str]:
-        """Add the fleet's missing static endpoints, remove the ones this node added that the fleet no longer
-        gives; (what changed, "") or (None, the daemon's error)."""
-        wanted = state.view.static_endpoints
-        listed = self._link.request(lambda c: c.static_endpoints())
+    def _sync(
+        self, ledger: OwnershipLedger[Key], wanted: list[Key], calls: _ListCalls[Key]
+    ) -> tuple[str | None, str]:
+        """Add the fleet's missing entries to a daemon list, remove the ones this node owns that the fleet no
+        longer gives; (what changed, "") or (None, the daemon's first error)."""
+        listed = self._link.request(calls.listed)
         if listed.value is None:
             return None, listed.error
-        current = [entry.key for entry in listed.value]
-        plan = self._endpoints.plan(wanted, current)
+        current = listed.value
+        plan = ledger.plan(wanted, current)
+        errors: list[str] = []
         added = removed = 0
         for key in plan.add:
-            reply = self._link.request(_endpoint_add(key))
+            reply = self._link.request(calls.adding(key))
             if reply.value is None:
-                return None, reply.error
-            current, added = [entry.key for entry in reply.value], added + 1
+                # The next ones would meet the same refusal (a limit, most likely). The removals still run:
+                # an entry the file replaced makes room, and the next application adds its successor.
+                errors.append(reply.error)
+                break
+            current, added = reply.value, added + 1
         for key in plan.remove:
-            gone = self._link.request(_endpoint_remove(key))
+            gone = self._link.request(calls.removing(key))
             if gone.value is None:
-                return None, gone.error
-            current, removed = [entry.key for entry in gone.value], removed + 1
-        self._endpoints.settle(wanted, current)
-        return f"{added} added, {removed} removed", ""
+                errors.append(gone.error)
+                break
+            current, removed = gone.value, removed + 1
+        ledger.settle(wanted, current)  # the list as the daemon last gave it, also after a refusal
+        if errors:
+            return None, errors[0]
+        return f"{calls.what}: {added} added, {removed} removed", ""
 
     def _failed_to_apply(self, error: str) -> bool:
         """Log why the fleet could not be applied; True when trying again later makes sense."""

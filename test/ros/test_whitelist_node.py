@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from husarnet_ros.core.base_client import MAX_BASE_SERVERS
 from husarnet_ros.daemon.control import ControlServer
 from husarnet_ros.daemon.node_controller import NodeController
 from husarnet_ros.testing.memnet_daemon import MemNetFleet, ServedFleet, member_address
@@ -376,6 +377,69 @@ def test_bad_fleet_file_keeps_the_services_up(
         lambda: member_address("robot3") in whitelisted(controller),
         CONDITION_TIMEOUT_S,
         what="the corrected fleet file applied",
+    )
+
+
+def base_servers(controller: NodeController) -> list[str]:
+    return [server.address for server in controller.base_servers()]
+
+
+def test_fleet_base_servers_synced_both_ways_never_the_users(
+    fleet_file: Path, daemon: ServedFleet, harness_factory: Callable[..., Harness]
+) -> None:
+    controller = daemon.controller
+    controller.base_add("198.18.0.200")  # the user's, before the node starts
+    listed = fleet_file.read_text(encoding="utf-8")
+    fleet_file.write_text(
+        listed + "base_servers: [Base.Example.com, '198.18.0.100:6000']\n", encoding="utf-8"
+    )
+    harness_factory(daemon.socket_path, fleet_file=str(fleet_file))
+    wanted = ["198.18.0.200:5582", "base.example.com:5582", "198.18.0.100:6000"]
+    wait_until(
+        lambda: base_servers(controller) == wanted, CONDITION_TIMEOUT_S, what="the fleet's base servers"
+    )
+    # The file drops one and gives another: the node's go and come, the user's stays.
+    fleet_file.write_text(
+        listed + "base_servers: ['198.18.0.100:6000', '[fd00:98::100]']\n", encoding="utf-8"
+    )
+    wanted = ["198.18.0.200:5582", "198.18.0.100:6000", "[fd00:98::100]:5582"]
+    wait_until(
+        lambda: base_servers(controller) == wanted, CONDITION_TIMEOUT_S, what="the edited list applied"
+    )
+    # No `base_servers:` at all: none of the fleet's is left, the user's still is.
+    fleet_file.write_text(listed, encoding="utf-8")
+    wait_until(
+        lambda: base_servers(controller) == ["198.18.0.200:5582"],
+        CONDITION_TIMEOUT_S,
+        what="the fleet's base servers removed",
+    )
+
+
+def test_fleet_base_server_refused_by_the_daemon_is_tried_again_when_the_file_changes(
+    fleet_file: Path, daemon: ServedFleet, harness_factory: Callable[..., Harness]
+) -> None:
+    controller = daemon.controller
+    controller.base_add("198.18.0.200")  # the user's: with it, the fleet's last one is over the limit
+    fleets = [f"198.18.1.{i}" for i in range(MAX_BASE_SERVERS)]
+    listed = fleet_file.read_text(encoding="utf-8")
+    with_bases = listed + f"base_servers: [{', '.join(fleets)}]\n"
+    fleet_file.write_text(with_bases, encoding="utf-8")
+    harness = harness_factory(daemon.socket_path, fleet_file=str(fleet_file))
+    wait_until(
+        lambda: len(base_servers(controller)) == MAX_BASE_SERVERS,
+        CONDITION_TIMEOUT_S,
+        what="the daemon filled up to its limit",
+    )
+    assert f"{fleets[-1]}:5582" not in base_servers(controller)  # refused (and logged)
+    response = harness.call(AddPeer, "husarnet/add_peer", address="fc94::9", hostname="")
+    assert response.success, response.message  # a refusal does not take the services down
+    # The user makes room and saves the file again: the refused one is added.
+    controller.base_remove("198.18.0.200")
+    fleet_file.write_text(with_bases + "# saved again\n", encoding="utf-8")
+    wait_until(
+        lambda: base_servers(controller) == [f"{address}:5582" for address in fleets],
+        CONDITION_TIMEOUT_S,
+        what="the refused base server added once there was room",
     )
 
 

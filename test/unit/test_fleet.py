@@ -10,15 +10,18 @@ import pytest
 from fixed_identities import fixed_identity
 
 from husarnet_ros.core.address import format_address
+from husarnet_ros.core.base_client import MAX_BASE_SERVERS
 from husarnet_ros.core.errors import ConfigError
 from husarnet_ros.core.fleet import (
     MAX_FLEET_FILE_SIZE,
     Fleet,
     Member,
+    base_server_name,
     default_namespace,
     load_fleet,
     parse_fleet,
 )
+from husarnet_ros.daemon.state import base_server_name as daemon_base_server_name
 
 
 def write(tmp_path: Path, text: str, name: str = "fleet.yaml") -> Path:
@@ -406,3 +409,92 @@ def test_static_endpoints_of_the_peers_in_one_spelling() -> None:
 def test_a_bad_endpoint_is_a_clear_config_error(robot: dict[str, Any], expected: str) -> None:
     message = error_of({"robots": {"r1": {"address": "fc94::1", **robot}}})
     assert expected in message
+
+
+# --- base servers ----------------------------------------------------------------------------------------
+
+
+def test_base_servers_in_the_daemons_spelling_for_every_robot(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        robots:
+          robot1: {address: "fc94::1"}
+          robot2: {address: "fc94::2"}
+          lonely: {address: "fc94::9"}
+        links:
+          - [robot1, robot2]
+        base_servers:
+          - Base.Example.com
+          - 198.18.0.100:6000
+          - "[FD00:98::0100]:5583"
+          - fd00:98::101
+        """,
+    )
+    fleet = load_fleet(path)
+    spelled = ("base.example.com:5582", "198.18.0.100:6000", "[fd00:98::100]:5583", "[fd00:98::101]:5582")
+    assert fleet.base_servers == spelled
+    # The fleet's, not a robot's: one with no peer at all uses them too.
+    assert [fleet.view(name).base_servers for name in ("robot1", "robot2", "lonely")] == [spelled] * 3
+
+
+def test_no_base_servers_by_default() -> None:
+    fleet = fleet_of({"robot1": {"address": "fc94::1"}})
+    assert fleet.base_servers == ()
+    assert fleet.view("robot1").base_servers == ()
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "Base.Example.COM",
+        "base.example.com.",
+        "198.18.0.100",
+        "198.18.0.100:443",
+        "[FD00:98::1]:7",
+        "fd00:98::1",
+    ],
+)
+def test_base_server_spelling_is_the_daemons(written: str) -> None:
+    # The whitelist node compares the fleet's names with the daemon's list: one spelling on both sides, or
+    # a base server would be added again at every sync and never recognised as the node's own.
+    assert base_server_name(written) == daemon_base_server_name(written)
+
+
+@pytest.mark.parametrize(
+    ("base_servers", "expected"),
+    [
+        (["base:port"], "F: base_servers: base server 'base:port': port 'port' is not a number"),
+        (["base:0"], "base_servers: base server 'base:0': port 0 is out of range 1-65535"),
+        (["two words"], "base_servers: base server 'two words': 'two words' is neither an IP address nor"),
+        (["[base]:5582"], "base_servers: base server '[base]:5582': 'base' is neither an IP address nor"),
+        ([""], "base_servers: base server: empty"),
+        ("base.example.com", "base_servers: must be a list"),
+        ([5582], "base_servers.0: Input should be a valid string"),
+        (
+            ["a.example.com", "b.example.com", "a.example.com"],
+            "'a.example.com' is listed twice (a.example.com:5582)",
+        ),
+        (
+            ["198.18.0.1", "198.18.0.1:5582"],
+            "base server '198.18.0.1:5582' is the same as '198.18.0.1' (198.18.0.1:5582)",
+        ),
+        (
+            ["BASE.example.com", "base.example.com"],
+            "is the same as 'BASE.example.com' (base.example.com:5582)",
+        ),
+        (
+            [f"198.18.0.{i}" for i in range(MAX_BASE_SERVERS + 1)],
+            f"base_servers: {MAX_BASE_SERVERS + 1} base servers: at most {MAX_BASE_SERVERS} are used",
+        ),
+    ],
+)
+def test_a_bad_base_server_list_is_a_clear_config_error(base_servers: Any, expected: str) -> None:
+    message = error_of({"robots": {"r1": {"address": "fc94::1"}}, "base_servers": base_servers})
+    assert expected in message
+
+
+def test_as_many_base_servers_as_the_daemon_uses() -> None:
+    servers = [f"198.18.0.{i}" for i in range(MAX_BASE_SERVERS)]
+    fleet = parse_fleet({"robots": {"r1": {"address": "fc94::1"}}, "base_servers": servers}, Path("/x"))
+    assert len(fleet.base_servers) == MAX_BASE_SERVERS

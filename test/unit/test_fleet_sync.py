@@ -10,6 +10,8 @@ import pytest
 from husarnet_ros.api import PeerStatus
 from husarnet_ros.core.errors import ConfigError
 from husarnet_ros.ros.fleet_sync import (
+    BaseServerLedger,
+    BaseServersPlan,
     EndpointLedger,
     EndpointsPlan,
     HostsLedger,
@@ -321,3 +323,55 @@ def test_endpoints_the_fleet_gives_found_at_start_are_adopted() -> None:
     assert plan.empty
     ledger.settle([E2], [E2, BY_HAND])
     assert ledger.plan([], [E2, BY_HAND]) == EndpointsPlan(add=(), remove=(E2,))
+
+
+# --- base servers: the ledger ------------------------------------------------------------------------------
+
+BASE_A, BASE_B, BASE_C = "base-a.example.com:5582", "198.18.0.100:5582", "[fd00:98::100]:5582"
+BASE_BY_HAND = "198.18.0.200:5582"  # `husarnet-ros base add`, or the daemon's own configuration
+
+
+def test_base_servers_first_plan_adds_the_missing_in_the_files_order_and_removes_nothing() -> None:
+    ledger = BaseServerLedger()
+    plan = ledger.plan([BASE_B, BASE_A, BASE_B], [BASE_BY_HAND])
+    assert plan == BaseServersPlan(add=(BASE_B, BASE_A), remove=())
+    ledger.settle([BASE_B, BASE_A], [BASE_BY_HAND, BASE_B, BASE_A])
+    assert ledger.owned == {BASE_A, BASE_B}
+    assert ledger.plan([BASE_B, BASE_A], [BASE_BY_HAND, BASE_B, BASE_A]).empty
+
+
+def test_base_servers_dropped_from_the_fleet_are_removed_but_never_one_added_by_hand() -> None:
+    ledger = BaseServerLedger()
+    ledger.plan([BASE_A, BASE_B], [BASE_BY_HAND])
+    ledger.settle([BASE_A, BASE_B], [BASE_BY_HAND, BASE_A, BASE_B])
+    plan = ledger.plan([BASE_C], [BASE_BY_HAND, BASE_A, BASE_B])
+    assert plan == BaseServersPlan(add=(BASE_C,), remove=(BASE_B, BASE_A))  # removals sorted
+    ledger.settle([BASE_C], [BASE_BY_HAND, BASE_C])
+    assert ledger.owned == {BASE_C}
+    # An empty list in the file (or no `base_servers:` any more) removes the node's, and only those.
+    assert ledger.plan([], [BASE_BY_HAND, BASE_C]) == BaseServersPlan(add=(), remove=(BASE_C,))
+
+
+def test_base_servers_a_failed_removal_is_retried_and_one_gone_already_is_forgotten() -> None:
+    ledger = BaseServerLedger(owned={BASE_A, BASE_B}, started=True)
+    ledger.settle([], [BASE_A, BASE_BY_HAND])  # BASE_A's removal failed, BASE_B was removed by someone else
+    assert ledger.owned == {BASE_A}
+    assert ledger.plan([], [BASE_A, BASE_BY_HAND]).remove == (BASE_A,)
+
+
+def test_base_servers_a_refused_addition_is_not_owned_and_asked_again() -> None:
+    ledger = BaseServerLedger()
+    ledger.plan([BASE_A, BASE_B], [])
+    ledger.settle([BASE_A, BASE_B], [BASE_A])  # the daemon refused BASE_B (its limit)
+    assert ledger.owned == {BASE_A}
+    assert ledger.plan([BASE_A, BASE_B], [BASE_A]).add == (BASE_B,)
+
+
+def test_base_servers_the_fleet_gives_found_at_start_are_adopted_others_are_not() -> None:
+    ledger = BaseServerLedger()
+    plan = ledger.plan([BASE_A], [BASE_A, BASE_BY_HAND])  # BASE_A left from an earlier run: ours from now on
+    assert plan.empty
+    ledger.settle([BASE_A], [BASE_A, BASE_BY_HAND])
+    assert ledger.plan([], [BASE_A, BASE_BY_HAND]) == BaseServersPlan(add=(), remove=(BASE_A,))
+    # One the file does not give is never adopted, at start or later.
+    assert BASE_BY_HAND not in ledger.owned
