@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import enum
 import ipaddress
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -76,6 +77,26 @@ def parse_base_server(text: str) -> tuple[str, int]:
     if not 0 < port < 65536:
         raise ConfigError(f"base server {text!r}: port {port} is out of range 1-65535")
     return host, port
+
+
+# A DNS name as a base server's host (lower case by then): labels of letters, digits, '-' and '_'.
+_HOST_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*\.?")
+
+
+def base_server_name(text: str) -> str:
+    """The one spelling of a base server: ``host:port`` or ``[IPv6]:port``, the port always written, an IP
+    address compressed, a host name in lower case. ConfigError saying what is wrong when ``text`` is not
+    ``host[:port]`` (parse_base_server) or its host is neither an IP address nor a DNS name."""
+    host, port = parse_base_server(text)
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        host = host.lower()  # DNS names are case-insensitive: one server, one name
+        if text.strip().startswith("[") or not _HOST_NAME.fullmatch(host):
+            raise ConfigError(
+                f"base server {text!r}: {host!r} is neither an IP address nor a valid host name"
+            ) from None
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class BaseState(enum.Enum):

@@ -26,7 +26,6 @@ Pure: parsing and computing only; ``load_fleet`` reads the file, nothing here wr
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +34,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .address import format_address, parse_overlay
-from .base_client import MAX_BASE_SERVERS, parse_base_server
+from .base_client import MAX_BASE_SERVERS, base_server_name
 from .errors import AddressError, ConfigError, HusarnetError
 from .hosts import normalize_hostname
 from .identity import read_identity_file
-from .peer_endpoint import MAX_STATIC_ENDPOINTS_PER_PEER, endpoint_name, is_ip
+from .peer_endpoint import MAX_STATIC_ENDPOINTS_PER_PEER, endpoint_name
 from .yamlfile import read_yaml_file
 
 # A fleet file is a few KiB; a bigger one is a mistake (or an attack on whoever parses it).
@@ -48,7 +47,6 @@ EVERY_ROBOT = "*"
 # A ROS namespace: tokens of letters, digits and underscores separated by "/", none starting with a digit.
 _NAMESPACE_RE = re.compile(r"/?[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*")
 # A base server's host name as the daemon accepts it (daemon/node_controller.py): DNS labels, dots between.
-_BASE_HOST_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*\.?")
 
 
 def _check_namespace(namespace: str) -> str:
@@ -60,22 +58,12 @@ def _check_namespace(namespace: str) -> str:
     return namespace
 
 
-def base_server_name(text: str) -> str:
-    """The one spelling of a base server, the daemon's (``daemon.state.base_server_name``, which core may not
-    import; test_fleet.py holds the two equal): ``host:port`` or ``[IPv6]:port``, the port always written, an
-    IP address compressed, a host name in lower case. ValueError saying what is wrong when the daemon would
-    refuse it: not ``host[:port]`` (parse_base_server), or a host neither an IP address nor a DNS name."""
+def _base_server_name(text: str) -> str:
+    """base_client.base_server_name, with its ConfigError as the ValueError pydantic reports."""
     try:
-        host, port = parse_base_server(text)
+        return base_server_name(text)
     except ConfigError as exc:
         raise ValueError(str(exc)) from None
-    if is_ip(host):
-        host = str(ipaddress.ip_address(host))
-    else:
-        host = host.lower()  # DNS names are case-insensitive: one server, one name
-        if text.strip().startswith("[") or not _BASE_HOST_NAME.fullmatch(host):
-            raise ValueError(f"base server {text!r}: {host!r} is neither an IP address nor a valid host name")
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def default_namespace(name: str) -> str:
@@ -154,7 +142,7 @@ class FleetSpec(BaseModel):
     def _base_servers(cls, values: tuple[str, ...]) -> tuple[str, ...]:
         written: dict[str, str] = {}  # one spelling -> as written
         for value in values:
-            name = base_server_name(value)
+            name = _base_server_name(value)
             if name in written:
                 same = "is listed twice" if written[name] == value else f"is the same as {written[name]!r}"
                 raise ValueError(f"base server {value!r} {same} ({name})")

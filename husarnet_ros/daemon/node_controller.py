@@ -41,6 +41,7 @@ from ..api import (
 from ..api import HostEntry as ApiHostEntry
 from ..core import hosts as hosts_model
 from ..core.address import format_address, parse_overlay
+from ..core.base_client import base_server_name
 from ..core.errors import AddressError, ConfigError, HusarnetError
 from ..core.identity import Identity
 from ..core.node import (
@@ -59,13 +60,12 @@ from ..core.peer_endpoint import (
     MAX_STATIC_ENDPOINTS_PER_PEER,
     PeerEndpoint,
     StaticEndpoint,
-    is_ip,
     parse_peer_endpoint,
 )
 from ..core.whitelist import Whitelist as Acl
 from .controller import BadValue, Conflict, InvalidRequest, NotFound, NotReady, StorageError
 from .log_ring import LogRing
-from .state import StateDir, StateError, base_server_name
+from .state import StateDir, StateError
 
 if TYPE_CHECKING:
     from .base_connector import BaseConnector
@@ -678,17 +678,9 @@ class NodeController:
 def _base_name(address: str) -> str:
     """The canonical name of a base server the user typed; BadValue saying what is wrong otherwise."""
     try:
-        name = base_server_name(address)
+        return base_server_name(address)
     except ConfigError as exc:
         raise BadValue(str(exc)) from None
-    host = name.rpartition(":")[0]
-    bracketed = host.startswith("[")
-    if not is_ip(host.strip("[]")) and (bracketed or not _DNS_NAME.fullmatch(host)):
-        raise BadValue(
-            f"base server {quote_input(address)}: {quote_input(host)} is neither an IP address nor a "
-            "valid host name"
-        )
-    return name
 
 
 def _static_entry(address: str, endpoint: str) -> StaticEndpoint:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from ..api import DataPlaneStatus
 from ..core.address import format_address
+from ..core.base_client import base_server_name
 from ..core.config import DaemonConfig
 from ..core.errors import HusarnetError
 from ..exit_with_parent import exit_with_parent_if_asked
@@ -51,7 +52,7 @@ from .log_ring import LOG_FORMAT, LogRing
 from .netwatch import NetworkWatch
 from .node_controller import NodeController, NodeInfo
 from .privileges import Account, blocked_directory, drop_all_capabilities, find_account
-from .state import StateDir, StateError, base_server_name
+from .state import StateDir, StateError
 from .transport import UdpTransport
 from .tun import Tun
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import ipaddress
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..core.base_client import parse_base_server
+from ..core.base_client import base_server_name
 from ..core.errors import ConfigError, HusarnetError, IdentityError
 from ..core.hosts import HostEntry, canonical_entries
 from ..core.identity import Identity, IdentityFileError, read_identity_file
@@ -442,18 +441,6 @@ def _hosts_from_json(document: object) -> list[HostEntry]:
     if not isinstance(entries, list):
         raise ValueError("'entries' must be a list")
     return canonical_entries(HostEntry.from_json(item) for item in entries)
-
-
-def base_server_name(text: str) -> str:
-    """The one spelling of a base server address: ``host:port`` or ``[IPv6]:port``, the port always written,
-    a host name in lower case, an IP address in its compressed form. ConfigError (saying what is wrong) if
-    ``text`` is not ``host``, ``host:port``, ``[IPv6]:port`` or a bare IPv6 address."""
-    host, port = parse_base_server(text)
-    try:
-        host = str(ipaddress.ip_address(host))
-    except ValueError:
-        host = host.lower()  # DNS names are case-insensitive: one server, one name
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _base_servers_from_json(document: object) -> list[str]:

@@ -10,18 +10,16 @@ import pytest
 from fixed_identities import fixed_identity
 
 from husarnet_ros.core.address import format_address
-from husarnet_ros.core.base_client import MAX_BASE_SERVERS
+from husarnet_ros.core.base_client import MAX_BASE_SERVERS, base_server_name
 from husarnet_ros.core.errors import ConfigError
 from husarnet_ros.core.fleet import (
     MAX_FLEET_FILE_SIZE,
     Fleet,
     Member,
-    base_server_name,
     default_namespace,
     load_fleet,
     parse_fleet,
 )
-from husarnet_ros.daemon.state import base_server_name as daemon_base_server_name
 
 
 def write(tmp_path: Path, text: str, name: str = "fleet.yaml") -> Path:
@@ -445,20 +443,22 @@ def test_no_base_servers_by_default() -> None:
 
 
 @pytest.mark.parametrize(
-    "written",
+    ("written", "spelling"),
     [
-        "Base.Example.COM",
-        "base.example.com.",
-        "198.18.0.100",
-        "198.18.0.100:443",
-        "[FD00:98::1]:7",
-        "fd00:98::1",
+        ("Base.Example.COM", "base.example.com:5582"),
+        ("base.example.com.", "base.example.com.:5582"),
+        ("198.18.0.100", "198.18.0.100:5582"),
+        ("198.18.0.100:443", "198.18.0.100:443"),
+        ("[FD00:98::1]:7", "[fd00:98::1]:7"),
+        ("fd00:98::1", "[fd00:98::1]:5582"),
     ],
 )
-def test_base_server_spelling_is_the_daemons(written: str) -> None:
-    # The whitelist node compares the fleet's names with the daemon's list: one spelling on both sides, or
-    # a base server would be added again at every sync and never recognised as the node's own.
-    assert base_server_name(written) == daemon_base_server_name(written)
+def test_base_servers_take_the_daemons_one_spelling(written: str, spelling: str) -> None:
+    # The whitelist node compares the fleet's names with the daemon's list (both spelled by
+    # core.base_client.base_server_name): one spelling on both sides, or a base server would be added again
+    # at every sync and never recognised as the node's own.
+    fleet = parse_fleet({"robots": {"robot1": {"address": "fc94::1"}}, "base_servers": [written]}, Path("/x"))
+    assert fleet.base_servers == (spelling,) == (base_server_name(written),)
 
 
 @pytest.mark.parametrize(
