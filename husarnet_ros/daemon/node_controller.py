@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -79,7 +78,6 @@ WAIT_POLL_S = 0.05
 # The state of a configured base server whose name did not resolve (yet: it is tried again every 30 s).
 UNRESOLVED = "unresolved"
 # What resolve() can look up: DNS labels of letters, digits, '-' and '_', dots between them.
-_DNS_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*\.?")
 # Static endpoints are checked against the node this often (re-given after a whitelist change forgot the
 # peer); a name that did not resolve is looked up again after STATIC_RESOLVE_RETRY_S.
 STATIC_CHECK_INTERVAL_S = 1.0
