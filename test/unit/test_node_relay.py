@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+import pytest
 from fixed_identities import fixed_identity
 
 from husarnet_ros.core import wire
@@ -358,3 +359,25 @@ def test_a_base_server_cannot_name_relay_endpoints_as_direct_candidates() -> Non
     node.learn_from_base(address, named, relay=True, now=1001.0)
     assert set(peer.candidates) == {("198.18.1.1", 5582), relay_endpoint(address)}
     assert peer.candidates[relay_endpoint(address)].source is CandidateSource.RELAY
+
+
+@pytest.mark.parametrize("established", ["direct", "tunnelled"])
+def test_what_a_base_server_names_never_moves_an_established_path(established: str) -> None:
+    # A base server (or anyone forging its messages) names endpoints the peer is not at, over and over: they
+    # may be probed (hole punching: all a base server can cause), never answer, and the route stays where
+    # authenticated traffic comes from.
+    pair = settled_direct_after_relay() if established == "direct" else relay_only_pair()
+    expected = PathKind.DIRECT if established == "direct" else PathKind.TUNNELLED
+    assert pair.paths() == (expected, expected)
+    route_a, route_b = pair.peer_of(pair.a).endpoint, pair.peer_of(pair.b).endpoint
+    decoys = [("198.18.200.1", 5582), ("198.18.200.2", 40000), ("fd00:98::200", 5582)]
+    for _ in range(5):
+        pair.a.learn_from_base(pair.b.address, decoys, True, pair.net.now)
+        pair.b.learn_from_base(pair.a.address, decoys, True, pair.net.now)
+        for _ in range(10):
+            assert pair.exchange(b"still here")
+            pair.net.advance(STEP, step=STEP)
+    assert pair.paths() == (expected, expected)
+    assert (pair.peer_of(pair.a).endpoint, pair.peer_of(pair.b).endpoint) == (route_a, route_b)
+    if established == "tunnelled":  # every decoy ranks better than the relay: each was tried, none taken
+        assert set(decoys) <= {dst for _src, dst, _data in pair.net.log}
