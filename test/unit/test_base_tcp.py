@@ -45,6 +45,7 @@ from husarnet_ros.server.service import BaseServerConfig, BaseServerService
 ALICE = fixed_identity("base tcp alice")
 BOB = fixed_identity("base tcp bob")
 CAROL = fixed_identity("base tcp carol")
+DAVE = fixed_identity("base tcp dave")
 
 WAIT_S = 5.0  # the longest any socket test waits for something that should happen at once
 
@@ -513,8 +514,8 @@ def test_a_client_back_on_udp_is_a_candidate_again_and_its_tcp_endpoint_is_forgo
 class FramedClient:
     """A base client over TCP, framing by hand."""
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((host, port), timeout=WAIT_S)
         self.port: int = self.sock.getsockname()[1]
         self._buffer = bytearray()
 
@@ -556,10 +557,11 @@ class FramedClient:
 class DatagramClient:
     """A base client over UDP."""
 
-    def __init__(self, port: int) -> None:
-        self.base = ("127.0.0.1", port)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.base = (host, port, 0, 0) if family == socket.AF_INET6 else (host, port)
         self.sock.settimeout(WAIT_S)
         self.port: int = self.sock.getsockname()[1]
 
@@ -568,7 +570,7 @@ class DatagramClient:
 
     def receive(self) -> bytes:
         data, source = self.sock.recvfrom(65535)
-        assert source == self.base
+        assert source[:2] == self.base[:2]
         return data
 
     def close(self) -> None:
@@ -1037,3 +1039,24 @@ def test_one_host_cannot_take_every_connection(
         assert counters(service)["drop_tcp_too_many"] == 1
         first.send(basewire.encode_hello())
         assert basewire.decode_challenge(first.receive())
+
+
+def test_one_base_server_serves_ipv4_and_ipv6_clients_over_udp_and_tcp(
+    clients: list[FramedClient | DatagramClient],
+) -> None:
+    # Listening on "::" (the default) takes both families on both transports; a relay crosses families.
+    with running(BaseServerConfig("::", 0, 0, status_interval=60)) as service:
+        assert service.tcp_port is not None
+        alice = DatagramClient(service.port, "::1")
+        bob = FramedClient(service.tcp_port, "::1")
+        carol = DatagramClient(service.port, "127.0.0.1")
+        dave = FramedClient(service.tcp_port, "127.0.0.1")
+        clients += [alice, bob, carol, dave]
+        assert register_with(alice, ALICE, []) == ("::1", alice.port)
+        assert register_with(bob, BOB, []) == ("::1", bob.port)
+        assert register_with(carol, CAROL, []) == ("127.0.0.1", carol.port)  # not ::ffff:127.0.0.1
+        assert register_with(dave, DAVE, [])[0] == "127.0.0.1"
+        alice.send(relay_to(CAROL, b"v6 to v4"))
+        assert carol.receive() == relayed_from(ALICE, b"v6 to v4")
+        dave.send(relay_to(BOB, b"v4 tcp to v6 tcp"))
+        assert bob.receive() == relayed_from(DAVE, b"v4 tcp to v6 tcp")
