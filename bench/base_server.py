@@ -46,6 +46,8 @@ REPO = Path(__file__).resolve().parent.parent
 # This checkout's husarnet_ros, not a copy installed in the venv.
 sys.path.insert(0, str(REPO))
 
+from report import spread  # noqa: E402
+
 from husarnet_ros.core import basewire  # noqa: E402
 from husarnet_ros.core.identity import Identity  # noqa: E402
 from husarnet_ros.fileio import atomic_write_text  # noqa: E402
@@ -407,12 +409,6 @@ def one_run(driver: Driver, identities: list[Identity], steps: list[int], workdi
 
 
 # --- summary ------------------------------------------------------------------------------------------------
-
-
-def spread(values: list[float]) -> dict[str, Any] | None:
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:

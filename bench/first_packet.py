@@ -28,7 +28,6 @@ import argparse
 import ipaddress
 import json
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 # This checkout's husarnet_ros, not a copy installed in the venv: the daemons must run the code measured.
 sys.path.insert(0, str(REPO))
 
+from report import spread  # noqa: E402
 from startup import Prober  # noqa: E402  (bench/, next to this file)
 
 from husarnet_ros.core.address import format_address  # noqa: E402
@@ -316,12 +316,6 @@ def measure(runs: int) -> dict[str, list[dict[str, Any]]]:
 
 
 # --- summary ------------------------------------------------------------------------------------------------
-
-
-def spread(values: list[float]) -> dict[str, Any] | None:
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
 
 
 METRICS = (  # (row label, scenario, metric)
