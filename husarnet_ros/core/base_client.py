@@ -246,6 +246,14 @@ class BaseClient:
                 due = min(due, link.next_hello_at)
         return max(now, due)
 
+    def check_home(self, now: float) -> None:
+        """Something relayed through the home stopped answering: hello it now (unless one is out already), so
+        that if it is gone it is down after DOWN_AFTER_UNANSWERED answer timeouts, not a keepalive later."""
+        home = self._home
+        if home is not None and home.hello_sent_at is None:
+            self.counters["base_checks"] += 1
+            self._hello(home, now)
+
     def network_changed(self, now: float) -> None:
         """Our addresses changed: register again everywhere at once (new local endpoints, and the NAT may
         have given us a new public endpoint, which peers learn from the base)."""

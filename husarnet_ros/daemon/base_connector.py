@@ -232,6 +232,11 @@ class BaseConnector:
                     before.state.value,
                 )
 
+    def relay_lost(self, now: float) -> None:
+        """A relayed path stopped answering: check the home base at once."""
+        self.client.check_home(now)
+        self.flush()
+
     def network_changed(self, now: float) -> None:
         self.client.network_changed(now)
         self._next_wanted = now  # and ask for the peers again: they learn our new endpoint

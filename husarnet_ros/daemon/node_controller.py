@@ -229,8 +229,12 @@ class NodeController:
             log.info(
                 "peer %s: no answer via %s any more; probing its other endpoints",
                 format_address(event.address),
-                format_endpoint(event.endpoint),
+                _path_text(event.endpoint),
             )
+            if is_relay(event.endpoint) and self.base is not None:
+                # The relay stopped answering: is the home base gone? Ask it now, not at the next keepalive,
+                # so a dead base is noticed (and left for the next) in seconds.
+                self.base.relay_lost(self._clock())
         elif isinstance(event, PathChanged):
             log.info(
                 "peer %s: %s (%s)", format_address(event.address), _path_text(event.endpoint), event.reason

@@ -599,3 +599,21 @@ def test_an_unsolicited_challenge_is_not_answered() -> None:
         client.receive(forged, BASE_A, lab.now)
     assert not client.outbox
     assert client.counters["drop_base_unsolicited"] == 10
+
+
+def test_a_lost_relay_checks_the_home_at_once_so_a_dead_base_is_left_in_seconds() -> None:
+    lab = BaseLab()
+    lab.add_server(BASE_A, rtt=0.0625)
+    lab.add_server(BASE_B, rtt=0.125)
+    client = lab.add_client(ALICE, ALICE_AT, [BASE_A, BASE_B])
+    lab.run_for(2.0)
+    assert home_endpoint(client) == BASE_A
+    lab.run_for(0.5)  # right after a keepalive: the next one would be ~5 s away
+    lab.silent.add(BASE_A)
+    lost_at = lab.now
+    client.check_home(lab.now)
+    while home_endpoint(client) == BASE_A:
+        assert lab.now - lost_at < ANSWER_TIMEOUT_S * (DOWN_AFTER_UNANSWERED + 1), "still on the dead base"
+        lab.run_for(0.0625)
+    assert home_endpoint(client) == BASE_B
+    assert client.counters["base_checks"] == 1
