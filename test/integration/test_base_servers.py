@@ -220,13 +220,17 @@ def test_base_server_failover_and_soft_state(
         home = a.daemon.status()["base"]["address"]
         used, other = sorted(world.bases, key=lambda server: server.address != home)
 
-        # A ping stream over the direct pair runs across the failure of the base server in use.
+        # A ping stream over the direct pair runs across the failure of the base server in use, and one over
+        # the relayed pair (its path going dead makes a check the home base at once).
         pinging = a.host.popen(
             ["ping", "-6", "-c", "200", "-i", "0.05", "-W", "1", b.address],
             stdout=subprocess.PIPE,
             text=True,
         )
+        relayed = ContinuousPing(a.host, c.address, interval=0.05, seconds=FAILOVER_BOUND_S + 10)
+        time.sleep(0.5)
         killed_at = time.monotonic()
+        killed_at_wall = time.time()
         used.kill()
         wait_until(
             lambda: a.daemon.status()["base"]["address"] == other.address,
@@ -235,9 +239,14 @@ def test_base_server_failover_and_soft_state(
             what="failover to the second base server",
         )
         failover_s = time.monotonic() - killed_at
-        print(f"failover to the second base server after {failover_s:.2f} s")
         # The relayed pair comes back through the second one.
         wait_until(lambda: ping_ok(a, c, count=1), 10.0, interval=0.1, what="relayed ping through base 2")
+        relayed.stop()
+        assert relayed.first_reply_after(killed_at_wall + failover_s) is not None
+        print(
+            f"failover to the second base server after {failover_s:.2f} s; "
+            f"relayed traffic's longest gap {relayed.longest_gap():.2f} s"
+        )
         assert path_of(a, c) == "tunnelled"
         assert (a.daemon.peer(c.address) or {}).get("base_server") == other.address
         out, _ = pinging.communicate(timeout=30)
