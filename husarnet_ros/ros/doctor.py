@@ -5,7 +5,7 @@ and the tests run them anywhere:
 
 * the daemon answers on its control socket;
 * its interface (``hnet0``) carries its fc94 address;
-* the base servers are reachable (none exist yet: reported as "none configured");
+* the base server in use answers (information when none is configured: LAN peers need none);
 * the DDS configuration matches the RMW in use: the profile variable of that middleware is set, the file
   exists and lists the peers.
 
@@ -138,10 +138,23 @@ def check_interface(
 # --- base servers -------------------------------------------------------------------------------------------
 
 
-def check_base(_status: Status | None) -> CheckResult:
-    # The daemon has no base-server client yet and its status names none: LAN peers work without one, so
-    # this is information only. Takes the status for when the daemon reports base servers.
-    return CheckResult("base", "info", "no base server configured (LAN peers only)")
+def check_base(status: Status | None) -> CheckResult:
+    """The base server the daemon uses: registered is fine; configured but not answering is a warning
+    (direct links go on, only peers on other networks are out of reach); none configured is information."""
+    base = status.base if status is not None else None
+    if base is None:
+        return CheckResult("base", "info", "no base server configured (LAN peers and static endpoints only)")
+    details = {"address": base.address, "transport": base.transport, "state": base.state}
+    if base.rtt_ms is not None:
+        details["rtt_ms"] = f"{base.rtt_ms:.1f}"
+    if base.state == "registered":
+        return CheckResult("base", "ok", f"registered with {base.address} over {base.transport}", details)
+    return CheckResult(
+        "base",
+        "warn",
+        f"no base server answers ({base.address}: {base.state}); peers on other networks are unreachable",
+        details,
+    )
 
 
 # --- DDS ----------------------------------------------------------------------------------------------------

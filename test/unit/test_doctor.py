@@ -9,8 +9,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sample_status import make_status
 
 from husarnet_ros import dds
+from husarnet_ros.api import BaseServerStatus
 from husarnet_ros.cli.main import main as cli_main
 from husarnet_ros.ros import doctor
 from husarnet_ros.testing.memnet_daemon import ServedFleet, served_fleet
@@ -74,10 +76,20 @@ def test_interface_check_without_daemon() -> None:
     assert "netlink refused" in doctor.check_interface(None, broken).summary
 
 
-def test_base_is_information_only_while_no_base_server_exists() -> None:
+def test_base_is_information_only_while_no_base_server_is_configured() -> None:
     result = doctor.check_base(None)
     assert result.level == "info"
     assert "no base server" in result.summary
+    assert doctor.check_base(make_status([])).level == "info"
+
+
+@pytest.mark.parametrize(("state", "level"), [("registered", "ok"), ("down", "warn"), ("connecting", "warn")])
+def test_base_reports_the_base_server_in_use(state: str, level: str) -> None:
+    base = BaseServerStatus(address="198.18.100.2:5582", transport="tcp", state=state, home=True, rtt_ms=3.0)
+    result = doctor.check_base(make_status([]).model_copy(update={"base": base, "base_servers": [base]}))
+    assert result.level == level
+    assert "198.18.100.2:5582" in result.summary
+    assert result.details["transport"] == "tcp"
 
 
 # --- DDS ----------------------------------------------------------------------------------------------------
