@@ -5,9 +5,9 @@ One ``diagnostic_msgs/DiagnosticStatus`` each for:
 - ``husarnet: daemon`` — OK running; WARN running but not ready (interface or transport not up yet);
   ERROR not answering and never answered since this node started; STALE not answering after having
   answered (what the other statuses show is the last thing it said).
-- ``husarnet: base server`` — there are no base servers yet: OK "no base server configured (LAN only)"
-  while the daemon answers; STALE while it does not. The key/values (base_server, state, transport) are
-  already there for when base servers exist.
+- ``husarnet: base server`` — OK "registered with ADDRESS over udp|tcp" (values base_server, state,
+  transport, rtt_ms), or "no base server configured (LAN only)"; WARN when one is configured but none
+  answers (direct links go on); STALE while the daemon does not answer.
 - ``husarnet: peer <hostname or address>`` (hardware_id = the overlay address) — OK direct (with rtt);
   WARN tunnelled, or rtt above ``latency_warn_ms`` (strictly above: equal is OK); ERROR unreachable
   (path none: no confirmed session). Values: address, hostname, path, state, endpoint, base_server,

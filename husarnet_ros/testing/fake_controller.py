@@ -4,7 +4,7 @@ The CLI, the client, the control API, the schema test and the ROS nodes are test
 controller (``daemon.node_controller.NodeController`` on the in-memory network: ``testing.memnet_daemon``).
 This fake is for what that cannot give on demand:
 
-- peers in states the real node does not reach in a test: a tunnelled path (no relay exists yet), an RTT
+- peers in states the real node does not reach in a test: a tunnelled path (without base servers), an RTT
   of 150 ms (the in-memory network answers in well under a millisecond). It reports the peers it is given
   (``add_peer``, before it is served), pings them with their own RTT, and resolves their hostnames;
 - a controller for tests of the control server itself (socket life cycle, connection limits, threading),
