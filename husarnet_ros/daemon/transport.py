@@ -136,7 +136,7 @@ class UdpTransport:
             return
         step = size * max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size))
         for start in range(0, total, step):
-            if not self._gso_send([datagrams[start : start + step]], size, endpoint):
+            if not self._gso_send([datagrams[start : start + step]], size, self._target(endpoint)):
                 for single in range(start, total, size):
                     self.sendto(datagrams[single : single + size], endpoint)
                 return
@@ -147,26 +147,21 @@ class UdpTransport:
         via, total = self._relay_via, len(datagrams)
         if via is None:
             return
-        if not self.gso or total <= size or size + basewire.RELAY_HEADER_SIZE > self._gso_max_segment:
-            for start in range(0, total, size):
-                self._send_relayed(datagrams[start : start + size], endpoint)
-            return
-        header = self._relay_header(endpoint)
-        segment = size + basewire.RELAY_HEADER_SIZE
-        per_send = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // segment))
-        option = [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment))]
-        for first in range(0, total, size * per_send):
-            parts: list[bytes | memoryview] = []
-            for start in range(first, min(total, first + size * per_send), size):
-                parts += (header, datagrams[start : start + size])
-            try:
-                self.sock.sendmsg(parts, option, 0, via)
-            except OSError as exc:
-                if exc.errno in _GSO_FAILURES or exc.errno in _GSO_TOO_BIG:
-                    for start in range(first, total, size):
-                        self._send_relayed(datagrams[start : start + size], endpoint)
-                    return
-                # full buffers, unreachable networks: packet loss
+        sent = 0  # how much of ``datagrams`` went out in GSO sends; the rest goes one by one
+        if self.gso and total > size:
+            header = self._relay_header(endpoint)
+            segment = size + basewire.RELAY_HEADER_SIZE
+            step = size * max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // segment))
+            while sent < total:
+                run = datagrams[sent : sent + step]
+                parts: list[bytes | memoryview] = []
+                for start in range(0, len(run), size):
+                    parts += (header, run[start : start + size])
+                if not self._gso_send(parts, segment, via):
+                    break
+                sent += len(run)
+        for start in range(sent, total, size):
+            self._send_relayed(datagrams[start : start + size], endpoint)
 
     def send_many(self, datagrams: list[tuple[Endpoint, bytes]]) -> None:
         """Send datagrams in order; runs of them for one endpoint with one size (the last of a run may be
@@ -183,21 +178,25 @@ class UdpTransport:
                     end += 1
                 if end < most and datagrams[end][0] == endpoint and len(datagrams[end][1]) < size:
                     end += 1  # a shorter one may close the run
-            if end - index == 1 or not self._gso_send([d for _, d in datagrams[index:end]], size, endpoint):
+            if end - index == 1 or not self._gso_send(
+                [d for _, d in datagrams[index:end]], size, self._target(endpoint)
+            ):
                 for _, datagram in datagrams[index:end]:
                     self.sendto(datagram, endpoint)
             index = end
 
-    def _gso_send(self, buffers: list[bytes | memoryview], size: int, endpoint: Endpoint) -> bool:
-        """One GSO send of ``buffers`` (datagrams of ``size`` bytes, the last maybe shorter); False if the
-        kernel refused it, and the caller sends them one by one. A segment too big for the route's MTU
-        (which a single datagram would pass, fragmented) is refused for that size and larger only; a kernel
-        or device without UDP segmentation turns GSO off for good."""
+    def _gso_send(
+        self, buffers: list[bytes | memoryview], size: int, target: tuple[str, int, int, int]
+    ) -> bool:
+        """One GSO send of ``buffers`` (datagrams of ``size`` bytes, the last maybe shorter) to the socket
+        address ``target``; False if the kernel refused it, and the caller sends them one by one. A segment
+        too big for the route's MTU (which a single datagram would pass, fragmented) is refused for that size
+        and larger only; a kernel or device without UDP segmentation turns GSO off for good."""
         if size > self._gso_max_segment:
             return False
         segment = [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
         try:
-            self.sock.sendmsg(buffers, segment, 0, self._target(endpoint))
+            self.sock.sendmsg(buffers, segment, 0, target)
         except OSError as exc:
             if exc.errno in _GSO_TOO_BIG:
                 self._gso_max_segment = min(self._gso_max_segment, size - 1)
