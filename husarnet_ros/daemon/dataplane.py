@@ -258,7 +258,7 @@ class DataPlane:
             except Exception as exc:
                 self._packet_error("udp->tun", exc)
 
-    def _relayed_batch(
+    def _open_relayed(
         self,
         buffer: bytearray,
         size: int,
@@ -266,20 +266,26 @@ class DataPlane:
         endpoint: Endpoint,
         now: float,
         sink: offload.PacketSink,
-    ) -> bool:
-        """A GRO batch of frames relayed from one peer (a TCP stream through the relay): the relay headers
-        are squeezed out in place and the frames opened as one batch, like direct ones. False (nothing
-        changed) when it is not such a batch."""
+    ) -> str | None:
+        """Frames relayed from one peer, back to back in ``buffer`` (one, or a GRO batch: a TCP stream
+        through the relay): the relay headers are squeezed out in place and the frames opened as one batch,
+        like direct ones. Returns None when done, else why nothing was done (a drop counter's name): not
+        from a base server, or not one peer's well-formed relayed frames (a mixed batch then goes datagram
+        by datagram)."""
         header_size = basewire.RELAY_HEADER_SIZE
-        if endpoint not in self.base_endpoints or segment <= header_size:
-            return False
+        if endpoint not in self.base_endpoints:
+            return "drop_relayed_not_from_base"
         view = memoryview(buffer)
         header = bytes(view[:header_size])
         starts = range(0, size, segment)
-        if header[1:4] != _RELAYED_VERSION_AND_RESERVED or any(
-            size - start <= header_size or view[start : start + header_size] != header for start in starts
+        if (
+            segment <= header_size
+            or header[1:4] != _RELAYED_VERSION_AND_RESERVED
+            or any(
+                size - start <= header_size or view[start : start + header_size] != header for start in starts
+            )
         ):
-            return False
+            return "drop_malformed"
         write = 0
         for start in starts:
             length = min(segment, size - start) - header_size
@@ -290,7 +296,7 @@ class DataPlane:
         self._node.receive_batch(
             buffer, aead.pointer(buffer), write, segment - header_size, source, now, sink
         )
-        return True
+        return None
 
     def _from_base(
         self,
@@ -303,30 +309,19 @@ class DataPlane:
     ) -> None:
         """Datagrams from a base server: relayed frames are opened like any frame, from the peer's relay
         endpoint; the base's own messages go to the control loop."""
-        node, counters, view = self._node, self._node.rx_counters, memoryview(buffer)
-        if (
-            size > segment
-            and buffer[0] == basewire.MSG_BASE_RELAYED
-            and self._relayed_batch(buffer, size, segment, endpoint, now, sink)
+        counters, view = self._node.rx_counters, memoryview(buffer)
+        if buffer[0] == basewire.MSG_BASE_RELAYED and (
+            self._open_relayed(buffer, size, segment, endpoint, now, sink) is None
         ):
             return
         for start in range(0, size, segment):
             datagram = view[start : min(start + segment, size)]
             kind = datagram[0]
             if kind == basewire.MSG_BASE_RELAYED:
-                if endpoint not in self.base_endpoints:
-                    counters["drop_relayed_not_from_base"] += 1
-                    continue
-                try:
-                    source, frame = basewire.decode_relay(datagram, "relayed frame")
-                except ProtocolError:
-                    counters["drop_malformed"] += 1
-                    continue
-                counters["relayed_frames"] += 1
-                inner = bytearray(frame)
-                node.receive_batch(
-                    inner, aead.pointer(inner), len(inner), len(inner), relay_endpoint(source), now, sink
-                )
+                one = bytearray(datagram)
+                dropped = self._open_relayed(one, len(one), len(one), endpoint, now, sink)
+                if dropped is not None:
+                    counters[dropped] += 1
             elif basewire.FIRST_BASE_TYPE <= kind <= basewire.LAST_BASE_TYPE:
                 if len(self.base_inbox) < MAX_BASE_INBOX:
                     self.base_inbox.append((bytes(datagram), endpoint))
