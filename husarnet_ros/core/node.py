@@ -994,6 +994,14 @@ class Node:
         self.outbox.append((endpoint, route.session.seal(bytes([kind]) + probe_id)))
         return probe_id
 
+    def _probe_better(self, peer: Peer, route: Route, most: int, now: float) -> None:
+        """Probe up to ``most`` candidates that rank better than the route's endpoint (best first): the
+        first to answer becomes the path (``_on_pong``)."""
+        rank = endpoint_rank(route.endpoint)
+        better = [e for e in peer.ordered_candidates() if endpoint_rank(e) < rank]
+        for endpoint in better[:most]:
+            self._probe(peer, endpoint, ProbePurpose.CANDIDATE, now)
+
     def _unanswered_since(self, peer: Peer, route: Route) -> float | None:
         """Since when traffic on the route has gone unanswered (data or pings sent after the last
         authenticated frame received), or None."""
@@ -1028,18 +1036,12 @@ class Node:
         if peer.path_alive and now < peer.punch_until and now >= peer.next_punch_at:
             # A base server just named candidates, and the peer got ours at the same moment: both probe
             # each other's now and again for a few seconds, which opens both NATs (hole punching).
-            rank = endpoint_rank(route.endpoint)
-            better = [e for e in peer.ordered_candidates() if endpoint_rank(e) < rank]
-            for endpoint in better[:MAX_PUNCH_PROBES]:
-                self._probe(peer, endpoint, ProbePurpose.CANDIDATE, now)
+            self._probe_better(peer, route, MAX_PUNCH_PROBES, now)
             peer.next_punch_at = now + PUNCH_INTERVAL
         if peer.path_alive:
             if now >= peer.next_probe_at:
                 self._probe(peer, route.endpoint, ProbePurpose.LATENCY, now)
-                rank = endpoint_rank(route.endpoint)
-                better = [e for e in peer.ordered_candidates() if endpoint_rank(e) < rank]
-                for endpoint in better[:MAX_UPGRADE_PROBES]:
-                    self._probe(peer, endpoint, ProbePurpose.CANDIDATE, now)
+                self._probe_better(peer, route, MAX_UPGRADE_PROBES, now)
                 peer.next_probe_at = now + LATENCY_PROBE_INTERVAL
             return
         if now >= peer.next_path_probe_at:
