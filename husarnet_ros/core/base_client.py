@@ -32,6 +32,10 @@ RETRY_MAX_S = 5.0  # a down base is retried at least this often
 # sub-millisecond differences are noise, and every switch moves every relayed path.
 HOME_SWITCH_RATIO = 0.5
 HOME_SWITCH_MIN_GAIN_MS = 5.0
+# ... and only once both have this many RTT samples: the first round trip, taken while a daemon starts,
+# can be many times the real one, and must not make a healthy home look slow.
+HOME_SWITCH_MIN_SAMPLES = 3
+RTT_WINDOW = 4  # a base's RTT is the least of its last this many hello round trips
 CONNECT_INTERVAL_S = 5.0  # at most one rendezvous request per peer this often
 UDP_RETRY_S = 15.0  # while a base is reached over TCP, try UDP again this often (and go back when it answers)
 TCP_RETRY_S = 10.0  # after TCP to a base failed too, try it again this long later
@@ -119,7 +123,8 @@ class BaseLink:
     tcp_retry_at: float = 0.0
     udp_probe_at: float = 0.0  # while on TCP: next hello over UDP
     udp_probe_wanted_until: float = -1.0  # its challenge is awaited until then (separately from TCP's)
-    rtt_ms: float | None = None
+    rtt_ms: float | None = None  # the least of the recent samples: a busy moment's spike is not the base
+    rtt_recent: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=RTT_WINDOW))
     observed: Endpoint | None = None  # our endpoint as this base sees it (the NAT's public side)
     registered_at: float | None = None
     last_answer: float | None = None
@@ -199,6 +204,7 @@ class BaseClient:
         if was_tcp and link.state is not BaseState.DOWN:
             link.state = BaseState.DOWN
             link.rtt_ms = None
+            link.rtt_recent.clear()
             self.counters["base_down"] += 1
             self._choose_home()
         link.next_hello_at = now
@@ -221,6 +227,7 @@ class BaseClient:
                 if link.unanswered >= DOWN_AFTER_UNANSWERED and link.state is not BaseState.DOWN:
                     link.state = BaseState.DOWN
                     link.rtt_ms = None
+                    link.rtt_recent.clear()
                     self.counters["base_down"] += 1
                     self._choose_home()
                 # Retry at once while it may only have lost a datagram; a down base every RETRY_MAX_S.
@@ -317,7 +324,8 @@ class BaseClient:
         link.challenge_wanted_until = -1.0
         if link.hello_sent_at is not None:
             sample = (now - link.hello_sent_at) * 1000.0
-            link.rtt_ms = sample if link.rtt_ms is None else 0.7 * link.rtt_ms + 0.3 * sample
+            link.rtt_recent.append(sample)
+            link.rtt_ms = min(link.rtt_recent)
         self._register(link, challenge)
 
     def _register(self, link: BaseLink, challenge: basewire.Challenge) -> None:
@@ -356,8 +364,10 @@ class BaseClient:
             new = min(registered, key=rtt)
         else:
             fastest = min(registered, key=rtt)
+            settled = min(len(home.rtt_recent), len(fastest.rtt_recent)) >= HOME_SWITCH_MIN_SAMPLES
             faster = rtt(fastest) < HOME_SWITCH_RATIO * rtt(home)
-            new = fastest if faster and rtt(home) - rtt(fastest) >= HOME_SWITCH_MIN_GAIN_MS else home
+            clearly = faster and rtt(home) - rtt(fastest) >= HOME_SWITCH_MIN_GAIN_MS
+            new = fastest if settled and clearly else home
         if new is not home:
             self._home = new
             self.home_changes += 1

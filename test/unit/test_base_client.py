@@ -25,6 +25,7 @@ from husarnet_ros.core.base_client import (
     DEFAULT_BASE_PORT,
     DOWN_AFTER_UNANSWERED,
     HOME_SWITCH_MIN_GAIN_MS,
+    HOME_SWITCH_MIN_SAMPLES,
     HOME_SWITCH_RATIO,
     KEEPALIVE_S,
     RETRY_MAX_S,
@@ -225,6 +226,7 @@ def test_a_base_that_answers_again_is_registered_again_and_can_be_home_again() -
     lab.silent.clear()
     lab.run_for(RETRY_MAX_S + ANSWER_TIMEOUT_S + 1)
     assert state(client, BASE_A) is BaseState.REGISTERED
+    lab.run_for(HOME_SWITCH_MIN_SAMPLES * KEEPALIVE_S)  # home moves only on settled RTTs
     assert home_endpoint(client) == BASE_A  # a quarter of B's RTT: well past the switch ratio
 
 
@@ -267,6 +269,8 @@ def test_home_moves_to_a_clearly_faster_base() -> None:
     lab.run_for(2.0)
     assert state(client, BASE_B) is BaseState.REGISTERED
     assert rtt_ms(client, BASE_B) == pytest.approx(31.25)
+    assert home_endpoint(client) == BASE_A  # one sample of B is not enough to move every relayed path
+    lab.run_for(HOME_SWITCH_MIN_SAMPLES * KEEPALIVE_S)
     assert home_endpoint(client) == BASE_B
     lab.run_for(60.0)
     assert home_endpoint(client) == BASE_B
@@ -617,3 +621,24 @@ def test_a_lost_relay_checks_the_home_at_once_so_a_dead_base_is_left_in_seconds(
         lab.run_for(0.0625)
     assert home_endpoint(client) == BASE_B
     assert client.counters["base_checks"] == 1
+
+
+def test_a_slow_first_round_trip_does_not_move_a_healthy_home() -> None:
+    # A daemon starting up measures its first RTT while busy: many times the real one. The home it chose must
+    # not move to a base that merely registered later with a quicker first sample.
+    lab = BaseLab()
+    lab.add_server(BASE_A, rtt=0.0078125)  # 7.8 ms, the real RTT
+    lab.add_server(BASE_B, rtt=0.0078125)
+    client = lab.add_client(ALICE, ALICE_AT, [BASE_A])
+    lab.run_for(1.0)
+    link_a = next(link for link in client.links if link.endpoint == BASE_A)
+    link_a.rtt_recent.clear()
+    link_a.rtt_recent.append(80.0)  # the first sample, taken during start-up
+    link_a.rtt_ms = 80.0
+    client.set_servers([named(BASE_A), named(BASE_B)], lab.now)
+    lab.run_for(2.0)
+    assert state(client, BASE_B) is BaseState.REGISTERED
+    assert home_endpoint(client) == BASE_A
+    lab.run_for(60.0)  # with settled samples both are the same: still no reason to move
+    assert home_endpoint(client) == BASE_A
+    assert client.home_changes == 1
