@@ -108,7 +108,7 @@ def measure_offload(
         nonlocal writes
         writes += 1
 
-    sink = offload.TcpCoalescer(count_write)
+    sink = offload.Coalescer(count_write)
     rounds = iter(range(repeats))
 
     def receive_batches() -> None:

@@ -146,6 +146,9 @@ class DataPlaneStatus(_Model):
     mtu: int = 0
     offload: bool = Field(default=False, description="offloads requested (daemon --offload)")
     tun_offload: bool = Field(default=False, description="TUN hands over and takes TCP segments up to 64 KB")
+    tun_udp_offload: bool = Field(
+        default=False, description="TUN takes runs of UDP datagrams as one packet (Linux 6.2+)"
+    )
     udp_gso: bool = Field(default=False, description="several datagrams leave in one send (UDP_SEGMENT)")
     udp_gro: bool = Field(default=False, description="several datagrams arrive in one receive (UDP_GRO)")
 

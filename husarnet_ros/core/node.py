@@ -6,7 +6,8 @@ monotonic time in seconds chosen by the caller.
 
 Who may call what (the daemon relies on it; see also core/peer.py and core/session.py):
 
-- The **send thread** calls ``send`` (a packet read from the TUN -> a datagram, or None).
+- The **send thread** calls ``send``, ``stage_packet`` and ``send_large`` (packets read from the TUN ->
+  datagrams, or None).
 - The **receive thread** calls ``receive`` (a datagram from the socket -> a packet for the TUN, or None)
   and sends what it then finds in ``replies`` (pongs).
 - Everything else is the **control loop**'s: ``process_posted``, ``tick``, ``learn_beacon``, the whitelist,
@@ -99,6 +100,11 @@ from .session import Session
 Datagram = tuple[Endpoint, bytes]
 # Datagrams for one endpoint back to back in one buffer, each of the given size (the last may be shorter).
 Batch = tuple[Endpoint, memoryview, int]
+# A packet turned into an inner frame in place, to be sealed later: (session, endpoint, where its datagram
+# starts, the inner frame's size).
+Staged = tuple[Session, Endpoint, int, int]
+# Free bytes ``stage_packet`` needs in front of a packet: a data header and the inner type byte.
+STAGE_HEADROOM = wire.DATA_HEADER_SIZE + 1
 
 
 @dataclass(slots=True)
@@ -260,31 +266,56 @@ class Node:
             peer, route, wire.compress_ipv6(packet, self.address, peer.address), packet, now
         )
 
-    def send_partial(
-        self, packet: bytearray, csum_start: int, csum_offset: int, now: float
-    ) -> Datagram | None:
-        """``send`` for a packet whose TCP/UDP checksum the kernel left partial (``NEEDS_CSUM``): it goes as
-        it is to a peer that takes partial checksums, else completed here."""
-        at = csum_start + csum_offset
+    def stage_packet(
+        self,
+        buffer: bytearray,
+        at: int,
+        length: int,
+        flags: int,
+        csum_start: int,
+        csum_offset: int,
+        now: float,
+    ) -> Staged | None:
+        """``send`` without a copy, for a batch sealed later (core/send_batch.py): the packet of ``length``
+        bytes at ``buffer[at:]`` (``flags`` and the checksum fields from its virtio header) is turned in place
+        into the inner frame, compressed when it can be. A partial checksum (``NEEDS_CSUM``) goes as it is to
+        a peer that takes partial checksums, else it is completed here. Needs ``STAGE_HEADROOM`` free bytes in
+        front and ``TAG_SIZE`` behind. Returns (session, endpoint, datagram start, inner size) for
+        ``Session.seal_in_place``, or None if it cannot go now (handed to the control loop, as in
+        ``send``)."""
+        packet = memoryview(buffer)[at : at + length]
+        needs_csum = flags & offload.VNET_F_NEEDS_CSUM
 
-        def completed() -> bytearray:  # what waits for a session goes out later like any packet: whole
-            offload.finish_checksum(packet, csum_start, csum_offset)
-            return packet
+        def whole() -> bytearray:  # what waits for a session goes out later like any packet: complete
+            copy = bytearray(packet)
+            if needs_csum:
+                offload.finish_checksum(copy, csum_start, csum_offset)
+            return copy
 
-        found = self._route_for(packet, now, completed)
+        found = self._route_for(packet, now, whole)
         if found is None:
             return None
         peer, route = found
-        if (
-            route.session.peer_features & wire.FEATURE_PARTIAL_CHECKSUM
-            and at == offload.partial_checksum_offset(packet)
-            and wire.can_compress(packet, self.address, peer.address)
-        ):
-            return self._seal_one(peer, route, wire.compress_partial(packet), packet, now)
-        offload.finish_checksum(packet, csum_start, csum_offset)
-        return self._seal_one(
-            peer, route, wire.compress_ipv6(packet, self.address, peer.address), packet, now
-        )
+        session = route.session
+        compressed = wire.can_compress(packet, self.address, peer.address)
+        kind = wire.INNER_IPV6_COMPRESSED if compressed else wire.INNER_IPV6
+        if needs_csum:
+            if (
+                compressed
+                and session.peer_features & wire.FEATURE_PARTIAL_CHECKSUM
+                and csum_start + csum_offset == offload.partial_checksum_offset(packet)
+            ):
+                kind = wire.INNER_IPV6_PARTIAL
+            else:
+                offload.finish_checksum(packet, csum_start, csum_offset)
+        if compressed:  # the addresses go: the header's first 8 bytes move up against the payload
+            buffer[at + 32 : at + 40] = buffer[at : at + 8]
+            inner = at + 31
+        else:
+            inner = at - 1
+        buffer[inner] = kind
+        self._note_sent(peer, session, length, now)
+        return session, route.endpoint, inner - wire.DATA_HEADER_SIZE, at + length - inner
 
     def send_large(self, packet: memoryview, l4_start: int, mss: int, now: float) -> Batch | None:
         """Cut a TSO packet (TCP over IPv6, up to 64 KB) into segments of ``mss`` bytes and seal each in its

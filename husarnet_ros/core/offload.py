@@ -10,7 +10,7 @@ costs one segment. This module is the pure part of that:
 * ``finish_checksum``: fill in an L4 checksum the kernel left partial (``NEEDS_CSUM``);
 * ``tcp_segments``: cut a large TCP packet into MTU-sized packets, as the NIC would (sequence numbers, flags,
   lengths, full checksums);
-* ``TcpCoalescer``: join received packets that continue one TCP stream back into one large packet for one
+* ``Coalescer``: join received packets that continue one TCP stream back into one large packet for one
   TUN write (as the kernel's GRO does): only byte-contiguous segments of one flow with identical headers, so a
   gap (a lost or reordered datagram) simply ends a run and everything that arrived is still delivered.
 
@@ -274,6 +274,43 @@ def tcp_segment_parts(
             return
 
 
+# The most datagrams the kernel makes of one UDP GSO packet (UDP_MAX_SEGMENTS): a run joins no more.
+MAX_UDP_SEGMENTS = 64
+UDP_HEADER = 8
+
+
+def udp_segments(packet: Buffer, csum_start: int, gso_size: int) -> list[bytearray]:
+    """The datagrams of a UDP GSO packet (plain IPv6 + UDP, payload cut every ``gso_size`` bytes), each a
+    whole IPv6 packet with its lengths and a full checksum, as the kernel's own segmentation would make them.
+    ProtocolError if it is not such a packet."""
+    size = len(packet)
+    if (
+        size < IPV6_HEADER + UDP_HEADER
+        or packet[0] >> 4 != 6
+        or packet[6] != _NEXT_HEADER_UDP
+        or csum_start != IPV6_HEADER
+        or gso_size <= 0
+    ):
+        raise ProtocolError("UDP GSO packet: not IPv6 + UDP without extension headers, or no segment size")
+    view = memoryview(packet)
+    addresses = ones_sum(view[8:40]) + _NEXT_HEADER_UDP
+    ports = view[IPV6_HEADER : IPV6_HEADER + 4]
+    segments = []
+    for offset in range(IPV6_HEADER + UDP_HEADER, max(size, IPV6_HEADER + UDP_HEADER + 1), gso_size):
+        chunk = view[offset : offset + gso_size]
+        length = UDP_HEADER + len(chunk)
+        segment = bytearray(IPV6_HEADER + length)
+        segment[:IPV6_HEADER] = view[:IPV6_HEADER]
+        segment[4:6] = length.to_bytes(2, "big")
+        segment[IPV6_HEADER : IPV6_HEADER + 4] = ports
+        segment[IPV6_HEADER + 4 : IPV6_HEADER + 6] = length.to_bytes(2, "big")
+        segment[IPV6_HEADER + UDP_HEADER :] = chunk
+        field = checksum_field(addresses + length + ones_sum(segment[IPV6_HEADER:]))
+        segment[IPV6_HEADER + 6 : IPV6_HEADER + 8] = field.to_bytes(2, "big")
+        segments.append(segment)
+    return segments
+
+
 def _partial_header(checksum_offset: int) -> bytes:
     return VnetHeader(flags=VNET_F_NEEDS_CSUM, csum_start=IPV6_HEADER, csum_offset=checksum_offset).pack()
 
@@ -338,41 +375,51 @@ _IP8 = struct.Struct("!IHBB")  # version/class/flow label, payload length, next 
 _TCP = struct.Struct("!IIIBBH")  # ports, sequence, acknowledgement, data offset, flags, window
 
 
+_UDP = struct.Struct("!IH")  # ports, length
+
+
 @dataclass(slots=True)
 class _Run:
-    """Segments of one TCP stream being joined: the first packet's pieces, what the next must match, and
-    every payload."""
+    """Segments of one TCP stream, or datagrams of one UDP flow, being joined: the first packet's pieces,
+    what the next must match, and every payload."""
 
     first: tuple[Buffer, bytes, bytes, Buffer]  # ip8, src, dst, l4 of the first packet
-    tcp_header: int
+    l4_header: int  # TCP header with options, or the 8-byte UDP header
     parts: list[Buffer]
-    mss: int
-    next_seq: int
+    mss: int  # the first packet's payload: every one but the last has this size
+    next_seq: int  # TCP: the sequence number that continues the run
     length: int  # headers + payloads
-    closed: bool  # a short segment or PSH ended it: nothing may follow
+    closed: bool  # a short segment (or TCP's PSH) ended it: nothing may follow
     partial: bool  # the first packet's checksum is partial (matters only if it stays alone)
     psh: int
     # What must match for a segment to join (besides its sequence number): version, class and flow label,
-    # hop limit, addresses, ports, acknowledgement, data offset, window, options. Not compared: the payload
-    # length, sequence number, flags (only ACK, maybe PSH, ever join), checksum and urgent pointer.
-    same: tuple[int, int, bytes, bytes, int, int, int, int]
+    # hop limit, addresses, ports, and for TCP the acknowledgement, data offset, window, options. Not
+    # compared: the payload length, sequence number, flags (only ACK, maybe PSH, ever join), checksum and
+    # urgent pointer.
+    same: tuple[object, ...]
     options: bytes
+    udp: bool
 
 
-class TcpCoalescer:
+class Coalescer:
     """A ``PacketSink`` for a TUN with virtio headers: joins consecutive packets of one TCP stream into one
-    large packet (as the kernel's GRO does), so the TUN takes in one write what would take ~45.
+    large packet (as the kernel's GRO does), so the TUN takes in one write what would take ~45; with
+    ``udp``, consecutive datagrams of one UDP flow with one payload size (the last may be shorter) likewise,
+    into one ``GSO_UDP_L4`` packet that the kernel cuts back into the very same datagrams.
 
     ``write(vnet_header, parts)`` is called for every packet to hand to the TUN, in order; call ``flush``
     after the last packet of a batch. Only one run is open at a time: a packet that does not continue it
-    (another flow, a gap from a lost or reordered datagram, other flags) ends it, and every packet that
-    arrived still goes up. Joined packets go up with ``NEEDS_CSUM`` (the AEAD authenticated every segment;
-    the kernel treats the checksum as verified) and ``GSO_TCPV6``.
+    (another flow, a gap from a lost or reordered datagram, other flags or sizes) ends it, and every packet
+    that arrived still goes up. Joined packets go up with ``NEEDS_CSUM`` (the AEAD authenticated every
+    segment; the kernel treats the checksum as verified).
     """
 
-    def __init__(self, write: Write, max_length: int = IPV6_HEADER + MAX_IPV6_PAYLOAD) -> None:
+    def __init__(
+        self, write: Write, max_length: int = IPV6_HEADER + MAX_IPV6_PAYLOAD, *, udp: bool = False
+    ) -> None:
         self._write = write
         self._max_length = max_length
+        self._udp = udp
         self._run: _Run | None = None
         self.joined = 0  # segments that went up inside a larger packet (statistics)
 
@@ -385,6 +432,9 @@ class TcpCoalescer:
     def add_parts(self, ip8: Buffer, src: bytes, dst: bytes, l4: Buffer, partial: bool) -> None:
         flow, length, next_header, hop = _IP8.unpack_from(ip8)
         size = len(l4)
+        if next_header == _NEXT_HEADER_UDP and self._udp:
+            self._add_udp(ip8, src, dst, l4, partial, (flow, hop, length, size))
+            return
         if next_header != _NEXT_HEADER_TCP or size < TCP_MIN_HEADER:
             self._alone(ip8, src, dst, l4, partial)
             return
@@ -400,7 +450,8 @@ class TcpCoalescer:
         run = self._run
         if run is not None:
             if (
-                seq == run.next_seq
+                not run.udp
+                and seq == run.next_seq
                 and not run.closed
                 and payload <= run.mss
                 and run.length + payload <= self._max_length
@@ -417,7 +468,7 @@ class TcpCoalescer:
             self.flush()
         self._run = _Run(
             first=(ip8, src, dst, l4),
-            tcp_header=tcp_header,
+            l4_header=tcp_header,
             parts=[l4[tcp_header:]],
             mss=payload,
             next_seq=(seq + payload) & 0xFFFFFFFF,
@@ -427,6 +478,56 @@ class TcpCoalescer:
             psh=0,
             same=same,
             options=bytes(options),
+            udp=False,
+        )
+
+    def _add_udp(
+        self,
+        ip8: Buffer,
+        src: bytes,
+        dst: bytes,
+        l4: Buffer,
+        partial: bool,
+        fields: tuple[int, int, int, int],
+    ) -> None:
+        flow, hop, length, size = fields
+        if size <= UDP_HEADER or length != size:
+            self._alone(ip8, src, dst, l4, partial)
+            return
+        ports, udp_length = _UDP.unpack_from(l4)
+        payload = size - UDP_HEADER
+        if udp_length != size:
+            self._alone(ip8, src, dst, l4, partial)
+            return
+        same = (flow, hop, src, dst, ports)
+        run = self._run
+        if run is not None:
+            if (
+                run.udp
+                and not run.closed
+                and payload <= run.mss
+                and len(run.parts) < MAX_UDP_SEGMENTS
+                and run.length + payload <= self._max_length
+                and same == run.same
+            ):
+                run.parts.append(l4[UDP_HEADER:])
+                run.length += payload
+                run.closed = payload < run.mss
+                return
+            self.flush()
+        self._run = _Run(
+            first=(ip8, src, dst, l4),
+            l4_header=UDP_HEADER,
+            parts=[l4[UDP_HEADER:]],
+            mss=payload,
+            next_seq=0,
+            length=IPV6_HEADER + size,
+            closed=False,
+            partial=partial,
+            psh=0,
+            same=same,
+            options=b"",
+            udp=True,
         )
 
     def _alone(self, ip8: Buffer, src: bytes, dst: bytes, l4: Buffer, partial: bool) -> None:
@@ -439,25 +540,32 @@ class TcpCoalescer:
             return
         self._run = None
         ip8, src, dst, l4 = run.first
+        next_header = _NEXT_HEADER_UDP if run.udp else _NEXT_HEADER_TCP
         if len(run.parts) == 1:
-            self._write(_vnet_for(run.partial, _NEXT_HEADER_TCP), [ip8, src, dst, l4])
+            self._write(_vnet_for(run.partial, next_header), [ip8, src, dst, l4])
             return
-        tcp_header = run.tcp_header
+        l4_header = run.l4_header
         l4_length = run.length - IPV6_HEADER
         head = bytearray(ip8)
         head[4:6] = l4_length.to_bytes(2, "big")
-        tcp = bytearray(l4[:tcp_header])
-        tcp[13] |= run.psh
+        header = bytearray(l4[:l4_header])
         # NEEDS_CSUM wants the pseudo-header sum in the checksum field (folded, not complemented).
-        seed = pseudo_header_sum(src, dst, l4_length, _NEXT_HEADER_TCP) % 0xFFFF or 0xFFFF
-        tcp[16:18] = seed.to_bytes(2, "big")
+        seed = pseudo_header_sum(src, dst, l4_length, next_header) % 0xFFFF or 0xFFFF
+        if run.udp:
+            # The kernel cuts the payload every gso_size bytes and gives each datagram its own length,
+            # adjusting this checksum seed by the difference (__udp_gso_segment).
+            header[4:6] = l4_length.to_bytes(2, "big")
+            header[6:8] = seed.to_bytes(2, "big")
+        else:
+            header[13] |= run.psh
+            header[16:18] = seed.to_bytes(2, "big")
         vnet = VnetHeader(
             flags=VNET_F_NEEDS_CSUM,
-            gso_type=GSO_TCPV6,
-            hdr_len=IPV6_HEADER + tcp_header,
+            gso_type=GSO_UDP_L4 if run.udp else GSO_TCPV6,
+            hdr_len=IPV6_HEADER + l4_header,
             gso_size=run.mss,
             csum_start=IPV6_HEADER,
-            csum_offset=_TCP_CHECKSUM_OFFSET,
+            csum_offset=_UDP_CHECKSUM_OFFSET if run.udp else _TCP_CHECKSUM_OFFSET,
         ).pack()
         self.joined += len(run.parts)
-        self._write(vnet, [head, src, dst, tcp, *run.parts])
+        self._write(vnet, [head, src, dst, header, *run.parts])

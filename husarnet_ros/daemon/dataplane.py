@@ -27,6 +27,7 @@ from ..core.constants import MAX_DATAGRAM
 from ..core.errors import ProtocolError
 from ..core.node import Node
 from ..core.peer import Endpoint, relay_endpoint
+from ..core.send_batch import SendBatch
 from ..core.wire import PROTOCOL_VERSION
 from .log_ring import LogThrottle
 from .transport import RECEIVE_BUFFER_SIZE, UdpTransport
@@ -126,25 +127,25 @@ class DataPlane:
     def _tun_to_udp_offload(self) -> None:
         """Reads carry a virtio header; a TCP packet of up to 64 KB is cut into MTU-sized segments here, each
         sealed on its own, and they leave in one or two GSO sends. Other packets are read while the TUN has
-        more (non-blocking reads) and sent together when it has none left or ``_MAX_QUEUED_SINGLES`` wait:
-        equal ones (a burst of DDS fragments) in one GSO send. Nothing waits for more to come: a lone packet
-        (a ping) leaves as soon as the next read finds the TUN empty."""
+        more (non-blocking reads, each straight into the next place of one buffer: core/send_batch.py) and
+        sealed and sent together when it has none left or the batch is full: equal ones (a burst of DDS
+        fragments) in one GSO send. Nothing waits for more to come: a lone packet (a ping) leaves as soon as
+        the next read finds the TUN empty."""
         node, fd, transport, counters = self._node, self._tun.fd, self._transport, self._node.tx_counters
-        send, send_partial, send_large = node.send, node.send_partial, node.send_large
-        send_many, sendto_batch = transport.send_many, transport.sendto_batch
-        read, clock, unpack = os.read, time.monotonic, offload.VNET_STRUCT.unpack_from
+        send_large, send_many, sendto_batch = node.send_large, transport.send_many, transport.sendto_batch
+        readv, clock, unpack = os.readv, time.monotonic, offload.VNET_STRUCT.unpack_from
         header_size = offload.VNET_HEADER_SIZE
-        singles: list[tuple[Endpoint, bytes]] = []
+        batch = SendBatch(node, OFFLOAD_READ_SIZE, _MAX_QUEUED_SINGLES)
         ready = select.poll()
         ready.register(fd, select.POLLIN)
         os.set_blocking(fd, False)
         while not self.stopping:
+            frame = batch.read_target()
             try:
-                frame = read(fd, OFFLOAD_READ_SIZE)
+                size = readv(fd, [frame])
             except BlockingIOError:
-                if singles:
-                    send_many(singles)
-                    singles.clear()
+                if len(batch):
+                    send_many(batch.seal())
                 ready.poll(_IDLE_POLL_MS)
                 continue
             except OSError as exc:
@@ -152,39 +153,49 @@ class DataPlane:
                 continue
             self._tun_failures = 0
             try:
+                if size <= header_size:
+                    counters["drop_malformed_tun"] += 1
+                    continue
                 flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = unpack(frame)
                 if gso_type == offload.GSO_NONE:
-                    if flags & offload.VNET_F_NEEDS_CSUM:
-                        packet = bytearray(memoryview(frame)[header_size:])  # one copy, then in place
-                        out = send_partial(packet, csum_start, csum_offset, clock())
-                    else:
-                        out = send(frame[header_size:], clock())
-                    if out is None:
+                    if not batch.stage(size - header_size, flags, csum_start, csum_offset, clock()):
                         self._wake_if_posted()  # a handshake may be needed now, not at the next tick
-                        continue
-                    singles.append(out)
-                    if len(singles) >= _MAX_QUEUED_SINGLES:
-                        send_many(singles)
-                        singles.clear()
+                    elif batch.full():
+                        send_many(batch.seal())
+                    continue
+                if len(batch):  # in order: what was read before this goes before it (the frame stays put)
+                    send_many(batch.seal())
+                if gso_type == offload.GSO_UDP_L4 and self._tun.udp_offload:
+                    self._send_udp_segments(frame[header_size:size], csum_start, gso_size)
                     continue
                 if gso_type & ~offload.GSO_ECN != offload.GSO_TCPV6:
                     # A kind we did not offer the kernel (TUNSETOFFLOAD): never expected.
                     counters["drop_gso_type"] += 1
                     continue
-                if singles:  # in order: what was read before this goes before it
-                    send_many(singles)
-                    singles.clear()
-                batch = send_large(memoryview(frame)[header_size:], csum_start, gso_size, clock())
-                if batch is None:
+                sent = send_large(frame[header_size:size], csum_start, gso_size, clock())
+                if sent is None:
                     self._wake_if_posted()
                     continue
                 counters["tso_packets"] += 1
-                sendto_batch(batch[1], batch[2], batch[0])
+                sendto_batch(sent[1], sent[2], sent[0])
             except ProtocolError:
                 counters["drop_malformed_tun"] += 1
             except Exception as exc:
-                singles.clear()
+                batch.discard()
                 self._packet_error("tun->udp", exc)
+
+    def _send_udp_segments(self, packet: memoryview, csum_start: int, gso_size: int) -> None:
+        """An application's UDP GSO send (``UDP_SEGMENT``, e.g. QUIC): its datagrams, cut here, go like
+        packets read one by one (rare enough that it need not be fast)."""
+        node, now, datagrams = self._node, time.monotonic(), []
+        for segment in offload.udp_segments(packet, csum_start, gso_size):
+            out = node.send(segment, now)
+            if out is None:
+                self._wake_if_posted()
+            else:
+                datagrams.append(out)
+        self._node.tx_counters["udp_gso_packets"] += 1
+        self._transport.send_many(datagrams)
 
     def _read(self, read: Callable[[int, int], bytes], fd: int, size: int) -> bytes | None:
         """One read from the TUN; None after a failure (the caller goes on; enough in a row are fatal)."""
@@ -226,7 +237,11 @@ class DataPlane:
                 counters["drop_tun_write"] += 1
                 log.debug("TUN write failed: %s", exc)
 
-        sink = offload.TcpCoalescer(write) if self._tun.offload else offload.PlainPackets(write)
+        sink = (
+            offload.Coalescer(write, udp=self._tun.udp_offload)
+            if self._tun.offload
+            else offload.PlainPackets(write)
+        )
         failures = 0
         while not self.stopping:
             try:

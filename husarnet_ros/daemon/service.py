@@ -130,6 +130,7 @@ class Daemon:
                     mtu=cfg.mtu,
                     offload=cfg.offload,
                     tun_offload=self.tun.offload,
+                    tun_udp_offload=self.tun.udp_offload,
                     udp_gso=self.transport.gso,
                     udp_gro=self.transport.gro,
                 ),
@@ -187,8 +188,11 @@ class Daemon:
             "on" if self.acl.enabled else "off",
         )
         log.info(
-            "data plane: TUN offload %s, UDP GSO %s, UDP GRO %s",
-            *("on" if flag else "off" for flag in (self.tun.offload, self.transport.gso, self.transport.gro)),
+            "data plane: TUN offload %s (UDP %s), UDP GSO %s, UDP GRO %s",
+            *(
+                "on" if flag else "off"
+                for flag in (self.tun.offload, self.tun.udp_offload, self.transport.gso, self.transport.gro)
+            ),
         )
         return self.controller
 

@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import socket
 import struct
+from collections.abc import Sequence
 
 from ..core import basewire
 from ..core.errors import HusarnetError
@@ -163,27 +164,42 @@ class UdpTransport:
         for start in range(sent, total, size):
             self._send_relayed(datagrams[start : start + size], endpoint)
 
-    def send_many(self, datagrams: list[tuple[Endpoint, bytes]]) -> None:
+    def send_many(self, datagrams: Sequence[tuple[Endpoint, bytes | memoryview]]) -> None:
         """Send datagrams in order; runs of them for one endpoint with one size (the last of a run may be
         shorter) go in one GSO send each: a burst of equal packets (a DDS sample cut into fragments) costs
-        one system call, not one per packet."""
+        one system call, not one per packet. Relayed runs go to the base the same way, each datagram behind
+        its relay header."""
         count, index = len(datagrams), 0
         while index < count:
             endpoint, first = datagrams[index]
             size = len(first)
             end = index + 1
-            if self.gso and endpoint[1] != RELAY_PORT:
-                most = min(count, index + min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size))
+            relayed = endpoint[1] == RELAY_PORT
+            if self.gso:
+                segment = size + basewire.RELAY_HEADER_SIZE if relayed else size
+                most = min(count, index + min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // segment))
                 while end < most and datagrams[end][0] == endpoint and len(datagrams[end][1]) == size:
                     end += 1
                 if end < most and datagrams[end][0] == endpoint and len(datagrams[end][1]) < size:
                     end += 1  # a shorter one may close the run
-            if end - index == 1 or not self._gso_send(
-                [d for _, d in datagrams[index:end]], size, self._target(endpoint)
-            ):
+            if end - index == 1 or not self._send_run([d for _, d in datagrams[index:end]], size, endpoint):
                 for _, datagram in datagrams[index:end]:
                     self.sendto(datagram, endpoint)
             index = end
+
+    def _send_run(self, run: list[bytes | memoryview], size: int, endpoint: Endpoint) -> bool:
+        """One GSO send of ``run`` (datagrams of ``size`` bytes, the last maybe shorter) to ``endpoint``, or
+        through the base server for a relayed one; False if the caller must send them one by one."""
+        if endpoint[1] != RELAY_PORT:
+            return self._gso_send(run, size, self._target(endpoint))
+        via = self._relay_via
+        if via is None:
+            return True  # like packet loss, as for a single relayed datagram
+        header = self._relay_header(endpoint)
+        parts: list[bytes | memoryview] = []
+        for datagram in run:
+            parts += (header, datagram)
+        return self._gso_send(parts, size + basewire.RELAY_HEADER_SIZE, via)
 
     def _gso_send(
         self, buffers: list[bytes | memoryview], size: int, target: tuple[str, int, int, int]

@@ -2,8 +2,11 @@
 
 With offloads requested, the device is opened with a virtio-net header on every read and write
 (``IFF_VNET_HDR``) and told it may hand over TCP/IPv6 packets of up to 64 KB and leave checksums partial
-(``TUNSETOFFLOAD``): the kernel then does one read where it did ~48. A kernel that refuses gets the plain
-device (one IPv6 packet per read, nothing in front), and ``offload`` says which one this is.
+(``TUNSETOFFLOAD``): the kernel then does one read where it did ~48. Where the kernel also takes UDP
+segmentation offload (Linux 6.2+), it is offered too: the daemon then writes a run of equal UDP datagrams as
+one packet, and must cut the UDP GSO packets an application sends (``UDP_SEGMENT``) itself. A kernel that
+refuses gets the plain device (one IPv6 packet per read, nothing in front); ``offload`` and ``udp_offload``
+say which one this is.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ _IFF_NO_PI = 0x1000
 _IFF_VNET_HDR = 0x4000
 _TUN_F_CSUM = 0x01
 _TUN_F_TSO6 = 0x04
+_TUN_F_USO4 = 0x20
+_TUN_F_USO6 = 0x40  # the kernel takes UDP segmentation only with both (tun.c: set_offload)
 # Packets arrive as big as the kernel's TSO allows (64 KB, plus the virtio header); reads use this size.
 OFFLOAD_READ_SIZE = 65536 + 256
 # How many packets the kernel queues for the daemon before dropping: a 1 MB DDS message is ~800 packets,
@@ -44,17 +49,18 @@ class TunError(HusarnetError):
 
 class Tun:
     """An L3 TUN device without packet info. ``offload``: every read and write carries a virtio-net header
-    (core/offload.py) and reads may be TSO packets; otherwise each read/write is one IPv6 packet."""
+    (core/offload.py) and reads may be TSO packets; ``udp_offload``: reads and writes may also be UDP GSO
+    packets (``GSO_UDP_L4``); otherwise each read/write is one IPv6 packet."""
 
     def __init__(self, name: str, address: bytes, mtu: int, *, offload: bool = False) -> None:
         self.offload = False
+        self.udp_offload = False
         fd = -1
         if offload:
             fd, name = _open(name, _IFF_TUN | _IFF_NO_PI | _IFF_VNET_HDR)
-            try:
-                fcntl.ioctl(fd, _TUNSETOFFLOAD, _TUN_F_CSUM | _TUN_F_TSO6)
-                self.offload = True
-            except OSError:  # an old kernel: the plain device below
+            self.udp_offload = _set_offload(fd, _TUN_F_CSUM | _TUN_F_TSO6 | _TUN_F_USO4 | _TUN_F_USO6)
+            self.offload = self.udp_offload or _set_offload(fd, _TUN_F_CSUM | _TUN_F_TSO6)
+            if not self.offload:  # an old kernel: the plain device below
                 os.close(fd)
                 fd = -1
         if fd < 0:
@@ -70,6 +76,15 @@ class Tun:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.fd)
+
+
+def _set_offload(fd: int, flags: int) -> bool:
+    """Offer the kernel these offloads; False if it does not know one of them (EINVAL)."""
+    try:
+        fcntl.ioctl(fd, _TUNSETOFFLOAD, flags)
+    except OSError:
+        return False
+    return True
 
 
 def _open(name: str, flags: int) -> tuple[int, str]:

@@ -10,6 +10,10 @@ drives both through :func:`tcp_transfer` and :func:`udp_echo` and checks what th
 * UDP: an echo server sends every datagram back, with the Destination Options or Hop-by-Hop header it came
   with; the client sends datagrams of the given sizes and compares each echo byte for byte (both legs carry
   every size) and the extension headers that came back with the ones it sent.
+* UDP bursts (:func:`udp_burst`): runs of datagrams sent back to back as fast as the socket takes them (as
+  DDS sends a large sample's fragments), one ``sendto`` each or, with ``gso``, up to 64 in one send
+  (``UDP_SEGMENT``, as QUIC stacks do); each carries its number and seeded bytes, and the receiver reports
+  which numbers arrived intact, which arrived corrupt or twice, and how long each was.
 
 Every socket wait has a timeout and every process is bounded by ``seconds``.
 """
@@ -185,9 +189,92 @@ def udp_client(
     return results
 
 
+_BURST_NUMBER = struct.Struct("!I")
+_UDP_SEGMENT = 103  # linux/udp.h
+_BURST_GSO_SEGMENTS = 64  # what the kernel takes in one UDP GSO send, and 64 KB of payload in all
+_BURST_GSO_BYTES = 65000
+_BURST_QUIET_S = 1.0  # the receiver stops this long after the last datagram
+_BURST_BUFFER = 16 * 1024 * 1024
+
+
+def burst_payload(seed: int, number: int, size: int) -> bytes:
+    """Datagram ``number`` of a burst: its number, then seeded bytes (``size`` at least 4)."""
+    return _BURST_NUMBER.pack(number) + random.Random(seed * 1_000_003 + number).randbytes(size - 4)
+
+
+def burst_sizes(runs: Sequence[tuple[int, int]]) -> list[int]:
+    """Every datagram's size, in order, for runs of (count, size)."""
+    return [size for count, size in runs for _ in range(count)]
+
+
+def _big_buffer(sock: socket.socket, forced: int, plain: int) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, forced, _BURST_BUFFER)  # root: above net.core.*mem_max
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, plain, _BURST_BUFFER)
+
+
+def udp_burst_receive(
+    address: str, port: int, sizes: Sequence[int], seed: int, seconds: float
+) -> dict[str, object]:
+    """Receive a burst: until every datagram came, ``_BURST_QUIET_S`` after the last one, or ``seconds``."""
+    intact: set[int] = set()
+    corrupt: list[int] = []
+    repeated: list[int] = []
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        _big_buffer(sock, 33, socket.SO_RCVBUF)  # SO_RCVBUFFORCE
+        sock.bind((address, port))
+        print("listening", flush=True)
+        deadline = time.monotonic() + seconds
+        quiet_until = deadline
+        while len(intact) < len(sizes) and (now := time.monotonic()) < min(deadline, quiet_until):
+            sock.settimeout(min(deadline, quiet_until) - now)
+            try:
+                data = sock.recv(_MAX_UDP)
+            except TimeoutError:
+                break
+            quiet_until = time.monotonic() + _BURST_QUIET_S
+            number = _BURST_NUMBER.unpack_from(data)[0] if len(data) >= 4 else -1
+            if not 0 <= number < len(sizes) or data != burst_payload(seed, number, sizes[number]):
+                corrupt.append(number)
+            elif number in intact:
+                repeated.append(number)
+            else:
+                intact.add(number)
+    return {"intact": len(intact), "corrupt": corrupt, "repeated": repeated, "sent": len(sizes)}
+
+
+def udp_burst_send(address: str, port: int, runs: Sequence[tuple[int, int]], seed: int, gso: bool) -> None:
+    """Each run's datagrams back to back, a short pause between runs (each is one burst)."""
+    number = 0
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        _big_buffer(sock, 32, socket.SO_SNDBUF)  # SO_SNDBUFFORCE
+        for count, size in runs:
+            payloads = [burst_payload(seed, number + i, size) for i in range(count)]
+            number += count
+            if gso:
+                segment = [(socket.SOL_UDP, _UDP_SEGMENT, struct.pack("=H", size))]
+                step = max(1, min(_BURST_GSO_SEGMENTS, _BURST_GSO_BYTES // size))
+                for start in range(0, count, step):
+                    group = payloads[start : start + step]
+                    sock.sendmsg(group, segment if len(group) > 1 else [], 0, (address, port))
+            else:
+                for payload in payloads:
+                    sock.sendto(payload, (address, port))
+            time.sleep(0.05)
+
+
+def _run(text: str) -> tuple[int, int]:
+    count, _, size = text.partition(":")
+    return int(count), int(size)
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m husarnet_ros.testing.transfer")
-    parser.add_argument("role", choices=["tcp-receive", "tcp-send", "udp-echo", "udp-client"])
+    parser.add_argument(
+        "role",
+        choices=["tcp-receive", "tcp-send", "udp-echo", "udp-client", "udp-burst-receive", "udp-burst-send"],
+    )
     parser.add_argument("--address", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--streams", type=int, default=1)
@@ -197,11 +284,21 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="*", default=[])
     parser.add_argument("--options", nargs="*", default=[], choices=sorted(_OPTION_LEVELS))
     parser.add_argument("--dstopts", action="store_true")
+    parser.add_argument("--runs", default="", help="count:size,... (bursts)")
+    parser.add_argument(
+        "--gso", action="store_true", help="bursts: up to 64 datagrams per send (UDP_SEGMENT)"
+    )
     args = parser.parse_args(argv)
+    runs = [_run(text) for text in args.runs.split(",") if text]
     if args.role == "tcp-receive":
         print(json.dumps(tcp_receive(args.address, args.port, args.streams, args.seconds)), flush=True)
     elif args.role == "tcp-send":
         tcp_send(args.address, args.port, args.streams, args.bytes, args.seed, args.dstopts)
+    elif args.role == "udp-burst-receive":
+        result = udp_burst_receive(args.address, args.port, burst_sizes(runs), args.seed, args.seconds)
+        print(json.dumps(result), flush=True)
+    elif args.role == "udp-burst-send":
+        udp_burst_send(args.address, args.port, runs, args.seed, args.gso)
     elif args.role == "udp-echo":
         udp_echo_server(args.address, args.port, args.seconds)
     else:
@@ -298,6 +395,40 @@ def udp_echo(
         Lab.stop_process(echo)
     outcomes: list[dict[str, object]] = json.loads(result.stdout)
     return outcomes
+
+
+def udp_burst(
+    sender: Host,
+    receiver: Host,
+    address: str,
+    runs: Sequence[tuple[int, int]],
+    *,
+    gso: bool = False,
+    seed: int = 1,
+    port: int = 5597,
+    seconds: float = 60.0,
+) -> dict[str, object]:
+    """Bursts of datagrams, ``runs`` of (count, size), from ``sender`` to ``receiver``'s ``address``: what
+    arrived (``intact`` count, ``corrupt`` and ``repeated`` numbers, ``sent``)."""
+    spec = ",".join(f"{count}:{size}" for count, size in runs)
+    common = ["--address", address, "--port", str(port), "--seed", str(seed), "--runs", spec]
+    receiving = _start_listener(
+        receiver, _module_argv("udp-burst-receive", *common, "--seconds", str(seconds))
+    )
+    try:
+        sent = sender.run(
+            _module_argv("udp-burst-send", *common, *(["--gso"] if gso else [])),
+            check=False,
+            timeout=seconds,
+            env=husarnet_ros_env(),
+        )
+        out, err = receiving.communicate(timeout=seconds + 10)
+    finally:
+        Lab.stop_process(receiving)
+    if sent.returncode != 0 or receiving.returncode != 0:
+        raise AssertionError(f"burst failed: sender {sent.returncode} {sent.stderr}; receiver {err}")
+    outcome: dict[str, object] = json.loads(out)
+    return outcome
 
 
 if __name__ == "__main__":

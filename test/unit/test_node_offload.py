@@ -1,5 +1,6 @@
-"""The offload paths of Node between two in-memory nodes: TSO packets out (send_large, send_partial), GRO
-batches in (receive_batch), and the features exchange that decides between full and partial checksums.
+"""The offload paths of Node between two in-memory nodes: TSO packets out (send_large), single packets
+staged and sealed as a batch (stage_packet, SendBatch), GRO batches in (receive_batch), and the features
+exchange that decides between full and partial checksums.
 
 A batch from ``send_large`` is the datagrams back to back; the receiving node gets it as one GRO receive
 would hand it over (the same bytes, ``segment`` = the size of all but the last datagram). Frames are told
@@ -32,8 +33,9 @@ from husarnet_ros.core import aead, offload, wire
 from husarnet_ros.core.constants import FEATURES_ATTEMPTS, FEATURES_RETRY_INTERVAL
 from husarnet_ros.core.errors import ProtocolError
 from husarnet_ros.core.node import Node
-from husarnet_ros.core.offload import IPV6_HEADER, PartialChecksum, TcpCoalescer
+from husarnet_ros.core.offload import IPV6_HEADER, Coalescer, PartialChecksum, VnetHeader
 from husarnet_ros.core.peer import Endpoint, PathKind
+from husarnet_ros.core.send_batch import SendBatch
 from husarnet_ros.core.session import Session
 from husarnet_ros.testing.memnet import MemNet
 
@@ -242,7 +244,7 @@ def test_a_batch_goes_up_joined_through_the_coalescer(features: bool) -> None:
     pair = make_pair(mute_a=not features, mute_b=not features)
     tcp = tso(pair, 30_000, options=timestamps())
     recorder = Recorder()
-    receive(pair, send_large(pair, tcp, 1400), TcpCoalescer(recorder))
+    receive(pair, send_large(pair, tcp, 1400), Coalescer(recorder))
     (written,) = recorder.writes
     check_joined(written)
     finished = bytearray(written.packet)
@@ -364,66 +366,167 @@ def test_the_smallest_partial_frames_are_delivered(next_header: int, l4: bytes) 
     assert packet[24:40] == pair.b.address
 
 
-# --------------------------------------------------------------------------- send_partial
+# --------------------------------------------------------------------------- stage_packet + SendBatch
+READ_SIZE = offload.VNET_HEADER_SIZE + 65536
+
+
 def partial_tcp(pair: Pair, size: int = 3000, **fields: Any) -> tuple[Tcp, PartialChecksum]:
     tcp = tso(pair, size, **fields)
     return tcp, with_seed(tcp.packet(), 16, TCP)
 
 
-def test_send_partial_to_a_peer_that_takes_them() -> None:
+def stage(
+    batch: SendBatch, packet: bytes | bytearray, now: float, csum: tuple[int, int] | None = None
+) -> bool:
+    """Put ``packet`` where the daemon's read would (behind its virtio header) and stage it; ``csum``: the
+    (start, offset) of a partial checksum (NEEDS_CSUM)."""
+    flags = offload.VNET_F_NEEDS_CSUM if csum else 0
+    start, offset = csum or (0, 0)
+    target = batch.read_target()
+    target[: offload.VNET_HEADER_SIZE] = VnetHeader(flags=flags, csum_start=start, csum_offset=offset).pack()
+    target[offload.VNET_HEADER_SIZE : offload.VNET_HEADER_SIZE + len(packet)] = packet
+    return batch.stage(len(packet), flags, start, offset, now)
+
+
+def send_one(
+    pair: Pair, packet: bytes | bytearray, csum: tuple[int, int] | None = None
+) -> tuple[Endpoint, bytes]:
+    batch = SendBatch(pair.a, READ_SIZE, 8)
+    assert stage(batch, packet, pair.net.now, csum)
+    [(endpoint, datagram)] = batch.seal()
+    return endpoint, bytes(datagram)
+
+
+def test_a_staged_partial_checksum_goes_as_it_is_to_a_peer_that_takes_them() -> None:
     pair = make_pair()
     tcp, seeded = partial_tcp(pair, options=timestamps())
-    out = pair.a.send_partial(bytearray(seeded), IPV6_HEADER, 16, pair.net.now)
-    assert out is not None
-    assert out[0] == pair.eb
-    packet = pair.b.receive_data(out[1], pair.ea, pair.net.now)
+    endpoint, datagram = send_one(pair, seeded, (IPV6_HEADER, 16))
+    assert endpoint == pair.eb
+    packet = pair.b.receive_data(datagram, pair.ea, pair.net.now)
     assert isinstance(packet, PartialChecksum)
     assert packet == seeded
     assert offload.complete(packet) == bytes(with_checksum(tcp.packet(), IPV6_HEADER, 16, TCP))
     udp = udp_packet(payload_of(500, 1), pair.a.address, pair.b.address)
-    out = pair.a.send_partial(bytearray(with_seed(udp, 6, UDP)), IPV6_HEADER, 6, pair.net.now)
-    assert out is not None
-    packet = pair.b.receive_data(out[1], pair.ea, pair.net.now)
+    _, datagram = send_one(pair, with_seed(udp, 6, UDP), (IPV6_HEADER, 6))
+    packet = pair.b.receive_data(datagram, pair.ea, pair.net.now)
     assert isinstance(packet, PartialChecksum)
     assert offload.complete(packet) == bytes(with_checksum(udp, IPV6_HEADER, 6, UDP))
 
 
-def test_send_partial_completes_the_checksum_for_a_peer_without_the_feature() -> None:
+def test_a_staged_partial_checksum_is_completed_for_a_peer_without_the_feature() -> None:
     pair = make_pair(mute_b=True)
     assert pair.session(pair.a).peer_features == 0
     tcp, seeded = partial_tcp(pair)
-    out = pair.a.send_partial(bytearray(seeded), IPV6_HEADER, 16, pair.net.now)
-    assert out is not None
-    packet = pair.b.receive_data(out[1], pair.ea, pair.net.now)
+    _, datagram = send_one(pair, seeded, (IPV6_HEADER, 16))
+    packet = pair.b.receive_data(datagram, pair.ea, pair.net.now)
     assert type(packet) is bytes
     assert packet == bytes(with_checksum(tcp.packet(), IPV6_HEADER, 16, TCP))
 
 
-def test_send_partial_completes_a_checksum_that_is_not_where_partial_frames_put_it() -> None:
+def test_a_staged_checksum_not_where_partial_frames_put_it_is_completed() -> None:
     pair = make_pair()
     tcp = tso(pair, 2000, extension=destination_options())
     packet = tcp.packet()
     l4 = tcp.l4_start
     seed = offload.pseudo_header_sum(pair.a.address, pair.b.address, len(packet) - l4, TCP) % 0xFFFF or 0xFFFF
     packet[l4 + 16 : l4 + 18] = seed.to_bytes(2, "big")
-    out = pair.a.send_partial(packet, l4, 16, pair.net.now)
-    assert out is not None
-    delivered = pair.b.receive_data(out[1], pair.ea, pair.net.now)
+    _, datagram = send_one(pair, packet, (l4, 16))
+    delivered = pair.b.receive_data(datagram, pair.ea, pair.net.now)
     assert type(delivered) is bytes
     assert delivered == bytes(with_checksum(tcp.packet(), l4, 16, TCP))
 
 
-def test_send_partial_before_a_session_queues_the_packet_completed() -> None:
+def test_a_packet_staged_before_a_session_is_queued_completed() -> None:
     pair = make_pair(connect=False)
     tcp, seeded = partial_tcp(pair)
     pair.net.introduce(pair.ea, pair.eb)
-    assert pair.a.send_partial(bytearray(seeded), IPV6_HEADER, 16, pair.net.now) is None
+    batch = SendBatch(pair.a, READ_SIZE, 8)
+    assert not stage(batch, seeded, pair.net.now, (IPV6_HEADER, 16))
+    assert len(batch) == 0
+    assert batch.seal() == []
     pair.advance(0.5)
     assert pair.net.delivered[pair.eb] == [bytes(with_checksum(tcp.packet(), IPV6_HEADER, 16, TCP))]
 
 
-def test_send_partial_refuses_a_checksum_outside_the_packet() -> None:
+def test_a_checksum_outside_the_packet_is_refused_and_the_batch_goes_on() -> None:
     pair = make_pair(mute_b=True)
     _, seeded = partial_tcp(pair, 10)
+    batch = SendBatch(pair.a, READ_SIZE, 8)
     with pytest.raises(ProtocolError):
-        pair.a.send_partial(bytearray(seeded), IPV6_HEADER, len(seeded), pair.net.now)
+        stage(batch, seeded, pair.net.now, (IPV6_HEADER, len(seeded)))
+    assert len(batch) == 0
+    whole = with_checksum(tso(pair, 100).packet(), IPV6_HEADER, 16, TCP)
+    assert stage(batch, whole, pair.net.now)
+    [(_, datagram)] = batch.seal()
+    assert pair.b.receive_data(bytes(datagram), pair.ea, pair.net.now) == bytes(whole)
+
+
+def icmp_echo(src: bytes, dst: bytes, size: int) -> bytearray:
+    body = bytes([128, 0, 0, 0]) + payload_of(size, size)
+    header = bytes([0x60, 0, 0, 0]) + len(body).to_bytes(2, "big") + bytes([ICMPV6, 64])
+    return bytearray(header + src + dst + body)
+
+
+@pytest.mark.parametrize("features", [True, False])
+def test_a_batch_of_mixed_packets_arrives_in_order_each_as_sent(features: bool) -> None:
+    """TCP with partial checksums, UDP, ICMPv6, of many sizes, and one packet from another source address
+    (sent whole, not compressed, and refused by the receiver as not its peer's): sealed together, each in its
+    own datagram with its own nonce and the next counter, and each opened by the peer into the very packet
+    that was read (partial checksums completed where the peer lacks the feature)."""
+    pair = make_pair(mute_b=not features)
+    other_source = bytes.fromhex("fc94" + "ab" * 14)
+    packets: list[tuple[bytearray, tuple[int, int] | None]] = []
+    for number, size in enumerate([0, 1, 100, 1250, 1302, 9000]):
+        tcp = tso(pair, size, seq=number)
+        packets.append((bytearray(with_seed(tcp.packet(), 16, TCP)), (IPV6_HEADER, 16)))
+        udp = udp_packet(payload_of(size, number), pair.a.address, pair.b.address)
+        packets.append((with_checksum(udp, IPV6_HEADER, 6, UDP), None))
+        packets.append((icmp_echo(pair.a.address, pair.b.address, size), None))
+    packets.append((udp_packet(payload_of(300, 7), other_source, pair.b.address), None))
+    batch = SendBatch(pair.a, READ_SIZE, len(packets))
+    counter = pair.session(pair.a).sent_messages
+    for packet, csum in packets:
+        assert stage(batch, packet, pair.net.now, csum)
+    datagrams = batch.seal()
+    assert len(batch) == 0
+    assert [endpoint for endpoint, _ in datagrams] == [pair.eb] * len(packets)
+    numbers = [wire.DATA_HEADER.unpack_from(d)[2] for _, d in datagrams]
+    assert numbers == list(range(counter, counter + len(packets)))
+    nonces = {bytes(d[wire.DATA_AD_SIZE : wire.DATA_HEADER_SIZE]) for _, d in datagrams}
+    assert len(nonces) == len(packets)
+    inner_kinds = []
+    for (packet, csum), (_, datagram) in zip(packets, datagrams, strict=True):
+        sealed = bytes(datagram)
+        delivered = pair.b.receive_data(sealed, pair.ea, pair.net.now)
+        if packet[8:24] == other_source:
+            assert delivered is None
+            continue
+        assert delivered is not None
+        expected = with_checksum(packet, IPV6_HEADER, 16, TCP) if csum else packet
+        assert offload.complete(delivered) == bytes(expected)
+        assert isinstance(delivered, PartialChecksum) == (csum is not None and features)
+        inner_kinds.append(len(sealed) - wire.DATA_HEADER_SIZE - wire.TAG_SIZE - len(packet))
+    assert set(inner_kinds) == {1 - 32}  # compressed: the type byte in, the two addresses out
+    assert pair.b.rx_counters["drop_spoofed"] == 1
+
+
+def test_a_batch_is_full_at_its_packet_count_or_when_no_largest_read_fits() -> None:
+    pair = make_pair()
+    small = with_checksum(udp_packet(b"x" * 100, pair.a.address, pair.b.address), IPV6_HEADER, 6, UDP)
+    batch = SendBatch(pair.a, READ_SIZE, 3)
+    for _ in range(3):
+        assert not batch.full()
+        assert stage(batch, small, pair.net.now)
+    assert batch.full()
+    assert len(batch.seal()) == 3
+    assert not batch.full()
+    big = with_checksum(udp_packet(b"y" * 60_000, pair.a.address, pair.b.address), IPV6_HEADER, 6, UDP)
+    batch = SendBatch(pair.a, READ_SIZE, 64, typical_packet=2048)  # 128 KB beyond the room for one read
+    staged = 0
+    while not batch.full():
+        assert stage(batch, big, pair.net.now)
+        staged += 1
+        assert staged < 64
+    assert staged == 3
+    for _, datagram in batch.seal():
+        assert pair.b.receive_data(bytes(datagram), pair.ea, pair.net.now) == bytes(big)

@@ -2,12 +2,13 @@
 
 Checksums are compared with RFC 1071 as a loop over 16-bit words with an end-around carry; TSO packets are
 built here field by field, cut by ``tcp_segments`` and checked segment by segment as a NIC would cut them;
-``TcpCoalescer`` gets those segments in order, with losses, duplicates and reorderings, and every write it
+``Coalescer`` gets those segments in order, with losses, duplicates and reorderings, and every write it
 makes is taken apart again and compared with what was fed.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 import struct
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from husarnet_ros.core.errors import ProtocolError
 from husarnet_ros.core.offload import (
     GSO_NONE,
     GSO_TCPV6,
+    GSO_UDP_L4,
     IPV6_HEADER,
     PLAIN_VNET_HEADER,
     TCP_ACK,
@@ -34,9 +36,9 @@ from husarnet_ros.core.offload import (
     TCP_URG,
     VNET_F_NEEDS_CSUM,
     VNET_HEADER_SIZE,
+    Coalescer,
     PartialChecksum,
     PlainPackets,
-    TcpCoalescer,
     VnetHeader,
 )
 
@@ -649,7 +651,7 @@ def test_in_order_segments_become_the_original_packet_again(
     if partial:
         segments = [PartialChecksum(s) for s in segments]
     recorder = Recorder()
-    coalescer = TcpCoalescer(recorder)
+    coalescer = Coalescer(recorder)
     for segment in segments:
         feed(coalescer, segment, as_parts)
     coalescer.flush()
@@ -683,7 +685,7 @@ def test_losses_duplicates_and_reordering_deliver_every_segment_once_in_order(
     partial = [PartialChecksum(s) for s in offload.tcp_segments(original, IPV6_HEADER, mss, partial=True)]
     indices = [i % len(full) for i in order]
     recorder = Recorder()
-    coalescer = TcpCoalescer(recorder)
+    coalescer = Coalescer(recorder)
     fed: list[bytes] = []
     for index, (as_parts, is_partial) in zip(indices, ways, strict=False):
         packet = partial[index] if is_partial else full[index]
@@ -714,7 +716,7 @@ def test_runs_stop_at_64_kib() -> None:
         bytes(s) for t in (first, second) for s in offload.tcp_segments(t.packet(), IPV6_HEADER, 1000)
     ]
     recorder = Recorder()
-    coalescer = TcpCoalescer(recorder)
+    coalescer = Coalescer(recorder)
     for segment in segments:
         coalescer.add(segment)
     coalescer.flush()
@@ -730,7 +732,7 @@ def test_runs_stop_at_a_given_length(limit_segments: int, count: int, mss: int) 
     tcp = Tcp(payload_of(mss * count, mss), seq=77)
     max_length = IPV6_HEADER + 20 + limit_segments * mss
     recorder = Recorder()
-    coalescer = TcpCoalescer(recorder, max_length=max_length)
+    coalescer = Coalescer(recorder, max_length=max_length)
     for segment in offload.tcp_segments(tcp.packet(), IPV6_HEADER, mss):
         coalescer.add(bytes(segment))
     coalescer.flush()
@@ -786,7 +788,7 @@ def test_packets_that_cannot_join_pass_alone_between_runs(packet: bytes, as_part
     )
     c, d = (bytes(Tcp(payload_of(1000, n), seq=n).packet()) for n in (4000, 5000))
     recorder = Recorder()
-    coalescer = TcpCoalescer(recorder)
+    coalescer = Coalescer(recorder)
     for item in (a, b, packet, c, d):
         feed(coalescer, item, as_parts)
     coalescer.flush()
@@ -796,7 +798,7 @@ def test_packets_that_cannot_join_pass_alone_between_runs(packet: bytes, as_part
         assert check_joined(written) == [tcp_pieces(s, 20) for s in expected]
     # and alone, with nothing around it
     recorder = Recorder()
-    coalescer = TcpCoalescer(recorder)
+    coalescer = Coalescer(recorder)
     feed(coalescer, packet, as_parts)
     coalescer.flush()
     assert len(recorder.writes) == 1
@@ -827,7 +829,7 @@ def test_a_header_difference_ends_the_run(second: Tcp) -> None:
     first = Tcp(payload_of(1000, 6), seq=1000, options=timestamps())
     third = replace(second, payload=payload_of(1000, 7), seq=3000)
     recorder = Recorder()
-    coalescer = TcpCoalescer(recorder)
+    coalescer = Coalescer(recorder)
     for tcp in (first, second, third):
         coalescer.add(bytes(tcp.packet()))
     coalescer.flush()
@@ -844,7 +846,7 @@ def test_what_may_differ_inside_a_run() -> None:
     first = Tcp(payload_of(1000, 8), seq=1000)
     second = Tcp(payload_of(1000, 9), seq=2000, urgent=99)
     recorder = Recorder()
-    coalescer = TcpCoalescer(recorder)
+    coalescer = Coalescer(recorder)
     coalescer.add(bytes(first.packet(checksum=1)))
     coalescer.add(bytes(second.packet(checksum=2)))
     coalescer.flush()
@@ -855,7 +857,7 @@ def test_what_may_differ_inside_a_run() -> None:
 def test_a_short_segment_or_psh_closes_the_run() -> None:
     segments = [Tcp(payload_of(n, n), seq=s) for n, s in ((1000, 0), (500, 1000), (1000, 1500))]
     recorder = Recorder()
-    coalescer = TcpCoalescer(recorder)
+    coalescer = Coalescer(recorder)
     for tcp in segments:
         coalescer.add(bytes(tcp.packet()))
     coalescer.flush()
@@ -864,7 +866,7 @@ def test_a_short_segment_or_psh_closes_the_run() -> None:
 
     pushed = [Tcp(payload_of(1000, 1), seq=0, flags=TCP_ACK | TCP_PSH), Tcp(payload_of(1000, 2), seq=1000)]
     recorder = Recorder()
-    coalescer = TcpCoalescer(recorder)
+    coalescer = Coalescer(recorder)
     for tcp in pushed:
         coalescer.add(bytes(tcp.packet()))
     coalescer.flush()
@@ -872,7 +874,7 @@ def test_a_short_segment_or_psh_closes_the_run() -> None:
 
     # a longer segment after a shorter first one does not join either (gso_size is the first's length)
     recorder = Recorder()
-    coalescer = TcpCoalescer(recorder)
+    coalescer = Coalescer(recorder)
     coalescer.add(bytes(Tcp(payload_of(500, 1), seq=0).packet()))
     coalescer.add(bytes(Tcp(payload_of(1000, 1), seq=500).packet()))
     coalescer.flush()
@@ -882,7 +884,7 @@ def test_a_short_segment_or_psh_closes_the_run() -> None:
 def test_psh_on_the_last_segment_is_kept_on_the_joined_packet() -> None:
     segments = [Tcp(payload_of(1000, 1), seq=0), Tcp(payload_of(1000, 2), seq=1000, flags=TCP_ACK | TCP_PSH)]
     recorder = Recorder()
-    coalescer = TcpCoalescer(recorder)
+    coalescer = Coalescer(recorder)
     for tcp in segments:
         coalescer.add(bytes(tcp.packet()))
     coalescer.flush()
@@ -893,7 +895,7 @@ def test_psh_on_the_last_segment_is_kept_on_the_joined_packet() -> None:
 
 def test_the_coalescer_keeps_no_packet_after_flush() -> None:
     recorder = Recorder()
-    coalescer = TcpCoalescer(recorder)
+    coalescer = Coalescer(recorder)
     coalescer.flush()
     assert recorder.writes == []
     coalescer.add(bytes(Tcp(payload_of(1000, 1)).packet()))
@@ -929,3 +931,204 @@ def test_plain_packets_complete_partial_checksums_and_pass_the_rest() -> None:
         full_tcp,
         odd,  # not partial: passed as it came, checksum untouched
     ]
+
+
+# --------------------------------------------------------------------------- 4. UDP: segmentation and runs
+def udp_gso_packet(payload: bytes, *, port: int = 9999, flow: int = 0) -> bytearray:
+    """An application's UDP_SEGMENT send as the TUN hands it over: one IPv6 + UDP header for all the payload,
+    the pseudo-header sum in the checksum field (NEEDS_CSUM)."""
+    packet = udp_packet(payload)
+    packet[1:4] = flow.to_bytes(3, "big")
+    packet[42:44] = port.to_bytes(2, "big")
+    return bytearray(with_seed(packet, 6, UDP))
+
+
+def datagrams(sizes: Sequence[int], seed: int = 0, *, port: int = 9999, partial: bool = False) -> list[bytes]:
+    """One UDP flow's datagrams of these payload sizes, full checksums (or the seed, ``partial``)."""
+    out: list[bytes] = []
+    for number, size in enumerate(sizes):
+        packet = udp_packet(payload_of(size, seed * 1000 + number))
+        packet[42:44] = port.to_bytes(2, "big")
+        out.append(
+            with_seed(packet, 6, UDP) if partial else bytes(with_checksum(packet, IPV6_HEADER, 6, UDP))
+        )
+    return out
+
+
+@given(
+    size=st.integers(0, 65000),
+    gso_size=st.one_of(st.integers(1, 1500), st.sampled_from([1202, 1250, 1452, 8952])),
+)
+def test_udp_segments_cut_like_the_kernel(size: int, gso_size: int) -> None:
+    payload = payload_of(size, size)
+    packet = udp_gso_packet(payload, flow=0xABCDE)
+    segments = offload.udp_segments(packet, IPV6_HEADER, gso_size)
+    assert len(segments) == max(1, -(-size // gso_size))
+    assert b"".join(bytes(s[48:]) for s in segments) == payload
+    for segment in segments[:-1]:
+        assert len(segment) == IPV6_HEADER + 8 + gso_size
+    for segment in segments:
+        assert segment[:4] == packet[:4]  # version, class, flow label
+        assert segment[6:40] == packet[6:40]  # next header, hop limit, addresses
+        assert segment[40:44] == packet[40:44]  # ports
+        assert int.from_bytes(segment[4:6], "big") == len(segment) - IPV6_HEADER
+        assert int.from_bytes(segment[44:46], "big") == len(segment) - IPV6_HEADER
+        assert l4_verifies(segment, IPV6_HEADER, UDP)
+
+
+@pytest.mark.parametrize(
+    ("packet", "csum_start", "gso_size"),
+    [
+        (udp_gso_packet(b"x" * 100), IPV6_HEADER, 0),
+        (udp_gso_packet(b"x" * 100), IPV6_HEADER + 8, 50),
+        (udp_gso_packet(b"")[:47], IPV6_HEADER, 50),
+        (Tcp(payload_of(100, 1)).packet(), IPV6_HEADER, 50),
+        (bytearray(b"\x40") + udp_gso_packet(b"x" * 100)[1:], IPV6_HEADER, 50),
+    ],
+    ids=["no segment size", "checksum not after the IPv6 header", "short", "TCP", "not IPv6"],
+)
+def test_udp_segments_refuses_what_is_not_a_udp_gso_packet(
+    packet: bytearray, csum_start: int, gso_size: int
+) -> None:
+    with pytest.raises(ProtocolError):
+        offload.udp_segments(packet, csum_start, gso_size)
+
+
+def check_udp_joined(written: Written) -> list[bytes]:
+    """The checks on one UDP GSO write, and the datagrams the kernel makes of it (cut at gso_size, each with
+    its own lengths and checksum)."""
+    vnet, packet = written.vnet, written.packet
+    assert vnet.flags == VNET_F_NEEDS_CSUM
+    assert vnet.gso_type == GSO_UDP_L4
+    assert vnet.hdr_len == IPV6_HEADER + 8
+    assert (vnet.csum_start, vnet.csum_offset) == (IPV6_HEADER, 6)
+    assert packet[6] == UDP
+    assert int.from_bytes(packet[4:6], "big") == len(packet) - IPV6_HEADER
+    assert int.from_bytes(packet[44:46], "big") == len(packet) - IPV6_HEADER
+    assert len(packet) <= MAX_PACKET
+    # The seed for the whole length: __udp_gso_segment moves it to each datagram's length by arithmetic.
+    assert int.from_bytes(packet[46:48], "big") == l4_seed(packet, IPV6_HEADER, UDP)
+    assert len(packet) - IPV6_HEADER - 8 > vnet.gso_size > 0  # at least two datagrams
+    assert -(-(len(packet) - IPV6_HEADER - 8) // vnet.gso_size) <= offload.MAX_UDP_SEGMENTS
+    return [bytes(s) for s in offload.udp_segments(packet, IPV6_HEADER, vnet.gso_size)]
+
+
+def went_up(writes: list[Written]) -> list[bytes]:
+    """Every packet the kernel delivers of these writes, in order, with full checksums."""
+    out: list[bytes] = []
+    for written in writes:
+        if written.vnet.gso_type == GSO_UDP_L4:
+            out.extend(check_udp_joined(written))
+        elif written.vnet.gso_type == GSO_NONE:
+            whole = bytearray(written.packet)
+            if written.vnet.flags & VNET_F_NEEDS_CSUM:
+                offload.finish_checksum(whole, written.vnet.csum_start, written.vnet.csum_offset)
+            out.append(bytes(whole))
+        else:
+            raise AssertionError(f"a UDP datagram went up as {written.vnet}")
+    return out
+
+
+@given(
+    sizes=st.lists(st.one_of(st.integers(1, 1400), st.sampled_from([1202, 1250])), min_size=1, max_size=150),
+    partial=st.booleans(),
+    as_parts=st.booleans(),
+)
+def test_udp_datagrams_go_up_exactly_as_they_came_in_as_few_writes_as_allowed(
+    sizes: list[int], partial: bool, as_parts: bool
+) -> None:
+    """Any sequence of one flow's datagrams: what the kernel makes of the writes is the very datagrams, in
+    order; a run ends only where it must (a larger datagram, a shorter one before, 64 datagrams, 64 KB)."""
+    fed = datagrams(sizes, partial=partial)
+    recorder = Recorder()
+    coalescer = Coalescer(recorder, udp=True)
+    for packet in fed:
+        feed(coalescer, packet, as_parts)
+    coalescer.flush()
+    expected = [bytes(offload.complete(p)) for p in fed]
+    assert went_up(recorder.writes) == expected
+    # Greedy joining: every write but a lone one holds a run that could not have taken the next datagram.
+    runs, index = [], 0
+    for written in recorder.writes:
+        count = len(check_udp_joined(written)) if written.vnet.gso_type == GSO_UDP_L4 else 1
+        runs.append(fed[index : index + count])
+        index += count
+    for run, following in itertools.pairwise(runs):
+        first, nxt = len(run[0]), len(following[0])
+        ended = (
+            len(run) == offload.MAX_UDP_SEGMENTS
+            or len(run[-1]) < first
+            or nxt > first
+            or sum(len(p) - IPV6_HEADER - 8 for p in run) + nxt - IPV6_HEADER - 8 + 48 > MAX_PACKET
+        )
+        assert ended, (len(run), first, len(run[-1]), nxt)
+
+
+@pytest.mark.parametrize(("size", "runs"), [(900, [64, 64, 3]), (1250, [52, 52, 27])])
+def test_a_burst_of_equal_datagrams_is_one_write_per_64_or_per_64_kb(size: int, runs: list[int]) -> None:
+    recorder = Recorder()
+    coalescer = Coalescer(recorder, udp=True)
+    fed = datagrams([size] * 130 + [300])
+    for packet in fed:
+        coalescer.add(packet)
+    coalescer.flush()
+    assert [len(check_udp_joined(w)) for w in recorder.writes] == runs
+    assert went_up(recorder.writes) == fed
+    assert coalescer.joined == len(fed)
+
+
+def test_udp_runs_end_at_another_flow_and_never_mix_with_tcp() -> None:
+    one, other = datagrams([1000] * 3, port=1111), datagrams([1000] * 3, port=2222)
+    tcp = [bytes(s) for s in offload.tcp_segments(Tcp(payload_of(3000, 9), seq=5).packet(), 40, 1000)]
+    recorder = Recorder()
+    coalescer = Coalescer(recorder, udp=True)
+    order = [*one[:2], *other, one[2], *tcp, *one]
+    for packet in order:
+        coalescer.add(packet)
+    coalescer.flush()
+    kinds = [w.vnet.gso_type for w in recorder.writes]
+    assert kinds == [GSO_UDP_L4, GSO_UDP_L4, GSO_NONE, GSO_TCPV6, GSO_UDP_L4]
+    flat: list[bytes] = []
+    for written in recorder.writes:
+        if written.vnet.gso_type == GSO_TCPV6:
+            flat.extend(tcp[i] for i in range(len(check_joined(written))))
+        else:
+            flat.extend(went_up([written]))
+    assert flat == order
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["udp length", "ipv6 length", "empty", "hop limit", "flow label"],
+)
+def test_a_datagram_that_does_not_match_the_run_goes_alone_or_starts_a_new_one(change: str) -> None:
+    first, second, third = datagrams([800, 800, 800])
+    odd = bytearray(second)
+    if change == "udp length":
+        odd[44:46] = (int.from_bytes(odd[44:46], "big") - 1).to_bytes(2, "big")
+    elif change == "ipv6 length":
+        odd[4:6] = (int.from_bytes(odd[4:6], "big") + 1).to_bytes(2, "big")
+    elif change == "empty":
+        odd = bytearray(datagrams([0])[0])
+    elif change == "hop limit":
+        odd[7] = 1
+    else:
+        odd[3] ^= 1
+    recorder = Recorder()
+    coalescer = Coalescer(recorder, udp=True)
+    for packet in (first, bytes(odd), third):
+        coalescer.add(packet)
+    coalescer.flush()
+    assert [w.packet for w in recorder.writes] == [first, bytes(odd), third]
+    assert all(w.vnet == VnetHeader() for w in recorder.writes)
+
+
+def test_without_udp_offload_udp_datagrams_always_go_alone() -> None:
+    recorder = Recorder()
+    coalescer = Coalescer(recorder)
+    fed = datagrams([1250] * 5)
+    for packet in fed:
+        coalescer.add(packet)
+    coalescer.flush()
+    assert [w.packet for w in recorder.writes] == fed
+    assert all(w.vnet == VnetHeader() for w in recorder.writes)

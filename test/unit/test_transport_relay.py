@@ -230,13 +230,14 @@ def test_a_relayed_batch_the_kernel_will_not_segment_goes_singly(
         real.close()
 
 
-def test_send_many_never_batches_relayed_datagrams(
+def test_send_many_batches_relayed_runs_behind_their_headers(
     sender: UdpTransport,
     base: tuple[socket.socket, Endpoint],
     direct: tuple[socket.socket, Endpoint],
 ) -> None:
-    """A run of equal datagrams for one relay endpoint is sent one by one, each behind its header, while a
-    run for a direct endpoint in the same call is still batched when GSO is on."""
+    """A run of equal datagrams for one relay endpoint goes to the base in one GSO send, each datagram behind
+    its relay header (a segment is header + datagram; a shorter last one closes the run), next to a direct
+    run in the same call; without GSO every datagram goes on its own. The base gets each intact, in order."""
     sender.set_relay(base[1])
     to_x = [os.urandom(800) for _ in range(6)] + [os.urandom(100)]
     to_direct = [os.urandom(800) for _ in range(5)]
@@ -248,13 +249,13 @@ def test_send_many_never_batches_relayed_datagrams(
     )
     sender.send_many(datagrams)
     sends = recording(sender)
-    relayed_sends = len(to_x) + len(to_y)
+    relayed_segment = 800 + basewire.RELAY_HEADER_SIZE
     if sender.gso:
-        assert sends.segments() == [800]  # the direct run: one GSO send of bare datagrams
-        assert len(sends.sends) == relayed_sends + 1
+        assert sends.segments() == [relayed_segment, 800, relayed_segment]
+        assert len(sends.sends) == 3
     else:
         assert sends.segmented() == 0
-        assert len(sends.sends) == relayed_sends + len(to_direct)
+        assert len(sends.sends) == len(to_x) + len(to_y) + len(to_direct)
     finish(sender, base, direct)
     assert receive_until_marker(base[0]) == [relayed(PEER_X, d) for d in to_x] + [
         relayed(PEER_Y, d) for d in to_y
