@@ -22,6 +22,13 @@ TAG_SIZE = 16
 
 Pointer = Any  # a cffi "unsigned char *" into a bytearray
 
+# libsodium picks its fastest implementations for this CPU (AVX2 ChaCha20 and the like) in sodium_init();
+# without it every call runs the portable code, about half as fast (measured: 3.4 against 1.7 µs per 1300-byte
+# frame). PyNaCl's own modules call it when imported, but nothing here may depend on that import order.
+# Idempotent and thread-safe.
+if lib.sodium_init() < 0:
+    raise ImportError("libsodium could not be initialised")
+
 
 def pointer(buffer: bytearray) -> Pointer:
     """A pointer to ``buffer``'s bytes, valid while ``buffer`` lives and is not resized."""
