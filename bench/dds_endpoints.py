@@ -152,7 +152,10 @@ def ros_publish(args: argparse.Namespace) -> dict[str, Any]:
         def publish(phase: int, seq: int) -> bool:
             stamp(buffer, phase, seq)
             message.data = buffer
-            publisher.publish(message)
+            try:
+                publisher.publish(message)
+            except RuntimeError:  # rclpy's RCLError "cannot publish data": a RELIABLE writer blocked too long
+                return False  # refused, as Cyclone's write errors are
             return True
 
         reports = run_phases(args.phases, args.drain, publish, time.sleep)

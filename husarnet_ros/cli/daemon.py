@@ -26,7 +26,7 @@ from ..core.config import (
     MIN_MTU,
     load_config,
 )
-from ..core.constants import DEFAULT_MTU, DEFAULT_UDP_PORT
+from ..core.constants import DEFAULT_DATA_PLANE_NICE, DEFAULT_MTU, DEFAULT_UDP_PORT
 from .state import cli_state, fail
 
 
@@ -112,6 +112,13 @@ _path = click.Path(dir_okay=True, file_okay=True)
     default=None,
     help="Batch packets through the kernel's offloads (TUN TSO and checksums, UDP GSO/GRO) where the kernel "
     "has them; --no-offload moves one packet per system call. [default: on]",
+)
+@click.option(
+    "--data-plane-nice",
+    type=click.IntRange(-20, 19),
+    help="Scheduling priority (nice) of the threads that move packets; below 0 they run before busy "
+    "applications (as the kernel's networking does), so a sender faster than the overlay is slowed down "
+    f"instead of losing packets; 0: like any process. [default: {DEFAULT_DATA_PLANE_NICE}]",
 )
 @click.option(
     "--log-level",

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..api import DEFAULT_CONTROL_SOCKET
 from .base_client import DEFAULT_BASE_TCP_PORT, parse_base_server
 from .beacon import DEFAULT_SOURCE_NETWORKS
-from .constants import DEFAULT_MTU, DEFAULT_UDP_PORT, OVERLAY_PREFIX
+from .constants import DEFAULT_DATA_PLANE_NICE, DEFAULT_MTU, DEFAULT_UDP_PORT, OVERLAY_PREFIX
 from .errors import ConfigError
 from .hosts import HostnameError, normalize_hostname
 from .yamlfile import read_yaml_file
@@ -88,6 +88,14 @@ class DaemonConfig(BaseModel):
         True,
         description="Use the kernel's offloads where it has them (TUN segmentation and checksums, UDP GSO "
         "and GRO); off: one packet per system call.",
+    )
+    data_plane_nice: int = Field(
+        DEFAULT_DATA_PLANE_NICE,
+        ge=-20,
+        le=19,
+        description="Scheduling priority (nice) of the two threads that move packets; 0: like any process. "
+        "Below 0 they get the CPU before busy applications, as the kernel's own networking does, so an "
+        "application that sends more than the overlay carries is slowed down instead of losing packets.",
     )
     log_level: str = Field("info", description="One of debug, info, warning, error, critical.")
     whitelist_enabled: bool = Field(

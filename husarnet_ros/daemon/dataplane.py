@@ -63,8 +63,10 @@ class DataPlane:
         transport: UdpTransport,
         wake_control: Callable[[], None],
         on_fatal: Callable[[str], None],
+        nice: int = 0,
     ) -> None:
         self._node = node
+        self._nice = nice
         self._tun = tun
         self._tun_failures = 0
         self._transport = transport
@@ -88,12 +90,25 @@ class DataPlane:
             self._threads.append(thread)
 
     def _guard(self, target: Callable[[], None], name: str) -> None:
+        self._raise_priority(name)
         try:
             target()
         except BaseException as exc:  # the thread is gone: the daemon must not run on without it
             if not self.stopping:
                 log.exception("data plane thread %s stopped", name)
                 self._on_fatal(f"data plane thread {name} stopped: {type(exc).__name__}: {exc}")
+
+    def _raise_priority(self, name: str) -> None:
+        """This thread's nice value (Linux schedules threads one by one): below 0 the packets move before busy
+        applications get the CPU, as the kernel's own networking would, so a sender faster than the overlay
+        is slowed down rather than losing packets in the TUN's queue. A value below 0 cannot be taken here
+        (no capabilities left): the thread was born with it (service._lend_nice), or runs without it."""
+        me = threading.get_native_id()
+        try:
+            if os.getpriority(os.PRIO_PROCESS, me) != self._nice:
+                os.setpriority(os.PRIO_PROCESS, me, self._nice)
+        except OSError as exc:
+            log.warning("data plane thread %s runs at normal priority (nice %d: %s)", name, self._nice, exc)
 
     def _packet_error(self, name: str, exc: Exception) -> None:
         """One packet failed in a way that is a bug: count it, log it (not more than once a second)."""

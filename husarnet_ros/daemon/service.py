@@ -240,7 +240,12 @@ class Daemon:
         assert self.loop is not None
         assert self.controller is not None
         self.dataplane = DataPlane(
-            self.controller.node, self.tun, self.transport, self.loop.wake, self.loop.fail
+            self.controller.node,
+            self.tun,
+            self.transport,
+            self.loop.wake,
+            self.loop.fail,
+            nice=self.config.data_plane_nice,
         )
         if self.base is not None:
             self.dataplane.base_inbox = self.base.inbox
@@ -366,6 +371,22 @@ class _Rest:
         self._listening.remove()
 
 
+def _lend_nice(nice: int) -> bool:
+    """Give this (the main) thread the data plane's nice value when it is below 0. Threads inherit the nice
+    value of the thread that creates them, and lowering it takes CAP_SYS_NICE, which is gone before any thread
+    starts: so the data-plane threads, created by this thread, are born with it, and this thread takes 0 back
+    afterwards (raising one's own value needs no privilege). Values from 0 up the threads set themselves.
+    True if lent."""
+    if nice >= 0:
+        return False
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError as exc:
+        log.warning("the data plane runs at normal priority: nice %d refused (%s)", nice, exc.strerror or exc)
+        return False
+    return True
+
+
 def run(config: DaemonConfig) -> int:
     """Run the daemon in the foreground until SIGTERM/SIGINT; returns the exit code (0 after a clean stop).
     Errors it cannot start or go on with are HusarnetErrors whose message is the one line to show."""
@@ -391,12 +412,15 @@ def run(config: DaemonConfig) -> int:
             importlib.import_module(".control", __package__)  # now, while it still can (see the module doc)
         signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
         signal.signal(signal.SIGINT, lambda *_: daemon.stop())
+        lent_nice = _lend_nice(config.data_plane_nice)
         drop_all_capabilities(account)
         log.info("all capabilities dropped%s", f"; running as user {account.name}" if account else "")
         # Started by a launch: end with it (only now: changing the uid clears the parent-death signal).
         if exit_with_parent_if_asked():
             log.info("will stop when the launch that started it exits")
         daemon.start_threads()
+        if lent_nice:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 0)  # back: the data plane has it
         log.info("data plane running")
         rest = _Rest(daemon, control)
         rest.start()

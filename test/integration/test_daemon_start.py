@@ -1,9 +1,12 @@
 """Start-up: the data plane runs before the control API, which a thread of its own builds afterwards. Whatever
 the account (the daemon's own, or uid 0 without capabilities, which loads the API's modules only after the
-drop), every thread ends up without capabilities, peers connect and the API answers."""
+drop), every thread ends up without capabilities, peers connect and the API answers, and the two threads that
+move packets run at the configured nice value (the default -10, raised above every application without any
+capability) while every other thread runs at 0."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +17,18 @@ from husarnet_ros.testing.netlab import Lab
 
 pytestmark = pytest.mark.integration
 
+# robot-a runs with the default; robot-b is told a value of its own.
+NICE = {"robot-a": -10, "robot-b": 5}
+
+
+def thread_nice(pid: int) -> dict[int, int]:
+    """The nice value of every thread of ``pid`` (field 19 of /proc/PID/task/TID/stat)."""
+    values = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rpartition(")")[2].split()
+        values[int(task.name)] = int(fields[16])
+    return values
+
 
 @pytest.mark.parametrize("user", ["root", None], ids=["uid-0", "own-account"])
 def test_every_thread_is_unprivileged_and_peers_and_api_work(
@@ -21,7 +36,10 @@ def test_every_thread_is_unprivileged_and_peers_and_api_work(
 ) -> None:
     hosts = lab.lan(2, ["robot-a", "robot-b"])
     extra = ["--user", user] if user else []
-    daemons = [daemon_factory(host, host.label, start=False, extra_args=extra) for host in hosts]
+    nice = {"robot-a": [], "robot-b": ["--data-plane-nice", str(NICE["robot-b"])]}
+    daemons = [
+        daemon_factory(host, host.label, start=False, extra_args=extra + nice[host.label]) for host in hosts
+    ]
     for daemon in daemons:
         daemon.start(wait_ready=False)
     for daemon in daemons:
@@ -38,3 +56,8 @@ def test_every_thread_is_unprivileged_and_peers_and_api_work(
             assert sets["CapPrm"] == 0, f"{daemon.hostname} thread {tid}: {sets}"
         log = daemon.log_path.read_text()
         assert log.index("data plane running") < log.index("ready; control API on")
+        values = sorted(thread_nice(daemon.pid).values())
+        expected = NICE[daemon.hostname]
+        assert values.count(expected) == 2, f"{daemon.hostname}: {values}"  # the send and receive threads
+        assert set(values) == {expected, 0}, f"{daemon.hostname}: {values}"
+        assert "runs at normal priority" not in log

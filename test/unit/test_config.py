@@ -48,6 +48,7 @@ def test_defaults() -> None:
     assert c.hosts_file == Path("/etc/hosts")
     assert c.mtu == 1350
     assert c.offload is True
+    assert c.data_plane_nice == -10
     assert c.log_level == "info"
     assert c.whitelist_enabled is True
     assert c.discovery_enabled is True
@@ -71,6 +72,7 @@ def test_field_names_are_exactly_these() -> None:
         "hostname",
         "hosts_file",
         "mtu",
+        "data_plane_nice",
         "log_level",
         "whitelist_enabled",
         "discovery_networks",
@@ -123,6 +125,8 @@ def test_unusable_system_hostname_asks_for_explicit_one(monkeypatch: pytest.Monk
         ("udp_port", "abc", "valid integer"),
         ("mtu", 1279, "greater than or equal to 1280"),
         ("mtu", 65001, "less than or equal to 65000"),
+        ("data_plane_nice", -21, "greater than or equal to -20"),
+        ("data_plane_nice", 20, "less than or equal to 19"),
         ("hostname", "bad_name", "may contain only"),
         ("hostname", "localhost", "reserved"),
         ("log_level", "loud", "not one of"),
