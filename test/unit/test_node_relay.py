@@ -381,3 +381,47 @@ def test_what_a_base_server_names_never_moves_an_established_path(established: s
     assert (pair.peer_of(pair.a).endpoint, pair.peer_of(pair.b).endpoint) == (route_a, route_b)
     if established == "tunnelled":  # every decoy ranks better than the relay: each was tried, none taken
         assert set(decoys) <= {dst for _src, dst, _data in pair.net.log}
+
+
+# --------------------------------------------------------------------------- one-way direct paths
+@dataclass
+class OneWayNet(RelayNet):
+    """RelayNet whose direct path works one way only: ``blocked`` (source, destination) pairs are dropped (a
+    firewall that lets a node's datagrams out but not the answers in, as the dataplane benchmark's relay lab
+    did to IPv6)."""
+
+    blocked: set[tuple[Endpoint, Endpoint]] = field(default_factory=set)
+
+    def deliver(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
+        if (src, dst) in self.blocked:
+            self.log.append((src, dst, data))
+            return
+        super().deliver(src, dst, data)
+
+
+@pytest.mark.parametrize("punched", [True, False], ids=["with-rendezvous", "without"])
+def test_a_direct_path_that_works_one_way_only_is_never_used_and_the_relay_carries_both_ways(
+    punched: bool,
+) -> None:
+    """a's datagrams reach b directly, b's never reach a directly (both are fine through the relay). Frames
+    that a sends straight to b (hole punching, upgrade probes) prove only that a reaches b: b must not adopt
+    that path, nor keep it alive on them, or b's answers vanish. Traffic keeps flowing both ways."""
+    net = OneWayNet(direct_open=True)
+    a, ea = net.add(fixed_identity("node a"))
+    b, eb = net.add(fixed_identity("node b"))
+    net.blocked.add((eb, ea))
+    pair = RelayPair(net, a, ea, b, eb)
+    if punched:
+        pair.learn_from_base()
+    else:
+        a.learn_from_base(b.address, [eb], True, net.now)
+        b.learn_from_base(a.address, [], True, net.now)
+    net.advance(1.0)
+    lost = 0
+    for _ in range(int(3 * LATENCY_PROBE_INTERVAL / STEP)):  # long enough for every probing round
+        if not pair.exchange(b"both ways"):
+            lost += 1
+        net.advance(STEP, step=STEP)
+    settled = [pair.exchange(b"settled") for _ in range(20)]
+    assert all(settled), f"paths {pair.paths()}, lost {lost}"
+    assert pair.paths() == (PathKind.TUNNELLED, PathKind.TUNNELLED)
