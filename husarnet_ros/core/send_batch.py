@@ -58,11 +58,9 @@ class SendBatch:
     def full(self) -> bool:
         """Whether the batch must be sealed before the next read: as many packets as allowed, or no room for
         one more read of the largest size."""
-        return len(
-            self._staged
-        ) >= self._max_packets or self._free + _READ_OFFSET + self._read_size + wire.TAG_SIZE > len(
-            self._arena
-        )
+        if len(self._staged) >= self._max_packets:
+            return True
+        return self._free + _READ_OFFSET + self._read_size + wire.TAG_SIZE > len(self._arena)
 
     def discard(self) -> None:
         """Forget the staged packets (after a failure that left the batch in doubt)."""
