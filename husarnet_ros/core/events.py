@@ -98,12 +98,14 @@ class PongSeen:
 
 @dataclass(frozen=True, slots=True)
 class SessionWorks:
-    """The first authenticated frame on a session this node initiated: the responder has the keys."""
+    """The first authenticated frame on a session this node initiated: the responder has the keys. ``probe``:
+    it was a candidate probe, which shows only that the responder reaches us from ``endpoint``."""
 
     peer: Peer
     session: Session
     endpoint: Endpoint
     now: float
+    probe: bool = False
 
 
 Posted = NeedsSession | EndpointSeen | PongSeen | SessionWorks

@@ -605,12 +605,15 @@ class Node:
         route = peer.route
         current = route is not None and session is route.session
         # The first frame on a session this node initiated (first contact, or a rekey's next session).
+        probe = kind == wire.INNER_PROBE
         if not session.confirmed and not session.confirm_posted and (current or session is peer.next):
             session.confirm_posted = True
-            self._post(SessionWorks(peer, session, endpoint, now), self.rx_counters)
-        if route is not None and endpoint == route.endpoint:
+            self._post(SessionWorks(peer, session, endpoint, now, probe), self.rx_counters)
+        if route is not None and endpoint == route.endpoint and not probe:
             # Liveness is judged by what comes from the route's own endpoint: frames that arrive another way
-            # (over the relay while the direct path is dead) must not make a dead route look answered.
+            # (over the relay while the direct path is dead) must not make a dead route look answered. Nor
+            # do the peer's candidate probes: they show that the peer reaches us there, not that our frames
+            # reach the peer (a firewall may pass one direction only).
             peer.route_heard_at = now
         if route is None or not current or kind == wire.INNER_PONG:
             return  # pongs report their endpoint themselves (PongSeen)
@@ -675,8 +678,8 @@ class Node:
             pass  # relayed frames still in flight after the move to a direct path: not a roam
         elif not event.probe:
             self._set_route(peer, endpoint, event.now, "roamed")  # traffic comes from there now: follow it
-        elif not peer.path_alive:
-            self._set_route(peer, endpoint, event.now, "found by a probe")
+        # A probe from elsewhere only teaches the candidate (above): it shows that the peer reaches us from
+        # there, not that we reach it. Our own probes find out, and a pong moves the route (_on_pong).
 
     def _on_pong(self, event: PongSeen) -> None:
         peer, endpoint = event.peer, event.endpoint
@@ -708,6 +711,10 @@ class Node:
             # Rekey done: the responder has the new keys, so traffic moves to them now (never before).
             route = peer.route
             endpoint = route.endpoint if route is not None and peer.path_alive else event.endpoint
+            if endpoint == event.endpoint and event.probe and peer.confirm_endpoint is not None:
+                # A probe came first (it may outrun the relay); it proves only the peer -> us direction.
+                # The confirm went where the response came from: that way works both ways.
+                endpoint = peer.confirm_endpoint
             peer.next = None
             session.confirmed = True
             peer.confirm_bytes = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from fixed_identities import fixed_identity
@@ -391,25 +392,42 @@ class OneWayNet(RelayNet):
     did to IPv6)."""
 
     blocked: set[tuple[Endpoint, Endpoint]] = field(default_factory=set)
+    # The relay is slower than the direct path (a detour through the base server): a relayed datagram
+    # arrives one step later, after what the nodes send directly on their next tick.
+    slow_relay: bool = True
+    held: list[tuple[Endpoint, Endpoint, bytes]] = field(default_factory=list)
 
     def deliver(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
         if (src, dst) in self.blocked:
             self.log.append((src, dst, data))
             return
+        if self.slow_relay and is_relay(dst):
+            self.held.append((src, dst, data))
+            return
         super().deliver(src, dst, data)
+
+    def step(self, until: float, tamper: Any = None) -> None:
+        late, self.held = self.held, []
+        super().step(until, tamper)
+        for src, dst, data in late:
+            RelayNet.deliver(self, src, dst, data)
+        self.flush(tamper)
 
 
 @pytest.mark.parametrize("punched", [True, False], ids=["with-rendezvous", "without"])
+@pytest.mark.parametrize("blocked_side", ["b", "a"])
 def test_a_direct_path_that_works_one_way_only_is_never_used_and_the_relay_carries_both_ways(
-    punched: bool,
+    punched: bool, blocked_side: str
 ) -> None:
-    """a's datagrams reach b directly, b's never reach a directly (both are fine through the relay). Frames
-    that a sends straight to b (hole punching, upgrade probes) prove only that a reaches b: b must not adopt
-    that path, nor keep it alive on them, or b's answers vanish. Traffic keeps flowing both ways."""
+    """One node's datagrams reach the other directly, the answers never do (both are fine through the relay,
+    which is slower). Frames sent straight across (hole punching, upgrade probes) prove only one direction:
+    the receiver must not take that path for a new session, adopt it, nor keep it alive on them, or its
+    answers vanish. Either node may be the one whose direct sends are dropped (the lower address keeps its
+    own initiation on a simultaneous open). Traffic keeps flowing both ways."""
     net = OneWayNet(direct_open=True)
     a, ea = net.add(fixed_identity("node a"))
     b, eb = net.add(fixed_identity("node b"))
-    net.blocked.add((eb, ea))
+    net.blocked.add((eb, ea) if blocked_side == "b" else (ea, eb))
     pair = RelayPair(net, a, ea, b, eb)
     if punched:
         pair.learn_from_base()
@@ -417,11 +435,32 @@ def test_a_direct_path_that_works_one_way_only_is_never_used_and_the_relay_carri
         a.learn_from_base(b.address, [eb], True, net.now)
         b.learn_from_base(a.address, [], True, net.now)
     net.advance(1.0)
-    lost = 0
-    for _ in range(int(3 * LATENCY_PROBE_INTERVAL / STEP)):  # long enough for every probing round
-        if not pair.exchange(b"both ways"):
-            lost += 1
+
+    def exchanged(payload: bytes) -> bool:
+        """One packet each way, given a step to arrive (the relay's); True if both did."""
+        to_b, to_a = ipv6_packet(a.address, b.address, payload), ipv6_packet(b.address, a.address, payload)
+        before_b, before_a = len(net.delivered[eb]), len(net.delivered[ea])
+        net.send(ea, to_b)
+        net.send(eb, to_a)
         net.advance(STEP, step=STEP)
-    settled = [pair.exchange(b"settled") for _ in range(20)]
+        return to_b in net.delivered[eb][before_b:] and to_a in net.delivered[ea][before_a:]
+
+    sender, receiver = (b, a) if blocked_side == "b" else (a, b)  # sender's direct datagrams are dropped
+    one_way = ea if blocked_side == "b" else eb  # where the sender's datagrams would never arrive
+    used_one_way = []
+
+    def watch() -> None:
+        peer = sender.peer(receiver.address)
+        if peer is not None and peer.route is not None and peer.route.endpoint == one_way:
+            used_one_way.append(net.now)
+
+    lost = 0
+    for _ in range(int(3 * LATENCY_PROBE_INTERVAL / STEP)):
+        lost += not exchanged(b"both ways")
+        watch()
+    settled = [exchanged(b"settled") for _ in range(20)]
     assert all(settled), f"paths {pair.paths()}, lost {lost}"
+    assert not used_one_way, (
+        f"the {blocked_side} side sent into the one-way path at {used_one_way[:3]} (fake time)"
+    )
     assert pair.paths() == (PathKind.TUNNELLED, PathKind.TUNNELLED)
