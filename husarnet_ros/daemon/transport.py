@@ -150,15 +150,13 @@ class UdpTransport:
             return
         sent = 0  # how much of ``datagrams`` went out in GSO sends; the rest goes one by one
         if self.gso and total > size:
-            header = self._relay_header(endpoint)
             segment = size + basewire.RELAY_HEADER_SIZE
             step = size * max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // segment))
             while sent < total:
                 run = datagrams[sent : sent + step]
-                parts: list[bytes | memoryview] = []
-                for start in range(0, len(run), size):
-                    parts += (header, run[start : start + size])
-                if not self._gso_send(parts, segment, via):
+                if not self._send_run(
+                    [run[start : start + size] for start in range(0, len(run), size)], size, endpoint
+                ):
                     break
                 sent += len(run)
         for start in range(sent, total, size):

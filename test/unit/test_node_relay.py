@@ -394,14 +394,13 @@ class OneWayNet(RelayNet):
     blocked: set[tuple[Endpoint, Endpoint]] = field(default_factory=set)
     # The relay is slower than the direct path (a detour through the base server): a relayed datagram
     # arrives one step later, after what the nodes send directly on their next tick.
-    slow_relay: bool = True
     held: list[tuple[Endpoint, Endpoint, bytes]] = field(default_factory=list)
 
     def deliver(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
         if (src, dst) in self.blocked:
             self.log.append((src, dst, data))
             return
-        if self.slow_relay and is_relay(dst):
+        if is_relay(dst):
             self.held.append((src, dst, data))
             return
         super().deliver(src, dst, data)
