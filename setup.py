@@ -50,6 +50,13 @@ INSTALL_REQUIRES = [
     "pydantic>=2",
     "click>=8",
     "rich>=13",
+    # Dashboard and Websetup (husarnet_ros/dashboard/): database, migrations, password hashing, web UI.
+    "sqlalchemy>=2",
+    "alembic>=1.12",
+    "psycopg[binary]>=3.1",  # PostgreSQL by --database-url postgresql+psycopg://...
+    "argon2-cffi>=23",
+    "jinja2>=3.1",
+    "python-multipart>=0.0.9",  # HTML forms of the web UI
 ]
 
 DEV_REQUIRES = [
@@ -63,6 +70,7 @@ DEV_REQUIRES = [
     "atheris>=2.3",  # coverage-guided fuzzing of the decoders (test/fuzz/)
     "cyclonedds>=0.10",  # Cyclone DDS and its C library: checks the generated Cyclone XML (no rmw wheel)
     "vermin>=1.6",  # checks that the code runs on Python 3.10 (ROS 2 Humble)
+    "playwright>=1.40",  # drives Debian's chromium in the Dashboard's web UI tests
 ]
 
 
@@ -258,6 +266,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"], exclude=[f"{PACKAGE}.msg*", f"{PACKAGE}.srv*"]),
     zip_safe=False,
+    # The Dashboard's HTML templates and static files (its migrations are Python modules, found as packages).
+    package_data={f"{PACKAGE}.dashboard": ["templates/*.html", "static/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"dev": DEV_REQUIRES},
     data_files=static_data_files(),
