@@ -53,3 +53,30 @@ def build_unavailable() -> str | None:
     if shutil.which("cmake") is None:
         missing.append("cmake")
     return f"needs {', '.join(missing)} (run scripts/setup.sh)" if missing else None
+
+
+@functools.cache
+def postgresql_unavailable() -> str | None:
+    """Why Dashboard tests cannot start their own PostgreSQL server here, or None when they can."""
+    if _missing_modules("psycopg"):
+        return "needs the psycopg Python package (a dependency: run scripts/setup.sh)"
+    from .postgres import PostgresUnavailableError, find_server_binaries, server_account
+
+    try:
+        find_server_binaries()
+        server_account()
+    except PostgresUnavailableError as exc:
+        return str(exc)
+    return None
+
+
+@functools.cache
+def browser_unavailable() -> str | None:
+    """Why Dashboard UI tests cannot drive Debian's Chromium with playwright here, or None when they can."""
+    from .browser import CHROMIUM_PATH
+
+    if _missing_modules("playwright"):
+        return "needs the playwright Python package (a dev dependency: run scripts/setup.sh)"
+    if not os.access(CHROMIUM_PATH, os.X_OK):
+        return f"needs {CHROMIUM_PATH}: install Debian's chromium package (scripts/test.sh does)"
+    return None
