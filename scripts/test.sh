@@ -7,7 +7,34 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${HUSARNET_ROS_VENV:-$REPO/.venv}
+
+# Debian packages only the tests need, not the product (so not in setup.sh, which the demo runs too): the
+# Dashboard tests start their own PostgreSQL server on 127.0.0.1 (never the cluster this package may start on
+# port 5432) and drive Chromium through playwright (husarnet_ros/testing/postgres.py, browser.py).
+TEST_APT_PACKAGES=(postgresql chromium)
+install_test_packages() {
+  local missing=() pkg
+  for pkg in "${TEST_APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    if ! command -v sudo >/dev/null; then
+      echo "[test] NOTE: missing Debian packages ${missing[*]}: the Dashboard tests that need them are skipped;" \
+        "install them (apt-get install ${missing[*]}) or run this script as root once"
+      return 0
+    fi
+    sudo=(sudo)
+  fi
+  echo "[test] installing Debian packages for the tests: ${missing[*]}"
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+    >/dev/null
+}
+
 "$REPO/scripts/setup.sh"
+install_test_packages
 cd "$REPO"
 PY="$VENV/bin/python"
 
