@@ -7,8 +7,10 @@ as root: under root the server runs as Debian's ``postgres`` system account, oth
 Each test gets its own database (``fresh_database``), dropped afterwards. ``stop`` ends the server by its PID
 and removes the directory, whatever happened before.
 
-Should the test process die without stopping it, the server still goes away: the postmaster rechecks its lock
-file in the data directory every minute and shuts down when it is gone, so removing the directory is enough.
+Should the test process be killed before it can stop the server, the server still goes: it is started through
+util-linux's ``setpriv --pdeathsig INT``, so the kernel sends it PostgreSQL's "fast shutdown" signal when the
+thread that started it ends (start servers from the main thread). Only its directory under /tmp (``hr-pg-*``)
+is then left behind.
 """
 
 from __future__ import annotations
@@ -266,6 +268,9 @@ class PostgresServer:
         """Start the postmaster on ``self.port``; True once it accepts connections, False if it exited."""
         assert self.directory is not None
         command = [str(self.binaries.postgres), "-D", str(self._data_path), "-p", str(self.port)]
+        setpriv = shutil.which("setpriv")
+        if setpriv is not None:  # util-linux, essential in Debian; without it a killed run leaves a server
+            command = [setpriv, "--pdeathsig", "INT", "--", *command]
         settings = {**_SERVER_SETTINGS, "unix_socket_directories": str(self.directory)}
         for name, value in settings.items():
             command += ["-c", f"{name}={value}"]

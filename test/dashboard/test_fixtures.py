@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
@@ -134,6 +140,62 @@ def test_postgres_server_refuses_a_second_start_and_stops_by_pid() -> None:
     assert directory is not None
     assert not Path(f"/proc/{pid}").exists()
     assert not directory.exists()
+
+
+_SERVER_IN_A_CHILD = """
+import time
+from husarnet_ros.testing.postgres import PostgresServer
+server = PostgresServer()
+server.start()
+print(server.pid, server.directory, flush=True)
+time.sleep(300)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited; only its parent has not reaped it
+
+
+def _read_line(stream: IO[str], timeout_s: float) -> str:
+    readable, _, _ = select.select([stream], [], [], timeout_s)
+    return stream.readline() if readable else ""
+
+
+def test_postgres_server_stops_when_the_test_process_is_killed() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SERVER_IN_A_CHILD],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],  # the working tree, whose husarnet_ros the child imports
+    )
+    assert child.stdout is not None
+    pid: int | None = None
+    directory: Path | None = None
+    try:
+        line = _read_line(child.stdout, timeout_s=60)
+        assert line, "the child did not start a PostgreSQL server within 60 s"
+        pid_text, directory_text = line.split()
+        pid, directory = int(pid_text), Path(directory_text)
+        assert _running(pid)
+        child.kill()  # no finalizer runs: only the kernel's parent-death signal can stop the server
+        child.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(pid)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
+        child.stdout.close()
+        if pid is not None and _running(pid):
+            os.kill(pid, signal.SIGKILL)
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_missing_postgresql_says_what_to_install(tmp_path: Path) -> None:
