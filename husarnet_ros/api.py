@@ -166,6 +166,38 @@ class BaseServerStatus(_Model):
     )
 
 
+class LicenseInfo(_Model):
+    """The Dashboard this daemon is set up with (its pinned license) and where its Websetup client stands."""
+
+    name: str = Field(description="the installation's name, as its Dashboard shows it")
+    installation_id: str
+    fingerprint: str = Field(description="SHA256:... of the license key; compare it with the Dashboard's")
+    dashboard_url: str
+    base_servers: list[str] = Field(default_factory=list)
+    websetup_address: OverlayAddress
+    websetup_port: int
+    valid_until: str = Field(description="UTC, e.g. 2026-12-01T00:00:00Z")
+    expired: bool = Field(default=False, description="an expired license is kept but not applied")
+    joined: bool = Field(default=False, description="the daemon holds a config from Websetup")
+    managed_revision: int | None = Field(default=None, description="revision of the config it holds")
+    dashboard_hostname: str | None = Field(default=None, description="this device's name in the Dashboard")
+    websetup_state: str = Field(
+        default="stopped", description="the Websetup client: connected, not claimed, backing off, stopped"
+    )
+    first_use: bool = Field(default=False, description="this answer pinned the key for the first time")
+    replaced: bool = Field(default=False, description="this answer replaced a key pinned before")
+
+
+class JoinInfo(_Model):
+    """What a join did: who claimed the device and the config it got."""
+
+    account: str
+    network: str | None = None
+    hostname: str
+    revision: int
+    peers: int = Field(description="addresses on the managed whitelist")
+
+
 class Status(_Model):
     """The daemon's own state and all its peers."""
 
@@ -187,6 +219,7 @@ class Status(_Model):
         default_factory=list, description="every configured base server"
     )
     peers: list[PeerStatus] = Field(default_factory=list)
+    license: LicenseInfo | None = Field(default=None, description="the Dashboard set up (setup-server)")
 
 
 class Whitelist(_Model):
@@ -256,6 +289,23 @@ class AddressRequest(_Request):
 
 class EnabledRequest(_Request):
     enabled: bool
+
+
+class SetupServerRequest(_Request):
+    """A Dashboard to set up with: where its license.json is served, and the key fingerprint to expect."""
+
+    address: str = Field(min_length=1, max_length=300, description="host, host:port or [IPv6]:port")
+    fingerprint: str | None = Field(
+        default=None, max_length=100, description="SHA256:... the Dashboard shows"
+    )
+    replace: bool = Field(default=False, description="replace a pinned key (needs fingerprint)")
+
+
+class JoinApiRequest(_Request):
+    """Claim this device at the pinned Dashboard with a join code."""
+
+    code: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    hostname: Hostname | None = None
 
 
 class PingRequest(_Request):

@@ -36,6 +36,8 @@ from .api import (
     BaseServerStatus,
     Health,
     HostEntry,
+    JoinInfo,
+    LicenseInfo,
     LogLines,
     PeerStatus,
     PingResult,
@@ -61,6 +63,8 @@ _KEEPALIVE_EXPIRY_S = 2.0
 # How often a wait asks again while no daemon answers (a daemon starts in about a second).
 WAIT_RETRY_INTERVAL_S = 0.25
 HTTP_NOT_FOUND = 404
+# setup-server and join ask another server (license fetch 10 s, Websetup 15 s) and may restart a client.
+_CONTROL_PLANE_CALL_S = 25.0
 HTTP_SERVICE_UNAVAILABLE = 503
 
 M = TypeVar("M", bound=BaseModel)
@@ -423,3 +427,34 @@ class ControlClient:
 
     def hosts_remove(self, hostname: str) -> list[HostEntry]:
         return self._parse_list(_HOSTS, self._request("DELETE", f"/hosts/{self._segment(hostname)}"))
+
+    # --- control plane (a Dashboard's license, join) -----------------------------------------------------
+
+    def setup_server(
+        self, address: str, fingerprint: str | None = None, replace: bool = False
+    ) -> LicenseInfo:
+        """Have the daemon fetch, check, pin and apply the license at ``http://ADDRESS/license.json``.
+        ControlError (the daemon's message) when the address, the server or the license is wrong, 409 for
+        another key than the pinned one."""
+        body = {"address": address, "fingerprint": fingerprint, "replace": replace}
+        data = self._request("POST", "/setup-server", json=body, extra_time_s=_CONTROL_PLANE_CALL_S)
+        return self._parse(LicenseInfo, data)
+
+    def join(self, code: str, hostname: str | None = None) -> JoinInfo:
+        """Claim this device at the pinned Dashboard with a join code; ControlError with Websetup's reason."""
+        body = {"code": code, "hostname": hostname}
+        return self._parse(
+            JoinInfo, self._request("POST", "/join", json=body, extra_time_s=_CONTROL_PLANE_CALL_S)
+        )
+
+    def wait_joined(self, timeout_s: float, on_retry: Callable[[ClientError], None] | None = None) -> bool:
+        """True once the daemon holds a config from Websetup, False if ``timeout_s`` passed first (waits for a
+        daemon to answer as ``wait_ready`` does)."""
+
+        def ask(remaining_s: float) -> bool:
+            data = self._request(
+                "GET", "/wait/joined", params={"timeout": remaining_s}, extra_time_s=remaining_s
+            )
+            return self._parse(WaitResult, data).reached
+
+        return self._until_answered(timeout_s, ask, on_retry)

@@ -44,6 +44,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("doctor", "doctor"),
     "dds": ("dds", "dds_command"),
     "base-server": ("base_server", "base_server"),
+    "websetup": ("websetup", "websetup"),
 }
 
 

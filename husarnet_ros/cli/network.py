@@ -135,7 +135,7 @@ def ping(target: str, count: int, interval: float, timeout: float) -> None:
 @click.group()
 @json_option
 def wait() -> None:
-    """Block until the daemon is ready, a peer is reachable or a base server answers (for scripts).
+    """Block until the daemon is ready, a peer is reachable, a base server answers or it joined (scripts).
 
     Both commands first wait for a daemon to answer on the control socket: a missing socket (the daemon
     is still starting) or one nobody answers on (left behind by a killed daemon) is retried until the
@@ -244,6 +244,35 @@ def wait_base(timeout: float) -> None:
 
 
 _BASE_POLL_S = 0.2
+
+
+@wait.command("joined")
+@_timeout_option
+@json_option
+def wait_joined(timeout: float) -> None:
+    """Wait until the daemon holds a config from the Dashboard it is set up with (after `husarnet-ros join`).
+
+    Waits for a daemon to answer on the control socket first (see `husarnet-ros wait --help`). Fails at once
+    when no Dashboard is set up (husarnet-ros setup-server ADDR).
+
+    \b
+    Example:
+      husarnet-ros join 8Kd2-pQ && husarnet-ros wait joined --timeout 30
+    """
+    state = cli_state()
+    client = state.client()
+    what = "waiting for a config from the Dashboard"
+    try:
+        reached = client.wait_joined(timeout, on_retry=_progress(state.socket_path))
+    except WaitTimedOut as exc:
+        _never_answered(f"timed out after {timeout:g} s {what}: {exc}")
+    if not reached:
+        license_ = client.status().license
+        if license_ is None:
+            fail("no Dashboard is set up: run husarnet-ros setup-server ADDR, then husarnet-ros join CODE")
+        if license_.expired:
+            fail(f"the license of {license_.name!r} expired: run husarnet-ros setup-server ADDR once renewed")
+    _report_wait(reached, "joined", f"timed out after {timeout:g} s {what}")
 
 
 def _progress(socket_path: str) -> Callable[[ClientError], None]:

@@ -116,6 +116,10 @@ def print_status(status: Status) -> None:
     dropped = ", ".join(f"{name}={count}" for name, count in sorted(status.counters.items()) if count)
     if dropped:
         lines.append(("counters", dropped))
+    if status.license is not None:
+        from .control_plane import license_lines  # the Dashboard this daemon is set up with
+
+        lines.extend(license_lines(status.license))
     for key, value in lines:
         out.print(f"{key:<10} {value}", highlight=False, markup=False)
     out.print()

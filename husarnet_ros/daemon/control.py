@@ -9,8 +9,8 @@ never stalls the daemon. Where controller methods run depends on ``controller_lo
 - ``controller_loop=<the daemon's running loop>``: every call, synchronous or coroutine, is executed on that
   loop (``call_soon_threadsafe`` / ``run_coroutine_threadsafe``), so a single-loop daemon needs no locks.
 
-Routes (all JSON; errors are ``{"error": "message"}`` with 400/404/409/422/503/507, never a traceback; a value
-the client sent is quoted shortened, never in full):
+Routes (all JSON; errors are ``{"error": "message"}`` with 400/404/409/422/502/503/507, never a
+traceback; a value the client sent is quoted shortened, never in full):
 
     GET    /v1/health                       Health (answered without the controller)
     GET    /v1/status                       Status
@@ -34,6 +34,9 @@ the client sent is quoted shortened, never in full):
     GET    /v1/wait/ready?timeout=S         WaitResult
     GET    /v1/wait/peer/{target}?timeout=S WaitResult
     GET    /v1/logs?limit=N                 LogLines
+    POST   /v1/setup-server                 SetupServerRequest -> LicenseInfo (fetch, pin, apply a license)
+    POST   /v1/join                         JoinApiRequest -> JoinInfo (claim this device at Websetup)
+    GET    /v1/wait/joined?timeout=S        WaitResult (holds a config from Websetup)
 
 The OpenAPI schema is at /openapi.json (and interactive docs at /docs) on the same socket. How many
 connections, how large and how slow a request may be: ``control_limits.ControlLimits``.
@@ -70,11 +73,15 @@ from ..api import (
     ErrorBody,
     Health,
     HostEntry,
+    JoinApiRequest,
+    JoinInfo,
+    LicenseInfo,
     LogLines,
     PeerStatus,
     PingRequest,
     PingResult,
     ResolvedAddress,
+    SetupServerRequest,
     Status,
     WaitResult,
     Whitelist,
@@ -88,7 +95,14 @@ from ..core.errors import AddressError, HusarnetError
 from ..core.peer_endpoint import StaticEndpoint
 from .control_limits import ConnectionGuard, ConnectionSlot, ControlHttpProtocol, ControlLimits
 from .control_socket import CONTROL_GROUP, ControlSocket, ControlSocketError
-from .controller import Controller, ControllerError, InvalidRequest, NotFound, NotReady
+from .controller import (
+    Controller,
+    ControllerError,
+    ControlPlaneController,
+    InvalidRequest,
+    NotFound,
+    NotReady,
+)
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +187,10 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     409: {"model": ErrorBody, "description": "conflicts with current state"},
     422: {"model": ErrorBody, "description": "invalid request"},
+    502: {
+        "model": ErrorBody,
+        "description": "a server the daemon had to ask (license.json, Websetup) gave no useful answer",
+    },
     503: {"model": ErrorBody, "description": "daemon not ready"},
     507: {"model": ErrorBody, "description": "not saved (full or read-only disk); nothing changed"},
 }
@@ -407,6 +425,23 @@ def create_app(controller: Controller, controller_loop: asyncio.AbstractEventLoo
     @app.get(f"{p}/logs", tags=["daemon"])
     async def logs(limit: LogLimit = 100) -> LogLines:
         return LogLines(lines=await do.call(controller.logs, limit))
+
+    def control_plane() -> ControlPlaneController:
+        if not isinstance(controller, ControlPlaneController):
+            raise InvalidRequest("this daemon does not take a Dashboard (no setup-server or join)")
+        return controller
+
+    @app.post(f"{p}/setup-server", tags=["control plane"])
+    async def setup_server(body: SetupServerRequest) -> LicenseInfo:
+        return await do.run(control_plane().setup_server, body.address, body.fingerprint, body.replace)
+
+    @app.post(f"{p}/join", tags=["control plane"])
+    async def join(body: JoinApiRequest) -> JoinInfo:
+        return await do.run(control_plane().join, body.code, body.hostname)
+
+    @app.get(f"{p}/wait/joined", tags=["control plane"])
+    async def wait_joined(timeout: WaitTimeout = 30.0) -> WaitResult:
+        return WaitResult(reached=await do.run(control_plane().wait_joined, timeout))
 
     return app
 

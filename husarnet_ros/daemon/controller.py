@@ -7,7 +7,7 @@ The coroutine methods (``ping``, ``wait_ready``, ``wait_peer``) run on the contr
 daemon's state lives on another event loop, hop there with ``daemon.control.run_on_loop(loop, coro)``.
 
 Errors: raise the ``ControllerError`` subclasses below with a message meant for the user; the server turns
-them into HTTP 400/404/409/422/503/507 with ``{"error": message}``. An ``AddressError`` counts as
+them into HTTP 400/404/409/422/502/503/507 with ``{"error": message}``. An ``AddressError`` counts as
 InvalidRequest.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from ..api import BaseServerStatus, HostEntry, PingResult, Status, Whitelist
+from ..api import BaseServerStatus, HostEntry, JoinInfo, LicenseInfo, PingResult, Status, Whitelist
 from ..core.errors import HusarnetError
 from ..core.peer_endpoint import StaticEndpoint
 
@@ -60,6 +60,12 @@ class NotReady(ControllerError):
     """The daemon cannot serve this yet (e.g. still bringing the interface up)."""
 
     http_status = 503
+
+
+class Unreachable(ControllerError):
+    """A server the daemon had to ask (a Dashboard's license.json, Websetup) did not answer usefully."""
+
+    http_status = 502
 
 
 @runtime_checkable
@@ -146,4 +152,24 @@ class Controller(Protocol):
 
     def logs(self, limit: int) -> list[str]:
         """The most recent ``limit`` log lines, oldest first."""
+        ...
+
+
+@runtime_checkable
+class ControlPlaneController(Protocol):
+    """The daemon's side of a self-hosted control plane (docs/CONTROL_PLANE.md, "Daemon side"): a controller
+    the control API serves may offer it too; one that does not answers these routes with an error."""
+
+    async def setup_server(self, address: str, fingerprint: str | None, replace: bool) -> LicenseInfo:
+        """Fetch ``http://ADDR/license.json``, check and pin it, and apply it at once. BadValue for an ADDR or
+        fingerprint that does not parse, Unreachable when the server gave no license, InvalidRequest for a
+        document that is not a valid license, Conflict for another key than the pinned one."""
+        ...
+
+    async def join(self, code: str, hostname: str | None) -> JoinInfo:
+        """Claim this device with a join code at the pinned Websetup and apply the config it answers."""
+        ...
+
+    async def wait_joined(self, timeout_s: float) -> bool:
+        """True once the daemon holds a config from Websetup, False after ``timeout_s``."""
         ...

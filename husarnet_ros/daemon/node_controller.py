@@ -30,6 +30,8 @@ from .. import __version__
 from ..api import (
     BaseServerStatus,
     DataPlaneStatus,
+    JoinInfo,
+    LicenseInfo,
     PeerStatus,
     PingReply,
     PingResult,
@@ -68,6 +70,7 @@ from .state import StateDir, StateError
 
 if TYPE_CHECKING:
     from .base_connector import BaseConnector
+    from .control_plane import ControlPlane
 
 log = logging.getLogger("husarnet_ros.daemon")
 
@@ -129,8 +132,19 @@ class NodeController:
         """``static_endpoints``: the saved ones (None: read from ``state``)."""
         self.identity = identity
         self.state = state
-        self.acl = acl  # replaced (never changed in place) on every whitelist change: read by every thread
+        # The whitelist the node obeys: local + managed. Replaced (never changed in place) on every change,
+        # under the write lock: read by every thread. ``local_acl`` is what whitelist.json holds (changed by
+        # `husarnet-ros whitelist`); ``managed_allowed`` what the control plane allows (Websetup and the
+        # device's networks, never saved in whitelist.json).
+        self.local_acl = acl
+        self.managed_allowed: frozenset[bytes] = frozenset()
+        self.acl = acl
+        # Hosts entries: the local ones (hosts.json), the managed ones (the control plane's); a local name
+        # wins over a managed one. Replaced, never changed in place, under the write lock.
         self.host_entries = host_entries
+        self.managed_hosts: list[hosts_model.HostEntry] = []
+        # Set by the daemon when it offers the control plane (setup-server, join); None in tests without it.
+        self.control_plane: ControlPlane | None = None
         self.hosts_sink = hosts_sink
         self.info = info
         self._ring = ring or LogRing()
@@ -284,7 +298,7 @@ class NodeController:
         )
 
     def _hostname_of(self, address: bytes) -> str | None:
-        for entry in self.host_entries:
+        for entry in self._effective_hosts():
             if entry.address == address:
                 return entry.hostname
         return None
@@ -325,21 +339,28 @@ class NodeController:
             base=in_use,
             base_servers=base_servers,
             peers=sorted(peers, key=lambda p: (p.hostname or "~", p.address)),
+            license=self.control_plane.info() if self.control_plane is not None else None,
         )
 
     # ------------------------------------------------------------------ whitelist
     def whitelist(self) -> Whitelist:
-        acl = self.acl
+        acl = self.acl  # local + managed: what the node obeys
         return Whitelist(enabled=acl.enabled, addresses=[format_address(a) for a in sorted(acl.addresses)])
 
     def _change_whitelist(self, changed: Acl, what: str) -> None:
-        """Persist ``changed``, then make it the whitelist and tell the node; on a failed write, nothing
-        changes at all."""
+        """Persist ``changed`` (the local whitelist), then make it part of the whitelist and tell the node; on
+        a failed write, nothing changes at all."""
         try:
             self.state.save_whitelist(changed)
         except StateError as exc:
             raise StorageError(f"could not {what}: {exc}; nothing was changed") from None
-        self.acl = changed
+        self.local_acl = changed
+        self._apply_acl()
+
+    def _apply_acl(self) -> None:
+        """The node obeys local + managed from now on (under the write lock)."""
+        local = self.local_acl
+        self.acl = Acl(local.addresses | self.managed_allowed, local.enabled)
         now = self._clock()
 
         def apply() -> None:
@@ -353,24 +374,78 @@ class NodeController:
         if raw == self.identity.address:
             raise InvalidRequest("that is this node's own address")
         with self._write_lock:
-            if raw in self.acl:
+            local = self.local_acl
+            if raw in local:
                 return
-            self._change_whitelist(Acl([*self.acl.addresses, raw], self.acl.enabled), "save the whitelist")
+            self._change_whitelist(Acl([*local.addresses, raw], local.enabled), "save the whitelist")
 
     def whitelist_remove(self, address: str) -> None:
         raw = _parse(address)
         with self._write_lock:
-            if raw not in self.acl:
+            local = self.local_acl
+            if raw not in local:
+                if raw in self.managed_allowed:
+                    raise Conflict(
+                        f"{format_address(raw)} is allowed by the Dashboard this daemon is set up with "
+                        "(its Websetup, or a network of this device): change it there"
+                    )
                 raise NotFound(f"{format_address(raw)} is not on the whitelist")
-            remaining = [a for a in self.acl.addresses if a != raw]
-            self._change_whitelist(Acl(remaining, self.acl.enabled), "save the whitelist")
+            remaining = [a for a in local.addresses if a != raw]
+            self._change_whitelist(Acl(remaining, local.enabled), "save the whitelist")
 
     def whitelist_set_enabled(self, enabled: bool) -> None:
         with self._write_lock:
-            if self.acl.enabled == enabled:
+            local = self.local_acl
+            if local.enabled == enabled:
                 return
-            self._change_whitelist(Acl(self.acl.addresses, enabled), "save the whitelist")
+            self._change_whitelist(Acl(local.addresses, enabled), "save the whitelist")
         log.info("whitelist %s", "enabled" if enabled else "disabled")
+
+    # ------------------------------------------------------------------ the control plane's entries
+    def set_managed(self, allowed: frozenset[bytes], hosts: list[hosts_model.HostEntry]) -> None:
+        """Make ``allowed`` and ``hosts`` the managed whitelist and hosts entries (the control plane saved
+        them already, in managed.json). This node's own address is never an entry."""
+        allowed = frozenset(a for a in allowed if a != self.identity.address)
+        hosts = [h for h in hosts if h.address != self.identity.address]
+        with self._write_lock:
+            if allowed != self.managed_allowed:
+                self.managed_allowed = allowed
+                if self._owner is not None:
+                    self._apply_acl()
+                else:  # still starting: the node reads the whitelist when it starts
+                    self.acl = Acl(self.local_acl.addresses | allowed, self.local_acl.enabled)
+            if hosts != self.managed_hosts:
+                previous = self.managed_hosts
+                self.managed_hosts = hosts
+                try:
+                    self.hosts_sink.set_entries(self._effective_hosts())
+                except HusarnetError as exc:
+                    self.managed_hosts = previous
+                    raise Conflict(f"could not update the hosts file: {exc}") from None
+
+    def set_base_servers(self, names: list[str]) -> None:
+        """Use exactly ``names`` (the license's base servers), saved like `husarnet-ros base add|rm` saves."""
+        from .base_connector import MAX_BASE_SERVERS  # not at import: it brings the UDP transport along
+
+        canonical = list(dict.fromkeys(_base_name(name) for name in names))[:MAX_BASE_SERVERS]
+        with self._write_lock:
+            if canonical != self.base_server_names:
+                self._change_base_servers(canonical)
+        log.info("base servers: %s", ", ".join(canonical))
+
+    def _require_control_plane(self) -> ControlPlane:
+        if self.control_plane is None:
+            raise InvalidRequest("this daemon was started without the control plane (setup-server, join)")
+        return self.control_plane
+
+    async def setup_server(self, address: str, fingerprint: str | None, replace: bool) -> LicenseInfo:
+        return await self._require_control_plane().setup_server(address, fingerprint, replace)
+
+    async def join(self, code: str, hostname: str | None) -> JoinInfo:
+        return await self._require_control_plane().join(code, hostname)
+
+    async def wait_joined(self, timeout_s: float) -> bool:
+        return await self._require_control_plane().wait_joined(timeout_s)
 
     # ------------------------------------------------------------------ base servers
     def _base_links(self) -> list[dict[str, Any]]:
@@ -534,8 +609,16 @@ class NodeController:
         return endpoint
 
     # ------------------------------------------------------------------ hosts
+    def _effective_hosts(self) -> list[hosts_model.HostEntry]:
+        """Local entries, and the managed ones whose names no local entry has."""
+        local = self.host_entries
+        names = {e.hostname for e in local}
+        return hosts_model.canonical_entries(
+            [*local, *(e for e in self.managed_hosts if e.hostname not in names)]
+        )
+
     def hosts(self) -> list[ApiHostEntry]:
-        return [ApiHostEntry(hostname=e.hostname, address=e.address_text) for e in self.host_entries]
+        return [ApiHostEntry(hostname=e.hostname, address=e.address_text) for e in self._effective_hosts()]
 
     def hosts_add(self, hostname: str, address: str) -> None:
         try:
@@ -549,6 +632,11 @@ class NodeController:
         name = hostname.lower()
         with self._write_lock:
             if not any(e.hostname == name for e in self.host_entries):
+                if any(e.hostname == name for e in self.managed_hosts):
+                    raise Conflict(
+                        f"host entry {hostname!r} comes from the Dashboard this daemon is set up with: "
+                        "rename or remove the device there"
+                    )
                 raise NotFound(f"no host entry named {hostname!r}")
             self._commit_hosts([e for e in self.host_entries if e.hostname != name])
 
@@ -561,8 +649,13 @@ class NodeController:
             self.state.save_hosts(entries)
         except StateError as exc:
             raise StorageError(f"could not save the hosts record: {exc}; nothing was changed") from None
+        names = {e.hostname for e in entries}
         try:
-            self.hosts_sink.set_entries(entries)
+            self.hosts_sink.set_entries(
+                hosts_model.canonical_entries(
+                    [*entries, *(e for e in self.managed_hosts if e.hostname not in names)]
+                )
+            )
         except HusarnetError as exc:
             try:
                 self.state.save_hosts(previous)
@@ -577,7 +670,7 @@ class NodeController:
         with contextlib.suppress(AddressError):
             return format_address(parse_overlay(text))
         name = text.lower()
-        for entry in self.host_entries:
+        for entry in self._effective_hosts():
             if entry.hostname == name:
                 return entry.address_text
 

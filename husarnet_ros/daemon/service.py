@@ -42,6 +42,7 @@ from ..core.errors import HusarnetError
 from ..exit_with_parent import exit_with_parent_if_asked
 from .base_connector import MAX_BASE_SERVERS, BaseConnector
 from .control_loop import ControlLoop
+from .control_plane import ControlPlane
 from .control_socket import ControlSocket
 from .controller import Controller
 from .dataplane import DataPlane
@@ -94,6 +95,7 @@ class Daemon:
         self.loop: ControlLoop | None = None
         self.dataplane: DataPlane | None = None
         self.base: BaseConnector | None = None
+        self.control_plane: ControlPlane | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def setup_privileged(self) -> Controller:
@@ -169,6 +171,8 @@ class Daemon:
         )
         self.controller.base = self.base
         self.controller.base_server_names = base_servers
+        self.control_plane = ControlPlane(self.state, self.controller)
+        self.controller.control_plane = self.control_plane
         self.loop = ControlLoop(
             self.controller.node,
             self.transport,
@@ -203,6 +207,12 @@ class Daemon:
         self.hosts_helper.wait_started()
         if self.host_entries:
             self.hosts_helper.set_entries(self.host_entries)
+
+    def start_control_plane(self) -> None:
+        """Apply the pinned license and the managed config, if any, and start the Websetup client (any thread;
+        after the hosts helper is up, before the control API serves). StateError for a damaged file."""
+        if self.control_plane is not None:
+            self.control_plane.start()
 
     def unprivileged_account(self) -> Account | None:
         """The account to run as after set-up, or None to stay uid 0 (said why in the log)."""
@@ -265,6 +275,9 @@ class Daemon:
             self.loop.stop()
 
     def close(self) -> None:
+        if self.control_plane is not None:
+            with contextlib.suppress(Exception):
+                self.control_plane.stop()
         if self.dataplane is not None:
             self.dataplane.stopping = True
         for closer in (self.base, self.netwatch, self.discovery, self.transport, self.tun, self.loop):
@@ -341,6 +354,7 @@ class _Rest:
         assert daemon.loop is not None
         try:
             daemon.finish_hosts_helper()
+            daemon.start_control_plane()
             from .control import ControlServer
 
             server = ControlServer(daemon.controller, self._listening.path, listening=self._listening)

@@ -10,6 +10,10 @@ Layout (directory mode 0700, files 0600, every write atomic via ``fileio.atomic_
                     once it exists it wins over the configured base servers
     static_endpoints.json {"version": 1, "endpoints": [{"address": "fc94:...", "endpoint": "host:port"}]}:
                     peers' static endpoints, written by `husarnet-ros endpoint add|rm` (and the fleet sync)
+    license.json    the pinned Dashboard's license as it was served (signed; checked again when read), written
+                    by `husarnet-ros setup-server`
+    managed.json    {"version": 1, "installation_id": "...", "config": DeviceConfig}: the whitelist and
+                    hosts Websetup last gave this device (apart from the local ones; used offline)
     lock            flock()ed by the running daemon; holds its pid for the error message
 
 A damaged file is never replaced or "repaired": loading it is an error whose message names the
@@ -37,7 +41,9 @@ from ..core.base_client import base_server_name
 from ..core.errors import ConfigError, HusarnetError, IdentityError
 from ..core.hosts import HostEntry, canonical_entries
 from ..core.identity import Identity, IdentityFileError, read_identity_file
+from ..core.license import License, LicenseError, parse_license
 from ..core.peer_endpoint import StaticEndpoint, check_limits
+from ..core.websetup import DeviceConfig
 from ..core.whitelist import Whitelist, WhitelistError
 from ..fileio import FileMissingError, FileReadError, atomic_write_text, read_bounded
 
@@ -49,6 +55,9 @@ HOSTS_FILE = "hosts.json"
 CLOCK_FILE = "clock.json"
 BASE_SERVERS_FILE = "base_servers.json"
 STATIC_ENDPOINTS_FILE = "static_endpoints.json"
+LICENSE_FILE = "license.json"
+MANAGED_FILE = "managed.json"
+MANAGED_FORMAT_VERSION = 1
 LOCK_FILE = "lock"
 HOSTS_FORMAT_VERSION = 1
 CLOCK_FORMAT_VERSION = 1
@@ -140,6 +149,14 @@ class StateDir:
         return self.path / STATIC_ENDPOINTS_FILE
 
     @property
+    def license_path(self) -> Path:
+        return self.path / LICENSE_FILE
+
+    @property
+    def managed_path(self) -> Path:
+        return self.path / MANAGED_FILE
+
+    @property
     def lock_path(self) -> Path:
         return self.path / LOCK_FILE
 
@@ -198,6 +215,8 @@ class StateDir:
             self.clock_path,
             self.base_servers_path,
             self.static_endpoints_path,
+            self.license_path,
+            self.managed_path,
             self.lock_path,
         )
         for path in (self.path, *paths):
@@ -331,6 +350,55 @@ class StateDir:
             "endpoints": [entry.model_dump() for entry in entries],
         }
         self._write_text(self.static_endpoints_path, json.dumps(document, indent=2) + "\n")
+
+    # -- the pinned license and what Websetup manages ------------------------------------------
+
+    def load_license(self) -> License | None:
+        """The pinned license (signature checked again), None if no server was set up; StateError naming
+        the file if it is damaged. Its dates are the caller's to check: an expired one is still read, to say
+        so."""
+        path = self.license_path
+        text = self._read_text(path)
+        if text is None:
+            return None
+        try:
+            return parse_license(text)
+        except LicenseError as exc:
+            raise StateError(
+                f"state file {path} is damaged ({exc}); it was left untouched. Restore it, or move it away "
+                "and run husarnet-ros setup-server ADDR again"
+            ) from None
+
+    def save_license(self, license_: License) -> None:
+        self._write_text(self.license_path, license_.to_json())
+
+    def load_managed(self) -> tuple[str, DeviceConfig] | None:
+        """The installation id and the config Websetup last gave this device, None if none was saved."""
+        path = self.managed_path
+        text = self._read_text(path)
+        if text is None:
+            return None
+        try:
+            return _managed_from_json(json.loads(text))
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and ValidationError are ValueErrors
+            raise StateError(self._corrupt_message(path, exc)) from None
+
+    def save_managed(self, installation_id: str, config: DeviceConfig) -> None:
+        document = {
+            "version": MANAGED_FORMAT_VERSION,
+            "installation_id": installation_id,
+            "config": config.model_dump(mode="json"),
+        }
+        self._write_text(self.managed_path, json.dumps(document, indent=2) + "\n")
+
+    def forget_managed(self) -> None:
+        """Remove the managed config (the device was released, or another installation was pinned)."""
+        try:
+            self.managed_path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise _cannot("remove", self.managed_path, exc) from None
 
     # -- handshake timestamps ------------------------------------------------------------------
 
@@ -484,3 +552,25 @@ def _static_endpoints_from_json(document: object) -> list[StaticEndpoint]:
     result = list(entries.values())
     check_limits(result)
     return result
+
+
+def _managed_from_json(document: object) -> tuple[str, DeviceConfig]:
+    if not isinstance(document, dict):
+        raise ValueError("expected a JSON object with 'version', 'installation_id' and 'config'")
+    if document.get("version") != MANAGED_FORMAT_VERSION:
+        raise ValueError(f"format version {document.get('version')!r} is not supported")
+    unknown = set(document) - {"version", "installation_id", "config"}
+    if unknown:
+        raise ValueError(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
+    installation = document.get("installation_id")
+    if not isinstance(installation, str) or not installation:
+        raise ValueError("'installation_id' must be text")
+    try:
+        config = DeviceConfig.model_validate(document.get("config"))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'config'}: {str(e['msg']).removeprefix('Value error, ')}"
+            for e in exc.errors()[:3]
+        )
+        raise ValueError(f"config: {problems}") from None
+    return installation, config

@@ -277,6 +277,9 @@ def test_openapi_schema_lists_every_route(shared_http: httpx.Client) -> None:
         "/v1/wait/ready",
         "/v1/wait/peer/{target}",
         "/v1/logs",
+        "/v1/setup-server",
+        "/v1/join",
+        "/v1/wait/joined",
     }
 
 
