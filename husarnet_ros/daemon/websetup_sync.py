@@ -21,6 +21,8 @@ REPORT_INTERVAL_S = 30.0
 # case it was claimed another way (a join through the API of a daemon restarted since).
 NOT_CLAIMED_RECHECK_S = 300.0
 
+NO_REVISION = -1
+
 _PATHS = {"direct": "direct", "tunnelled": "tunnelled"}
 
 
@@ -83,7 +85,10 @@ class ConfigFollower:
         return self._next_poll_at
 
     def request(self) -> PollRequest:
-        return PollRequest(after=self.held.revision if self.held is not None else 0, wait_s=self.wait_s)
+        """``after`` is the revision held, -1 with none (Websetup then answers at once)."""
+        return PollRequest(
+            after=self.held.revision if self.held is not None else NO_REVISION, wait_s=self.wait_s
+        )
 
     @property
     def claimed(self) -> bool:

@@ -35,10 +35,10 @@ def test_backoff_doubles_from_one_second_to_thirty_and_resets() -> None:
     assert backoff.next_delay() == 1
 
 
-def test_a_fresh_follower_asks_at_once_with_revision_zero() -> None:
+def test_a_fresh_follower_asks_at_once_with_no_revision() -> None:
     follower = ConfigFollower(None, now=100.0)
     assert follower.poll_due_at() == 100.0
-    assert follower.request().after == 0
+    assert follower.request().after == -1
     assert follower.request().wait_s == 25.0
     assert not follower.claimed
 
@@ -113,7 +113,7 @@ def test_a_device_released_in_the_dashboard_drops_what_it_held() -> None:
     follower = ConfigFollower(config(3, ["fc94::2"]), now=0.0)
     assert follower.on_not_claimed(now=1.0) is True
     assert not follower.claimed
-    assert follower.request().after == 0
+    assert follower.request().after == -1
 
 
 def test_a_join_never_goes_back_to_an_older_revision() -> None:
@@ -177,5 +177,5 @@ def test_peer_links_are_bounded_by_what_a_report_may_hold() -> None:
 
 @pytest.mark.parametrize("after", [0, 41])
 def test_the_request_carries_the_held_revision(after: int) -> None:
-    follower = ConfigFollower(config(after, []) if after else None, now=0.0, wait_s=3.0)
+    follower = ConfigFollower(config(after, []), now=0.0, wait_s=3.0)
     assert (follower.request().after, follower.request().wait_s) == (after, 3.0)
