@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -388,15 +390,38 @@ def websetup_server(app: FastAPI, log_level: str = "info") -> uvicorn.Server:
 
 async def serve_together(servers: Iterable[tuple[uvicorn.Server, list[socket.socket]]]) -> None:
     """Run several uvicorn servers on this loop until one of them stops (a signal, a failed start), then stop
-    the others: the Dashboard and Websetup live and die together when they share a process."""
+    the others: the Dashboard and Websetup live and die together when they share a process.
+
+    SIGINT and SIGTERM stop them all and this returns normally (exit status 0 for a service manager)."""
     pairs = list(servers)
-    tasks = [asyncio.ensure_future(server.serve(sockets=sockets)) for server, sockets in pairs]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for server, _ in pairs:
+
+    def stop_all(*_: object) -> None:
+        for server, _sockets in pairs:
             server.should_exit = True
-        results = await asyncio.gather(*tasks, return_exceptions=True)
+
+    with _stopping_signals(stop_all):
+        tasks = [asyncio.ensure_future(server.serve(sockets=sockets)) for server, sockets in pairs]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_all()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
             raise result
+
+
+@contextlib.contextmanager
+def _stopping_signals(handler: Callable[..., None]) -> Iterator[None]:
+    """SIGINT and SIGTERM call ``handler`` while the block runs. Each uvicorn server puts its own handler in
+    front while it serves and, once stopped, passes the signal back to the one before it: ending with this
+    one instead of Python's default, the process shuts down cleanly instead of dying by the signal."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
