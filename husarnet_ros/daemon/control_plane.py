@@ -37,7 +37,7 @@ from ..core.errors import AddressError, HusarnetError
 from ..core.license import License, LicenseError, normalise_fingerprint, parse_license
 from ..core.websetup import API_PREFIX, DeviceConfig, JoinRequest, JoinResult
 from .controller import BadValue, Conflict, InvalidRequest, NotFound, StorageError, Unreachable
-from .license_fetch import fetch_license, license_url
+from .license_fetch import connect_failure, fetch_license, license_url
 from .state import StateDir, StateError
 from .websetup_client import WebsetupClient, websetup_base_url
 
@@ -259,6 +259,8 @@ class ControlPlane:
                 f"{where} did not answer within {JOIN_TIMEOUT_S:g} s: can this daemon reach the server over "
                 f"the overlay (husarnet-ros ping {format_address(license_.websetup_address)})?"
             ) from None
+        except httpx.ConnectError as exc:
+            raise Unreachable(f"cannot reach {where}: {connect_failure(exc)}") from None
         except httpx.HTTPError as exc:
             raise Unreachable(f"cannot reach {where}: {exc or type(exc).__name__}") from None
         if response.status_code >= 400:

@@ -7,8 +7,10 @@ ControllerError whose message names the URL and what to check.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import re
+import socket
 
 import httpx
 
@@ -70,6 +72,22 @@ def _ipv6(address: str, text: str) -> None:
         raise BadValue(f"{quote_input(address)}: {quote_input(text)} is not an IPv6 address") from None
 
 
+def connect_failure(exc: BaseException) -> str:
+    """Why a connection failed, in words (httpx's own message is often "All connection attempts failed")."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the OS error sits a few causes down
+        if seen is None:
+            break
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused: is the server running, and on this port?"
+        if isinstance(seen, OSError) and seen.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return f"{seen.strerror}: check the address and this machine's routes"
+        if isinstance(seen, socket.gaierror):
+            return f"the name does not resolve ({seen.strerror})"
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or "connection failed"
+
+
 async def fetch_license(url: str, timeout_s: float = FETCH_TIMEOUT_S) -> bytes:
     """The body of ``url`` (at most MAX_LICENSE_SIZE + 1 bytes are read); Unreachable saying why not."""
     # trust_env off: an HTTP proxy of the environment must not see (or answer for) a LAN Dashboard.
@@ -97,10 +115,7 @@ async def fetch_license(url: str, timeout_s: float = FETCH_TIMEOUT_S) -> bytes:
             f"cannot connect to {url}: no answer within {timeout_s:g} s (a firewall, or a wrong address?)"
         ) from None
     except httpx.ConnectError as exc:
-        reason = str(exc) or "connection failed"
-        if "refused" in reason.lower():
-            reason = "connection refused: is the Dashboard running, and on this port?"
-        raise Unreachable(f"cannot connect to {url}: {reason}") from None
+        raise Unreachable(f"cannot connect to {url}: {connect_failure(exc)}") from None
     except httpx.TimeoutException:
         raise Unreachable(f"{url} did not send the license within {timeout_s:g} s") from None
     except httpx.HTTPError as exc:

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from ..api import Status
 from ..core.errors import HusarnetError
 from ..core.websetup import API_PREFIX, DeviceConfig, PeerReport
+from .license_fetch import connect_failure
 from .websetup_sync import ConfigFollower, ReportSchedule, peer_links
 
 log = logging.getLogger("husarnet_ros.daemon.websetup")
@@ -271,7 +272,7 @@ def _reason(exc: httpx.HTTPError) -> str:
     if isinstance(exc, httpx.ConnectTimeout):
         return "no answer (is the server's daemon up and reachable over the overlay?)"
     if isinstance(exc, httpx.ConnectError):
-        return f"cannot connect: {exc or 'connection failed'}"
+        return f"cannot connect: {connect_failure(exc)}"
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
     return f"{type(exc).__name__}: {exc}"
