@@ -75,6 +75,8 @@ def check_name(name: str, what: str) -> str:
 
 
 def account_by_username(session: Session, username: str) -> Account | None:
+    if not USERNAME_PATTERN.fullmatch(username):
+        return None  # no such account can exist, and a NUL byte must not reach PostgreSQL
     return session.scalars(select(Account).where(Account.username == username)).first()
 
 

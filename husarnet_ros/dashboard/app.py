@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -97,6 +97,10 @@ def install_error_handlers(app: FastAPI) -> None:
         # Two requests at once made the same name or code: the later one lost the race.
         return _error(409, "this conflicts with a change made at the same time: reload and try again")
 
+    async def on_data_error(request: Request, exc: Exception) -> Response:
+        # The service layer checks values first; this is the net for one that slipped through (a NUL byte).
+        return _error(422, "a value in the request cannot be stored: use printable text of the allowed size")
+
     async def on_database_down(request: Request, exc: Exception) -> Response:
         return _error(503, "the database cannot be reached: try again later, or check the Dashboard's log")
 
@@ -104,6 +108,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(IntegrityError, on_integrity_error)
+    app.add_exception_handler(DataError, on_data_error)
     app.add_exception_handler(OperationalError, on_database_down)
 
 
