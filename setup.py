@@ -37,6 +37,7 @@ ROS_EXECUTABLES: dict[str, str] = {
 CONSOLE_SCRIPTS: dict[str, str] = {
     "husarnet-ros": "husarnet_ros.cli.main:main",
     "husarnet-ros-base-server": "husarnet_ros.cli.base_server:main",
+    "husarnet-ros-dashboard": "husarnet_ros.cli.dashboard:main",
 }
 
 INSTALL_REQUIRES = [

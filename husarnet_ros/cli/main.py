@@ -44,6 +44,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("doctor", "doctor"),
     "dds": ("dds", "dds_command"),
     "base-server": ("base_server", "base_server"),
+    "dashboard": ("dashboard", "dashboard"),
     "setup-server": ("control_plane", "setup_server"),
     "join": ("control_plane", "join"),
     "websetup": ("websetup", "websetup"),
