@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -33,6 +34,7 @@ MAX_NAME_LENGTH = 200
 DEFAULT_WEBSETUP_PORT = 5590
 FINGERPRINT_PREFIX = "SHA256:"
 
+_TIMESTAMP = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z", re.ASCII)
 _FIELDS = {
     "format",
     "installation_id",
@@ -82,11 +84,16 @@ def _timestamp(value: datetime) -> str:
 def _parse_timestamp(name: str, value: object) -> datetime:
     if not isinstance(value, str):
         raise LicenseError(f"license: {name} must be a UTC time like 2026-12-01T00:00:00Z")
+    # Parsed by hand, not with strptime: that imports a module on first use, which a daemon that has dropped
+    # its privileges may no longer be able to read.
+    match = _TIMESTAMP.fullmatch(value)
     try:
-        parsed = datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")
+        if match is None:
+            raise ValueError(value)
+        year, month, day, hour, minute, second = (int(part) for part in match.groups())
+        return datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
     except ValueError:
         raise LicenseError(f"license: {name} {value!r} is not a UTC time like 2026-12-01T00:00:00Z") from None
-    return parsed.replace(tzinfo=timezone.utc)
 
 
 def canonical_bytes(document: dict[str, Any]) -> bytes:

@@ -28,10 +28,11 @@ class LabBaseServer:
     port: int
     workdir: Path
     process: subprocess.Popen[Any] | None = None
+    tcp_port: int | None = None  # None: the base server's default (443)
 
     @classmethod
-    def start(cls, host: Host, port: int = DEFAULT_BASE_PORT) -> LabBaseServer:
-        server = cls(host, port, Path(tempfile.mkdtemp(prefix=f"{host.netns}-base-")))
+    def start(cls, host: Host, port: int = DEFAULT_BASE_PORT, tcp_port: int | None = None) -> LabBaseServer:
+        server = cls(host, port, Path(tempfile.mkdtemp(prefix=f"{host.netns}-base-")), tcp_port=tcp_port)
         server.restart()
         return server
 
@@ -53,6 +54,8 @@ class LabBaseServer:
         self.status_file.unlink(missing_ok=True)
         argv = [*husarnet_ros_command(), "base-server", "--udp-port", str(self.port)]
         argv += ["--status-file", str(self.status_file), "--status-interval", str(STATUS_INTERVAL_S)]
+        if self.tcp_port is not None:
+            argv += ["--tcp-port", str(self.tcp_port)]
         with self.log_file.open("a") as log:
             self.process = self.host.popen(argv, stdout=log, stderr=subprocess.STDOUT, env=husarnet_ros_env())
         wait_until(self.status_file.exists, 15.0, interval=0.05, what=f"base server in {self.host.netns}")
