@@ -154,7 +154,7 @@ def create_websetup_app(source: db.SessionFactory | WebsetupSettings) -> FastAPI
         ] = -1,
         wait: Annotated[
             float,
-            Query(ge=0, le=3600, description=f"Seconds to hold the request (at most {MAX_WAIT_S:g})."),
+            Query(ge=0, allow_inf_nan=False, description=f"Seconds to hold it (at most {MAX_WAIT_S:g})."),
         ] = DEFAULT_WAIT_S,
     ) -> DeviceConfig:
         return await endpoints.config(request, device_address(request), after, min(wait, MAX_WAIT_S))
@@ -220,7 +220,9 @@ class _Endpoints:
             return found
 
         first = await self._in_transaction(current, True)
-        if first.revision > after or wait <= 0:
+        # A revision below the device's means the database was restored from a backup: the device's config
+        # is from a history that no longer exists, so it gets the current one at once, as when behind.
+        if first.revision != after or wait <= 0:
             return first
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
@@ -232,7 +234,7 @@ class _Endpoints:
             if await request.is_disconnected():
                 # Nobody to answer; the daemon asks again with its revision when it is back.
                 break
-            if await self._in_transaction(service.current_revision) > after:
+            if await self._in_transaction(service.current_revision) != after:
                 break
         return await self._in_transaction(current, False)
 

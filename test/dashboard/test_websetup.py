@@ -219,6 +219,18 @@ def test_config_answers_at_once_when_the_device_is_behind(installation: Installa
     assert [(host.hostname, host.address) for host in config.hosts] == [("robot2", ROBOT2)]
 
 
+def test_a_device_ahead_of_a_restored_database_gets_the_config_at_once(
+    installation: Installation,
+) -> None:
+    assert join(installation, ROBOT1, installation.alice_code, "robot1").status_code == 200
+    revision = installation.run(current_revision)
+    started = time.monotonic()
+    response = request(installation.app, ROBOT1, "GET", f"/config?after={revision + 100}&wait=20")
+    assert time.monotonic() - started < 5
+    assert response.status_code == 200, response.text
+    assert DeviceConfig.model_validate(response.json()).revision == revision
+
+
 def test_every_config_request_refreshes_last_seen(installation: Installation) -> None:
     assert join(installation, ROBOT1, installation.alice_code, "robot1").status_code == 200
     old = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -381,6 +393,7 @@ def test_a_report_of_an_unclaimed_device_is_not_found(installation: Installation
         ("GET", "/config?after=-2", {}, "after"),
         ("GET", "/config?wait=-1", {}, "wait"),
         ("GET", "/config?wait=nan", {}, "wait"),
+        ("GET", "/config?wait=inf", {}, "wait"),
         ("POST", "/report", {"json": {"peers": [{"address": "fd00:98::1", "path": "direct"}]}}, "address"),
         ("POST", "/report", {"json": {"peers": [{"address": ROBOT2, "path": "teleport"}]}}, "path"),
         (
