@@ -220,9 +220,9 @@ class _Endpoints:
             return found
 
         first = await self._in_transaction(current, True)
-        # A revision below the device's means the database was restored from a backup: the device's config
-        # is from a history that no longer exists, so it gets the current one at once, as when behind.
-        if first.revision != after or wait <= 0:
+        # Only a revision above the device's is news. (One below it, after a database restored from a backup,
+        # is held like no change: the daemon ignores older revisions and would ask again at once, in a loop.)
+        if first.revision > after or wait <= 0:
             return first
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
@@ -234,7 +234,7 @@ class _Endpoints:
             if await request.is_disconnected():
                 # Nobody to answer; the daemon asks again with its revision when it is back.
                 break
-            if await self._in_transaction(service.current_revision) != after:
+            if await self._in_transaction(service.current_revision) > after:
                 break
         return await self._in_transaction(current, False)
 
