@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import threading
 import time
@@ -42,9 +43,37 @@ from .state import StateDir, StateError
 from .websetup_client import WebsetupClient, websetup_base_url
 
 log = logging.getLogger("husarnet_ros.daemon")
+# httpx logs every request at INFO: a long poll every 25 s would fill the log. Failures are logged here.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 JOIN_TIMEOUT_S = 15.0
 WAIT_POLL_S = 0.1
+# What is loaded only on first use: by httpx on its first request (found by comparing sys.modules before
+# and after one), by datetime.strptime (license dates). Imported ahead by a daemon that will not be able to
+# read the interpreter's files once it switched accounts.
+_LOADED_ON_FIRST_USE = (
+    "_strptime",
+    "anyio._backends._asyncio",
+    "anyio.lowlevel",
+    "anyio.streams.memory",
+    "anyio.streams.stapled",
+    "anyio.streams.tls",
+    "anyio.to_thread",
+    "certifi",
+    "concurrent.futures.thread",
+    "h11",
+    "httpcore",
+    "importlib.readers",
+    "importlib.resources._adapters",
+    "queue",
+)
+
+
+def preload_http_client() -> None:
+    """Import what the HTTP client loads lazily (_LOADED_ON_FIRST_USE), while the files are readable."""
+    for name in _LOADED_ON_FIRST_USE:
+        with contextlib.suppress(ImportError):  # a module another version does without
+            importlib.import_module(name)
 
 
 class ManagedTarget(Protocol):
@@ -248,7 +277,9 @@ class ControlPlane:
         base_url = self._websetup_url(license_)
         where = f"Websetup at {base_url}"
         try:
-            async with httpx.AsyncClient(base_url=base_url, timeout=JOIN_TIMEOUT_S, trust_env=False) as http:
+            async with httpx.AsyncClient(
+                base_url=base_url, timeout=JOIN_TIMEOUT_S, trust_env=False, verify=False
+            ) as http:
                 response = await http.post(
                     f"{API_PREFIX}/join",
                     content=request.model_dump_json(),

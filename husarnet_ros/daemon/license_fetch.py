@@ -91,9 +91,13 @@ def connect_failure(exc: BaseException) -> str:
 async def fetch_license(url: str, timeout_s: float = FETCH_TIMEOUT_S) -> bytes:
     """The body of ``url`` (at most MAX_LICENSE_SIZE + 1 bytes are read); Unreachable saying why not."""
     # trust_env off: an HTTP proxy of the environment must not see (or answer for) a LAN Dashboard.
+    # verify off: the URL is plain http:// (no TLS is ever made), and loading CA files may be impossible once
+    # the daemon switched accounts.
     try:
         async with (
-            httpx.AsyncClient(timeout=timeout_s, trust_env=False, follow_redirects=False) as http,
+            httpx.AsyncClient(
+                timeout=timeout_s, trust_env=False, follow_redirects=False, verify=False
+            ) as http,
             http.stream("GET", url, headers={"Accept": "application/json"}) as response,
         ):
             if response.status_code != 200:

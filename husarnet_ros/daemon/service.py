@@ -42,7 +42,6 @@ from ..core.errors import HusarnetError
 from ..exit_with_parent import exit_with_parent_if_asked
 from .base_connector import MAX_BASE_SERVERS, BaseConnector
 from .control_loop import ControlLoop
-from .control_plane import ControlPlane
 from .control_socket import ControlSocket
 from .controller import Controller
 from .dataplane import DataPlane
@@ -59,6 +58,7 @@ from .tun import Tun
 
 if TYPE_CHECKING:
     from .control import ControlServer
+    from .control_plane import ControlPlane
 
 log = logging.getLogger("husarnet_ros.daemon")
 
@@ -171,8 +171,6 @@ class Daemon:
         )
         self.controller.base = self.base
         self.controller.base_server_names = base_servers
-        self.control_plane = ControlPlane(self.state, self.controller)
-        self.controller.control_plane = self.control_plane
         self.loop = ControlLoop(
             self.controller.node,
             self.transport,
@@ -210,9 +208,14 @@ class Daemon:
 
     def start_control_plane(self) -> None:
         """Apply the pinned license and the managed config, if any, and start the Websetup client (any thread;
-        after the hosts helper is up, before the control API serves). StateError for a damaged file."""
-        if self.control_plane is not None:
-            self.control_plane.start()
+        after the hosts helper is up, before the control API serves). StateError for a damaged file.
+        Imported only now: the HTTP client is no part of what the first packet waits for."""
+        from .control_plane import ControlPlane
+
+        assert self.controller is not None
+        self.control_plane = ControlPlane(self.state, self.controller)
+        self.controller.control_plane = self.control_plane
+        self.control_plane.start()
 
     def unprivileged_account(self) -> Account | None:
         """The account to run as after set-up, or None to stay uid 0 (said why in the log)."""
@@ -424,6 +427,7 @@ def run(config: DaemonConfig) -> int:
                 control.give_to(account.uid)
         if not _python_readable_by(account):
             importlib.import_module(".control", __package__)  # now, while it still can (see the module doc)
+            importlib.import_module(".control_plane", __package__).preload_http_client()
         signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
         signal.signal(signal.SIGINT, lambda *_: daemon.stop())
         lent_nice = _lend_nice(config.data_plane_nice)
