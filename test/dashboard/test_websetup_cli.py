@@ -3,23 +3,35 @@ server process on loopback that refuses non-overlay sources, describes itself an
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from click.testing import CliRunner
+from fastapi import FastAPI
 
 from husarnet_ros.cli.main import cli
 from husarnet_ros.cli.state import CliFailure
 from husarnet_ros.cli.websetup import parse_listen
 from husarnet_ros.core.websetup import API_PREFIX
+from husarnet_ros.dashboard.websetup import (
+    bind_listen_socket,
+    create_websetup_app,
+    serve_together,
+    websetup_server,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 30.0
@@ -138,3 +150,87 @@ def test_the_server_refuses_non_overlay_sources_and_stops_cleanly(
     _out, err = process.communicate(timeout=STOP_TIMEOUT_S)
     assert process.returncode == 0, err
     assert "Traceback" not in err
+
+
+# --- serve_together: Websetup beside the Dashboard in one process ---
+
+
+def serve_in_thread(
+    pairs: list[tuple[Any, list[socket.socket]]],
+) -> tuple[threading.Thread, list[BaseException]]:
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(serve_together(pairs))
+        except BaseException as exc:  # SystemExit from a server that failed to start included
+            failures.append(exc)
+
+    thread = threading.Thread(target=run, name="serve-together", daemon=True)
+    thread.start()
+    return thread, failures
+
+
+def wait_started(servers: list[Any]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not all(server.started for server in servers):
+        assert time.monotonic() < deadline, "the servers did not start"
+        time.sleep(0.05)
+
+
+def test_servers_run_together_and_stop_together(sqlite_url: str) -> None:
+    from husarnet_ros.dashboard import db
+
+    db.migrate(sqlite_url)
+    engine = db.create_db_engine(sqlite_url)
+    sockets = [bind_listen_socket("127.0.0.1", 0), bind_listen_socket("127.0.0.1", 0)]
+    servers = [websetup_server(create_websetup_app(db.session_factory(engine)), "warning") for _ in sockets]
+    ports = [sock.getsockname()[1] for sock in sockets]
+    thread, failures = serve_in_thread([(servers[0], [sockets[0]]), (servers[1], [sockets[1]])])
+    try:
+        wait_started(servers)
+        for port in ports:
+            answer = httpx.get(f"http://127.0.0.1:{port}{API_PREFIX}/config", timeout=10)
+            assert answer.status_code == 403
+        servers[0].should_exit = True  # as its own signal handler would
+        thread.join(timeout=STOP_TIMEOUT_S)
+        assert not thread.is_alive(), "the other server kept running"
+        assert failures == []
+        for port in ports:
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    finally:
+        for server in servers:
+            server.should_exit = True
+        thread.join(timeout=STOP_TIMEOUT_S)
+        for sock in sockets:
+            sock.close()
+        engine.dispose()
+
+
+def test_a_server_that_cannot_start_stops_the_others(sqlite_url: str) -> None:
+    from husarnet_ros.dashboard import db
+
+    @contextlib.asynccontextmanager
+    async def broken(_: FastAPI) -> AsyncIterator[None]:
+        raise RuntimeError("cannot start")
+        yield
+
+    db.migrate(sqlite_url)
+    engine = db.create_db_engine(sqlite_url)
+    sockets = [bind_listen_socket("127.0.0.1", 0), bind_listen_socket("127.0.0.1", 0)]
+    good = websetup_server(create_websetup_app(db.session_factory(engine)), "critical")
+    bad_config = uvicorn.Config(FastAPI(lifespan=broken), lifespan="on", log_level="critical")
+    bad = uvicorn.Server(bad_config)
+    thread, failures = serve_in_thread([(good, [sockets[0]]), (bad, [sockets[1]])])
+    try:
+        thread.join(timeout=START_TIMEOUT_S)
+        assert not thread.is_alive(), "the good server kept running alone"
+        assert len(failures) == 1
+        assert isinstance(failures[0], SystemExit)
+    finally:
+        good.should_exit = bad.should_exit = True
+        thread.join(timeout=STOP_TIMEOUT_S)
+        for sock in sockets:
+            sock.close()
+        engine.dispose()
