@@ -25,6 +25,8 @@ from .core.hosts import MAX_HOSTNAME_LENGTH, HostnameError, normalize_hostname
 DEFAULT_CONTROL_SOCKET = Path("/run/husarnet-ros/control.sock")
 MAX_UNIX_SOCKET_PATH_BYTES = 107  # sun_path is 108 bytes including the terminating NUL
 CONTROL_SOCKET_ENV = "HUSARNET_ROS_CONTROL_SOCKET"
+# `husarnet-ros join` reads its code from here when none is given (the launch passes it so: no command line).
+JOIN_CODE_ENV = "HUSARNET_ROS_JOIN_CODE"
 API_PREFIX = "/v1"
 
 # Limits of request parameters, so one request cannot tie up the daemon for long.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..api import JoinInfo, LicenseInfo
+from ..api import JOIN_CODE_ENV, JoinInfo, LicenseInfo
 from .state import cli_state, json_option, print_json
 
 
@@ -85,23 +85,28 @@ def setup_server(address: str, fingerprint: str | None, replace: bool) -> None:
 
 
 @click.command()
-@click.argument("code", metavar="CODE")
+@click.argument("code", metavar="CODE", envvar=JOIN_CODE_ENV)
 @click.argument("hostname", metavar="[HOSTNAME]", required=False)
+@click.option("--hostname", "hostname_option", metavar="NAME", help="The same as HOSTNAME.")
 @json_option
-def join(code: str, hostname: str | None) -> None:
+def join(code: str, hostname: str | None, hostname_option: str | None) -> None:
     """Claim this device at the Dashboard set up with `setup-server`, with a join code it gave.
 
-    HOSTNAME is the name other devices will know this one by (default: this daemon's hostname, as Websetup
-    decides). The device gets the whitelist and hosts entries of the networks the code puts it in, and
-    keeps them current from then on.
+    HOSTNAME is the name other devices will know this one by (default: one Websetup makes from the
+    device's address). The device gets the whitelist and hosts entries of the networks the code puts it
+    in, and keeps them current from then on. The code may come from $HUSARNET_ROS_JOIN_CODE instead (then
+    it shows on no command line).
 
     \b
     Examples:
       husarnet-ros join 8Kd2-pQ
       husarnet-ros join 8Kd2-pQ robot7 && husarnet-ros wait joined
+      HUSARNET_ROS_JOIN_CODE=8Kd2-pQ husarnet-ros join --hostname robot7
     """
+    if hostname is not None and hostname_option is not None and hostname != hostname_option:
+        raise click.UsageError("give the hostname once: HOSTNAME or --hostname")
     state = cli_state()
-    info: JoinInfo = state.client().join(code, hostname)
+    info: JoinInfo = state.client().join(code, hostname_option or hostname)
     if state.json:
         print_json(info)
         return

@@ -11,6 +11,8 @@ robot.launch.py::
        |      then poll its control socket (TimerAction, never blocking the launch loop), bounded
     [dds]     write the DDS files for own + peer addresses, SetEnvironmentVariable, log the `export` lines
     [nodes]   peers_node, whitelist_node, hosts_node, dds_node under the namespace
+    [join]    with server:=ADDR and/or join_code:=CODE: `husarnet-ros setup-server ADDR`, then `husarnet-ros
+              join` (the code in its environment, masked in the log), each only after the previous succeeded
 
 The daemon and the nodes get HUSARNET_ROS_EXIT_WITH_PARENT=<this launch's pid> (see exit_with_parent.py):
 they end when the launch ends, also when a SIGTERM (docker stop, kill) ends it without stopping its children.
@@ -48,6 +50,7 @@ from .. import launch_support as support
 from ..api import resolve_control_socket
 from ..core.fleet import RobotView
 from ..exit_with_parent import child_environment
+from ..launch_join import EnrolmentStep, enrolment_steps
 
 PACKAGE = "husarnet_ros"
 # Both in the source tree and in share/husarnet_ros/, the launch files sit next to config/.
@@ -118,6 +121,16 @@ def robot_arguments(share: Path) -> tuple[Argument, ...]:
         Argument(
             "dds_output_dir", "", "where the DDS files go ('' = $ROS_HOME/husarnet_ros/dds[/namespace])"
         ),
+        Argument(
+            "server",
+            "",
+            "a Dashboard to set the daemon up with once the daemon is ready (husarnet-ros setup-server ADDR)",
+        ),
+        Argument(
+            "join_code",
+            "",
+            "join the Dashboard set up with this code once the daemon is ready (husarnet-ros join; ''=none)",
+        ),
     )
 
 
@@ -139,6 +152,7 @@ class RobotSettings:
     dds: str
     dds_output_dir: Path
     view: RobotView | None  # this robot's view of the fleet file, None without one
+    enrolment: tuple[EnrolmentStep, ...] = ()  # setup-server and join, once the daemon is ready
 
     @classmethod
     def from_context(cls, context: LaunchContext) -> RobotSettings:
@@ -167,6 +181,14 @@ class RobotSettings:
             dds=support.parse_dds(arg("dds")),
             dds_output_dir=support.dds_output_dir(arg("dds_output_dir"), namespace),
             view=view,
+            enrolment=tuple(
+                enrolment_steps(
+                    resolve_control_socket(arg("control_socket") or None),
+                    arg("server"),
+                    arg("join_code"),
+                    hostname,
+                )
+            ),
         )
 
 
@@ -301,7 +323,33 @@ def _configure_and_start(settings: RobotSettings, daemon: support.DaemonInfo | N
             )
         )
     actions += _nodes(settings)
+    actions += _enrolment(list(settings.enrolment))
     return actions
+
+
+def _enrolment(steps: list[EnrolmentStep]) -> list[Any]:
+    """Run ``steps`` one after the other, each only when the one before succeeded; a failure is logged (what
+    the CLI said is on screen above it) and the launch goes on without the Dashboard."""
+    if not steps:
+        return []
+    step, rest = steps[0], steps[1:]
+    process = ExecuteProcess(
+        cmd=step.argv,
+        name="husarnet_enrolment",
+        output="screen",
+        additional_env={**child_environment(), **step.env},
+    )
+
+    def after(event: Any, _context: LaunchContext) -> list[Any]:
+        if event.returncode != 0:
+            return [_log(f"{step.what} failed (exit status {event.returncode}); the nodes go on without it")]
+        return [_log(f"{step.what}: done"), *_enrolment(rest)]
+
+    return [
+        _log(f"{step.what} (the daemon is ready)"),
+        process,
+        RegisterEventHandler(OnProcessExit(target_action=process, on_exit=after)),
+    ]
 
 
 def _nodes(settings: RobotSettings) -> list[Node]:
