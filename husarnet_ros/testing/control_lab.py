@@ -185,9 +185,8 @@ class ControlStack:
 
     def create_network(self, name: str) -> tuple[int, str]:
         """A new network: its id and a join code."""
-        network = self.api("POST", "/networks", {"name": name})
-        code = self.api("POST", f"/networks/{network['id']}/join-code")["join_code"]
-        return int(network["id"]), str(code)
+        network = self.api("POST", "/networks", {"name": name}, expect=201)
+        return int(network["id"]), str(network["join_code"])
 
     def device_id(self, address: str) -> int:
         for device in self.api("GET", "/devices"):

@@ -43,9 +43,7 @@ def stack_and_robots(lab: Lab) -> Iterator[tuple[ControlStack, list[Daemon]]]:
 
 
 def whitelist(robot: Daemon) -> set[str]:
-    answer = robot.json("whitelist", "ls")
-    entries = answer.get("entries", answer) if isinstance(answer, dict) else answer
-    return {entry if isinstance(entry, str) else entry["address"] for entry in entries}
+    return set(robot.json("whitelist", "ls")["addresses"])
 
 
 def ping_by_name(host: Host, name: str) -> bool:
@@ -87,7 +85,7 @@ def test_robots_join_and_follow_the_dashboard(stack_and_robots: tuple[ControlSta
     # Moving 3 into fleet-a lets it in within seconds.
     three_id = stack.device_id(three.address)
     moved_at = time.monotonic()
-    stack.api("PUT", f"/networks/{fleet_a}/devices/{three_id}")
+    stack.api("PUT", f"/networks/{fleet_a}/devices/{three_id}", expect=204)
     wait_until(lambda: three.address in whitelist(one), PUSH_S, interval=0.2, what="robot-3 allowed by 1")
     pushed_s = time.monotonic() - moved_at
     wait_until(lambda: ping_by_name(three.host, "robot-1"), 30.0, interval=0.5, what="robot-3 pings robot-1")
@@ -121,5 +119,5 @@ def test_robots_join_and_follow_the_dashboard(stack_and_robots: tuple[ControlSta
     assert fleet_b in {n["id"] for n in stack.api("GET", "/networks")}
     assert ping_by_name(one.host, "robot-2")
     # ... and a change after the restart is pushed again.
-    stack.api("PUT", f"/networks/{fleet_a}/devices/{three_id}")
+    stack.api("PUT", f"/networks/{fleet_a}/devices/{three_id}", expect=204)
     wait_until(lambda: three.address in whitelist(two), PUSH_S, interval=0.2, what="push after restart")
