@@ -222,11 +222,14 @@ class ControlPlane:
         replaced = pinned is not None and fetched.license_key != pinned.license_key
         other_installation = pinned is not None and pinned.installation_id != fetched.installation_id
         try:
-            if other_installation:
-                self.state.forget_managed()
             self.state.save_license(fetched)
         except StateError as exc:
             raise StorageError(f"could not save the license: {exc}; nothing was changed") from None
+        if other_installation:
+            try:
+                self.state.forget_managed()
+            except StateError as exc:  # harmless: a managed.json of another installation is never used
+                log.warning("%s", exc)
         if fetched.base_servers:
             self._target.set_base_servers(fetched.base_servers)
         with self._lock:

@@ -381,6 +381,11 @@ def test_join_without_a_server_says_to_run_setup_server_first(robot: Robot) -> N
         pytest.raises(ControlError, match="run husarnet-ros setup-server ADDR first"),
     ):
         client.join("abc")
+    waited = CliRunner().invoke(
+        cli, ["--control-socket", robot.socket_path, "wait", "joined", "--timeout", "0.2"]
+    )
+    assert waited.exit_code == 1
+    assert "no Dashboard is set up: run husarnet-ros setup-server ADDR" in waited.output
 
 
 def test_join_errors_come_back_with_websetups_detail(
