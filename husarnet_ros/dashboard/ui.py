@@ -379,7 +379,12 @@ def router(ctx: DashboardContext) -> APIRouter:
     # --- logging in and out ---
 
     def login_form(
-        request: Request, *, username: str = "", error: str | None = None, status: int = 200
+        request: Request,
+        next_path: str,
+        *,
+        username: str = "",
+        error: str | None = None,
+        status: int = 200,
     ) -> HTMLResponse:
         token = secrets.token_urlsafe(24)
         page = Page(
@@ -388,7 +393,7 @@ def router(ctx: DashboardContext) -> APIRouter:
             {
                 "username": username,
                 "login_token": token,
-                "next": safe_next(request.query_params.get("next", "/")),
+                "next": safe_next(next_path),
             },
             status=status,
             error=error,
@@ -411,20 +416,22 @@ def router(ctx: DashboardContext) -> APIRouter:
             try:
                 viewer_in(session, request, utc_now())
             except _NotLoggedIn:
-                return login_form(request)
+                return login_form(request, request.query_params.get("next", "/"))
         return redirect(safe_next(request.query_params.get("next", "/")))
 
     @ui.post("/login")
     def log_in(request: Request, form: FormDep) -> Response:
         username = form.text("username").strip()
         password = form.text("password")
+        next_path = form.text("next") or "/"
         expected = request.cookies.get(LOGIN_COOKIE, "")
         presented = form.text(CSRF_FORM_FIELD)
         if form.problem is not None:
-            return login_form(request, username=username, error=form.problem, status=400)
+            return login_form(request, next_path, username=username, error=form.problem, status=400)
         if not expected or not secrets.compare_digest(expected.encode(), presented.encode()):
             return login_form(
                 request,
+                next_path,
                 username=username,
                 error="this login form expired (or the browser refuses cookies): log in again with this form",
                 status=403,
@@ -440,9 +447,13 @@ def router(ctx: DashboardContext) -> APIRouter:
                 )
         except Unauthenticated:
             return login_form(
-                request, username=username, error="wrong username or password: try again", status=401
+                request,
+                next_path,
+                username=username,
+                error="wrong username or password: try again",
+                status=401,
             )
-        response = redirect(safe_next(form.text("next") or "/"))
+        response = redirect(safe_next(next_path))
         response.set_cookie(
             SESSION_COOKIE,
             cookie,
