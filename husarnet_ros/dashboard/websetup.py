@@ -6,8 +6,8 @@ arrive through the overlay, which has already proved that the sender holds that 
 outside fc94::/16 (someone on the server's LAN, a misconfigured listen address) is refused with 403.
 
 Threads: the database is reached only from anyio's worker threads (the drivers block), one short transaction
-per step. A long-poll sleeps on the event loop between its checks, holding no thread and no connection, so
-hundreds of daemons can wait at once.
+per step. A long-poll sleeps on the event loop between its checks, holding no thread and no connection, and
+the held requests share their reads of the revision, so hundreds of daemons can wait at once.
 
 Run alone with ``husarnet-ros websetup`` (husarnet_ros/cli/websetup.py) or in the Dashboard's process: build
 the app with ``create_websetup_app(session_factory)``, wrap it in ``websetup_server(...)`` and run that server
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import socket
 import threading
@@ -57,6 +58,10 @@ log = logging.getLogger(__name__)
 
 # How often a held config request looks at the revision (docs/CONTROL_PLANE.md promises 0.5 s).
 POLL_INTERVAL_S = 0.5
+# Held requests share their reads of the revision: one read serves every check within this long after it
+# began, so the database sees a few reads a second however many daemons wait (with SQLite each transaction
+# takes the write lock, see db.py).
+REVISION_FRESH_S = 0.25
 # The largest body Websetup reads: a report of MAX_PEERS_IN_REPORT links is about 200 KiB.
 MAX_BODY_BYTES = 512 * 1024
 MAX_LISTED_ERRORS = 5
@@ -194,6 +199,7 @@ class _Endpoints:
 
     def __init__(self, factory: db.SessionFactory) -> None:
         self._factory = factory
+        self._revision = _SharedRevision(lambda: self._in_transaction(service.current_revision))
 
     async def _in_transaction(self, work: Callable[..., T], *args: Any) -> T:
         def run() -> T:
@@ -234,7 +240,7 @@ class _Endpoints:
             if await request.is_disconnected():
                 # Nobody to answer; the daemon asks again with its revision when it is back.
                 break
-            if await self._in_transaction(service.current_revision) > after:
+            if await self._revision.get() > after:
                 break
         return await self._in_transaction(current, False)
 
@@ -244,6 +250,39 @@ class _Endpoints:
             service.record_report(session, address, body, utc_now())
 
         await self._in_transaction(store)
+
+
+class _SharedRevision:
+    """The installation's revision for all held requests: a read that began less than REVISION_FRESH_S ago
+    answers, and a read under way is awaited instead of starting another."""
+
+    def __init__(self, read: Callable[[], Awaitable[int]]) -> None:
+        self._read = read
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._value = 0
+        self._read_at = -math.inf
+        self._pending: asyncio.Task[int] | None = None
+
+    async def get(self) -> int:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # Another event loop (an app reused across asyncio.run calls): nothing of the old one is valid.
+            self._loop, self._pending, self._read_at = loop, None, -math.inf
+        if loop.time() - self._read_at < REVISION_FRESH_S:
+            return self._value
+        if self._pending is None:
+            self._pending = loop.create_task(self._refresh(loop.time()))
+        # Shielded: one waiter that goes away does not cancel the read the others wait for.
+        return await asyncio.shield(self._pending)
+
+    async def _refresh(self, started: float) -> int:
+        try:
+            value = await self._read()
+        finally:
+            self._pending = None
+        # The time the read began: a change committed while it ran is seen by the next one.
+        self._value, self._read_at = value, started
+        return value
 
 
 class _BodyLimit:

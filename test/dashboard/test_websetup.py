@@ -25,7 +25,12 @@ from husarnet_ros.dashboard.accounts import account_join_code, create_account
 from husarnet_ros.dashboard.fleet import add_member, create_network, rename_device
 from husarnet_ros.dashboard.meta import current_revision, set_device_limit
 from husarnet_ros.dashboard.models import Account, Device
-from husarnet_ros.dashboard.websetup import MAX_BODY_BYTES, create_websetup_app
+from husarnet_ros.dashboard.websetup import (
+    MAX_BODY_BYTES,
+    REVISION_FRESH_S,
+    _SharedRevision,
+    create_websetup_app,
+)
 
 T = TypeVar("T")
 ROBOT1 = "fc94:b01d:1803:8dd8:b293:5c7d:7639:932a"
@@ -469,3 +474,51 @@ def test_the_protocol_is_described_by_openapi(installation: Installation) -> Non
     assert "Problem" in schema["components"]["schemas"]
     config_params = {param["name"] for param in paths[f"{API_PREFIX}/config"]["get"]["parameters"]}
     assert config_params == {"after", "wait"}
+
+
+# --- the held requests' shared reads of the revision ---
+
+
+def test_concurrent_checks_share_one_read_of_the_revision() -> None:
+    reads: list[float] = []
+    revision = [7]
+
+    async def read() -> int:
+        reads.append(time.monotonic())
+        await asyncio.sleep(0.05)
+        return revision[0]
+
+    async def scenario() -> None:
+        shared = _SharedRevision(read)
+        assert await asyncio.gather(*(shared.get() for _ in range(100))) == [7] * 100
+        assert len(reads) == 1
+        revision[0] = 8
+        # Within REVISION_FRESH_S of the read's start the value read serves...
+        assert await shared.get() == 7
+        assert len(reads) == 1
+        # ...and after it the next check reads again.
+        await asyncio.sleep(REVISION_FRESH_S)
+        assert await shared.get() == 8
+        assert len(reads) == 2
+
+    run(scenario)
+
+
+def test_a_failed_read_reaches_every_waiter_and_the_next_check_reads_again() -> None:
+    attempts = [0]
+
+    async def read() -> int:
+        attempts[0] += 1
+        await asyncio.sleep(0.01)
+        if attempts[0] == 1:
+            raise RuntimeError("database down")
+        return 3
+
+    async def scenario() -> None:
+        shared = _SharedRevision(read)
+        outcomes = await asyncio.gather(shared.get(), shared.get(), return_exceptions=True)
+        assert [type(outcome) for outcome in outcomes] == [RuntimeError, RuntimeError]
+        assert await shared.get() == 3
+        assert attempts[0] == 2
+
+    run(scenario)
