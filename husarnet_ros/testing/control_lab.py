@@ -60,17 +60,41 @@ class ControlStack:
     process: subprocess.Popen[Any] | None = None
     websetup: subprocess.Popen[Any] | None = None
     forward: PortForward | None = None
+    dashboard_port: int = DASHBOARD_PORT
+    local_port: int = 0  # the loopback port on this machine that leads to the Dashboard (0: any free one)
+    own_bases: bool = True  # the base servers are this stack's to stop
 
     @classmethod
-    def start(cls, lab: Lab, host: Host, *, base_ports: tuple[int, ...] = (5582, 5583)) -> ControlStack:
-        # Each its own TCP port too: two base servers on one host cannot both have 443.
-        bases = [LabBaseServer.start(host, port, tcp_port=443 + i) for i, port in enumerate(base_ports)]
+    def start(
+        cls,
+        lab: Lab,
+        host: Host,
+        *,
+        base_ports: tuple[int, ...] = (5582, 5583),
+        bases: list[LabBaseServer] | None = None,
+        dashboard_port: int = DASHBOARD_PORT,
+        local_port: int = 0,
+    ) -> ControlStack:
+        """Start it all on ``host``: base servers on ``base_ports`` there, or the running ``bases`` given."""
+        own_bases = bases is None
+        if bases is None:
+            # Each its own TCP port too: two base servers on one host cannot both have 443.
+            bases = [LabBaseServer.start(host, port, tcp_port=443 + i) for i, port in enumerate(base_ports)]
         workdir = Path(tempfile.mkdtemp(prefix=f"{host.netns}-dashboard-"))
         args = [arg for base in bases for arg in ("--base-server", base.address)]
         # Websetup's identity: a daemon like any robot's, but open to devices it does not know yet.
         # Its UDP port is not 5582: the base servers on this host have that one.
         daemon = Daemon.create(host, "websetup", extra_args=args, udp_port=5580)
-        stack = cls(lab, host, workdir, daemon, bases)
+        stack = cls(
+            lab,
+            host,
+            workdir,
+            daemon,
+            bases,
+            dashboard_port=dashboard_port,
+            local_port=local_port,
+            own_bases=own_bases,
+        )
         daemon.start()
         daemon.cli("whitelist", "disable")
         stack.run_dashboard_cli("create-user", ADMIN, "--password-stdin", stdin=f"{stack.password}\n")
@@ -83,7 +107,7 @@ class ControlStack:
     @property
     def server_address(self) -> str:
         """What a robot gives ``setup-server``."""
-        return f"{self.host.ipv4}:{DASHBOARD_PORT}"
+        return f"{self.host.ipv4}:{self.dashboard_port}"
 
     @property
     def log_path(self) -> Path:
@@ -128,13 +152,17 @@ class ControlStack:
         def up() -> bool:
             if self.process is not None and self.process.poll() is not None:
                 raise LabError(f"the Dashboard exited ({self.process.returncode}):\n{self.log_tail()}")
-            return self.host.tcp_listening(DASHBOARD_PORT)
+            return self.host.tcp_listening(self.dashboard_port)
 
         wait_until(up, START_TIMEOUT_S, interval=0.1, what="the Dashboard")
         if self.websetup is None:
             self.start_websetup()
         if self.forward is None:
-            self.forward = PortForward(self.host.netns, (self.host.ipv4, DASHBOARD_PORT))
+            target = (self.host.ipv4, self.dashboard_port)
+            try:
+                self.forward = PortForward(self.host.netns, target, self.local_port)
+            except OSError:  # that loopback port is taken: any other will do
+                self.forward = PortForward(self.host.netns, target)
 
     def start_websetup(self) -> None:
         """Websetup in a process of its own, on the server daemon's fc94 address, sharing the database."""
@@ -204,7 +232,8 @@ class ControlStack:
             self.websetup = None
         self.daemon.stop()
         self.daemon.remove_files()
-        for base in self.bases:
-            base.stop()
-            base.remove_files()
+        if self.own_bases:
+            for base in self.bases:
+                base.stop()
+                base.remove_files()
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -36,6 +36,7 @@ from types import FrameType
 from typing import Any
 
 from husarnet_ros.core.errors import HusarnetError
+from husarnet_ros.testing.control_lab import ADMIN, ControlStack
 from husarnet_ros.testing.lab_base import LabBaseServer
 from husarnet_ros.testing.lab_daemon import Daemon, husarnet_ros_command, husarnet_ros_missing
 from husarnet_ros.testing.natlab import NatKind, NatLab
@@ -60,6 +61,8 @@ LAUNCH_READY_S = 90.0  # bound for a launch to print its DDS environment
 LISTEN_S = 45.0
 MESSAGES = 5
 CHATTER = [sys.executable, "-m", "husarnet_ros.testing.chatter"]
+NETWORK_NAME = "demo-fleet"
+DASHBOARD_LOCAL_PORT = 8080  # http://127.0.0.1:8080 on this machine, or any free port if that one is taken
 
 
 @dataclass
@@ -85,6 +88,8 @@ class Fleet:
 
     lab: Lab
     base: LabBaseServer | None = None
+    control: ControlStack | None = None  # the self-hosted Dashboard, Websetup and Websetup's daemon
+    dashboard_devices: int | None = None  # devices the Dashboard lists in the demo's network
     daemons: list[Daemon] = field(default_factory=list)
     addresses: dict[str, str] = field(default_factory=dict)  # hostname -> fc94 address
     pings: list[PingOutcome] = field(default_factory=list)
@@ -97,6 +102,11 @@ class Fleet:
     @property
     def hosts(self) -> list[Host]:
         return [daemon.host for daemon in self.daemons]
+
+    def require_control(self) -> ControlStack:
+        if self.control is None:
+            raise LabError("the Dashboard is not running")
+        return self.control
 
 
 Step = Callable[[Fleet], None]
@@ -112,12 +122,24 @@ def heading(title: str) -> None:
 
 # --- steps --------------------------------------------------------------------------
 def start_robots(fleet: Fleet) -> None:
-    """The small internet with the base server, the sites, and a daemon on each robot."""
+    """The small internet with a base server and the self-hosted Dashboard, the sites, a daemon per robot."""
     net = NatLab(fleet.lab)
     fleet.base = LabBaseServer.start(net.public_host("base"))
     progress(
         f"base server on the internet: {fleet.base.address} (UDP) and TCP 443, "
         f"namespace {fleet.base.host.netns}"
+    )
+    control_host = net.public_host("control")
+    # TCP 443: the office's firewall lets nothing else out, and its robot must reach the Dashboard too.
+    fleet.control = ControlStack.start(
+        fleet.lab, control_host, bases=[fleet.base], dashboard_port=443, local_port=DASHBOARD_LOCAL_PORT
+    )
+    progress(
+        f"Dashboard, Websetup and Websetup's daemon on the internet: http://{fleet.control.server_address}, "
+        f"namespace {control_host.netns}"
+    )
+    progress(
+        f"Dashboard on this machine: {fleet.control.url} (user {ADMIN}, password {fleet.control.password})"
     )
     for site_name, (kind, robots) in SITES.items():
         site = net.site(site_name, kind, robots=0)
@@ -126,8 +148,8 @@ def start_robots(fleet: Fleet) -> None:
             f"{', '.join(robots)}: LAN {site.lan_network} {SITE_WORDS[kind]} (public address {site.wan_ipv4})"
         )
         for host in hosts:
-            # The base server is the way to robots on other sites; beacons only from the robot's own LAN.
-            extra = ["--base-server", fleet.base.address, "--discovery-networks", site.lan_network]
+            # No base server given: the Dashboard's license brings it. Beacons only from the robot's own LAN.
+            extra = ["--discovery-networks", site.lan_network]
             fleet.daemons.append(Daemon.create(host, host.label, extra_args=extra))
     for daemon in fleet.daemons:
         daemon.start(wait_ready=False)
@@ -136,19 +158,31 @@ def start_robots(fleet: Fleet) -> None:
         daemon.wait_ready()
         fleet.addresses[daemon.hostname] = daemon.address
         progress(f"{daemon.hostname}: ready, overlay address {fleet.addresses[daemon.hostname]}")
+
+
+def join_with_a_code(fleet: Fleet) -> None:
+    """Every robot sets the Dashboard up (pinning its license key) and joins one network with its code."""
+    control = fleet.require_control()
+    fingerprint = json.loads(control.run_dashboard_cli("fingerprint", "--json").stdout)["fingerprint"]
+    network_id, code = control.create_network(NETWORK_NAME)
+    progress(
+        f"Dashboard: network {NETWORK_NAME!r} created; its join code is {code[:4]}... (license {fingerprint})"
+    )
     for daemon in fleet.daemons:
+        daemon.cli("setup-server", control.server_address, "--fingerprint", fingerprint, timeout=60)
+        progress(f"{daemon.hostname}: husarnet-ros setup-server {control.server_address} --fingerprint ...")
+    for daemon in fleet.daemons:
+        daemon.cli("join", code, daemon.hostname, timeout=90)
+        progress(f"{daemon.hostname}: husarnet-ros join <code> {daemon.hostname}")
+    for daemon in fleet.daemons:
+        daemon.cli("wait", "joined", "--timeout", str(fleet.peer_timeout), timeout=fleet.peer_timeout + 10)
         daemon.cli("wait", "base", "--timeout", str(fleet.peer_timeout), timeout=fleet.peer_timeout + 10)
         base = daemon.status().get("base") or {}
-        progress(f"{daemon.hostname}: registered with the base server over {base.get('transport')}")
-
-
-def whitelist_each_other(fleet: Fleet) -> None:
-    for daemon in fleet.daemons:
-        for other, address in fleet.addresses.items():
-            if other != daemon.hostname:
-                daemon.whitelist_add(address)
-        others = [name for name in fleet.addresses if name != daemon.hostname]
-        progress(f"{daemon.hostname}: whitelisted {', '.join(others)}")
+        progress(f"{daemon.hostname}: joined; registered with the base server over {base.get('transport')}")
+    members = control.api("GET", f"/networks/{network_id}/devices")
+    online = sum(bool(device["online"]) for device in members)
+    progress(f"Dashboard: {len(members)} devices in {NETWORK_NAME!r}, {online} online")
+    fleet.dashboard_devices = len(members)
 
 
 def wait_for_peers(fleet: Fleet) -> None:
@@ -218,6 +252,13 @@ def print_summary(fleet: Fleet) -> None:
         )
     good = sum(outcome.ok for outcome in fleet.pings)
     print(f"\n{good}/{len(fleet.pings)} robot pairs reach each other over the overlay", flush=True)
+    if fleet.control is not None:
+        print(
+            f"Dashboard: {fleet.control.url} (user {ADMIN}, password {fleet.control.password}); "
+            f"{fleet.dashboard_devices or 0}/{len(fleet.daemons)} robots joined {NETWORK_NAME!r} "
+            "with its join code",
+            flush=True,
+        )
     if fleet.ros_messages is not None:
         first = fleet.ros_first_message_s
         when = "" if first is None else f", the first {first:.1f} s after launch"
@@ -317,7 +358,7 @@ def ros_across_robots(fleet: Fleet) -> None:
 
 NETWORK_STEPS: tuple[Step, ...] = (
     start_robots,
-    whitelist_each_other,
+    join_with_a_code,
     wait_for_peers,
     show_status,
     ping_each_other,
@@ -373,9 +414,12 @@ def run_demo(steps: Sequence[Step] = ALL_STEPS, *, keep: bool = False, peer_time
             progress("cleaning up")
             for daemon in fleet.daemons:
                 daemon.stop()
+            if fleet.control is not None:
+                fleet.control.close()
             if fleet.base is not None:
                 fleet.base.stop()
-            failed = not fleet.pings or not all(outcome.ok for outcome in fleet.pings)
+            failed = fleet.dashboard_devices != len(fleet.daemons)
+            failed |= not fleet.pings or not all(outcome.ok for outcome in fleet.pings)
             failed |= ros_across_robots in steps and not (fleet.ros_messages and fleet.ros_peer_rows)
             keep_files = failed
     except KeyboardInterrupt:
