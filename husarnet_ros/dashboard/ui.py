@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ import jinja2
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -58,12 +60,23 @@ LIVE_REFRESH_MS = 2500
 AUDIT_PAGE = 100
 MAX_FORM_FIELDS = 20
 
+
+class DatabaseUnavailable(DashboardError):
+    """The database did not answer (HTTP 503): nothing the user did wrong, and trying again may work."""
+
+
+class UnreadableForm(DashboardError):
+    """The request's form could not be parsed (HTTP 400)."""
+
+
 STATUS_OF: tuple[tuple[type[DashboardError], int], ...] = (
     (NotFound, 404),
     (Forbidden, 403),
     (Invalid, 422),
     (Unauthenticated, 401),
     (Conflict, 409),
+    (DatabaseUnavailable, 503),
+    (UnreadableForm, 400),
 )
 
 # What a page says after a change that worked (``?done=KEY``); unknown keys are ignored.
@@ -242,6 +255,23 @@ def router(ctx: DashboardContext) -> APIRouter:
         page = Page("error.html", title, status=status, error=str(exc))
         return render(request, page, viewer)
 
+    @contextmanager
+    def unit_of_work() -> Iterator[Session]:
+        """``ctx.transaction()``, with the database's own refusals said as page messages (the app's handlers
+        would answer them with JSON)."""
+        try:
+            with ctx.transaction() as session:
+                yield session
+        except IntegrityError:
+            # Two requests at once made the same name or code: the later one lost the race.
+            raise Conflict(
+                "this conflicts with a change made at the same time: reload the page and try again"
+            ) from None
+        except OperationalError:
+            raise DatabaseUnavailable(
+                "the database cannot be reached: try again later, or check the Dashboard's log"
+            ) from None
+
     # --- who is asking ---
 
     def credentials_of(request: Request) -> Credentials:
@@ -271,7 +301,7 @@ def router(ctx: DashboardContext) -> APIRouter:
         now = utc_now()
         viewer = None
         try:
-            with ctx.transaction() as session:
+            with unit_of_work() as session:
                 account, viewer = viewer_in(session, request, now)
                 page = build(session, account, now)
         except _NotLoggedIn:
@@ -289,8 +319,8 @@ def router(ctx: DashboardContext) -> APIRouter:
         viewer = None
         try:
             if form.problem is not None:
-                raise Invalid(form.problem)
-            with ctx.transaction() as session:
+                raise UnreadableForm(form.problem)
+            with unit_of_work() as session:
                 account, viewer = viewer_in(session, request, now)
                 check_csrf(session, request, now, form)
                 result = work(session, account, now)
@@ -412,12 +442,15 @@ def router(ctx: DashboardContext) -> APIRouter:
 
     @ui.get("/login")
     def login_page(request: Request) -> Response:
-        with ctx.transaction() as session:
-            try:
+        next_path = request.query_params.get("next", "/")
+        try:
+            with unit_of_work() as session:
                 viewer_in(session, request, utc_now())
-            except _NotLoggedIn:
-                return login_form(request, request.query_params.get("next", "/"))
-        return redirect(safe_next(request.query_params.get("next", "/")))
+        except _NotLoggedIn:
+            return login_form(request, next_path)
+        except DashboardError as exc:
+            return error_page(request, None, exc)
+        return redirect(safe_next(next_path))
 
     @ui.post("/login")
     def log_in(request: Request, form: FormDep) -> Response:
@@ -438,7 +471,7 @@ def router(ctx: DashboardContext) -> APIRouter:
             )
         now = utc_now()
         try:
-            with ctx.transaction() as session:
+            with unit_of_work() as session:
                 if not USERNAME_PATTERN.fullmatch(username):
                     raise Unauthenticated("wrong username or password")
                 account = service.authenticate(session, username, password)
@@ -453,6 +486,8 @@ def router(ctx: DashboardContext) -> APIRouter:
                 error="wrong username or password: try again",
                 status=401,
             )
+        except DashboardError as exc:
+            return login_form(request, next_path, username=username, error=str(exc), status=status_of(exc))
         response = redirect(safe_next(next_path))
         response.set_cookie(
             SESSION_COOKIE,
@@ -501,7 +536,7 @@ def router(ctx: DashboardContext) -> APIRouter:
     ) -> Response:
         now = utc_now()
         try:
-            with ctx.transaction() as session:
+            with unit_of_work() as session:
                 account, viewer = viewer_in(session, request, now)
                 number = parse_id(network_id, "network")
                 values = build(session, account, number, now)

@@ -499,3 +499,81 @@ def test_the_audit_page_lists_the_accounts_changes(dashboard: Dashboard, client:
     actions = re.findall(r'<td class="action">([a-z_.]+)</td>', page.text)
     assert actions[:4] == ["device.rename", "network.add_device", "device.join", "network.create"]
     assert "&#34;to&#34;: &#34;arm-1&#34;" in page.text
+
+
+def test_a_form_that_cannot_be_read_gets_a_400_page(dashboard: Dashboard, client: httpx.Client) -> None:
+    dashboard.add_account("alice")
+    csrf = log_in(client, "alice")
+    too_many = "&".join(f"field{i}=1" for i in range(50)) + f"&csrf_token={csrf}&name=lab"
+    answer = client.post(
+        "/networks", content=too_many, headers={"content-type": "application/x-www-form-urlencoded"}
+    )
+    assert answer.status_code == 400
+    assert is_page(answer)
+    assert "the form could not be read" in alert(answer)
+    with_a_file = client.post("/networks", data={"csrf_token": csrf}, files={"name": ("lab.txt", b"lab")})
+    assert with_a_file.status_code == 400
+    assert "the form could not be read" in alert(with_a_file)
+    assert dashboard.network_names("alice") == []
+
+
+def test_the_owner_and_a_manage_share_change_membership_from_the_network_page(
+    dashboard: Dashboard, client: httpx.Client
+) -> None:
+    dashboard.add_account("alice")
+    dashboard.add_account("bob")
+    csrf = log_in(client, "alice")
+    post(client, "/networks", csrf, name="lab")
+    network_id = dashboard.network_id("alice", "lab")
+    # A device of the account in no network yet (joined with the account's code) can be added from the page.
+    with dashboard.ctx.transaction() as session:
+        alice = service.account_by_username(session, "alice")
+        assert alice is not None
+        alice_code = service.account_join_code(session, alice)
+    device_id = dashboard.claim(alice_code, ROBOT1, "robot-1")
+    page = client.get(f"/networks/{network_id}")
+    assert f'<option value="{device_id}">robot-1 ({ROBOT1})</option>' in page.text
+    added = post(client, f"/networks/{network_id}/devices", csrf, device_id=str(device_id))
+    assert added.headers["location"] == f"/networks/{network_id}?done=device-added"
+    page = client.get(added.headers["location"])
+    assert notice(page) == "Device added to the network."
+    assert f'data-device-id="{device_id}"' in page.text
+    assert "1 device, 1 online" in page.text
+    assert f'<option value="{device_id}">' not in page.text
+    out = post(client, f"/networks/{network_id}/devices/{device_id}/remove", csrf)
+    assert out.headers["location"] == f"/networks/{network_id}?done=device-taken-out"
+    assert f'data-device-id="{device_id}"' not in client.get(f"/networks/{network_id}").text
+    # bob manages the network: he adds his own device and takes alice's out, but sees no owner's controls.
+    post(client, f"/networks/{network_id}/devices", csrf, device_id=str(device_id))
+    post(client, f"/networks/{network_id}/shares", csrf, username="bob", role="manage")
+    with dashboard.ctx.transaction() as session:
+        bob_account = service.account_by_username(session, "bob")
+        assert bob_account is not None
+        bob_code = service.account_join_code(session, bob_account)
+    bob_device = dashboard.claim(bob_code, ROBOT2, "bob-robot")
+    with httpx.Client(base_url=dashboard.url, timeout=TIMEOUT_S, follow_redirects=False) as bob:
+        bob_csrf = log_in(bob, "bob")
+        page = bob.get(f"/networks/{network_id}")
+        assert 'id="add-device"' in page.text
+        assert "Take out" in page.text
+        for owners_only in ('id="join-code"', 'id="sharing"', 'id="rename-network"'):
+            assert owners_only not in page.text
+        assert (
+            post(bob, f"/networks/{network_id}/devices", bob_csrf, device_id=str(bob_device)).status_code
+            == 303
+        )
+        assert post(bob, f"/networks/{network_id}/devices/{device_id}/remove", bob_csrf).status_code == 303
+        members = bob.get(f"/networks/{network_id}/live/devices").text
+        assert "bob-robot" in members
+        assert "robot-1" not in members
+        refused = post(bob, f"/networks/{network_id}/rename", bob_csrf, name="bobs")
+        assert refused.status_code == 403
+        assert "only the owner" in alert(refused)
+    # The owner renames and deletes the network.
+    renamed = post(client, f"/networks/{network_id}/rename", csrf, name="workshop")
+    assert notice(client.get(renamed.headers["location"])) == "Network renamed."
+    assert dashboard.network_names("alice") == ["workshop"]
+    deleted = post(client, f"/networks/{network_id}/delete", csrf)
+    assert deleted.headers["location"] == "/?done=network-deleted"
+    assert dashboard.network_names("alice") == []
+    assert client.get(f"/networks/{network_id}").status_code == 404
