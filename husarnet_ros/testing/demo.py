@@ -1,19 +1,23 @@
-"""Demo fleet: four robots on three networks, behind NATs and a firewall, find each other over the overlay.
+"""Demo fleet: four robots on three networks, behind NATs and a firewall, joined through their own Dashboard.
 
     python -m husarnet_ros.testing.demo [--keep] [--timeout S]
 
 Network namespaces make a small internet (husarnet_ros.testing.natlab) with a base server on it
-(``husarnet-ros base-server``) and three sites: robot-a and robot-b share a LAN behind a
-port-restricted NAT, robot-c is behind a symmetric NAT, robot-d behind a firewall that lets only
-TCP 443 out. Each robot runs its own ``husarnet-ros daemon`` with the base server configured. The
-demo whitelists the robots to each other, waits until they are peers, prints each robot's status
-table (which links are direct, which tunnelled through the base server, over UDP or TCP), pings
-every other robot over its fc94 address (with ``husarnet-ros ping`` and with ``ping -6``). Then the
-ROS 2 part: multicast is dropped on the LANs (only the daemons' beacons pass), robot-a and robot-b run
-``ros2 launch husarnet_ros fleet.launch.py`` from one fleet file, a plain rclpy talker on robot-a
-reaches a listener on robot-b through the overlay with the generated DDS configuration, and
-robot-b's ``/robot_b/husarnet/peers`` table is shown. A summary ends it (``--no-ros`` skips the
-ROS part). Everything is removed on exit, on error and on Ctrl-C. Needs root.
+(``husarnet-ros base-server``), the self-hosted control plane on another host (``husarnet-ros dashboard
+serve`` on TCP 443, ``husarnet-ros websetup`` behind that host's own daemon; the Dashboard is also opened on
+this machine at http://127.0.0.1:8080, user and password printed) and three sites: robot-a and robot-b share
+a LAN behind a port-restricted NAT, robot-c is behind a symmetric NAT, robot-d behind a firewall that lets
+only TCP 443 out. Each robot runs its own ``husarnet-ros daemon`` with nothing configured: it runs
+``husarnet-ros setup-server`` (pinning the Dashboard's license key by its fingerprint; the base server comes
+from the license) and ``husarnet-ros join CODE`` with the join code of one network, so Websetup pushes every
+robot's whitelist and hosts. The demo waits until they are peers, prints each robot's status table (which
+links are direct, which tunnelled through the base server, over UDP or TCP), pings every other robot over
+its fc94 address (with ``husarnet-ros ping`` and with ``ping -6``). Then the ROS 2 part: multicast is
+dropped on the LANs (only the daemons' beacons pass), robot-a and robot-b run ``ros2 launch husarnet_ros
+fleet.launch.py`` from one fleet file, a plain rclpy talker on robot-a reaches a listener on robot-b through
+the overlay with the generated DDS configuration, and robot-b's ``/robot_b/husarnet/peers`` table is shown.
+A summary ends it (``--no-ros`` skips the ROS part). Everything is removed on exit, on error and on Ctrl-C.
+Needs root.
 
 Each step is a function taking the :class:`Fleet`, so later parts (ROS) can add steps.
 """
