@@ -29,6 +29,7 @@ import pytest
 import uvicorn
 from click.testing import CliRunner
 from nacl.signing import SigningKey
+from sqlalchemy import select
 
 from husarnet_ros.cli.main import cli
 from husarnet_ros.client import ControlClient, ControlError, NotFound
@@ -39,7 +40,8 @@ from husarnet_ros.daemon.node_controller import NodeController
 from husarnet_ros.daemon.state import StateDir, StateError
 from husarnet_ros.dashboard import db
 from husarnet_ros.dashboard.accounts import create_account
-from husarnet_ros.dashboard.fleet import create_network
+from husarnet_ros.dashboard.fleet import create_network, remove_device
+from husarnet_ros.dashboard.models import Account, Device, PeerReportRow
 from husarnet_ros.dashboard.websetup import create_websetup_app
 from husarnet_ros.testing.memnet_daemon import MemNetFleet, serve
 
@@ -499,3 +501,68 @@ def test_a_damaged_license_file_stops_the_start_with_the_files_name(robot: Robot
     robot.state.license_path.write_text('{"format": 1, "name": "half')
     with pytest.raises(StateError, match=r"license\.json is damaged.*setup-server"):
         robot.restart_plane()
+
+
+def test_reports_arrive_and_a_device_released_in_the_dashboard_loses_its_managed_entries(
+    robot: Robot, license_server: LicenseServer, key: SigningKey
+) -> None:
+    license_server.serve(make_license(key))
+    with robot.client() as client:
+        client.setup_server(license_server.address)
+        assert robot.websetup.join_as("fc94::2", robot.websetup.lab_code, "robot2").status_code == 200
+        client.join(robot.websetup.lab_code, "robot1")
+        address = robot.fleet.address("robot1")
+
+        def device_id() -> int | None:
+            with db.transaction(robot.websetup.factory) as session:
+                found = session.scalars(select(Device).where(Device.address == address)).first()
+                return None if found is None else found.id
+
+        def reported() -> bool:
+            identifier = device_id()  # its own transaction: SQLite allows one writer at a time
+            with db.transaction(robot.websetup.factory) as session:
+                return session.get(PeerReportRow, identifier) is not None
+
+        assert wait_for(reported)  # a report follows a join at once, then every 30 s
+        identifier = device_id()
+        assert identifier is not None
+        with db.transaction(robot.websetup.factory) as session:
+            alice = session.scalars(select(Account).where(Account.username == "alice")).one()
+            remove_device(session, alice, identifier, datetime.now(timezone.utc))
+        assert wait_for(lambda: "fc94::2" not in robot.controller.whitelist().addresses)
+        assert WEBSETUP_ADDRESS in client.whitelist().addresses  # still set up, only released
+        assert "robot2" not in {h.hostname for h in client.hosts()}
+        assert not robot.state.managed_path.exists()
+        status = client.status()
+        assert status.license is not None
+        assert not status.license.joined
+        assert wait_for(lambda: websetup_state(robot) == "not claimed")
+
+
+def test_an_unreachable_websetup_backs_off_and_says_why(
+    robot: Robot, license_server: LicenseServer, key: SigningKey
+) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    robot.plane.stop()
+    robot.plane = ControlPlane(
+        robot.state, robot.controller, websetup_url=lambda _: f"http://127.0.0.1:{port}"
+    )
+    robot.controller.control_plane = robot.plane
+    license_server.serve(make_license(key))
+    with robot.client() as client:
+        client.setup_server(license_server.address)
+        assert wait_for(
+            lambda: (websetup_state(robot) or "").startswith(
+                "backing off (cannot connect: connection refused"
+            )
+        )
+        client_ = robot.plane.client
+        assert client_ is not None
+        first_due = client_.follower.poll_due_at()
+        assert first_due is not None
+        with pytest.raises(ControlError, match="connection refused") as join_failed:
+            client.join("abc")
+        assert join_failed.value.status == 502
