@@ -2,7 +2,8 @@
 server of ``create_app``: not logged in → /login, a form without the session's CSRF token → 403 with a message
 and no change, bad form values → a 4xx page that says what to do, another account's network → 404 that names
 nothing of it, a read-only share sees no controls and is refused changes, and every page is HTML that loads
-nothing from elsewhere. The whole flow in a real browser is test_ui_browser.py."""
+nothing from elsewhere. Each test runs on SQLite and on PostgreSQL (``database_url``); the whole flow in a
+real browser is test_ui_browser.py."""
 
 from __future__ import annotations
 
@@ -91,11 +92,11 @@ class Dashboard:
 
 
 @pytest.fixture
-def dashboard(tmp_path: Path, sqlite_url: str) -> Iterator[Dashboard]:
+def dashboard(tmp_path: Path, database_url: str) -> Iterator[Dashboard]:
     late = _LateApp()
     server = BackgroundServer(late)
     try:
-        settings = DashboardSettings(data_dir=tmp_path, database_url=sqlite_url, public_url=server.url)
+        settings = DashboardSettings(data_dir=tmp_path, database_url=database_url, public_url=server.url)
         app = create_app(settings)
         late.app = app
         server.start()
