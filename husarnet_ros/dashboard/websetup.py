@@ -127,6 +127,7 @@ def create_websetup_app(source: db.SessionFactory | WebsetupSettings) -> FastAPI
         },
     )
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(_InternalErrors)
     _install_error_handlers(app)
     endpoints = _Endpoints(factory)
 
@@ -383,15 +384,34 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.warning("Websetup: database error: %s", str(exc).splitlines()[0] if str(exc) else type(exc))
         return _problem(503, "Websetup cannot reach its database right now; the daemon will retry")
 
-    # A middleware rather than an exception handler for Exception: Starlette re-raises after such a handler
-    # has answered, which makes uvicorn drop the connection and log a second traceback.
-    @app.middleware("http")
-    async def on_bug(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+
+class _InternalErrors:
+    """A bug answers 500 with a sentence (and a traceback in the log) instead of a dropped connection.
+
+    Plain ASGI rather than Starlette's BaseHTTPMiddleware, which puts a task group between the app and the
+    connection's receive: a held request would then never see its client go away."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            return await call_next(request)
+            await self._app(scope, receive, tracking_send)
         except Exception as exc:
-            log.exception("Websetup: %s %s failed", request.method, request.url.path)
-            return _problem(500, f"internal error in Websetup ({type(exc).__name__}); see its log")
+            log.exception("Websetup: %s %s failed", scope.get("method"), scope.get("path"))
+            if started:
+                raise  # too late for an answer: the server closes the connection
+            await _send_json(send, 500, f"internal error in Websetup ({type(exc).__name__}); see its log")
 
 
 def bind_listen_socket(host: str, port: int) -> socket.socket:

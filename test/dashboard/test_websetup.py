@@ -297,6 +297,47 @@ def test_a_held_config_request_answers_after_wait_when_nothing_changes(installat
     assert 1.4 <= elapsed < 5
 
 
+def test_a_held_request_ends_when_its_client_goes_away(installation: Installation) -> None:
+    assert join(installation, ROBOT1, installation.alice_code, "robot1").status_code == 200
+    revision = installation.run(current_revision)
+    sent: list[dict[str, Any]] = []
+
+    async def scenario() -> float:
+        received = 0
+
+        async def receive() -> dict[str, Any]:
+            nonlocal received
+            received += 1
+            if received == 1:
+                return {"type": "http.request", "body": b"", "more_body": False}
+            return {"type": "http.disconnect"}  # the daemon hung up
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": f"{API_PREFIX}/config",
+            "raw_path": f"{API_PREFIX}/config".encode(),
+            "query_string": f"after={revision}&wait=20".encode(),
+            "root_path": "",
+            "headers": [(b"host", b"websetup")],
+            "client": (ROBOT1, 40000),
+            "server": ("fc94::5590", 5590),
+        }
+        started = time.monotonic()
+        await asyncio.wait_for(installation.app(scope, receive, send), timeout=30)
+        return time.monotonic() - started
+
+    assert run(scenario) < 5
+    # It still answers, into the void (the server drops it), with the config as it is.
+    assert sent[0]["status"] == 200
+
+
 def test_a_wait_beyond_the_maximum_is_capped(installation: Installation) -> None:
     assert join(installation, ROBOT1, installation.alice_code, "robot1").status_code == 200
     revision = installation.run(current_revision)
@@ -522,3 +563,15 @@ def test_a_failed_read_reaches_every_waiter_and_the_next_check_reads_again() -> 
         assert attempts[0] == 2
 
     run(scenario)
+
+
+def test_a_bug_is_a_500_sentence_not_a_dropped_connection(
+    installation: Installation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: object) -> None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(service, "device_config", broken)
+    response = request(installation.app, ROBOT1, "GET", "/config?wait=0")
+    assert response.status_code == 500
+    assert "KeyError" in detail(response)
