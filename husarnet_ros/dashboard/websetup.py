@@ -23,7 +23,7 @@ import math
 import signal
 import socket
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -105,7 +105,7 @@ def create_websetup_app(source: db.SessionFactory | WebsetupSettings) -> FastAPI
         factory = source
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> Any:
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
