@@ -92,10 +92,9 @@ def setup_server(address: str, fingerprint: str | None, replace: bool) -> None:
 def join(code: str, hostname: str | None, hostname_option: str | None) -> None:
     """Claim this device at the Dashboard set up with `setup-server`, with a join code it gave.
 
-    HOSTNAME is the name other devices will know this one by (default: one Websetup makes from the
-    device's address). The device gets the whitelist and hosts entries of the networks the code puts it
-    in, and keeps them current from then on. The code may come from $HUSARNET_ROS_JOIN_CODE instead (then
-    it shows on no command line).
+    HOSTNAME is the name other devices will know this one by (default: the daemon's hostname). The device
+    gets the whitelist and hosts entries of the networks the code puts it in, and keeps them current from
+    then on. The code may come from $HUSARNET_ROS_JOIN_CODE instead (then it shows on no command line).
 
     \b
     Examples:

@@ -442,6 +442,11 @@ class NodeController:
         return await self._require_control_plane().setup_server(address, fingerprint, replace)
 
     async def join(self, code: str, hostname: str | None) -> JoinInfo:
+        """Without a hostname, the device asks for this daemon's own (when it is a valid host name; else
+        Websetup makes one up)."""
+        if hostname is None:
+            with contextlib.suppress(ValueError):  # HostnameError: a system hostname DNS would not take
+                hostname = hosts_model.normalize_hostname(self.info.hostname)
         return await self._require_control_plane().join(code, hostname)
 
     async def wait_joined(self, timeout_s: float) -> bool:

@@ -510,7 +510,8 @@ def test_reports_arrive_and_a_device_released_in_the_dashboard_loses_its_managed
     with robot.client() as client:
         client.setup_server(license_server.address)
         assert robot.websetup.join_as("fc94::2", robot.websetup.lab_code, "robot2").status_code == 200
-        client.join(robot.websetup.lab_code, "robot1")
+        joined = client.join(robot.websetup.lab_code)  # no hostname: the daemon's own
+        assert joined.hostname == "robot1"
         address = robot.fleet.address("robot1")
 
         def device_id() -> int | None:
