@@ -7,10 +7,15 @@ functions and the answers into launch actions:
 * the robot's view of a fleet file (whitelist, hosts, DDS peers) and the namespace / hostname it implies;
 * the own overlay address and the peer addresses the DDS configuration lists (daemon first, fleet second);
 * the DDS files and the environment variables to set for the nodes (and to print for the user's nodes).
+
+``launch/server.launch.py`` likewise: the base server's command, and with ``dashboard:=true`` the Dashboard's
+and Websetup's (control_plane: every argument checked, and the license's base servers, before anything
+starts).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shlex
 import socket
@@ -19,15 +24,22 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
 from . import dds as dds_config
-from .api import Status, Whitelist, resolve_control_socket
+from .api import Status, Whitelist, quote_input, resolve_control_socket
+from .cli.dashboard import DATA_DIR_ENV as DASHBOARD_DATA_DIR_ENV
+from .cli.dashboard import DATABASE_URL_ENV as DASHBOARD_DATABASE_URL_ENV
+from .cli.dashboard import DEFAULT_DATA_DIR as DASHBOARD_DEFAULT_DATA_DIR
 from .client import ClientError, ControlClient
+from .core.address import format_address, parse_overlay
+from .core.base_client import DEFAULT_BASE_PORT, base_server_name
 from .core.constants import DEFAULT_MTU
-from .core.errors import ConfigError
+from .core.errors import AddressError, ConfigError
 from .core.fleet import RobotView, load_fleet
+from .core.license import DEFAULT_WEBSETUP_PORT
 from .dds import export_lines
 from .fileio import atomic_write_text
 
@@ -288,3 +300,260 @@ def write_parameter_overrides(node_name: str, values: Mapping[str, str]) -> Path
     with os.fdopen(handle, "w", encoding="utf-8") as file:
         yaml.safe_dump(document, file, default_flow_style=False)
     return Path(name)
+
+
+# --- server.launch.py: the self-hosted control plane --------------------------------------------------------
+
+# The control plane's launch arguments and their defaults. An argument changed from its default while
+# dashboard is false would be silently ignored, so it is refused instead (see control_plane).
+DEFAULT_DASHBOARD_LISTEN = "[::]:8080"
+CONTROL_PLANE_DEFAULTS: dict[str, str] = {
+    "dashboard": "false",
+    "dashboard_listen": DEFAULT_DASHBOARD_LISTEN,
+    "dashboard_data_dir": "",
+    "database_url": "",
+    "public_url": "",
+    "name": "",
+    "public_host": "",
+    "base_servers": "",
+    "websetup_address": "",
+    "websetup_port": str(DEFAULT_WEBSETUP_PORT),
+}
+BOOLEAN_CHOICES = ("true", "false")
+# What `husarnet-ros dashboard serve` prints once its database is migrated and it is about to serve: Websetup,
+# which migrates the same database, starts only then, so that two migrations never race.
+DASHBOARD_READY_PREFIX = "Dashboard on "
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    """One process server.launch.py starts: its command line and the log line saying what and where."""
+
+    argv: tuple[str, ...]
+    what: str
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    """The Dashboard, and Websetup when the server daemon's fc94 address was given."""
+
+    dashboard: ServerProcess
+    websetup: ServerProcess | None
+    license_base_servers: tuple[str, ...]
+    setup_address: str  # what a robot gives `husarnet-ros setup-server`
+
+
+def parse_boolean(name: str, value: str) -> bool:
+    """``true`` / ``false`` (case-insensitive); ConfigError naming the argument otherwise."""
+    return _choice(name, value, BOOLEAN_CHOICES) == "true"
+
+
+def control_plane(
+    values: Mapping[str, str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    base: list[str] | None = None,
+) -> ControlPlane | None:
+    """What server.launch.py starts beside its base server, from its launch arguments (``values``: argument
+    name -> text; a missing one has its default, ``udp_port`` is the base server's); None without
+    ``dashboard:=true``. Every bad value or combination is a ConfigError saying what to give, raised before
+    anything starts. ``environ``: where the Dashboard's own environment variables are read (os.environ)."""
+    environ = os.environ if environ is None else environ
+    given = {name: values.get(name, default).strip() for name, default in CONTROL_PLANE_DEFAULTS.items()}
+    if not parse_boolean("dashboard", given["dashboard"]):
+        stray = [
+            name
+            for name, default in CONTROL_PLANE_DEFAULTS.items()
+            if name != "dashboard" and given[name] != default
+        ]
+        if stray:
+            names = ", ".join(f"{name}:=" for name in stray)
+            plural = len(stray) > 1
+            raise ConfigError(
+                f"launch argument{'s' if plural else ''} {names} {'are' if plural else 'is'} for the "
+                "Dashboard: add dashboard:=true (or leave them out)"
+            )
+        return None
+
+    listen_host, listen_port = _listen_address("dashboard_listen", given["dashboard_listen"])
+    public_url = given["public_url"]
+    if public_url and not public_url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"launch argument public_url:={quote_input(public_url)}: give an http:// or https:// URL, e.g. "
+            "http://198.18.0.10:8080"
+        )
+    public_host = _public_host(given["public_host"], public_url, listen_host)
+    udp_port = _port("udp_port", values.get("udp_port", ""), default=DEFAULT_BASE_PORT)
+    own_base = base_server_name(f"{_url_host(public_host)}:{udp_port}")
+    license_bases = _unique([own_base, *_base_server_list(given["base_servers"])])
+    public_url = public_url or f"http://{_url_host(public_host)}:{listen_port}"
+
+    data_dir = Path(
+        given["dashboard_data_dir"] or environ.get(DASHBOARD_DATA_DIR_ENV, "") or DASHBOARD_DEFAULT_DATA_DIR
+    )
+    data_dir = data_dir.expanduser().resolve()
+    database_url = given["database_url"] or environ.get(DASHBOARD_DATABASE_URL_ENV, "").strip()
+    database_shown = _check_database_url(database_url) if database_url else None
+    storage = ["--database-url", database_url] if database_url else ["--data-dir", str(data_dir)]
+    database_text = database_shown or f"SQLite in {data_dir}"
+
+    husarnet_ros = base or husarnet_ros_command()
+    dashboard_argv = [*husarnet_ros, "dashboard", "serve", "--listen", _listen_text(listen_host, listen_port)]
+    dashboard_argv += ["--data-dir", str(data_dir)]
+    dashboard_argv += ["--database-url", database_url] if database_url else []
+    dashboard_argv += ["--public-url", public_url]
+    dashboard_argv += ["--name", given["name"]] if given["name"] else []
+    for server in license_bases:
+        dashboard_argv += ["--base-server", server]
+
+    websetup: ServerProcess | None = None
+    websetup_text = "no Websetup (websetup_address:=), so no license.json yet"
+    if given["websetup_address"]:
+        address = _overlay_argument("websetup_address", given["websetup_address"])
+        port = _port("websetup_port", given["websetup_port"], default=DEFAULT_WEBSETUP_PORT)
+        dashboard_argv += ["--websetup-address", address, "--websetup-port", str(port)]
+        websetup_text = f"Websetup [{address}]:{port}"
+        websetup = ServerProcess(
+            argv=(*husarnet_ros, "websetup", "--listen", f"[{address}]:{port}", *storage),
+            what=f"Websetup on [{address}]:{port} (the Dashboard's database: {database_text})",
+        )
+    elif given["websetup_port"] != CONTROL_PLANE_DEFAULTS["websetup_port"]:
+        raise ConfigError(
+            "launch argument websetup_port:= needs websetup_address:=FC94 (the fc94 address of this "
+            "server's husarnet-ros daemon, `husarnet-ros whoami`)"
+        )
+    setup_address = urlsplit(public_url).netloc
+    dashboard_what = (
+        f"the Dashboard on {_listen_text(listen_host, listen_port)} (public URL {public_url}; license base "
+        f"servers {', '.join(license_bases)}; {websetup_text}; data dir {data_dir}; database "
+        f"{database_text}); robots run: husarnet-ros setup-server {setup_address}"
+    )
+    return ControlPlane(
+        dashboard=ServerProcess(tuple(dashboard_argv), dashboard_what),
+        websetup=websetup,
+        license_base_servers=tuple(license_bases),
+        setup_address=setup_address,
+    )
+
+
+class ReadyLine:
+    """Watches a process's output, in chunks as they come, for a complete line starting with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.seen = False
+        self._partial = ""
+
+    def feed(self, chunk: str) -> bool:
+        """True the first time a whole line starting with the prefix has been fed, False otherwise."""
+        if self.seen:
+            return False
+        *lines, self._partial = (self._partial + chunk).split("\n")
+        # An endless line with no newline is not kept whole: its start is all the prefix test needs.
+        self._partial = self._partial[: len(self.prefix) + 1]
+        self.seen = any(line.startswith(self.prefix) for line in lines)
+        return self.seen
+
+
+def _listen_address(name: str, value: str) -> tuple[str, int]:
+    """``[IPv6]:PORT`` or ``IPv4:PORT`` -> (address, port); ConfigError saying how to write it."""
+    how = "write [IPv6]:PORT or IPv4:PORT, e.g. [::]:8080 or 198.18.0.10:8080"
+    host, sep, port_text = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"launch argument {name}:={quote_input(value)}: {how}") from None
+    if not sep or (address.version == 6) != bracketed:
+        raise ConfigError(f"launch argument {name}:={quote_input(value)}: {how}")
+    return str(address), _port(name, port_text, what=value)
+
+
+def _listen_text(host: str, port: int) -> str:
+    return f"{_url_host(host)}:{port}"
+
+
+def _url_host(host: str) -> str:
+    """A host as written before ``:port`` (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
+def _port(name: str, value: str, *, default: int | None = None, what: str | None = None) -> int:
+    """A port from 1 to 65535 (``default`` when empty, if there is one); ConfigError naming the argument."""
+    text = value.strip() or (str(default) if default is not None else "")
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ConfigError(
+            f"launch argument {name}:={quote_input(what if what is not None else value)}: the port must be a "
+            "number from 1 to 65535"
+        )
+    return int(text)
+
+
+def _public_host(public_host: str, public_url: str, listen_host: str) -> str:
+    """The host robots reach this server at: public_host, else public_url's host, else the Dashboard's
+    listen address when it is one address (not [::] or 0.0.0.0)."""
+    candidates = (
+        ("public_host", public_host.strip("[]") if public_host.startswith("[") else public_host),
+        ("public_url", urlsplit(public_url).hostname or "" if public_url else ""),
+        ("dashboard_listen", "" if ipaddress.ip_address(listen_host).is_unspecified else listen_host),
+    )
+    for name, host in candidates:
+        if not host:
+            continue
+        try:
+            unspecified = ipaddress.ip_address(host).is_unspecified
+        except ValueError:
+            unspecified = False
+        if unspecified:
+            raise ConfigError(
+                f"launch argument {name}: {quote_input(host)} is no address robots can reach: give this "
+                "server's address with public_host:=HOST"
+            )
+        try:
+            base_server_name(f"{_url_host(host)}:{DEFAULT_BASE_PORT}")
+        except ConfigError:
+            raise ConfigError(
+                f"launch argument {name}: {quote_input(host)} is neither an IP address nor a host name"
+            ) from None
+        return host
+    raise ConfigError(
+        "dashboard:=true needs public_host:=HOST, the address robots reach this server at (the launch's base "
+        "server goes into the license as HOST:udp_port), or a public_url:=http://HOST:PORT"
+    )
+
+
+def _base_server_list(text: str) -> list[str]:
+    servers = []
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        try:
+            servers.append(base_server_name(item))
+        except ConfigError as exc:
+            raise ConfigError(f"launch argument base_servers:=: {exc} (give HOST:PORT,HOST:PORT)") from None
+    return servers
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _overlay_argument(name: str, value: str) -> str:
+    try:
+        return format_address(parse_overlay(value))
+    except AddressError:
+        raise ConfigError(
+            f"launch argument {name}:={quote_input(value)} is not an fc94 overlay address: give the address "
+            "of this server's husarnet-ros daemon (`husarnet-ros whoami`)"
+        ) from None
+
+
+def _check_database_url(url: str) -> str:
+    """The URL as it may be logged (no password); ConfigError if the Dashboard could not use it."""
+    from .dashboard.db import DatabaseError, parse_url  # sqlalchemy: only when a Dashboard is wanted
+
+    try:
+        return parse_url(url).render_as_string(hide_password=True)
+    except DatabaseError as exc:
+        raise ConfigError(f"launch argument database_url:=: {exc}") from None

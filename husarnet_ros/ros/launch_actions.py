@@ -21,6 +21,7 @@ they end when the launch ends, also when a SIGTERM (docker stop, kill) ends it w
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,9 @@ from launch.actions import (
     SetEnvironmentVariable,
     TimerAction,
 )
-from launch.event_handlers import OnProcessExit
+from launch.event_handlers import OnProcessExit, OnProcessIO
 from launch.events import Shutdown
+from launch.events.process import ProcessIO
 from launch.launch_context import LaunchContext
 from launch.launch_description import LaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
@@ -196,6 +198,7 @@ def _log(message: str) -> LogInfo:
     return LogInfo(msg=LOG_PREFIX + message)
 
 
+_CONTROL_PLANE = support.CONTROL_PLANE_DEFAULTS
 SERVER_ARGUMENTS = (
     Argument("listen", "::", "address the base server listens on (:: = IPv6 and IPv4)"),
     Argument("udp_port", "5582", "UDP port of the base server"),
@@ -203,12 +206,55 @@ SERVER_ARGUMENTS = (
     Argument("max_clients", "10000", "registered robots at most"),
     Argument("status_file", "", "also write the base server's status (JSON) here ('' = log only)"),
     Argument("status_interval", "60", "seconds between status lines in the log"),
+    # The self-hosted control plane (husarnet_ros.launch_support.control_plane checks them all).
+    Argument(
+        "dashboard",
+        _CONTROL_PLANE["dashboard"],
+        "also run the Dashboard (husarnet-ros dashboard serve), with this base server in its license",
+        support.BOOLEAN_CHOICES,
+    ),
+    Argument("dashboard_listen", _CONTROL_PLANE["dashboard_listen"], "where the Dashboard serves HTTP"),
+    Argument(
+        "dashboard_data_dir",
+        _CONTROL_PLANE["dashboard_data_dir"],
+        "the Dashboard's license key and SQLite database ('' = $HUSARNET_ROS_DASHBOARD_DATA_DIR, else "
+        "/var/lib/husarnet-ros-dashboard)",
+    ),
+    Argument(
+        "database_url",
+        _CONTROL_PLANE["database_url"],
+        "postgresql+psycopg://USER@HOST/DB for the Dashboard and Websetup ('' = SQLite in the data dir)",
+    ),
+    Argument(
+        "public_host",
+        _CONTROL_PLANE["public_host"],
+        "this server's address as robots reach it: the license lists HOST:udp_port as a base server ('' = "
+        "public_url's host, else dashboard_listen's address)",
+    ),
+    Argument(
+        "public_url",
+        _CONTROL_PLANE["public_url"],
+        "how robots and browsers reach the Dashboard ('' = http://public_host:<dashboard_listen's port>)",
+    ),
+    Argument("name", _CONTROL_PLANE["name"], "the installation's name in the license ('' = husarnet-ros)"),
+    Argument(
+        "base_servers",
+        _CONTROL_PLANE["base_servers"],
+        "more base servers for the license, HOST:PORT,HOST:PORT (this launch's own one comes first)",
+    ),
+    Argument(
+        "websetup_address",
+        _CONTROL_PLANE["websetup_address"],
+        "fc94 address of this server's husarnet-ros daemon (whitelist disabled): Websetup listens on it and "
+        "the license names it ('' = no Websetup, so no license.json)",
+    ),
+    Argument("websetup_port", _CONTROL_PLANE["websetup_port"], "Websetup's TCP port"),
 )
 
 
 def server_launch_description() -> LaunchDescription:
-    """launch/server.launch.py: ``husarnet-ros base-server`` with the arguments given; the launch ends when
-    it exits."""
+    """launch/server.launch.py: ``husarnet-ros base-server``, and with dashboard:=true the Dashboard (and
+    Websetup); the launch ends when any of them exits."""
     return LaunchDescription(
         [*(argument.declare() for argument in SERVER_ARGUMENTS), OpaqueFunction(function=_server)]
     )
@@ -216,31 +262,73 @@ def server_launch_description() -> LaunchDescription:
 
 def _server(context: LaunchContext) -> list[Any]:
     value = {
-        argument.name: LaunchConfiguration(argument.name).perform(context) for argument in SERVER_ARGUMENTS
+        argument.name: str(LaunchConfiguration(argument.name).perform(context))
+        for argument in SERVER_ARGUMENTS
     }
-    server = ExecuteProcess(
-        cmd=support.base_server_command(**value),
-        name="husarnet_base_server",
+    # Every argument is checked before anything starts: a ConfigError here ends the launch with its message.
+    base_server_argv = support.base_server_command(
+        listen=value["listen"],
+        udp_port=value["udp_port"],
+        tcp_port=value["tcp_port"],
+        max_clients=value["max_clients"],
+        status_file=value["status_file"],
+        status_interval=value["status_interval"],
+    )
+    plane = support.control_plane(value)
+    server = _ending_process(base_server_argv, "husarnet_base_server", "the base server")
+    actions = [
+        _log(
+            f"starting a base server on UDP port {value['udp_port']}"
+            + (f" and TCP port {value['tcp_port']}" if value["tcp_port"] not in ("", "0") else "")
+        ),
+        *server,
+    ]
+    if plane is not None:
+        actions += _control_plane(plane)
+    return actions
+
+
+def _ending_process(argv: Sequence[str], name: str, what: str) -> list[Any]:
+    """``argv`` as a process of this launch that ends the launch when it exits (first its ExecuteProcess)."""
+    process = ExecuteProcess(
+        cmd=list(argv),
+        name=name,
         output="screen",
         sigterm_timeout="10",
         additional_env=child_environment(),
     )
     return [
-        _log(
-            f"starting a base server on UDP port {value['udp_port']}"
-            + (f" and TCP port {value['tcp_port']}" if value["tcp_port"] not in ("", "0") else "")
-        ),
-        server,
+        process,
         RegisterEventHandler(
             OnProcessExit(
-                target_action=server,
+                target_action=process,
                 on_exit=[
-                    _log("the base server exited: stopping this launch"),
-                    EmitEvent(event=Shutdown(reason="base server exited")),
+                    _log(f"{what} exited: stopping this launch"),
+                    EmitEvent(event=Shutdown(reason=f"{what} exited")),
                 ],
             )
         ),
     ]
+
+
+def _control_plane(plane: support.ControlPlane) -> list[Any]:
+    """The Dashboard, then Websetup once the Dashboard has migrated the database they share."""
+    dashboard = _ending_process(plane.dashboard.argv, "husarnet_dashboard", "the Dashboard")
+    actions = [_log("starting " + plane.dashboard.what), *dashboard]
+    websetup = plane.websetup
+    if websetup is None:
+        return actions
+    ready = support.ReadyLine(support.DASHBOARD_READY_PREFIX)
+
+    def start_websetup(event: ProcessIO) -> list[Any] | None:
+        if not ready.feed(event.text.decode(errors="replace")):
+            return None
+        return [
+            _log("starting " + websetup.what),
+            *_ending_process(websetup.argv, "husarnet_websetup", "Websetup"),
+        ]
+
+    return [*actions, RegisterEventHandler(OnProcessIO(target_action=dashboard[0], on_stdout=start_websetup))]
 
 
 def robot_launch_description(share: Path) -> LaunchDescription:
