@@ -346,7 +346,9 @@ def router(ctx: DashboardContext) -> APIRouter:
         networks = service.list_networks(session, account)
         return Page("overview.html", "Networks", {"networks": networks, "new_name": name})
 
-    def network_page(network_id: int) -> Render:
+    def network_page(network_id: int, typed: Mapping[str, str] | None = None) -> Render:
+        """The network page; ``typed``: the fields of a refused form, shown again in their inputs."""
+
         def build(session: Session, account: Account, now: datetime) -> Page:
             view = service.get_network(session, account, network_id)
             manages = view.role in ROLES_THAT_MANAGE
@@ -370,6 +372,7 @@ def router(ctx: DashboardContext) -> APIRouter:
                 "dashboard_host": host,
                 "fingerprint": ctx.fingerprint,
                 "refresh_ms": LIVE_REFRESH_MS,
+                "typed": typed or {},
             }
             return Page("network.html", view.network.name, values)
 
@@ -379,7 +382,10 @@ def router(ctx: DashboardContext) -> APIRouter:
         # picture.py escapes every name it draws, so its SVG is markup we made, not text someone typed.
         return Markup(render_network(service.network_links(session, account, network_id, now), now))
 
-    def devices_page(session: Session, account: Account, now: datetime) -> Page:
+    def devices_page(
+        session: Session, account: Account, now: datetime, typed: tuple[int, str] | None = None
+    ) -> Page:
+        """The devices page; ``typed``: a device's refused new hostname, shown again in its input."""
         views = service.list_devices(session, account, now)
         names = {v.network.id: v.network.name for v in service.list_networks(session, account)}
         rows = [
@@ -388,17 +394,21 @@ def router(ctx: DashboardContext) -> APIRouter:
                 "networks": [(i, names.get(i, f"network {i}")) for i in v.network_ids],
                 "manage": can_manage_device(session, account, v.device),
                 "own": v.device.owner_id == account.id,
+                "hostname": typed[1] if typed and typed[0] == v.device.id else v.device.hostname,
             }
             for v in views
         ]
         return Page("devices.html", "Devices", {"rows": rows})
 
-    def account_page(new_token: tuple[str, str] | None = None) -> Render:
+    def account_page(new_token: tuple[str, str] | None = None, token_name: str = "") -> Render:
+        """The account page; ``new_token``: one just made (name, secret); ``token_name``: a refused name."""
+
         def build(session: Session, account: Account, now: datetime) -> Page:
             values = {
                 "join_code": service.account_join_code(session, account),
                 "tokens": service.list_tokens(session, account),
                 "new_token": new_token,
+                "token_name": token_name,
                 "dashboard_host": host,
                 "fingerprint": ctx.fingerprint,
             }
@@ -584,7 +594,7 @@ def router(ctx: DashboardContext) -> APIRouter:
 
         def again(session: Session, account: Account, now: datetime) -> Page:
             return (
-                network_page(holder["id"])(session, account, now)
+                network_page(holder["id"], form.fields)(session, account, now)
                 if "id" in holder
                 else overview(session, account, now)
             )
@@ -670,7 +680,15 @@ def router(ctx: DashboardContext) -> APIRouter:
             service.rename_device(session, account, parse_id(device_id, "device"), form.text("hostname"), now)
             return redirect("/devices", "device-renamed")
 
-        return act(request, form, work, devices_page)
+        def again(session: Session, account: Account, now: datetime) -> Page:
+            typed = (
+                (int(device_id), form.text("hostname"))
+                if device_id.isascii() and device_id.isdigit()
+                else None
+            )
+            return devices_page(session, account, now, typed)
+
+        return act(request, form, work, again)
 
     @ui.post("/devices/{device_id}/remove")
     def remove_device(request: Request, form: FormDep, device_id: str) -> Response:
@@ -723,7 +741,7 @@ def router(ctx: DashboardContext) -> APIRouter:
             # The secret is shown in this answer only: the database keeps its hash.
             return account_page((token.name, secret))(session, account, now)
 
-        return act(request, form, work, account_page())
+        return act(request, form, work, account_page(token_name=form.text("name")))
 
     @ui.post("/account/tokens/{token_id}/revoke")
     def revoke_token(request: Request, form: FormDep, token_id: str) -> Response:

@@ -306,11 +306,21 @@ def test_bad_form_values_give_a_4xx_page_with_the_message(dashboard: Dashboard, 
         assert is_page(answer), (path, fields)
         assert message in alert(answer), (path, fields)
         assert 'id="join-code"' in answer.text, path  # shown on the network page, which stays usable
+    typed = post(client, f"/networks/{network_id}/shares", csrf, username="nobody", role="manage")
+    assert 'id="share-username" name="username" value="nobody"' in typed.text  # what was typed stays
+    assert '<option value="manage" selected>' in typed.text
     bad_name = post(client, f"/devices/{device_id}/rename", csrf, hostname="not a hostname!")
     assert bad_name.status_code == 422
     assert is_page(bad_name)
     assert 'id="device-list"' in bad_name.text
     assert alert(bad_name)
+    assert 'name="hostname" value="not a hostname!"' in bad_name.text
+    taken_name = post(client, "/account/tokens", csrf, name="ci")
+    assert taken_name.status_code == 201
+    taken_name = post(client, "/account/tokens", csrf, name="ci")
+    assert taken_name.status_code == 409
+    assert "a token named 'ci' exists" in alert(taken_name)
+    assert 'id="token-name" name="name" value="ci"' in taken_name.text
     no_token_name = post(client, "/account/tokens", csrf, name="")
     assert no_token_name.status_code == 422
     assert "token name must be" in alert(no_token_name)
