@@ -355,6 +355,22 @@ class ControlPlane:
             self.managed = config
             self._apply_managed_locked()
 
+    def licensed(self) -> bool:
+        """Whether the license is still valid; once it expires (the daemon ran past ``valid_until``), it is no
+        longer applied, as at a start: logged once, Websetup and the managed entries leave the whitelist."""
+        with self._lock:
+            license_ = self.license
+            if license_ is None or not self.active:
+                return False
+            try:
+                license_.check_valid_at(self._wall_clock())
+            except LicenseError as exc:
+                log.error("%s; its Websetup and managed whitelist are no longer used", exc)
+                self.active = False
+                self._apply_managed_locked()
+                return False
+        return True
+
     def release(self) -> None:
         with self._lock:
             self.state.forget_managed()

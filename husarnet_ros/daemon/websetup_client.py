@@ -49,6 +49,10 @@ class WebsetupTarget(Protocol):
         """Websetup no longer knows this device: drop the managed entries."""
         ...
 
+    def licensed(self) -> bool:
+        """False once the license expired: the client stops."""
+        ...
+
     def status(self) -> Status:
         """The daemon's status (its peers are reported)."""
         ...
@@ -149,7 +153,16 @@ class WebsetupClient:
         async with httpx.AsyncClient(
             base_url=self.base_url, timeout=timeout, trust_env=False, verify=False
         ) as http:
-            await asyncio.gather(self._poll_forever(http), self._report_forever(http))
+            tasks = {
+                asyncio.ensure_future(self._poll_forever(http)),
+                asyncio.ensure_future(self._report_forever(http)),
+            }
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # one ended (the license expired), or the client is stopping: both end
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _sleep_until(self, at: float | None, wake: asyncio.Event) -> None:
         wake.clear()
@@ -168,6 +181,9 @@ class WebsetupClient:
             due = follower.poll_due_at()
             if due is None or due > self._clock():
                 continue  # woken early (a join moved the time up, or nothing to do yet)
+            if not self._target.licensed():
+                follower.state = "stopped (the license expired)"
+                return  # _main ends the reports too, and the thread ends
             await self._poll_once(http)
             self._note_state()
 

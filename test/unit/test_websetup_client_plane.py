@@ -567,3 +567,32 @@ def test_an_unreachable_websetup_backs_off_and_says_why(
         with pytest.raises(ControlError, match="connection refused") as join_failed:
             client.join("abc")
         assert join_failed.value.status == 502
+
+
+def test_a_license_expiring_while_the_daemon_runs_is_no_longer_applied(
+    robot: Robot, license_server: LicenseServer, key: SigningKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = [datetime.now(timezone.utc)]
+    robot.plane.stop()
+    robot.plane = ControlPlane(
+        robot.state, robot.controller, wall_clock=lambda: now[0], websetup_url=lambda _: robot.websetup.url
+    )
+    robot.controller.control_plane = robot.plane
+    license_server.serve(make_license(key))
+    with robot.client() as client:
+        client.setup_server(license_server.address)
+        assert robot.websetup.join_as("fc94::2", robot.websetup.lab_code, "robot2").status_code == 200
+        client.join(robot.websetup.lab_code, "robot1")
+        assert "fc94::2" in client.whitelist().addresses
+        now[0] += timedelta(days=400)  # past valid_until
+        with caplog.at_level(logging.ERROR):
+            # The next poll (after this change ends the one held open) finds the license expired.
+            assert robot.websetup.join_as("fc94::3", robot.websetup.lab_code, "robot3").status_code == 200
+            assert wait_for(lambda: WEBSETUP_ADDRESS not in robot.controller.whitelist().addresses)
+        assert "expired" in caplog.text
+        assert "fc94::2" not in client.whitelist().addresses
+        assert wait_for(lambda: websetup_state(robot) == "stopped (the license expired)")
+        status = client.status()
+        assert status.license is not None
+        assert status.license.expired
+        assert robot.state.license_path.exists()  # kept, to be renewed with setup-server
