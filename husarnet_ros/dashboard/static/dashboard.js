@@ -12,13 +12,17 @@
   function follow(element) {
     const url = element.dataset.live;
     const every = Number(element.dataset.refreshMs) || 2500;
+    let shown = null; // the last fragment put in: an unchanged one is not put in again (no flicker, no re-announce)
     async function tick() {
       if (!element.contains(document.activeElement)) {
         try {
           const response = await fetch(url, { credentials: "same-origin", cache: "no-store", redirect: "error" });
           const text = await response.text();
           if (response.ok) {
-            element.innerHTML = text;
+            if (text !== shown) {
+              element.innerHTML = text;
+              shown = text;
+            }
             element.dataset.updated = String(Date.now());
           } else if (STOP.has(response.status)) {
             element.insertAdjacentHTML("afterbegin", text);
