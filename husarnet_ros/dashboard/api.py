@@ -136,9 +136,12 @@ def router(ctx: DashboardContext) -> APIRouter:
 
     def run(creds: CredentialsDep, work: Callable[[Session, Account, datetime], T], *, changes: bool) -> T:
         now = utc_now()
-        with ctx.transaction() as session:
+
+        def in_transaction(session: Session) -> T:
             caller = resolve(session, creds, now, changes=changes)
             return work(session, caller.account, now)
+
+        return ctx.run(in_transaction)
 
     def read(creds: CredentialsDep, work: Callable[[Session, Account, datetime], T]) -> T:
         return run(creds, work, changes=False)

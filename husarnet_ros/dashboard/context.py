@@ -4,10 +4,11 @@ one and hands it to each router (api.py, and ui.py / picture_api.py when present
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from nacl.signing import SigningKey
 from sqlalchemy.engine import Engine
@@ -15,12 +16,14 @@ from sqlalchemy.orm import Session
 
 from ..core.license import License, fingerprint
 from .clock import utc_now
-from .db import SessionFactory, transaction
+from .db import SessionFactory, run_in_transaction, transaction
 from .license_key import current_license
 from .settings import DashboardSettings
 
 # license.json is signed again this often, so that its validity keeps running from "now".
 LICENSE_REISSUE_INTERVAL = timedelta(hours=1)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -39,6 +42,10 @@ class DashboardContext:
         """One unit of work (see db.transaction)."""
         with transaction(self.sessions) as session:
             yield session
+
+    def run(self, work: Callable[[Session], T]) -> T:
+        """``work`` in one transaction, retried after a deadlock (see db.run_in_transaction)."""
+        return run_in_transaction(self.sessions, work)
 
     @property
     def fingerprint(self) -> str:

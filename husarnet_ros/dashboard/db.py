@@ -12,16 +12,18 @@ locked" when another writer got in between (the busy timeout does not apply to t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..core.errors import HusarnetError
@@ -31,7 +33,13 @@ SQLITE_FILE_NAME = "dashboard.sqlite3"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 
+# deadlock_detected, serialization_failure
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+MAX_ATTEMPTS = 5
+RETRY_PAUSE_S = 0.05
+
 SessionFactory = sessionmaker[Session]
+T = TypeVar("T")
 
 
 class DatabaseError(HusarnetError):
@@ -104,6 +112,29 @@ def transaction(factory: SessionFactory) -> Iterator[Session]:
     """One unit of work: commits when the block ends, rolls back if it raises."""
     with factory.begin() as session:
         yield session
+
+
+def is_retryable(exc: OperationalError) -> bool:
+    """PostgreSQL chose this transaction as a deadlock's victim or could not serialise it: running it again
+    is safe (nothing of it was committed) and will normally succeed."""
+    return getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES
+
+
+def run_in_transaction(factory: SessionFactory, work: Callable[[Session], T]) -> T:
+    """``work`` in one transaction, run again (up to ``MAX_ATTEMPTS`` in all) if the database aborted it
+    for a deadlock. Changes take the revision row's lock last, after the rows they change, except a claim,
+    which takes it first: two such transactions on one device can deadlock, and this is the way out."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            with transaction(factory) as session:
+                return work(session)
+        except OperationalError as exc:
+            if attempt == MAX_ATTEMPTS or not is_retryable(exc):
+                raise
+        # Without a pause the victim may take its first lock again before the winner, which waited on it,
+        # gets it, and the same deadlock happens again; a random one keeps two victims apart.
+        time.sleep(RETRY_PAUSE_S * attempt * (0.5 + random.random()))
+    raise AssertionError("unreachable")
 
 
 def migrate(url: str) -> None:
