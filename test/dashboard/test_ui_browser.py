@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 from playwright.sync_api import Page, expect
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from husarnet_ros.core.websetup import API_PREFIX as WEBSETUP_PREFIX
@@ -31,6 +32,7 @@ from husarnet_ros.dashboard import service
 from husarnet_ros.dashboard.app import create_app
 from husarnet_ros.dashboard.clock import utc_now
 from husarnet_ros.dashboard.context import DashboardContext
+from husarnet_ros.dashboard.models import BrowserSession
 from husarnet_ros.dashboard.server import BackgroundServer
 from husarnet_ros.dashboard.settings import DashboardSettings
 from husarnet_ros.dashboard.websetup import create_websetup_app
@@ -235,3 +237,21 @@ def test_an_operator_runs_a_network_from_the_browser(
     expect(page.locator(".message.notice")).to_have_text("Logged out.", timeout=LIVE)
     page.goto(f"{dashboard.url}/networks/1")
     expect(page).to_have_url(re.compile(r"/login\?next=%2Fnetworks%2F1$"), timeout=LIVE)
+
+
+def test_live_updates_stop_with_a_message_when_the_session_ends(
+    dashboard: Dashboard, browser_page: Page
+) -> None:
+    page = browser_page
+    dashboard.add_account("alice")
+    log_in(page, dashboard, "alice")
+    page.fill("#network-name", "lab")
+    page.click("#create-network button[type=submit]")
+    expect(page.locator("h1")).to_have_text("lab", timeout=LIVE)
+    # The session ends elsewhere (its row deleted, as a password change does): the open page's script gets
+    # 401 from the fragment routes and says so instead of pasting a login form into the page.
+    with dashboard.ctx.transaction() as session:
+        session.execute(delete(BrowserSession))
+    for part in ("#devices", "#picture"):
+        expect(page.locator(f"{part} [data-live-stopped]")).to_contain_text("the session ended", timeout=LIVE)
+    expect(page.locator("#login")).to_have_count(0, timeout=LIVE)
