@@ -24,7 +24,7 @@ import importlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Protocol
 
@@ -90,18 +90,9 @@ class ManagedTarget(Protocol):
     def status(self) -> Status: ...
 
 
-ClientFactory = Callable[[str, str, "ControlPlane", DeviceConfig | None], WebsetupClient]
-
-
 def overlay_websetup_url(license_: License) -> str:
     """Websetup's base URL: its overlay address and port, reached through this daemon's own interface."""
     return websetup_base_url(format_address(license_.websetup_address), license_.websetup_port)
-
-
-def _default_client(
-    base_url: str, address: str, plane: ControlPlane, held: DeviceConfig | None
-) -> WebsetupClient:
-    return WebsetupClient(base_url, address, plane, held)
 
 
 def _now_utc() -> datetime:
@@ -115,16 +106,13 @@ class ControlPlane:
         target: ManagedTarget,
         *,
         wall_clock: Callable[[], datetime] = _now_utc,
-        fetch: Callable[[str], Awaitable[bytes]] = fetch_license,
-        client_factory: ClientFactory = _default_client,
         websetup_url: Callable[[License], str] = overlay_websetup_url,
     ) -> None:
-        """``fetch``, ``client_factory`` and ``websetup_url`` are replaced by tests that serve on loopback."""
+        """``websetup_url``: where Websetup is reached (tests serve it on loopback); ``wall_clock``: the UTC
+        time the license's dates are checked against."""
         self.state = state
         self._target = target
         self._wall_clock = wall_clock
-        self._fetch = fetch
-        self._client_factory = client_factory
         self._websetup_url = websetup_url
         self._lock = threading.Lock()
         self.license: License | None = None
@@ -132,7 +120,7 @@ class ControlPlane:
         self.managed: DeviceConfig | None = None
         self.client: WebsetupClient | None = None
 
-    # --- start and stop (the daemon's main thread) ---------------------------------------------------------
+    # --- start and stop (at start-up before the control API serves; at shutdown) ----------------------------
 
     def start(self) -> None:
         """Apply the cached license and managed config, if any (works offline). StateError for a damaged
@@ -202,7 +190,7 @@ class ControlPlane:
                 "--replace needs --fingerprint of the new key (as the Dashboard shows it): a replaced key "
                 "is never trusted on first use"
             )
-        data = await self._fetch(url)
+        data = await fetch_license(url)
         try:
             fetched = parse_license(data, expected_fingerprint=expected)
         except LicenseError as exc:
@@ -407,7 +395,7 @@ class ControlPlane:
         if license_ is None or not self.active or self.client is not None:
             return
         address = format_address(license_.websetup_address)
-        client = self._client_factory(self._websetup_url(license_), address, self, self.managed)
+        client = WebsetupClient(self._websetup_url(license_), address, self, self.managed)
         client.start()
         self.client = client
 
