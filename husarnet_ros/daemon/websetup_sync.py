@@ -97,14 +97,14 @@ class ConfigFollower:
     # --- outcomes ------------------------------------------------------------------------------------------
 
     def on_config(self, config: DeviceConfig, now: float) -> ConfigChange | None:
-        """A config arrived: what it changes (None if it is the one held, or older than it). The next poll is
-        due at once: the answer of a long poll is the moment to ask for the next change."""
+        """A config arrived: what it changes (None if it is the one held). The next poll is due at once: the
+        answer of a long poll is the moment to ask for the next change. Polls go one at a time, so an answer
+        is the current config even with a revision below the one held (Websetup's database was restored from
+        a backup: it answers so after holding the request): it is applied, and followed from there."""
         self._backoff.reset()
         self.state = "connected"
         self._next_poll_at = now
         held = self.held
-        if held is not None and config.revision < held.revision:
-            return None  # a late answer to an earlier request
         if held is not None and config == held:
             return None
         before = set(held.whitelist) if held is not None else set()

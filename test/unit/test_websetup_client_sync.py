@@ -73,11 +73,13 @@ def test_only_hosts_changing_is_a_change_and_the_same_config_is_none() -> None:
     assert follower.on_config(config(2, ["fc94::2"], {"arm": "fc94::2"}), now=27.0) is None
 
 
-def test_a_late_answer_older_than_the_held_config_is_ignored() -> None:
+def test_a_database_restored_to_an_older_revision_is_followed_from_there() -> None:
     follower = ConfigFollower(config(5, ["fc94::2"]), now=0.0)
-    assert follower.on_config(config(4, []), now=1.0) is None
-    assert follower.held is not None
-    assert follower.held.revision == 5
+    change = follower.on_config(config(4, ["fc94::3"]), now=26.0)  # after a held request: the current one
+    assert change is not None
+    assert change.allowed == ("fc94::3",)
+    assert change.disallowed == ("fc94::2",)
+    assert follower.request().after == 4  # no loop: Websetup holds the next request until a change
 
 
 def test_errors_back_off_one_second_doubling_to_thirty_and_a_success_resets() -> None:
