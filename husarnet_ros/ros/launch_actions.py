@@ -1,4 +1,4 @@
-"""The launch descriptions of launch/robot.launch.py and launch/fleet.launch.py.
+"""The launch descriptions of launch/robot.launch.py, launch/fleet.launch.py and launch/server.launch.py.
 
 Decisions live in ``husarnet_ros.launch_support`` (plain, unit-tested functions); this module only turns
 launch arguments into those calls and their answers into launch actions. Order matters for one reason:
@@ -16,6 +16,16 @@ robot.launch.py::
 
 The daemon and the nodes get HUSARNET_ROS_EXIT_WITH_PARENT=<this launch's pid> (see exit_with_parent.py):
 they end when the launch ends, also when a SIGTERM (docker stop, kill) ends it without stopping its children.
+
+server.launch.py::
+
+    [check]      every argument (launch_support.base_server_command, control_plane); a bad one: nothing starts
+    [base]       ExecuteProcess `husarnet-ros base-server ...`
+    [dashboard]  with dashboard:=true: `husarnet-ros dashboard serve ...` (this base server in its license)
+    [websetup]   with websetup_address:=FC94: `husarnet-ros websetup ...`, once the Dashboard printed that it
+                 serves (its database is migrated by then, so two migrations never race)
+
+Each of them exiting ends the launch.
 """
 
 from __future__ import annotations
