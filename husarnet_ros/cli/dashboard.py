@@ -109,6 +109,13 @@ def dashboard() -> None:
     help="Websetup's port.",
 )
 @click.option(
+    "--websetup",
+    "run_websetup",
+    is_flag=True,
+    help="Also run Websetup in this process, on [--websetup-address]:--websetup-port (that address must be "
+    "up: start the server's daemon first).",
+)
+@click.option(
     "--max-devices", type=click.IntRange(0, 10**9), default=1000, show_default=True, help="Devices at most."
 )
 @click.option(
@@ -133,6 +140,7 @@ def serve(
     base_servers: tuple[str, ...],
     websetup_address: str | None,
     websetup_port: int,
+    run_websetup: bool,
     max_devices: int,
     license_days: int,
     log_level: str,
@@ -152,8 +160,11 @@ def serve(
     url_host = f"[{host}]" if ":" in host else host
     if public_url is not None and not public_url.startswith(("http://", "https://")):
         fail(f"--public-url {public_url!r}: give an http:// or https:// URL")
+    if run_websetup and websetup_address is None:
+        fail("--websetup needs --websetup-address: the fc94 address of the server's daemon")
     _prepare_data_dir(data_dir)
     sock = bind_socket(host, port)
+    websetup_sock = _bind_websetup(websetup_address, websetup_port, sock) if run_websetup else None
     # The port the system chose when asked for 0 is the one the default public URL must name.
     port = sock.getsockname()[1]
     settings = DashboardSettings(
@@ -170,7 +181,9 @@ def serve(
     try:
         ctx = create_context(settings)
     except BaseException:
-        sock.close()
+        for bound in (sock, websetup_sock):
+            if bound is not None:
+                bound.close()
         raise
     app = create_app(settings, ctx)
     click.echo(f"Dashboard on http://{url_host}:{port} (public URL {settings.public_url})")
@@ -180,8 +193,36 @@ def serve(
             "warning: no --websetup-address: /license.json cannot be issued, so daemons cannot be set up yet",
             err=True,
         )
+    if websetup_sock is None:
+        sys.stdout.flush()
+        serve_forever(app, sock, log_level.lower())
+        return
+    import asyncio
+
+    from ..dashboard.server import dashboard_server
+    from ..dashboard.websetup import create_websetup_app, serve_together, websetup_server
+
+    click.echo(f"Websetup on [{websetup_address}]:{websetup_port}")
     sys.stdout.flush()
-    serve_forever(app, sock, log_level.lower())
+    servers = [
+        (dashboard_server(app, log_level.lower()), [sock]),
+        (websetup_server(create_websetup_app(ctx.sessions), log_level), [websetup_sock]),
+    ]
+    asyncio.run(serve_together(servers))
+
+
+def _bind_websetup(address: str | None, port: int, dashboard_sock: Any) -> Any:
+    from ..dashboard.websetup import bind_listen_socket
+
+    assert address is not None
+    try:
+        return bind_listen_socket(address, port)
+    except OSError as exc:
+        dashboard_sock.close()
+        fail(
+            f"Websetup cannot listen on [{address}]:{port}: {exc.strerror or exc} (is the server's daemon, "
+            "with that address, running?)"
+        )
 
 
 @dashboard.command("create-user")

@@ -58,9 +58,14 @@ def _config(app: Any, log_level: str) -> uvicorn.Config:
     )
 
 
+def dashboard_server(app: Any, log_level: str = "info") -> uvicorn.Server:
+    """A uvicorn server for the app (serve it on a socket from ``bind_socket``)."""
+    return uvicorn.Server(_config(app, log_level))
+
+
 def serve_forever(app: Any, sock: socket.socket, log_level: str = "info") -> None:
     """Serve on a bound socket until interrupted (SIGINT/SIGTERM)."""
-    uvicorn.Server(_config(app, log_level)).run(sockets=[sock])
+    dashboard_server(app, log_level).run(sockets=[sock])
 
 
 class BackgroundServer:

@@ -134,3 +134,15 @@ def test_serve_refuses_bad_options(tmp_path: Path) -> None:
     code, output = run_cli(*base, "--database-url", "mysql://x/y", "--listen", "127.0.0.1:0")
     assert code == 1
     assert "not supported" in output
+
+
+def test_serve_with_websetup_needs_its_address_up(tmp_path: Path) -> None:
+    base = ["dashboard", "serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0", "--websetup"]
+    code, output = run_cli(*base)
+    assert code == 1
+    assert "--websetup needs --websetup-address" in output
+    # An fc94 address no interface of this machine has (no daemon runs with it): one line saying so.
+    code, output = run_cli(*base, "--websetup-address", "fc94:dead:beef::1", "--websetup-port", "5590")
+    assert code == 1
+    assert "Websetup cannot listen on [fc94:dead:beef::1]:5590" in output
+    assert "server's daemon" in output
