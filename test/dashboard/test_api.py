@@ -122,7 +122,8 @@ def test_session_login_and_csrf(dashboard: Running) -> None:
         assert "httponly" in login.headers["set-cookie"].lower()
         # Reading needs only the cookie; changing needs the CSRF token too.
         assert browser.get("/api/v1/networks").status_code == 200
-        for headers in ({}, {"X-CSRF-Token": csrf[:-1] + "A"}):
+        wrong_csrf = csrf[:-1] + ("B" if csrf.endswith("A") else "A")
+        for headers in ({}, {"X-CSRF-Token": wrong_csrf}):
             refused = browser.post("/api/v1/networks", json={"name": "lab"}, headers=headers)
             assert refused.status_code == 403
             assert "CSRF" in refused.json()["detail"]
