@@ -114,7 +114,15 @@ def authenticate(session: Session, username: str, password: str) -> Account:
     return account
 
 
-def change_password(session: Session, account: Account, current: str, new: str, now: datetime) -> None:
+def change_password(
+    session: Session,
+    account: Account,
+    current: str,
+    new: str,
+    now: datetime,
+    keep_session: BrowserSession | None = None,
+) -> None:
+    """Replace the password; every browser session but ``keep_session`` (the one asking) is ended."""
     try:
         _hasher.verify(account.password_hash, current[:PASSWORD_MAX_LENGTH])
     except (VerificationError, InvalidHashError):
@@ -122,7 +130,10 @@ def change_password(session: Session, account: Account, current: str, new: str, 
     check_password(new)
     account.password_hash = _hasher.hash(new)
     # Other browsers logged in with the old password are logged out.
-    session.execute(delete(BrowserSession).where(BrowserSession.account_id == account.id))
+    others = delete(BrowserSession).where(BrowserSession.account_id == account.id)
+    if keep_session is not None:
+        others = others.where(BrowserSession.id_hash != keep_session.id_hash)
+    session.execute(others)
     audit.record(
         session,
         actor=account.username,

@@ -215,10 +215,16 @@ def router(ctx: DashboardContext) -> APIRouter:
 
     @api.put("/account/password", status_code=status.HTTP_204_NO_CONTENT, tags=["account"])
     def change_password(creds: CredentialsDep, body: PasswordChangeIn) -> None:
-        change(
-            creds,
-            lambda s, a, now: service.change_password(s, a, body.current_password, body.new_password, now),
-        )
+        """Other browser sessions of the account end; the one asking (if any) stays logged in."""
+        now = utc_now()
+
+        def work(session: Session) -> None:
+            caller = resolve(session, creds, now, changes=True)
+            service.change_password(
+                session, caller.account, body.current_password, body.new_password, now, caller.browser_session
+            )
+
+        ctx.run(work)
 
     @api.get("/installation", response_model=InstallationOut, tags=["account"])
     def installation(creds: CredentialsDep) -> InstallationOut:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -170,10 +169,3 @@ def create_app(settings: DashboardSettings, ctx: DashboardContext | None = None)
     app.include_router(api.router(context))
     _include_optional_routers(app, context)
     return app
-
-
-def app_context(app: Any) -> DashboardContext:
-    """The context of an app made by create_app."""
-    context = app.state.context
-    assert isinstance(context, DashboardContext)
-    return context

@@ -316,3 +316,23 @@ def test_restart_on_the_same_database_loses_nothing(database_url: str, tmp_path:
     with again.state.context.transaction() as session:
         assert service.current_revision(session) == revision
         assert session.execute(text("SELECT count(*) FROM installation")).scalar() == 1
+
+
+def test_password_change_keeps_this_browser_and_ends_the_others(dashboard: Running) -> None:
+    new_password = "a much better passphrase"
+    with dashboard.client() as here, dashboard.client() as elsewhere:
+        csrf = here.post("/api/v1/session", json={"username": "alice", "password": PASSWORD}).json()[
+            "csrf_token"
+        ]
+        elsewhere.post("/api/v1/session", json={"username": "alice", "password": PASSWORD})
+        body = {"current_password": PASSWORD, "new_password": new_password}
+        changed = here.put("/api/v1/account/password", json=body, headers={"X-CSRF-Token": csrf})
+        assert changed.status_code == 204, changed.text
+        assert here.get("/api/v1/account").status_code == 200
+        assert elsewhere.get("/api/v1/account").status_code == 401
+        old = elsewhere.post("/api/v1/session", json={"username": "alice", "password": PASSWORD})
+        assert old.status_code == 401
+        new = elsewhere.post("/api/v1/session", json={"username": "alice", "password": new_password})
+        assert new.status_code == 200
+    with dashboard.client("alice") as alice:
+        assert alice.get("/api/v1/audit").json()[0]["action"] == "account.password"
