@@ -75,8 +75,11 @@ def base_server(
     Example:
       husarnet-ros base-server --udp-port 5582 --tcp-port 443 --status-file /run/husarnet-ros-base.json
     """
+    from ..exit_with_parent import exit_with_parent_if_asked
     from ..server.service import BaseServerConfig, run
 
+    # Started by server.launch.py: end with the launch however it ends (a SIGTERM to it too).
+    exit_with_parent_if_asked()
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -91,7 +91,10 @@ def websetup(listen: str, database_url: str | None, data_dir: Path | None, log_l
         serve_together,
         websetup_server,
     )
+    from ..exit_with_parent import exit_with_parent_if_asked
 
+    # Started by server.launch.py: end with the launch however it ends (a SIGTERM to it too).
+    exit_with_parent_if_asked()
     host, port = parse_listen(listen)
     if database_url is None:
         if data_dir is None:
