@@ -169,3 +169,10 @@ def create_app(settings: DashboardSettings, ctx: DashboardContext | None = None)
     app.include_router(api.router(context))
     _include_optional_routers(app, context)
     return app
+
+
+def app_context(app: FastAPI) -> DashboardContext:
+    """The context of an app made by create_app (for code and tests that get only the app)."""
+    context = app.state.context
+    assert isinstance(context, DashboardContext)
+    return context
