@@ -160,6 +160,7 @@ def serve(
     url_host = f"[{host}]" if ":" in host else host
     if public_url is not None and not public_url.startswith(("http://", "https://")):
         fail(f"--public-url {public_url!r}: give an http:// or https:// URL")
+    _check_license_fields(name, base_servers)
     if run_websetup and websetup_address is None:
         fail("--websetup needs --websetup-address: the fc94 address of the server's daemon")
     _prepare_data_dir(data_dir)
@@ -209,6 +210,19 @@ def serve(
         (websetup_server(create_websetup_app(ctx.sessions), log_level), [websetup_sock]),
     ]
     asyncio.run(serve_together(servers))
+
+
+def _check_license_fields(name: str, base_servers: tuple[str, ...]) -> None:
+    """What goes into the license, checked at start even before a Websetup address makes one."""
+    from ..core.base_client import parse_base_server
+    from ..core.license import MAX_BASE_SERVERS, MAX_NAME_LENGTH
+
+    if not name.strip() or len(name) > MAX_NAME_LENGTH or not name.isprintable():
+        fail(f"--name: give 1 to {MAX_NAME_LENGTH} printable characters")
+    if len(base_servers) > MAX_BASE_SERVERS:
+        fail(f"--base-server: at most {MAX_BASE_SERVERS}")
+    for server in base_servers:
+        parse_base_server(server)  # ConfigError: one line saying how to write it
 
 
 def _bind_websetup(address: str | None, port: int, dashboard_sock: Any) -> Any:

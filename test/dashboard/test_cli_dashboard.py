@@ -131,6 +131,12 @@ def test_serve_refuses_bad_options(tmp_path: Path) -> None:
     code, output = run_cli(*base, "--websetup-address", "2001:db8::1", "--listen", "127.0.0.1:0")
     assert code == 1
     assert "websetup_address" in output
+    code, output = run_cli(*base, "--name", " ", "--listen", "127.0.0.1:0")
+    assert code == 1
+    assert "--name" in output
+    code, output = run_cli(*base, "--base-server", "host:port", "--listen", "127.0.0.1:0")
+    assert code == 1
+    assert "base server" in output
     code, output = run_cli(*base, "--database-url", "mysql://x/y", "--listen", "127.0.0.1:0")
     assert code == 1
     assert "not supported" in output
