@@ -107,6 +107,9 @@ def served_schema(seeded: Seeded) -> Any:
 schema = schemathesis.pytest.from_fixture("served_schema")
 
 
+# Bounded: 8 examples per operation, and the whole run (about 30 operations) within the time below.
+@pytest.mark.slow
+@pytest.mark.timeout(240)
 @schema.parametrize()
 @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
 def test_every_route_answers_per_schema(case: Any, seeded: Seeded, session: requests.Session) -> None:
