@@ -5,7 +5,7 @@ nothing changes, license.json, and a restart that loses nothing."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -301,7 +301,7 @@ def test_restart_on_the_same_database_loses_nothing(database_url: str, tmp_path:
         first_license = parse_license(http.get("/license.json").content)
     with app.state.context.transaction() as session:
         revision = service.current_revision(session)
-    again = create_app(settings)
+    again = create_app(replace(settings, name="renamed lab"))
     with BackgroundServer(again) as server, httpx.Client(base_url=server.url, timeout=TIMEOUT_S) as http:
         http.headers["Authorization"] = f"Bearer {tokens['alice']}"
         after = {path: http.get(path).json() for path in before}
@@ -310,7 +310,10 @@ def test_restart_on_the_same_database_loses_nothing(database_url: str, tmp_path:
         entry.pop("online")
     for entry in before["/api/v1/devices"]:
         entry.pop("online")
+    assert after["/api/v1/installation"].pop("name") == "renamed lab"
+    assert before["/api/v1/installation"].pop("name") == "test lab"
     assert after == before
+    assert second_license.name == "renamed lab"
     assert second_license.license_key == first_license.license_key
     assert second_license.installation_id == first_license.installation_id
     with again.state.context.transaction() as session:

@@ -316,6 +316,11 @@ def test_claims_and_whitelist_is_the_union_of_networks(db: SessionFactory) -> No
     claim(db, field_code, ADDR_A3, "robot3")
     # The hub joins a second network: a claimed device with its owner's code only gains the network.
     assert claim(db, field_code, ADDR_A1, "ignored") == hub
+    # Joining again changes nothing: no new revision for the daemons, nothing in the audit log.
+    before = (revision(db), audit_actions(db))
+    assert claim(db, field_code, ADDR_A1, None) == hub
+    assert claim(db, account_code(db, alice), ADDR_A1, None) == hub
+    assert (revision(db), audit_actions(db)) == before
     with transaction(db) as session:
         hub_config = service.device_config(session, ADDR_A1)
         robot2 = service.device_config(session, ADDR_A2)
