@@ -67,7 +67,6 @@ from .meta import bump_revision, current_revision, device_limit, lock_revision, 
 from .models import Account, AccountJoinCode, Device, Membership, Network, PeerReportRow
 
 __all__ = [
-    "Conflict",
     "DeviceView",
     "LinkDevice",
     "NetworkLinks",
