@@ -71,7 +71,12 @@ def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> J
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for error in exc.errors()[:MAX_LISTED_ERRORS]:
-        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
+        location = tuple(error.get("loc", ()))
+        if location == ("body",) and error.get("type") in ("model_attributes_type", "dict_type", "missing"):
+            # FastAPI reads a body as JSON only when it says it is (against cross-site form posts).
+            parts.append("the body must be a JSON object, sent with Content-Type: application/json")
+            continue
+        where = ".".join(str(part) for part in location if part != "body") or "body"
         parts.append(f"{where}: {error.get('msg', 'invalid')}")
     more = len(exc.errors()) - MAX_LISTED_ERRORS
     if more > 0:
@@ -165,6 +170,9 @@ def create_app(settings: DashboardSettings, ctx: DashboardContext | None = None)
         except LicenseError as exc:
             return _error(503, str(exc))
         return Response(document, media_type="application/json")
+
+    # curl -I and monitoring probes ask with HEAD; one operation in the schema is enough.
+    app.add_api_route("/license.json", license_json, methods=["HEAD"], include_in_schema=False)
 
     app.include_router(api.router(context))
     _include_optional_routers(app, context)

@@ -4,6 +4,7 @@ nothing changes, license.json, and a restart that loses nothing."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -339,3 +340,16 @@ def test_password_change_keeps_this_browser_and_ends_the_others(dashboard: Runni
         assert new.status_code == 200
     with dashboard.client("alice") as alice:
         assert alice.get("/api/v1/audit").json()[0]["action"] == "account.password"
+
+
+def test_a_login_posted_as_a_form_or_text_sets_no_cookie(dashboard: Running) -> None:
+    """Another site can make a browser post a form or text, not JSON: such a login must not work."""
+    body = json.dumps({"username": "alice", "password": PASSWORD})
+    with dashboard.client() as browser:
+        as_text = browser.post("/api/v1/session", content=body, headers={"Content-Type": "text/plain"})
+        as_form = browser.post("/api/v1/session", data={"username": "alice", "password": PASSWORD})
+        for answer in (as_text, as_form):
+            assert answer.status_code == 422
+            assert "Content-Type: application/json" in answer.json()["detail"]
+            assert "set-cookie" not in answer.headers
+        assert browser.head("/license.json").status_code == 200
