@@ -15,6 +15,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import httpx
 from husarnet_ros.core.license import DEFAULT_WEBSETUP_PORT
 
 from .lab_base import LabBaseServer
-from .lab_daemon import Daemon, husarnet_ros_command, husarnet_ros_env
+from .lab_daemon import Daemon, husarnet_ros_command, husarnet_ros_env, start_daemons
 from .netlab import Host, Lab, LabError, wait_until
 from .port_forward import PortForward
 
@@ -237,3 +238,24 @@ class ControlStack:
                 base.stop()
                 base.remove_files()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def self_hosted_fleet(lab: Lab, robots: Sequence[str]) -> Iterator[tuple[ControlStack, list[Daemon]]]:
+    """One LAN: a server running the whole stack, and a daemon per name in ``robots`` (nothing set up yet,
+    hosts files bound over /etc/hosts). Everything is stopped and removed afterwards, also on failure."""
+    server, *robot_hosts = lab.lan(1 + len(robots), labels=["server", *robots])
+    stack = ControlStack.start(lab, server)
+    daemons: list[Daemon] = []
+    folders: list[Path] = []
+    try:
+        daemons = start_daemons(robot_hosts, list(robots))
+        folders = [bind_hosts_file(daemon) for daemon in daemons]
+        yield stack, daemons
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+            daemon.remove_files()
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        stack.close()

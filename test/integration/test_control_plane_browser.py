@@ -5,14 +5,13 @@ second account. The robots then reach each other by name."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from husarnet_ros.testing.control_lab import ADMIN, ControlStack, bind_hosts_file
-from husarnet_ros.testing.lab_daemon import Daemon, start_daemons
+from husarnet_ros.testing.control_lab import ADMIN, ControlStack, self_hosted_fleet
+from husarnet_ros.testing.lab_daemon import Daemon
 from husarnet_ros.testing.netlab import Lab, wait_until
 from husarnet_ros.testing.requirements import STRICT_ENV, browser_unavailable, strict
 
@@ -29,21 +28,8 @@ def stack_and_robots(lab: Lab) -> Iterator[tuple[ControlStack, list[Daemon]]]:
         if strict():
             pytest.fail(f"the browser test cannot run: {reason} ({STRICT_ENV}=1)", pytrace=False)
         pytest.skip(reason)
-    server, *robot_hosts = lab.lan(3, labels=["server", *ROBOTS])
-    stack = ControlStack.start(lab, server)
-    robots: list[Daemon] = []
-    folders: list[Path] = []
-    try:
-        robots = start_daemons(robot_hosts, list(ROBOTS))
-        folders = [bind_hosts_file(robot) for robot in robots]
-        yield stack, robots
-    finally:
-        for robot in robots:
-            robot.stop()
-            robot.remove_files()
-        for folder in folders:
-            shutil.rmtree(folder, ignore_errors=True)
-        stack.close()
+    with self_hosted_fleet(lab, ROBOTS) as fleet:
+        yield fleet
 
 
 def test_a_person_builds_a_network_in_the_browser(

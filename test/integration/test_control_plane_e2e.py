@@ -6,15 +6,13 @@ Websetup."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from husarnet_ros.testing.control_lab import ControlStack, bind_hosts_file
-from husarnet_ros.testing.lab_daemon import Daemon, start_daemons
+from husarnet_ros.testing.control_lab import ControlStack, self_hosted_fleet
+from husarnet_ros.testing.lab_daemon import Daemon
 from husarnet_ros.testing.netlab import Host, Lab, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -25,21 +23,8 @@ PUSH_S = 15.0  # "within a few seconds": bound for a change in the Dashboard to 
 
 @pytest.fixture
 def stack_and_robots(lab: Lab) -> Iterator[tuple[ControlStack, list[Daemon]]]:
-    server, *robot_hosts = lab.lan(4, labels=["server", *ROBOTS])
-    stack = ControlStack.start(lab, server)
-    robots: list[Daemon] = []
-    folders: list[Path] = []
-    try:
-        robots = start_daemons(robot_hosts, list(ROBOTS))
-        folders = [bind_hosts_file(robot) for robot in robots]
-        yield stack, robots
-    finally:
-        for robot in robots:
-            robot.stop()
-            robot.remove_files()
-        for folder in folders:
-            shutil.rmtree(folder, ignore_errors=True)
-        stack.close()
+    with self_hosted_fleet(lab, ROBOTS) as fleet:
+        yield fleet
 
 
 def whitelist(robot: Daemon) -> set[str]:
