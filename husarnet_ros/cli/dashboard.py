@@ -155,7 +155,10 @@ def serve(
     from ..dashboard.app import create_app, create_context
     from ..dashboard.server import bind_socket, parse_listen, serve_forever
     from ..dashboard.settings import DashboardSettings
+    from ..exit_with_parent import exit_with_parent_if_asked
 
+    # Started by server.launch.py: end with the launch however it ends (a SIGTERM to it too).
+    exit_with_parent_if_asked()
     host, port = parse_listen(listen)
     url_host = f"[{host}]" if ":" in host else host
     if public_url is not None and not public_url.startswith(("http://", "https://")):

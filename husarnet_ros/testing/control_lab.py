@@ -64,6 +64,7 @@ class ControlStack:
     dashboard_port: int = DASHBOARD_PORT
     local_port: int = 0  # the loopback port on this machine that leads to the Dashboard (0: any free one)
     own_bases: bool = True  # the base servers are this stack's to stop
+    websetup_in_dashboard: bool = False  # `dashboard serve --websetup` instead of a `websetup` process
 
     @classmethod
     def start(
@@ -75,6 +76,7 @@ class ControlStack:
         bases: list[LabBaseServer] | None = None,
         dashboard_port: int = DASHBOARD_PORT,
         local_port: int = 0,
+        websetup_in_dashboard: bool = False,
     ) -> ControlStack:
         """Start it all on ``host``: base servers on ``base_ports`` there, or the running ``bases`` given."""
         own_bases = bases is None
@@ -95,6 +97,7 @@ class ControlStack:
             dashboard_port=dashboard_port,
             local_port=local_port,
             own_bases=own_bases,
+            websetup_in_dashboard=websetup_in_dashboard,
         )
         daemon.start()
         daemon.cli("whitelist", "disable")
@@ -144,6 +147,7 @@ class ControlStack:
             self.daemon.address,
             "--websetup-port",
             str(DEFAULT_WEBSETUP_PORT),
+            *(["--websetup"] if self.websetup_in_dashboard else []),
         )
         with self.log_path.open("a") as log:
             self.process = self.lab.track(
@@ -156,7 +160,11 @@ class ControlStack:
             return self.host.tcp_listening(self.dashboard_port)
 
         wait_until(up, START_TIMEOUT_S, interval=0.1, what="the Dashboard")
-        if self.websetup is None:
+        if self.websetup_in_dashboard:
+            wait_until(
+                lambda: self.host.tcp_listening(DEFAULT_WEBSETUP_PORT), START_TIMEOUT_S, what="Websetup"
+            )
+        elif self.websetup is None:
             self.start_websetup()
         if self.forward is None:
             target = (self.host.ipv4, self.dashboard_port)
@@ -241,11 +249,13 @@ class ControlStack:
 
 
 @contextlib.contextmanager
-def self_hosted_fleet(lab: Lab, robots: Sequence[str]) -> Iterator[tuple[ControlStack, list[Daemon]]]:
+def self_hosted_fleet(
+    lab: Lab, robots: Sequence[str], *, websetup_in_dashboard: bool = False
+) -> Iterator[tuple[ControlStack, list[Daemon]]]:
     """One LAN: a server running the whole stack, and a daemon per name in ``robots`` (nothing set up yet,
     hosts files bound over /etc/hosts). Everything is stopped and removed afterwards, also on failure."""
     server, *robot_hosts = lab.lan(1 + len(robots), labels=["server", *robots])
-    stack = ControlStack.start(lab, server)
+    stack = ControlStack.start(lab, server, websetup_in_dashboard=websetup_in_dashboard)
     daemons: list[Daemon] = []
     folders: list[Path] = []
     try:

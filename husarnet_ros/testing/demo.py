@@ -4,7 +4,7 @@
 
 Network namespaces make a small internet (husarnet_ros.testing.natlab) with a base server on it
 (``husarnet-ros base-server``), the self-hosted control plane on another host (``husarnet-ros dashboard
-serve`` on TCP 443, ``husarnet-ros websetup`` behind that host's own daemon; the Dashboard is also opened on
+serve --websetup`` on TCP 443, Websetup behind that host's own daemon; the Dashboard is also opened on
 this machine at http://127.0.0.1:8080, user and password printed) and three sites: robot-a and robot-b share
 a LAN behind a port-restricted NAT, robot-c is behind a symmetric NAT, robot-d behind a firewall that lets
 only TCP 443 out. Each robot runs its own ``husarnet-ros daemon`` with nothing configured: it runs
@@ -136,7 +136,12 @@ def start_robots(fleet: Fleet) -> None:
     control_host = net.public_host("control")
     # TCP 443: the office's firewall lets nothing else out, and its robot must reach the Dashboard too.
     fleet.control = ControlStack.start(
-        fleet.lab, control_host, bases=[fleet.base], dashboard_port=443, local_port=DASHBOARD_LOCAL_PORT
+        fleet.lab,
+        control_host,
+        bases=[fleet.base],
+        dashboard_port=443,
+        local_port=DASHBOARD_LOCAL_PORT,
+        websetup_in_dashboard=True,
     )
     progress(
         f"Dashboard, Websetup and Websetup's daemon on the internet: http://{fleet.control.server_address}, "

@@ -28,7 +28,8 @@ def stack_and_robots(lab: Lab) -> Iterator[tuple[ControlStack, list[Daemon]]]:
         if strict():
             pytest.fail(f"the browser test cannot run: {reason} ({STRICT_ENV}=1)", pytrace=False)
         pytest.skip(reason)
-    with self_hosted_fleet(lab, ROBOTS) as fleet:
+    # Websetup inside the Dashboard's process here (the other end-to-end test runs it on its own).
+    with self_hosted_fleet(lab, ROBOTS, websetup_in_dashboard=True) as fleet:
         yield fleet
 
 

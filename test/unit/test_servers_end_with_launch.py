@@ -101,3 +101,10 @@ def test_websetup_ends_with_its_launch(started: list[int], tmp_path: Path) -> No
     argv = husarnet_ros("websetup", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path))
     parent = run_under_stand_in(argv, ("127.0.0.1", port), started)
     assert_ends_with(parent, started[-1])
+
+
+def test_the_dashboard_ends_with_its_launch(started: list[int], tmp_path: Path) -> None:
+    port = free_port()
+    argv = husarnet_ros("dashboard", "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path))
+    parent = run_under_stand_in(argv, ("127.0.0.1", port), started)
+    assert_ends_with(parent, started[-1])
