@@ -36,6 +36,7 @@ thread pool, where blocking database calls belong.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
@@ -154,13 +155,24 @@ def router(ctx: DashboardContext) -> APIRouter:
     @api.post("/session", response_model=SessionOut, tags=["session"])
     def log_in(body: LoginIn, request: Request, response: Response) -> SessionOut:
         """Log in with a username and password: sets the session cookie and returns the CSRF token."""
-        now = utc_now()
-        with ctx.transaction() as session:
-            if not USERNAME_PATTERN.fullmatch(body.username):
-                raise Unauthenticated("wrong username or password")
-            account = service.authenticate(session, body.username, body.password)
-            cookie, row = service.create_browser_session(session, account, now, ctx.settings.session_lifetime)
-            out = SessionOut(username=account.username, csrf_token=row.csrf_token, expires_at=row.expires_at)
+        now, clock = utc_now(), time.monotonic()
+        address = request.client.host if request.client else "unknown"
+        ctx.login_guard.check(body.username, address, clock)  # TooManyAttempts: 429, nothing checked
+        try:
+            with ctx.transaction() as session:
+                if not USERNAME_PATTERN.fullmatch(body.username):
+                    raise Unauthenticated("wrong username or password")
+                account = service.authenticate(session, body.username, body.password)
+                cookie, row = service.create_browser_session(
+                    session, account, now, ctx.settings.session_lifetime
+                )
+                out = SessionOut(
+                    username=account.username, csrf_token=row.csrf_token, expires_at=row.expires_at
+                )
+        except Unauthenticated:
+            ctx.login_guard.failed(body.username, address, clock)
+            raise
+        ctx.login_guard.succeeded(body.username)
         response.set_cookie(
             SESSION_COOKIE,
             cookie,

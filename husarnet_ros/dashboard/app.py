@@ -12,6 +12,7 @@ routes); a database that cannot be reached is 503.
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -30,6 +31,7 @@ from .context import DashboardContext
 from .db import create_db_engine, migrate, session_factory, transaction
 from .errors import Conflict, DashboardError, Forbidden, Invalid, NotFound, Unauthenticated
 from .license_key import load_or_create_license_key
+from .login_guard import TooManyAttempts
 from .settings import DashboardSettings
 
 # Modules other parts of the Dashboard add; each is included if it exists.
@@ -41,6 +43,7 @@ STATUS_OF: dict[type[DashboardError], int] = {
     Forbidden: 403,
     Invalid: 422,
     Unauthenticated: 401,
+    TooManyAttempts: 429,
 }
 
 
@@ -99,6 +102,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_dashboard_error(request: Request, exc: Exception) -> Response:
         status = next((code for kind, code in STATUS_OF.items() if isinstance(exc, kind)), 400)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if isinstance(exc, TooManyAttempts):
+            headers = {"Retry-After": str(math.ceil(exc.retry_after))}
         return _error(status, str(exc), headers)
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:

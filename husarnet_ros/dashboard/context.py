@@ -18,6 +18,7 @@ from ..core.license import License, fingerprint
 from .clock import utc_now
 from .db import SessionFactory, run_in_transaction, transaction
 from .license_key import current_license
+from .login_guard import LoginGuard
 from .settings import DashboardSettings
 
 # license.json is signed again this often, so that its validity keeps running from "now".
@@ -36,6 +37,7 @@ class DashboardContext:
     _license: License | None = field(default=None, repr=False)
     _license_at: datetime | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    login_guard: LoginGuard = field(default_factory=LoginGuard, repr=False)  # shared by the API and the UI
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

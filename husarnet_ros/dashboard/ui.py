@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from .auth import CSRF_FORM_FIELD, SESSION_COOKIE, Credentials, resolve
 from .clock import utc_now
 from .context import DashboardContext
 from .errors import Conflict, DashboardError, Forbidden, Invalid, NotFound, Unauthenticated
+from .login_guard import TooManyAttempts
 from .models import Account
 from .picture_api import render_network
 
@@ -74,6 +76,7 @@ STATUS_OF: tuple[tuple[type[DashboardError], int], ...] = (
     (Forbidden, 403),
     (Invalid, 422),
     (Unauthenticated, 401),
+    (TooManyAttempts, 429),
     (Conflict, 409),
     (DatabaseUnavailable, 503),
     (UnreadableForm, 400),
@@ -479,8 +482,10 @@ def router(ctx: DashboardContext) -> APIRouter:
                 error="this login form expired (or the browser refuses cookies): log in again with this form",
                 status=403,
             )
-        now = utc_now()
+        now, clock = utc_now(), time.monotonic()
+        address = request.client.host if request.client else "unknown"
         try:
+            ctx.login_guard.check(username, address, clock)  # TooManyAttempts: shown like any refusal
             with unit_of_work() as session:
                 if not USERNAME_PATTERN.fullmatch(username):
                     raise Unauthenticated("wrong username or password")
@@ -489,6 +494,7 @@ def router(ctx: DashboardContext) -> APIRouter:
                     session, account, now, ctx.settings.session_lifetime
                 )
         except Unauthenticated:
+            ctx.login_guard.failed(username, address, clock)
             return login_form(
                 request,
                 next_path,
@@ -498,6 +504,7 @@ def router(ctx: DashboardContext) -> APIRouter:
             )
         except DashboardError as exc:
             return login_form(request, next_path, username=username, error=str(exc), status=status_of(exc))
+        ctx.login_guard.succeeded(username)
         response = redirect(safe_next(next_path))
         response.set_cookie(
             SESSION_COOKIE,
