@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -67,6 +68,32 @@ def bound_message(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
         return message
     tail = limit // 3
     return message[: limit - tail - 1] + _ELLIPSIS + message[-tail:]
+
+
+# How many validation errors one 422 answer lists (a body with 10,000 unknown keys has 10,000 of them).
+MAX_LISTED_ERRORS = 5
+
+
+def describe_validation_errors(errors: Sequence[Mapping[str, Any]], whole: str = "request") -> str:
+    """One line naming each bad field of a request and why, e.g. "address: 'x' is not an IPv6 address", for
+    the HTTP services (the daemon's control API, Websetup). ``errors`` are pydantic's; ``whole`` names a
+    problem with the request as a whole. Never the rejected input itself (pydantic keeps it in ``input``):
+    only field names, shortened since a client chooses the names of unknown fields too, and the validators'
+    messages, which quote shortened."""
+    parts = []
+    for err in errors[:MAX_LISTED_ERRORS]:
+        if err.get("type") == "json_invalid":
+            parts.append("the request body is not valid JSON")
+            continue
+        if err.get("type") == "missing" and tuple(err.get("loc", ())) == ("body",):
+            parts.append("the request needs a JSON body")
+            continue
+        loc = ".".join(shorten(str(p), 40) for p in err.get("loc", ()) if p != "body") or whole
+        message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {message}")
+    if len(errors) > MAX_LISTED_ERRORS:
+        parts.append(f"and {len(errors) - MAX_LISTED_ERRORS} more")
+    return "invalid request: " + "; ".join(parts)
 
 
 def resolve_control_socket(explicit: str | None = None) -> str:

@@ -86,6 +86,7 @@ from ..api import (
     WaitResult,
     Whitelist,
     bound_message,
+    describe_validation_errors,
     normalize_overlay,
     quote_input,
     shorten,
@@ -112,8 +113,6 @@ STARTUP_TIMEOUT_S = 10.0
 SHUTDOWN_TIMEOUT_S = 5.0
 # Open long-poll requests (wait, ping) are cut after this long when the server stops.
 GRACEFUL_SHUTDOWN_S = 1
-# How many validation errors one 422 answer lists (a body with 10,000 unknown keys has 10,000 of them).
-MAX_LISTED_ERRORS = 5
 
 T = TypeVar("T")
 
@@ -211,30 +210,10 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
-def _describe_validation_error(exc: RequestValidationError) -> str:
-    """One line naming each bad field and why, e.g. "address: 'x' is not an IPv6 address".
-
-    Never the rejected input itself (pydantic keeps it in ``input``): only field names, shortened since a
-    client chooses the names of unknown fields too, and the validators' messages, which quote shortened.
-    """
-    errors = exc.errors()
-    parts = []
-    for err in errors[:MAX_LISTED_ERRORS]:
-        if err.get("type") == "json_invalid":
-            parts.append("the request body is not valid JSON")
-            continue
-        loc = ".".join(shorten(str(p), 40) for p in err.get("loc", ()) if p != "body") or "request"
-        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}")
-    if len(errors) > MAX_LISTED_ERRORS:
-        parts.append(f"and {len(errors) - MAX_LISTED_ERRORS} more")
-    return "invalid request: " + "; ".join(parts)
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, _describe_validation_error(exc))
+        return _error(422, describe_validation_errors(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

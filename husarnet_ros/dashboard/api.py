@@ -36,7 +36,6 @@ thread pool, where blocking database calls belong.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
@@ -46,12 +45,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from . import service
-from .accounts import USERNAME_PATTERN
 from .auth import SESSION_COOKIE, Caller, CredentialsDep, resolve
 from .clock import utc_now
 from .context import DashboardContext
-from .errors import NotFound, Unauthenticated
+from .errors import NotFound
 from .fleet import DeviceView, NetworkView
+from .login import client_address, password_login, set_session_cookie
 from .models import Account, ApiToken, AuditEntry, Device
 from .schemas import (
     AccountOut,
@@ -155,34 +154,12 @@ def router(ctx: DashboardContext) -> APIRouter:
     @api.post("/session", response_model=SessionOut, tags=["session"])
     def log_in(body: LoginIn, request: Request, response: Response) -> SessionOut:
         """Log in with a username and password: sets the session cookie and returns the CSRF token."""
-        now, clock = utc_now(), time.monotonic()
-        address = request.client.host if request.client else "unknown"
-        ctx.login_guard.check(body.username, address, clock)  # TooManyAttempts: 429, nothing checked
-        try:
-            with ctx.transaction() as session:
-                if not USERNAME_PATTERN.fullmatch(body.username):
-                    raise Unauthenticated("wrong username or password")
-                account = service.authenticate(session, body.username, body.password)
-                cookie, row = service.create_browser_session(
-                    session, account, now, ctx.settings.session_lifetime
-                )
-                out = SessionOut(
-                    username=account.username, csrf_token=row.csrf_token, expires_at=row.expires_at
-                )
-        except Unauthenticated:
-            ctx.login_guard.failed(body.username, address, clock)
-            raise
-        ctx.login_guard.succeeded(body.username)
-        response.set_cookie(
-            SESSION_COOKIE,
-            cookie,
-            max_age=int(ctx.settings.session_lifetime.total_seconds()),
-            httponly=True,
-            samesite="lax",
-            secure=request.url.scheme == "https" or ctx.settings.public_url.startswith("https://"),
-            path="/",
+        address = client_address(request)
+        logged_in = password_login(ctx, ctx.transaction, body.username, body.password, address)
+        set_session_cookie(response, request, ctx, logged_in.cookie)
+        return SessionOut(
+            username=logged_in.username, csrf_token=logged_in.csrf_token, expires_at=logged_in.expires_at
         )
-        return out
 
     @api.get("/session", response_model=SessionOut, tags=["session"])
     def who_am_i(creds: CredentialsDep) -> SessionOut:

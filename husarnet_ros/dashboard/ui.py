@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,12 +39,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import service
 from .access import ROLES_THAT_MANAGE, can_manage_device
-from .accounts import USERNAME_PATTERN
 from .api import MAX_ID
 from .auth import CSRF_FORM_FIELD, SESSION_COOKIE, Credentials, resolve
 from .clock import utc_now
 from .context import DashboardContext
 from .errors import Conflict, DashboardError, Forbidden, Invalid, NotFound, Unauthenticated
+from .login import client_address, password_login, set_session_cookie
 from .login_guard import TooManyAttempts
 from .models import Account
 from .picture_api import render_network
@@ -482,19 +481,10 @@ def router(ctx: DashboardContext) -> APIRouter:
                 error="this login form expired (or the browser refuses cookies): log in again with this form",
                 status=403,
             )
-        now, clock = utc_now(), time.monotonic()
-        address = request.client.host if request.client else "unknown"
         try:
-            ctx.login_guard.check(username, address, clock)  # TooManyAttempts: shown like any refusal
-            with unit_of_work() as session:
-                if not USERNAME_PATTERN.fullmatch(username):
-                    raise Unauthenticated("wrong username or password")
-                account = service.authenticate(session, username, password)
-                cookie, _row = service.create_browser_session(
-                    session, account, now, ctx.settings.session_lifetime
-                )
+            # TooManyAttempts is shown like any other refusal.
+            logged_in = password_login(ctx, unit_of_work, username, password, client_address(request))
         except Unauthenticated:
-            ctx.login_guard.failed(username, address, clock)
             return login_form(
                 request,
                 next_path,
@@ -504,17 +494,8 @@ def router(ctx: DashboardContext) -> APIRouter:
             )
         except DashboardError as exc:
             return login_form(request, next_path, username=username, error=str(exc), status=status_of(exc))
-        ctx.login_guard.succeeded(username)
         response = redirect(safe_next(next_path))
-        response.set_cookie(
-            SESSION_COOKIE,
-            cookie,
-            max_age=int(ctx.settings.session_lifetime.total_seconds()),
-            httponly=True,
-            samesite="lax",
-            secure=secure_cookies,
-            path="/",
-        )
+        set_session_cookie(response, request, ctx, logged_in.cookie)
         response.delete_cookie(LOGIN_COOKIE, path="/login")
         return response
 

@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
-from ..api import bound_message, shorten
+from ..api import bound_message, describe_validation_errors, shorten
 from ..core.address import format_address, parse_overlay
 from ..core.errors import AddressError
 from ..core.websetup import (
@@ -64,7 +64,6 @@ POLL_INTERVAL_S = 0.5
 REVISION_FRESH_S = 0.25
 # The largest body Websetup reads: a report of MAX_PEERS_IN_REPORT links is about 200 KiB.
 MAX_BODY_BYTES = 512 * 1024
-MAX_LISTED_ERRORS = 5
 NOT_CLAIMED = "this device is not claimed: run husarnet-ros join CODE on it"
 
 T = TypeVar("T")
@@ -328,29 +327,10 @@ def _problem(status: int, detail: str) -> JSONResponse:
     return JSONResponse(status_code=status, content=Problem(detail=bound_message(detail)).model_dump())
 
 
-def _describe_validation_error(exc: RequestValidationError) -> str:
-    """One line naming each bad field and why; never the rejected input itself, only shortened field names."""
-    errors = exc.errors()
-    parts = []
-    for err in errors[:MAX_LISTED_ERRORS]:
-        if err.get("type") == "json_invalid":
-            parts.append("the request body is not valid JSON")
-            continue
-        if err.get("type") == "missing" and tuple(err.get("loc", ())) == ("body",):
-            parts.append("the request needs a JSON body")
-            continue
-        loc = ".".join(shorten(str(p), 40) for p in err.get("loc", ()) if p != "body") or "body"
-        message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-        parts.append(f"{loc}: {message}")
-    if len(errors) > MAX_LISTED_ERRORS:
-        parts.append(f"and {len(errors) - MAX_LISTED_ERRORS} more")
-    return "invalid request: " + "; ".join(parts)
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _problem(422, _describe_validation_error(exc))
+        return _problem(422, describe_validation_errors(exc.errors(), whole="body"))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
