@@ -13,7 +13,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from .access import visible_network_ids
-from .models import Account, AuditEntry
+from .models import Account, AuditEntry, Network
 
 SYSTEM_ACTOR = "system"
 MAX_AUDIT_PAGE = 500
@@ -46,6 +46,27 @@ def record(
     session.add(entry)
     session.flush()
     return entry
+
+
+def record_network_change(
+    session: Session,
+    account: Account,
+    network: Network,
+    action: str,
+    now: datetime,
+    details: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """A change to ``network`` by ``account``: seen by its owner and by everyone who sees the network."""
+    return record(
+        session,
+        actor=account.username,
+        action=action,
+        object=f"network:{network.id}",
+        now=now,
+        account_id=network.owner_id,
+        network_id=network.id,
+        details=details,
+    )
 
 
 def list_audit(

@@ -83,16 +83,7 @@ def create_network(session: Session, account: Account, name: str, now: datetime)
     network = Network(owner_id=account.id, name=name, join_code=new_join_code(), created_at=now)
     session.add(network)
     session.flush()
-    audit.record(
-        session,
-        actor=account.username,
-        action="network.create",
-        object=f"network:{network.id}",
-        now=now,
-        account_id=account.id,
-        network_id=network.id,
-        details={"name": name},
-    )
+    audit.record_network_change(session, account, network, "network.create", now, {"name": name})
     return _view(session, network, "owner")
 
 
@@ -125,16 +116,8 @@ def rename_network(
         )
         if taken is not None:
             raise Conflict(f"a network named {name!r} exists in this account: choose another name")
-        audit.record(
-            session,
-            actor=account.username,
-            action="network.rename",
-            object=f"network:{network.id}",
-            now=now,
-            account_id=network.owner_id,
-            network_id=network.id,
-            details={"from": network.name, "to": name},
-        )
+        details = {"from": network.name, "to": name}
+        audit.record_network_change(session, account, network, "network.rename", now, details)
         network.name = name
         session.flush()
     return _view(session, network, role)
@@ -143,16 +126,7 @@ def rename_network(
 def delete_network(session: Session, account: Account, network_id: int, now: datetime) -> None:
     network, role = network_for(session, account, network_id)
     require_owner(network, role, "delete it")
-    audit.record(
-        session,
-        actor=account.username,
-        action="network.delete",
-        object=f"network:{network.id}",
-        now=now,
-        account_id=network.owner_id,
-        network_id=network.id,
-        details={"name": network.name},
-    )
+    audit.record_network_change(session, account, network, "network.delete", now, {"name": network.name})
     # Explicit deletes: the database cascades too, but the session must not keep stale members around.
     session.execute(delete(Membership).where(Membership.network_id == network.id))
     session.execute(delete(Share).where(Share.network_id == network.id))
@@ -166,15 +140,7 @@ def regenerate_network_join_code(session: Session, account: Account, network_id:
     require_owner(network, role, "change its join code")
     network.join_code = new_join_code()
     session.flush()
-    audit.record(
-        session,
-        actor=account.username,
-        action="network.join_code",
-        object=f"network:{network.id}",
-        now=now,
-        account_id=network.owner_id,
-        network_id=network.id,
-    )
+    audit.record_network_change(session, account, network, "network.join_code", now)
     return network.join_code
 
 
@@ -211,15 +177,8 @@ def share_network(
     else:
         share.role = role
     session.flush()
-    audit.record(
-        session,
-        actor=account.username,
-        action="network.share",
-        object=f"network:{network.id}",
-        now=now,
-        account_id=network.owner_id,
-        network_id=network.id,
-        details={"account": other.username, "role": role},
+    audit.record_network_change(
+        session, account, network, "network.share", now, {"account": other.username, "role": role}
     )
     return ShareView(other.username, role)
 
@@ -237,15 +196,8 @@ def unshare_network(
         raise NotFound(f"network {network.name!r} is not shared with an account named {username!r}")
     session.delete(share)
     session.flush()
-    audit.record(
-        session,
-        actor=account.username,
-        action="network.unshare",
-        object=f"network:{network.id}",
-        now=now,
-        account_id=network.owner_id,
-        network_id=network.id,
-        details={"account": other.username},
+    audit.record_network_change(
+        session, account, network, "network.unshare", now, {"account": other.username}
     )
 
 
@@ -347,15 +299,13 @@ def add_member(session: Session, account: Account, network_id: int, device_id: i
         return
     session.add(Membership(network_id=network.id, device_id=device.id))
     session.flush()
-    audit.record(
+    audit.record_network_change(
         session,
-        actor=account.username,
-        action="network.add_device",
-        object=f"network:{network.id}",
-        now=now,
-        account_id=network.owner_id,
-        network_id=network.id,
-        details={"device": device.address, "hostname": device.hostname},
+        account,
+        network,
+        "network.add_device",
+        now,
+        {"device": device.address, "hostname": device.hostname},
     )
     bump_revision(session)
 
@@ -369,14 +319,12 @@ def remove_member(session: Session, account: Account, network_id: int, device_id
     device = session.get(Device, device_id)
     session.delete(membership)
     session.flush()
-    audit.record(
+    audit.record_network_change(
         session,
-        actor=account.username,
-        action="network.remove_device",
-        object=f"network:{network.id}",
-        now=now,
-        account_id=network.owner_id,
-        network_id=network.id,
-        details={"device": device.address if device else str(device_id)},
+        account,
+        network,
+        "network.remove_device",
+        now,
+        {"device": device.address if device else str(device_id)},
     )
     bump_revision(session)
