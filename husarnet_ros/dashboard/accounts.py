@@ -134,14 +134,7 @@ def change_password(
     if keep_session is not None:
         others = others.where(BrowserSession.id_hash != keep_session.id_hash)
     session.execute(others)
-    audit.record(
-        session,
-        actor=account.username,
-        action="account.password",
-        object=f"account:{account.username}",
-        now=now,
-        account_id=account.id,
-    )
+    audit.record_account_change(session, account, "account.password", f"account:{account.username}", now)
 
 
 # --- API tokens ---
@@ -159,15 +152,7 @@ def create_token(session: Session, account: Account, name: str, now: datetime) -
     token = ApiToken(account_id=account.id, name=name, token_hash=sha256_hex(secret), created_at=now)
     session.add(token)
     session.flush()
-    audit.record(
-        session,
-        actor=account.username,
-        action="token.create",
-        object=f"token:{token.id}",
-        now=now,
-        account_id=account.id,
-        details={"name": name},
-    )
+    audit.record_account_change(session, account, "token.create", f"token:{token.id}", now, {"name": name})
     return token, secret
 
 
@@ -182,14 +167,8 @@ def delete_token(session: Session, account: Account, token_id: int, now: datetim
     if token is None or token.account_id != account.id:
         raise NotFound(f"no token {token_id} in this account")
     session.delete(token)
-    audit.record(
-        session,
-        actor=account.username,
-        action="token.delete",
-        object=f"token:{token_id}",
-        now=now,
-        account_id=account.id,
-        details={"name": token.name},
+    audit.record_account_change(
+        session, account, "token.delete", f"token:{token_id}", now, {"name": token.name}
     )
 
 
@@ -265,12 +244,5 @@ def regenerate_account_join_code(session: Session, account: Account, now: dateti
     else:
         row.code = new_join_code()
     session.flush()
-    audit.record(
-        session,
-        actor=account.username,
-        action="account.join_code",
-        object=f"account:{account.username}",
-        now=now,
-        account_id=account.id,
-    )
+    audit.record_account_change(session, account, "account.join_code", f"account:{account.username}", now)
     return row.code

@@ -48,6 +48,26 @@ def record(
     return entry
 
 
+def record_account_change(
+    session: Session,
+    account: Account,
+    action: str,
+    object: str,
+    now: datetime,
+    details: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """A change ``account`` made to something of its own (its password, tokens, devices): seen by it."""
+    return record(
+        session,
+        actor=account.username,
+        action=action,
+        object=object,
+        now=now,
+        account_id=account.id,
+        details=details,
+    )
+
+
 def record_network_change(
     session: Session,
     account: Account,
