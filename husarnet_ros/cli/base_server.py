@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..core.base_client import DEFAULT_BASE_PORT, DEFAULT_BASE_TCP_PORT
+from .state import log_level_option
 
 
 @click.command("base-server")
@@ -48,12 +49,7 @@ from ..core.base_client import DEFAULT_BASE_PORT, DEFAULT_BASE_TCP_PORT
     help="Also write the status (clients, relayed frames and bytes, drop counters) to this JSON file.",
 )
 @click.option("--json", "json_log", is_flag=True, help="Status lines as JSON.")
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-    default="info",
-    show_default=True,
-)
+@log_level_option
 def base_server(
     listen: str,
     udp_port: int,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..core.license import DEFAULT_WEBSETUP_PORT
-from .state import cli_state, fail, json_option, print_json
+from .state import cli_state, fail, json_option, log_level_option, print_json
 
 if TYPE_CHECKING:
     from ..dashboard.db import SessionFactory
@@ -125,12 +125,7 @@ def dashboard() -> None:
     show_default=True,
     help="How long a license fetched now stays valid.",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-    default="info",
-    show_default=True,
-)
+@log_level_option
 def serve(
     listen: str,
     data_dir: Path,

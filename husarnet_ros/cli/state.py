@@ -66,6 +66,18 @@ def _enable_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bo
     return value
 
 
+def log_level_option(command: F) -> F:
+    """``--log-level`` of the servers (base server, Dashboard, Websetup): info unless asked otherwise."""
+    option = click.option(
+        "--log-level",
+        type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+        default="info",
+        show_default=True,
+        help="How much to log.",
+    )
+    return option(command)
+
+
 def json_option(command: F) -> F:
     """``--json`` on a subcommand, equivalent to the global ``husarnet-ros --json``."""
     option = click.option(

@@ -12,7 +12,7 @@ import click
 
 from ..api import quote_input
 from ..core.license import DEFAULT_WEBSETUP_PORT
-from .state import CliFailure
+from .state import CliFailure, log_level_option
 
 LISTEN_FORMS = "[ADDR]:PORT, ADDR:PORT (IPv4), :PORT (every address) or [ADDR] (port 5590)"
 
@@ -64,12 +64,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     type=click.Path(file_okay=False, path_type=Path),
     help="The Dashboard's data directory (its SQLite database), when no --database-url is given.",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-    default="info",
-    show_default=True,
-)
+@log_level_option
 def websetup(listen: str, database_url: str | None, data_dir: Path | None, log_level: str) -> None:
     """Run Websetup: daemons join with a join code, long-poll their whitelist and hosts, and report their
     links, over the overlay. A device is known by the fc94 source address of its connection, so listen on
