@@ -86,6 +86,12 @@ def test_robots_join_and_follow_the_dashboard(stack_and_robots: tuple[ControlSta
     )
     wait_until(lambda: not three.host.ping6(one.address, 1).ok, 15.0, interval=0.5, what="robot-3 cut off")
 
+    # A new hostname in the Dashboard reaches the other robots' hosts within seconds; the old name goes.
+    two_id = stack.device_id(two.address)
+    stack.api("PATCH", f"/devices/{two_id}", {"hostname": "arm-2"})
+    wait_until(lambda: ping_by_name(one.host, "arm-2"), PUSH_S, interval=0.5, what="robot-1 pings arm-2")
+    assert not ping_by_name(one.host, "robot-2")
+
     # Restarting the Dashboard loses nothing: networks, devices, memberships, and the robots keep working.
     before = {
         "networks": sorted(n["name"] for n in stack.api("GET", "/networks")),
@@ -100,9 +106,9 @@ def test_robots_join_and_follow_the_dashboard(stack_and_robots: tuple[ControlSta
         "fleet-a": sorted(d["hostname"] for d in stack.api("GET", f"/networks/{fleet_a}/devices")),
     }
     assert after == before
-    assert before["fleet-a"] == ["robot-1", "robot-2"]
+    assert before["fleet-a"] == ["arm-2", "robot-1"]
     assert fleet_b in {n["id"] for n in stack.api("GET", "/networks")}
-    assert ping_by_name(one.host, "robot-2")
+    assert ping_by_name(one.host, "arm-2")
     # ... and a change after the restart is pushed again.
     stack.api("PUT", f"/networks/{fleet_a}/devices/{three_id}", expect=204)
     wait_until(lambda: three.address in whitelist(two), PUSH_S, interval=0.2, what="push after restart")
