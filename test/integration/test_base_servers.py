@@ -291,10 +291,13 @@ def test_udp_blocked_robot_goes_tcp_then_back_to_udp_when_udp_works(
         # The site's firewall opens UDP (now an ordinary port-restricted NAT): within one UDP probe interval
         # the daemon is back on UDP, and the pair punches through to a direct path.
         site = f.site
-        site.router.run(["nft", "delete", "table", "ip", site.nft_table])
+        # In one nft transaction: between a separate delete and add, the router would have no rules at all,
+        # and a punch probe from a arriving then would leave a conntrack entry on the public port f's mapping
+        # needs, so f's NAT would pick another port and the punch could never meet (seen once, clean root).
         site.router.run(
             ["nft", "-f", "-"],
-            input=router_ruleset(site.nft_table, NatKind.PORT_RESTRICTED, site.lan_network),
+            input=f"delete table ip {site.nft_table}\n"
+            + router_ruleset(site.nft_table, NatKind.PORT_RESTRICTED, site.lan_network),
         )
         wait_until(
             lambda: f.daemon.status()["base"]["transport"] == "udp",
