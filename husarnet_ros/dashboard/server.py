@@ -68,6 +68,16 @@ def serve_forever(app: Any, sock: socket.socket, log_level: str = "info") -> Non
     dashboard_server(app, log_level).run(sockets=[sock])
 
 
+class LateApp:
+    """An ASGI app that is set after the server's socket is bound (``BackgroundServer(late)``, then
+    ``late.app = create_app(...)``): for an app whose settings name the server's own port (its public URL)."""
+
+    app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
 class BackgroundServer:
     """An ASGI app served by uvicorn in a thread, on 127.0.0.1 and a free port unless told otherwise.
     ``with BackgroundServer(app) as server:`` waits until it answers; leaving stops it."""

@@ -33,7 +33,7 @@ from husarnet_ros.dashboard.app import create_app
 from husarnet_ros.dashboard.clock import utc_now
 from husarnet_ros.dashboard.context import DashboardContext
 from husarnet_ros.dashboard.models import BrowserSession
-from husarnet_ros.dashboard.server import BackgroundServer
+from husarnet_ros.dashboard.server import BackgroundServer, LateApp
 from husarnet_ros.dashboard.settings import DashboardSettings
 from husarnet_ros.dashboard.websetup import create_websetup_app
 from husarnet_ros.testing.browser import ACTION_TIMEOUT_MS
@@ -46,15 +46,6 @@ SCREENSHOT_COPY = Path("/tmp/ui-network.png")
 # What a page changed by its live refresh (every 2.5 s) may take to show: playwright's expectations wait 5 s
 # unless told otherwise, too little on a loaded CI machine.
 LIVE = ACTION_TIMEOUT_MS
-
-
-class _LateApp:
-    """An ASGI app set after the server's socket is bound: the app's public URL names the server's port."""
-
-    app: Any = None
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.app(scope, receive, send)
 
 
 @dataclass
@@ -90,7 +81,7 @@ class Dashboard:
 
 @pytest.fixture
 def dashboard(tmp_path: Path, sqlite_url: str) -> Iterator[Dashboard]:
-    late = _LateApp()
+    late = LateApp()
     server = BackgroundServer(late)
     try:
         settings = DashboardSettings(data_dir=tmp_path, database_url=sqlite_url, public_url=server.url)

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -22,7 +22,7 @@ from husarnet_ros.dashboard import service
 from husarnet_ros.dashboard.app import create_app
 from husarnet_ros.dashboard.clock import utc_now
 from husarnet_ros.dashboard.context import DashboardContext
-from husarnet_ros.dashboard.server import BackgroundServer
+from husarnet_ros.dashboard.server import BackgroundServer, LateApp
 from husarnet_ros.dashboard.settings import DashboardSettings
 
 T = TypeVar("T")
@@ -33,15 +33,6 @@ TIMEOUT_S = 15.0
 CSRF_VALUE = re.compile(r'name="csrf_token" value="([^"]+)"')
 ALERT = re.compile(r'role="alert">(.*?)</p>', re.S)
 NOTICE = re.compile(r'role="status">(.*?)</p>', re.S)
-
-
-class _LateApp:
-    """An ASGI app set after the server's socket is bound: the app's public URL names the server's port."""
-
-    app: Any = None
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.app(scope, receive, send)
 
 
 @dataclass
@@ -93,7 +84,7 @@ class Dashboard:
 
 @pytest.fixture
 def dashboard(tmp_path: Path, database_url: str) -> Iterator[Dashboard]:
-    late = _LateApp()
+    late = LateApp()
     server = BackgroundServer(late)
     try:
         settings = DashboardSettings(data_dir=tmp_path, database_url=database_url, public_url=server.url)
