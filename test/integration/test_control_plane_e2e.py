@@ -6,7 +6,6 @@ Websetup."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -69,12 +68,9 @@ def test_robots_join_and_follow_the_dashboard(stack_and_robots: tuple[ControlSta
 
     # Moving 3 into fleet-a lets it in within seconds.
     three_id = stack.device_id(three.address)
-    moved_at = time.monotonic()
     stack.api("PUT", f"/networks/{fleet_a}/devices/{three_id}", expect=204)
     wait_until(lambda: three.address in whitelist(one), PUSH_S, interval=0.2, what="robot-3 allowed by 1")
-    pushed_s = time.monotonic() - moved_at
     wait_until(lambda: ping_by_name(three.host, "robot-1"), 30.0, interval=0.5, what="robot-3 pings robot-1")
-    assert pushed_s < PUSH_S
 
     # Taking it out cuts it off again (it stays in fleet-b, alone).
     stack.api("DELETE", f"/networks/{fleet_a}/devices/{three_id}", expect=204)
