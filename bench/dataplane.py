@@ -39,6 +39,7 @@ from peers.tinc import tinc  # noqa: E402
 from report import aggregate, markdown, save, targets  # noqa: E402
 from tunnels import (  # noqa: E402
     Tunnel,
+    husarnet_ros_jumbo,
     husarnet_ros_overlay,
     husarnet_ros_relayed,
     make_workdir,
@@ -68,6 +69,9 @@ def path_specs(daemon_args: list[str]) -> dict[str, PathSpec]:
     def overlay(lab: Lab, client: Host, server: Host, workdir: Path) -> Tunnel:
         return husarnet_ros_overlay(lab, client, server, workdir, daemon_args)
 
+    def jumbo(lab: Lab, client: Host, server: Host, workdir: Path) -> Tunnel:
+        return husarnet_ros_jumbo(lab, client, server, workdir, daemon_args)
+
     def relayed(lab: Lab, client: Host, server: Host, workdir: Path) -> Tunnel:
         return husarnet_ros_relayed(lab, client, server, workdir, daemon_args)
 
@@ -82,6 +86,7 @@ def path_specs(daemon_args: list[str]) -> dict[str, PathSpec]:
         "nebula": PathSpec(nebula, ("nebula", "nebula-cert")),
         "n2n": PathSpec(n2n, ("edge", "supernode")),
         "husarnet_ros": PathSpec(overlay, ()),
+        "husarnet_ros jumbo underlay": PathSpec(jumbo, ()),
         "husarnet_ros relayed": PathSpec(relayed, ("nft",)),
         "husarnet_ros relayed over TCP": PathSpec(relayed_tcp, ("nft",)),
     }

@@ -157,6 +157,11 @@ class PeerStatus(_Model):
     )
     base_server: str | None = Field(default=None, description="base server relaying a tunnelled path")
     rtt_ms: float | None = Field(default=None, description="latest authenticated round-trip time")
+    max_datagram: int | None = Field(
+        default=None,
+        description="largest datagram a size probe showed the path to carry, when larger than the overlay "
+        "MTU needs: TCP to this peer goes in segments that fill it (null: segments of the overlay's MSS)",
+    )
     last_handshake: float | None = Field(
         default=None, description="unix time of the last completed handshake"
     )

@@ -58,6 +58,14 @@ DEFAULT_MTU = 1350
 # was slowed down instead of its packets dropped in hnet0's queue).
 DEFAULT_DATA_PLANE_NICE = -10
 MAX_DATAGRAM = 65535  # largest UDP payload read or written
+# Datagrams larger than the overlay MTU needs, for TCP segments to peers with FEATURE_LARGE_SEGMENTS: the
+# daemon asks the kernel how large a datagram the route's interface takes, and a padded probe of that size
+# must come back before any segment uses it (a smaller MTU further on would drop it silently).
+# Below this a probe is not worth it: a segment must grow by whole MSS (see Node.send_large), and a datagram
+# this small holds only one of the overlay's (a 1500-byte LAN gains nothing).
+MIN_SIZE_PROBE = 2048
+MAX_PATH_DATAGRAM = 16384  # above ~9 KB (jumbo frames) fewer AEAD calls gain little; a loss costs more
+SIZE_PROBE_INTERVAL = 30.0  # re-ask the kernel, and probe again if it allows more than was confirmed
 PENDING_PACKETS_PER_PEER = 32  # packets queued while a handshake is in progress
 
 # --- bounds on state that remote input can create ------------------------------

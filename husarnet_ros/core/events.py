@@ -45,6 +45,16 @@ class PathChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class DatagramSizeFound:
+    """A size probe came back: TCP to this peer now goes in datagrams of up to ``size`` bytes (a change of
+    endpoint starts over from the overlay's own segment size)."""
+
+    address: bytes
+    endpoint: Endpoint
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class PongReceived:
     address: bytes
     probe_id: bytes
@@ -63,7 +73,7 @@ class InternalError:
     error: Exception
 
 
-Event = PeerUp | PeerDown | PathLost | PathChanged | PongReceived | InternalError
+Event = PeerUp | PeerDown | PathLost | PathChanged | DatagramSizeFound | PongReceived | InternalError
 
 
 # --- what the data-plane threads post to the control loop ----------------------------------------------

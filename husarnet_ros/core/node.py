@@ -40,12 +40,14 @@ from .constants import (
     MAX_CANDIDATES_PER_PEER,
     MAX_HEARD_BEACONS,
     MAX_INIT_TARGETS,
+    MAX_PATH_DATAGRAM,
     MAX_PEERS,
     MAX_PENDING_RESPONSES,
     MAX_POSTED_EVENTS,
     MAX_POSTED_HANDSHAKES,
     MAX_PUNCH_PROBES,
     MAX_UPGRADE_PROBES,
+    MIN_SIZE_PROBE,
     PATH_DEAD_AFTER,
     PATH_DEAD_PINGS,
     PATH_FAST_PROBING,
@@ -63,9 +65,11 @@ from .constants import (
     REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME,
     SESSION_IDLE_TIMEOUT,
+    SIZE_PROBE_INTERVAL,
 )
 from .errors import AuthenticationError, ProtocolError, ReplayError
 from .events import (
+    DatagramSizeFound,
     EndpointSeen,
     Event,
     InternalError,
@@ -98,6 +102,9 @@ from .ratelimit import RateLimiter
 from .session import Session
 
 Datagram = tuple[Endpoint, bytes]
+# Probes whose lack of answer says nothing about whether the route works: a candidate's (another endpoint),
+# and a size probe's (a datagram larger than the path may carry, which is what it asks).
+_NOT_LIVENESS = (ProbePurpose.CANDIDATE, ProbePurpose.DATAGRAM_SIZE)
 # Datagrams for one endpoint back to back in one buffer, each of the given size (the last may be shorter).
 Batch = tuple[Endpoint, memoryview, int]
 # A packet turned into an inner frame in place, to be sealed later: (session, endpoint, where its datagram
@@ -162,6 +169,9 @@ class Node:
         self.address = identity.address
         self.is_allowed = is_allowed
         self.is_pinned = is_pinned or (lambda _address: False)
+        # The largest UDP payload the local interface lets a datagram to an endpoint have (0: unknown), asked
+        # of the kernel by the daemon (control loop only). Only a size a probe shows to arrive is ever used.
+        self.underlay_limit: Callable[[Endpoint], int] = lambda _endpoint: 0
         self.wall_offset_ns = wall_offset_ns
         self._random = random_bytes
         # --- control loop's
@@ -342,6 +352,17 @@ class Node:
             else wire.INNER_IPV6
         )
         tcp_header = (packet[l4_start + 12] >> 4) * 4
+        if partial and route.datagram_limit and session.peer_features & wire.FEATURE_LARGE_SEGMENTS:
+            # The path was shown to carry larger datagrams than the overlay MTU makes: fewer, larger segments
+            # (one AEAD call each), still one segment per datagram; the receiver's TCP takes any size. Whole
+            # multiples of the kernel's segment size, so that what the receiver acknowledges selectively
+            # (SACK) falls on the sender's segment boundaries: cut anywhere else, a link that reorders made
+            # the sender retransmit hundreds of segments that had arrived (test_dataplane_paths).
+            larger = (route.datagram_limit - wire.SEGMENT_OVERHEAD - tcp_header) // mss * mss
+            if larger > mss:
+                mss = larger
+                count = offload.tcp_segment_count(packet, l4_start, mss)
+                self.tx_counters["tso_path_sized"] += 1
         # Room per datagram: data header, kind byte, the IPv6 header (without its addresses when compressed)
         # and extension headers, the TCP header, a segment, the tag.
         ip_room = l4_start - 32 if compressed else l4_start
@@ -580,6 +601,11 @@ class Node:
             # Answered on the same session, to where it came from: that is the path being tested.
             self.replies.append((endpoint, session.seal(bytes([wire.INNER_PONG]) + inner[1:])))
             return
+        if kind == wire.INNER_SIZE_PROBE and size >= 1 + wire.PROBE_ID_SIZE:
+            # Only the way here had to carry the size: the answer is a plain pong.
+            pong = bytes([wire.INNER_PONG]) + inner[1 : 1 + wire.PROBE_ID_SIZE]
+            self.replies.append((endpoint, session.seal(pong)))
+            return
         if kind == wire.INNER_PONG and size == 1 + wire.PROBE_ID_SIZE:
             self._post(PongSeen(peer, session, inner[1:], endpoint, now), counters)
             return
@@ -605,7 +631,7 @@ class Node:
         route = peer.route
         current = route is not None and session is route.session
         # The first frame on a session this node initiated (first contact, or a rekey's next session).
-        probe = kind == wire.INNER_PROBE
+        probe = kind == wire.INNER_PROBE or kind == wire.INNER_SIZE_PROBE
         if not session.confirmed and not session.confirm_posted and (current or session is peer.next):
             session.confirm_posted = True
             self._post(SessionWorks(peer, session, endpoint, now, probe), self.rx_counters)
@@ -622,7 +648,7 @@ class Node:
             if peer.roam_posted != seen:
                 peer.roam_posted = seen
                 self._post(
-                    EndpointSeen(peer, session, endpoint, kind == wire.INNER_PROBE, now), self.rx_counters
+                    EndpointSeen(peer, session, endpoint, probe, now), self.rx_counters
                 )
 
     # ------------------------------------------------------------------ control loop: posted events
@@ -686,6 +712,9 @@ class Node:
         probe = peer.probes.pop(event.probe_id, None)
         if probe is None or self.peers.get(peer.address) is not peer:
             return
+        if probe.purpose is ProbePurpose.DATAGRAM_SIZE:
+            self._on_size_shown(peer, probe, event)
+            return
         rtt_ms = max(0.0, (event.now - probe.sent_at) * 1000.0)
         self.events.append(PongReceived(peer.address, event.probe_id, rtt_ms, endpoint))
         self._learn(peer, endpoint, CandidateSource.LEARNED, event.now, verified=True)
@@ -702,6 +731,19 @@ class Node:
         elif endpoint_rank(endpoint) < endpoint_rank(route.endpoint):
             peer.rtt_ms = rtt_ms
             self._set_route(peer, endpoint, event.now, "preferred endpoint answers")
+
+    def _on_size_shown(self, peer: Peer, probe: Probe, event: PongSeen) -> None:
+        """A size probe's pong: datagrams that large reach the peer at the probe's endpoint."""
+        route = peer.route
+        if (
+            route is None
+            or route.endpoint != probe.endpoint
+            or event.endpoint != probe.endpoint
+            or probe.size <= route.datagram_limit
+        ):
+            return  # the route moved meanwhile (its own probe follows), or a larger size was shown already
+        peer.route = Route(route.session, route.endpoint, probe.size)
+        self.events.append(DatagramSizeFound(peer.address, route.endpoint, probe.size))
 
     def _on_session_works(self, event: SessionWorks) -> None:
         peer, session = event.peer, event.session
@@ -904,7 +946,12 @@ class Node:
             peer.previous = old
             peer.previous_expires = now + PREVIOUS_SESSION_GRACE
         self._sessions[session.local_index] = session
-        peer.route = Route(session, endpoint)
+        # A rekey keeps what the path was shown to carry; another endpoint starts over.
+        old_route = peer.route
+        same_path = old_route is not None and old_route.endpoint == endpoint
+        peer.route = Route(session, endpoint, old_route.datagram_limit if same_path and old_route else 0)
+        if not same_path:
+            peer.next_size_probe_at = now
         peer.route_heard_at = max(peer.route_heard_at, now)
         peer.path_alive = session.confirmed
         peer.path_epoch += 1
@@ -999,7 +1046,8 @@ class Node:
         recovering = not peer.path_alive
         lost_at = peer.path_lost_at
         if endpoint != route.endpoint:
-            peer.route = Route(route.session, endpoint)
+            peer.route = Route(route.session, endpoint)  # what the old path carried says nothing of this one
+            peer.next_size_probe_at = now
         peer.route_heard_at = max(peer.route_heard_at, now)  # an authenticated frame came from it just now
         peer.path_alive = True
         peer.path_epoch += 1
@@ -1022,15 +1070,39 @@ class Node:
         peer.path_probe_interval = PATH_PROBE_INTERVAL
         self.events.append(PathLost(peer.address, route.endpoint))
 
-    def _probe(self, peer: Peer, endpoint: Endpoint, purpose: ProbePurpose, now: float) -> bytes | None:
+    def _probe(
+        self, peer: Peer, endpoint: Endpoint, purpose: ProbePurpose, now: float, size: int = 0
+    ) -> bytes | None:
+        """Send a probe; ``size``: a DATAGRAM_SIZE probe's datagram size (padded to it)."""
         route = peer.route
         if route is None:
             return None
         probe_id = self._random(wire.PROBE_ID_SIZE)
-        peer.probes[probe_id] = Probe(now, endpoint, purpose)
-        kind = wire.INNER_PROBE if purpose is ProbePurpose.CANDIDATE else wire.INNER_PING
-        self.outbox.append((endpoint, route.session.seal(bytes([kind]) + probe_id)))
+        peer.probes[probe_id] = Probe(now, endpoint, purpose, size)
+        if purpose is ProbePurpose.DATAGRAM_SIZE:
+            padding = size - wire.DATA_HEADER_SIZE - wire.TAG_SIZE - 1 - wire.PROBE_ID_SIZE
+            inner = bytes([wire.INNER_SIZE_PROBE]) + probe_id + bytes(max(0, padding))
+        else:
+            kind = wire.INNER_PROBE if purpose is ProbePurpose.CANDIDATE else wire.INNER_PING
+            inner = bytes([kind]) + probe_id
+        self.outbox.append((endpoint, route.session.seal(inner)))
         return probe_id
+
+    def _probe_datagram_size(self, peer: Peer, route: Route, now: float) -> None:
+        """Ask the kernel how large a datagram the route's interface takes; if that is more than the path was
+        shown to carry, send a probe that size: its pong raises ``Route.datagram_limit`` (``_on_pong``).
+        Direct paths to peers with FEATURE_LARGE_SEGMENTS only (a relay has its own limits)."""
+        features = route.session.peer_features
+        if is_relay(route.endpoint) or not features & wire.FEATURE_LARGE_SEGMENTS:
+            # Features are exchanged when a session starts: look again soon while they may still come.
+            peer.next_size_probe_at = now + (SIZE_PROBE_INTERVAL if features else FEATURES_RETRY_INTERVAL)
+            return
+        peer.next_size_probe_at = now + SIZE_PROBE_INTERVAL
+        size = min(self.underlay_limit(route.endpoint), MAX_PATH_DATAGRAM)
+        if size < route.datagram_limit:  # the interface shrank: what was shown may no longer pass
+            peer.route = route = Route(route.session, route.endpoint)
+        if size > route.datagram_limit and size >= MIN_SIZE_PROBE:
+            self._probe(peer, route.endpoint, ProbePurpose.DATAGRAM_SIZE, now, size)
 
     def _probe_better(self, peer: Peer, route: Route, most: int, now: float) -> None:
         """Probe up to ``most`` candidates that rank better than the route's endpoint (best first): the
@@ -1049,7 +1121,7 @@ class Node:
         for probe in peer.probes.values():
             if (
                 probe.endpoint == route.endpoint
-                and probe.purpose is not ProbePurpose.CANDIDATE
+                and probe.purpose not in _NOT_LIVENESS
                 and probe.sent_at > heard
                 and (oldest is None or probe.sent_at < oldest)
             ):
@@ -1081,6 +1153,8 @@ class Node:
                 self._probe(peer, route.endpoint, ProbePurpose.LATENCY, now)
                 self._probe_better(peer, route, MAX_UPGRADE_PROBES, now)
                 peer.next_probe_at = now + LATENCY_PROBE_INTERVAL
+            if now >= peer.next_size_probe_at:
+                self._probe_datagram_size(peer, route, now)
             return
         if now >= peer.next_path_probe_at:
             # No path answers: try the route's endpoint and every other candidate with the session's keys

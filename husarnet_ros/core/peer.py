@@ -46,10 +46,13 @@ class Candidate:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where the data plane sends a peer's traffic: a session and the endpoint it goes to, replaced as one."""
+    """Where the data plane sends a peer's traffic: a session and the endpoint it goes to, replaced as one.
+    ``datagram_limit``: the largest datagram a size probe showed to reach the peer at this endpoint (0: none
+    shown; TCP segments are then cut at the overlay's MSS)."""
 
     session: Session
     endpoint: Endpoint
+    datagram_limit: int = 0
 
 
 class ProbePurpose(enum.Enum):
@@ -57,6 +60,7 @@ class ProbePurpose(enum.Enum):
     LIVENESS = "liveness"  # traffic went unanswered: is the path still there?
     CANDIDATE = "candidate"  # another endpoint: does the peer answer there (recovery, or a better path)?
     ON_DEMAND = "on-demand"  # `husarnet-ros ping`
+    DATAGRAM_SIZE = "datagram-size"  # a padded probe: does a datagram of ``Probe.size`` reach the peer?
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,7 @@ class Probe:
     sent_at: float
     endpoint: Endpoint
     purpose: ProbePurpose
+    size: int = 0  # DATAGRAM_SIZE: the datagram's size
 
 
 # A relayed path is named like an endpoint so that the path machinery (candidates, probes, roaming) treats
@@ -155,6 +160,7 @@ class Peer:
     rtt_ms: float | None = None
     probes: dict[bytes, Probe] = field(default_factory=dict)
     next_probe_at: float = 0.0
+    next_size_probe_at: float = 0.0  # when to ask the kernel again how large a datagram the route may carry
     # statistics (monotonic times from the caller's clock)
     last_handshake: float | None = None
     last_activity: float = 0.0  # last beacon, handshake or session: unpinned peers expire from this

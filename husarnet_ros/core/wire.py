@@ -55,11 +55,18 @@ INNER_PONG = 0x04  # echoes the 8-byte probe id
 INNER_PROBE = 0x05  # 8-byte probe id; answered like a ping, but never moves the receiver's endpoint
 INNER_FEATURES = 0x06  # u32 features the sender understands, u8 flags (FEATURES_REPLY_WANTED)
 INNER_IPV6_PARTIAL = 0x07  # as INNER_IPV6_COMPRESSED; the TCP/UDP checksum holds only the pseudo-header sum
+INNER_SIZE_PROBE = 0x08  # 8-byte probe id, padding: answered like a probe (does a datagram this large pass?)
 PROBE_ID_SIZE = 8
+# What a TCP segment's datagram carries besides the segment: data header, inner type, the 8 IPv6 header bytes
+# that are not addresses (INNER_IPV6_PARTIAL), tag. The TCP header with options comes on top.
+SEGMENT_OVERHEAD = DATA_HEADER_SIZE + 1 + 8 + TAG_SIZE
 
 # Feature bits, exchanged per session (INNER_FEATURES); a peer that never answers has none of them.
 FEATURE_PARTIAL_CHECKSUM = 0x01  # may receive INNER_IPV6_PARTIAL
-LOCAL_FEATURES = FEATURE_PARTIAL_CHECKSUM
+# Answers INNER_SIZE_PROBE, and takes TCP segments larger than its own MTU in datagrams of any size the path
+# carries (up to MAX_DATAGRAM): the sender may cut TSO packets to fit the path rather than the overlay MTU.
+FEATURE_LARGE_SEGMENTS = 0x02
+LOCAL_FEATURES = FEATURE_PARTIAL_CHECKSUM | FEATURE_LARGE_SEGMENTS
 FEATURES_REPLY_WANTED = 0x01  # the sender has not seen ours on this session yet
 _FEATURES = struct.Struct("!BIB")
 FEATURES_FRAME_SIZE = _FEATURES.size  # 6

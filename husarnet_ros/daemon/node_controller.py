@@ -44,6 +44,7 @@ from ..core import hosts as hosts_model
 from ..core.address import format_address, parse_overlay
 from ..core.base_client import base_server_name
 from ..core.errors import AddressError, ConfigError, HusarnetError
+from ..core.events import DatagramSizeFound
 from ..core.identity import Identity
 from ..core.node import (
     Event,
@@ -66,6 +67,7 @@ from ..core.peer_endpoint import (
 from ..core.whitelist import Whitelist as Acl
 from .controller import BadValue, Conflict, InvalidRequest, NotFound, NotReady, StorageError
 from .log_ring import LogRing
+from .path_size import interface_limit
 from .state import StateDir, StateError
 
 if TYPE_CHECKING:
@@ -179,6 +181,7 @@ class NodeController:
             wall_offset_ns=int(self._wall_minus_mono * 1e9),
             timestamp_floor_ns=state.load_timestamp_floor(),
         )
+        self.node.underlay_limit = interface_limit
         # Handshake and beacon timestamps must grow across restarts: a floor a lease ahead of the last one
         # issued is persisted before the node can pass it (keep_timestamp_floor), and read back at start.
         self._timestamp_lease_ns = 0
@@ -253,6 +256,13 @@ class NodeController:
             log.info(
                 "peer %s: %s (%s)", format_address(event.address), _path_text(event.endpoint), event.reason
             )
+        elif isinstance(event, DatagramSizeFound):
+            log.info(
+                "peer %s: %s carries %d-byte datagrams; TCP goes in segments of several MSS that fit them",
+                format_address(event.address),
+                _path_text(event.endpoint),
+                event.size,
+            )
         elif isinstance(event, PongReceived):
             loop = self._ping_loop
             if loop is not None:
@@ -289,6 +299,7 @@ class NodeController:
             endpoint=format_endpoint(peer.endpoint) if path is PathKind.DIRECT else None,
             base_server=home if path is PathKind.TUNNELLED else None,
             rtt_ms=round(peer.rtt_ms, 3) if peer.rtt_ms is not None and path is not PathKind.NONE else None,
+            max_datagram=route.datagram_limit if route is not None and route.datagram_limit else None,
             last_handshake=self._wall(peer.last_handshake),
             last_seen=self._wall(last_seen),
             rx_bytes=peer.rx_bytes,
