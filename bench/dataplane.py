@@ -38,6 +38,7 @@ from peers.nebula import nebula  # noqa: E402
 from peers.tinc import tinc  # noqa: E402
 from report import aggregate, markdown, save, targets  # noqa: E402
 from tunnels import (  # noqa: E402
+    JUMBO_UNDERLAY_MTU,
     Tunnel,
     husarnet_ros_jumbo,
     husarnet_ros_overlay,
@@ -109,6 +110,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra argument for both husarnet-ros daemons, e.g. --daemon-arg=--mtu=9000 (repeatable)",
     )  # fmt: skip
     parser.add_argument(
+        "--underlay-mtu", type=int, default=None, metavar="N",
+        help="the veth's MTU in every lab (default: the veth's own, 1500; the jumbo paths raise theirs to "
+        f"{JUMBO_UNDERLAY_MTU} whatever this says), e.g. {JUMBO_UNDERLAY_MTU}: every tunnel on a jumbo LAN",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-install", action="store_true", help="fail instead of installing missing packages"
     )
     parser.add_argument("--json-out", type=Path, default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}")
@@ -120,6 +126,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(
             f"--paths: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(names)}"
         )
+    if args.underlay_mtu is not None and not 1280 <= args.underlay_mtu <= 65535:
+        parser.error("--underlay-mtu must be between 1280 and 65535")
     if not 1 <= args.runs <= 20:
         parser.error("--runs must be between 1 and 20")
     if not 1 <= args.duration <= 120:
@@ -141,6 +149,9 @@ def measure_once(name: str, spec: PathSpec, args: argparse.Namespace) -> dict[st
         workdir = make_workdir(lab)
         try:
             client, server = lab.pair(labels=["client", "server"])
+            if args.underlay_mtu:
+                for host in (client, server):
+                    host.run(["ip", "link", "set", "dev", host.ifname, "mtu", str(args.underlay_mtu)])
             start_iperf_server(server)
             tunnel = spec.setup(lab, client, server, workdir)
             try:
@@ -220,6 +231,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "pings": args.pings,
             "ping_interval_s": args.ping_interval,
             "daemon_args": args.daemon_arg,
+            "underlay_mtu": args.underlay_mtu,
             "paths": args.paths,
         },
         "runs": [],
