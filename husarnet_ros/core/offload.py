@@ -4,7 +4,8 @@ With offloads on, the TUN device hands the daemon TCP packets of up to 64 KB (TS
 ~48) with a ``virtio_net_hdr`` in front, and takes such packets back (one write instead of ~48). The wire
 never sees them: every wire datagram still carries one IPv6 packet of at most the MTU (or, on a path shown to
 carry more, a TCP segment of several MSS: docs/PROTOCOL.md 5.4), with valid checksums, sealed on its own
-(its own nonce and counter), so a peer without offloads interoperates and a lost datagram costs one segment. This module is the pure part of that:
+(its own nonce and counter), so a peer without offloads interoperates and a lost datagram costs one segment.
+This module is the pure part of that:
 
 * ``VnetHeader``: the 10-byte header in front of every TUN read and write (``linux/virtio_net.h``);
 * ``finish_checksum``: fill in an L4 checksum the kernel left partial (``NEEDS_CSUM``);

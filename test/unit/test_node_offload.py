@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from fixed_identities import fixed_identity
@@ -121,12 +121,22 @@ class Collect:
         ]
 
 
-def tso(pair: Pair, size: int, *, seq: int = 1000, **fields: Any) -> Tcp:
+class TwoNodes(Protocol):
+    """What the helpers below need of a pair (this module's ``Pair``, or another test module's)."""
+
+    net: MemNet
+    a: Node
+    ea: Endpoint
+    b: Node
+    eb: Endpoint
+
+
+def tso(pair: TwoNodes, size: int, *, seq: int = 1000, **fields: Any) -> Tcp:
     """A TSO packet from a to b (``fields``: those of Tcp)."""
     return Tcp(payload_of(size, seq), seq=seq, src=pair.a.address, dst=pair.b.address, **fields)
 
 
-def receive(pair: Pair, batch: tuple[Endpoint, memoryview, int], sink: offload.PacketSink) -> bytearray:
+def receive(pair: TwoNodes, batch: tuple[Endpoint, memoryview, int], sink: offload.PacketSink) -> bytearray:
     """Hand a batch from a to b as one GRO receive; returns the buffer as it was received (a copy)."""
     endpoint, datagrams, size = batch
     assert endpoint == pair.eb

@@ -98,7 +98,7 @@ def make_pair(limit_a: int, limit_b: int, link: Link | None = None) -> Pair:
 
 def segments_sent(pair: Pair, size: int = 60_000) -> tuple[list[bytes], int]:
     """a's datagrams for one TSO packet (kernel MSS 1278) to b, and the segment size of the batch."""
-    batch = pair.a.send_large(memoryview(tso(pair, size).packet()), IPV6_HEADER, MSS, pair.net.now)  # type: ignore[arg-type]
+    batch = pair.a.send_large(memoryview(tso(pair, size).packet()), IPV6_HEADER, MSS, pair.net.now)
     assert batch is not None
     return split(batch[1], batch[2]), batch[2]
 
