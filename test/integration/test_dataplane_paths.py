@@ -35,11 +35,13 @@ MODES = {
     "no-offload": ("--no-offload", "--no-offload"),
     "mixed": ("--offload", "--no-offload"),
     "jumbo": ("--offload", "--offload"),
+    "jumbo-mixed": ("--offload", "--no-offload"),
 }
 # Modes whose LAN carries jumbo frames (hosts and switch ports): the daemons find the path carries 9000-byte
 # datagrams and send TCP in segments of several MSS (test_path_sized_segments.py), so everything here is
-# checked with those too, the lossy link included. hnet0 keeps its MTU.
-LAN_MTUS = {"jumbo": 9000}
+# checked with those too, the lossy link included; in jumbo-mixed, a robot without offloads takes them (it
+# writes each segment, larger than hnet0's MTU, to its TUN as a whole packet). hnet0 keeps its MTU.
+LAN_MTUS = {"jumbo": 9000, "jumbo-mixed": 9000}
 MTU = 1350  # the daemon's default
 IPV6_UDP_HEADERS = 40 + 8  # an ICMPv6 echo header is 8 bytes too
 EXTENSION_HEADER = 8  # transfer.OPTION_HEADER

@@ -61,6 +61,22 @@ def _path_sized(daemon: Daemon) -> int:
     return int(daemon.status()["counters"].get("tso_path_sized", 0))
 
 
+def _transfer_both_ways(daemons: list[Daemon], addresses: dict[str, str], seed: int) -> dict[str, bool]:
+    """A checksummed TCP transfer each way (asserted intact); per sender, whether it cut TCP packets to the
+    path's size meanwhile."""
+    a, b = daemons
+    grew = {}
+    for offset, (sender, receiver) in enumerate(((a, b), (b, a))):
+        before = _path_sized(sender)
+        address = addresses[receiver.hostname]
+        outcomes = tcp_transfer(
+            sender.host, receiver.host, address, total_bytes=TRANSFER_BYTES, seed=seed + offset
+        )
+        _assert_intact(outcomes, f"{sender.hostname} -> {receiver.hostname}", daemons)
+        grew[sender.hostname] = _path_sized(sender) > before
+    return grew
+
+
 def _start_pair(
     lab: Lab, daemon_factory: Any, mtus: tuple[int, int], port_mtus: tuple[int, int]
 ) -> tuple[list[Daemon], dict[str, str]]:
@@ -93,17 +109,8 @@ def test_a_jumbo_lan_carries_tcp_in_jumbo_segments_intact_both_ways(lab: Lab, da
         assert peer["max_datagram"] == largest, peer
         assert sender.host.run(["cat", "/sys/class/net/hnet0/mtu"]).stdout.strip() == "1350"
         assert f"carries {largest}-byte datagrams" in sender.log_tail(200)  # the daemon says what it found
-    for seed, (sender, receiver) in enumerate(((a, b), (b, a))):
-        before = _path_sized(sender)
-        outcomes = tcp_transfer(
-            sender.host,
-            receiver.host,
-            addresses[receiver.hostname],
-            total_bytes=TRANSFER_BYTES,
-            seed=900 + seed,
-        )
-        _assert_intact(outcomes, f"{sender.hostname} -> {receiver.hostname}", daemons)
-        assert _path_sized(sender) > before, f"{sender.hostname} cut no TCP packet to the path's size"
+    grew = _transfer_both_ways(daemons, addresses, seed=900)
+    assert grew == {"robot-a": True, "robot-b": True}, f"cut TCP packets to the path's size: {grew}"
 
 
 def test_a_path_that_drops_large_frames_silently_never_gets_them(lab: Lab, daemon_factory: Any) -> None:
@@ -116,20 +123,8 @@ def test_a_path_that_drops_large_frames_silently_never_gets_them(lab: Lab, daemo
     b_peer = _wait_datagram(b, addresses["robot-a"], lambda size: size is not None)
     assert b_peer["max_datagram"] == _largest_datagram(4000, b_peer["endpoint"]), b_peer
     a.wait_path(addresses["robot-b"], "direct", timeout=20)
-    for seed, (sender, receiver) in enumerate(((a, b), (b, a))):
-        before = _path_sized(sender)
-        outcomes = tcp_transfer(
-            sender.host,
-            receiver.host,
-            addresses[receiver.hostname],
-            total_bytes=TRANSFER_BYTES,
-            seed=950 + seed,
-        )
-        _assert_intact(outcomes, f"{sender.hostname} -> {receiver.hostname}", daemons)
-        grew = _path_sized(sender) > before
-        assert grew == (sender is b), (
-            f"{sender.hostname}: path-sized segments {'not ' if not grew else ''}sent"
-        )
+    grew = _transfer_both_ways(daemons, addresses, seed=950)
+    assert grew == {"robot-a": False, "robot-b": True}, f"cut TCP packets to the path's size: {grew}"
     assert _peer(a, addresses["robot-b"])["max_datagram"] is None
     assert _peer(a, addresses["robot-b"])["path"] == "direct"
 
