@@ -311,13 +311,13 @@ def test_a_lossy_link_costs_only_what_it_lost(robots: Robots, impairment: str) -
             assert counts["dropped"] > 0, (
                 f"{what}: the link dropped nothing, so this proves nothing: {counts}"
             )
-        # On a jumbo LAN a datagram carries a segment of several MSS (path-sized segments): its loss costs
-        # those, and TCP counts its retransmissions in MSS.
+        # On a jumbo LAN a datagram carries a segment of several MSS (path-sized segments): its loss, or a
+        # late one whose D-SACK went unreported, costs those, and TCP counts its retransmissions in MSS.
         per_datagram = _mss_per_datagram(robots.lan_mtu)
         bound = (
             RETRANSMISSIONS_PER_LOSS * lost * per_datagram
             + RETRANSMISSION_SLACK
-            + counts["delayed"] // UNREPORTED_LATE
+            + counts["delayed"] // UNREPORTED_LATE * per_datagram
         )
         assert retransmitted - needless <= bound, (
             f"{what}: {retransmitted - needless} segments retransmitted that had not arrived, for {lost} "
