@@ -21,8 +21,8 @@ _IPV6_UDP_HEADERS = 40 + 8
 
 
 def interface_limit(endpoint: Endpoint) -> int:
-    """The largest UDP payload of a datagram to ``endpoint`` that leaves unfragmented; 0 if the kernel cannot
-    say (no route, an interface gone, a name instead of an address)."""
+    """The largest UDP payload of a datagram to ``endpoint`` (an address, as the transport names endpoints)
+    that leaves unfragmented; 0 if the kernel cannot say (no route, an interface gone)."""
     host = endpoint[0]
     ipv4 = "." in host and ":" not in host
     try:
