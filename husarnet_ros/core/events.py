@@ -47,7 +47,8 @@ class PathChanged:
 @dataclass(frozen=True, slots=True)
 class DatagramSizeFound:
     """A size probe came back: TCP to this peer now goes in datagrams of up to ``size`` bytes (a change of
-    endpoint starts over from the overlay's own segment size)."""
+    endpoint starts over from the overlay's own segment size). ``size`` 0: a probe of the size in use went
+    unanswered, and TCP is back to the overlay's segment size."""
 
     address: bytes
     endpoint: Endpoint

@@ -745,6 +745,16 @@ class Node:
         peer.route = Route(route.session, route.endpoint, probe.size)
         self.events.append(DatagramSizeFound(peer.address, route.endpoint, probe.size))
 
+    def _size_unanswered(self, peer: Peer, probe: Probe) -> None:
+        """A size probe got no pong: if the route's segments are that large, the path may no longer carry them
+        (while smaller frames pass, so nothing else would notice): back to the overlay's segment size until a
+        probe is answered again. A TCP transfer stalls at most until then, not for good."""
+        route = peer.route
+        if route is None or route.endpoint != probe.endpoint or not 0 < route.datagram_limit <= probe.size:
+            return
+        peer.route = Route(route.session, route.endpoint)
+        self.events.append(DatagramSizeFound(peer.address, route.endpoint, 0))
+
     def _on_session_works(self, event: SessionWorks) -> None:
         peer, session = event.peer, event.session
         if self.peers.get(peer.address) is not peer:
@@ -1089,9 +1099,11 @@ class Node:
         return probe_id
 
     def _probe_datagram_size(self, peer: Peer, route: Route, now: float) -> None:
-        """Ask the kernel how large a datagram the route's interface takes; if that is more than the path was
-        shown to carry, send a probe that size: its pong raises ``Route.datagram_limit`` (``_on_pong``).
-        Direct paths to peers with FEATURE_LARGE_SEGMENTS only (a relay has its own limits)."""
+        """Ask the kernel how large a datagram the route's interface takes, and send a probe that size: its
+        pong raises ``Route.datagram_limit`` (``_on_size_shown``). A size already shown is probed again too,
+        since a path can stop carrying it without the kernel learning of it (a switch replaced): unanswered,
+        the limit goes (``_size_unanswered``). Direct paths to peers with FEATURE_LARGE_SEGMENTS only (a relay
+        has its own limits)."""
         features = route.session.peer_features
         if is_relay(route.endpoint) or not features & wire.FEATURE_LARGE_SEGMENTS:
             # Features are exchanged when a session starts: look again soon while they may still come.
@@ -1101,7 +1113,7 @@ class Node:
         size = min(self.underlay_limit(route.endpoint), MAX_PATH_DATAGRAM)
         if size < route.datagram_limit:  # the interface shrank: what was shown may no longer pass
             peer.route = route = Route(route.session, route.endpoint)
-        if size > route.datagram_limit and size >= MIN_SIZE_PROBE:
+        if size >= route.datagram_limit and size >= MIN_SIZE_PROBE:
             self._probe(peer, route.endpoint, ProbePurpose.DATAGRAM_SIZE, now, size)
 
     def _probe_better(self, peer: Peer, route: Route, most: int, now: float) -> None:
@@ -1345,6 +1357,8 @@ class Node:
         for probe_id, probe in list(peer.probes.items()):
             if now - probe.sent_at > PROBE_TIMEOUT:
                 del peer.probes[probe_id]
+                if probe.purpose is ProbePurpose.DATAGRAM_SIZE:
+                    self._size_unanswered(peer, probe)
 
         if not self.is_allowed(peer.address):
             # The whitelist changed without whitelist_changed() (the callable is live): same outcome.

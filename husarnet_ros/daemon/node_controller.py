@@ -256,6 +256,13 @@ class NodeController:
             log.info(
                 "peer %s: %s (%s)", format_address(event.address), _path_text(event.endpoint), event.reason
             )
+        elif isinstance(event, DatagramSizeFound) and event.size == 0:
+            log.warning(
+                "peer %s: %s no longer answers a probe of the datagram size in use; TCP is back to segments "
+                "of one MSS",
+                format_address(event.address),
+                _path_text(event.endpoint),
+            )
         elif isinstance(event, DatagramSizeFound):
             log.info(
                 "peer %s: %s carries %d-byte datagrams; TCP goes in segments of several MSS that fit them",

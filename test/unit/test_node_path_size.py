@@ -21,6 +21,7 @@ from husarnet_ros.core.constants import (
     LATENCY_PROBE_INTERVAL,
     MAX_PATH_DATAGRAM,
     MIN_SIZE_PROBE,
+    PROBE_TIMEOUT,
     SIZE_PROBE_INTERVAL,
 )
 from husarnet_ros.core.events import DatagramSizeFound
@@ -279,3 +280,24 @@ def test_a_size_probe_of_any_length_is_answered_and_a_truncated_one_is_dropped()
     assert pair.route(pair.a).session.open_(reply[1]) == bytes([wire.INNER_PONG]) + probe_id
     assert len(reply[1]) < SIZE_PROBE_MIN + 1
     assert b_session is pair.route(pair.b).session
+
+
+def test_a_path_that_stops_carrying_the_size_in_use_goes_back_to_one_mss_within_one_check() -> None:
+    """After the size was shown, something between starts dropping what is larger than 4000 bytes and tells
+    no one (the kernel's bound stays 9052): small frames pass, so only the next size probe's silence shows
+    it. Until then large segments are lost; after it, TCP goes in one-MSS segments again."""
+    pair = make_pair(9052, 9052)
+    assert pair.route(pair.a).datagram_limit == 9052
+    pair.link.mtu[pair.ea] = 4000
+    pair.advance(SIZE_PROBE_INTERVAL + PROBE_TIMEOUT + 1.0)
+    assert pair.route(pair.a).datagram_limit == 0
+    assert DatagramSizeFound(pair.b.address, pair.eb, 0) in pair.a.events
+    assert pair.a.path_of(pair.b.address) is PathKind.DIRECT  # the path itself never stopped working
+    _, size = segments_sent(pair)
+    assert size < 1400
+    # b's way to a still carries its size: its probes keep being answered
+    assert pair.route(pair.b).datagram_limit == 9052
+    # the link heals: the next check shows the size again
+    pair.link.mtu.clear()
+    pair.advance(SIZE_PROBE_INTERVAL)
+    assert pair.route(pair.a).datagram_limit == 9052
