@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from husarnet_ros.core.constants import PROBE_TIMEOUT, SIZE_PROBE_INTERVAL
 from husarnet_ros.testing.lab_daemon import Daemon, whitelist_each_other
 from husarnet_ros.testing.netlab import Host, Lab, run_command, wait_until
 from husarnet_ros.testing.transfer import StreamOutcome, tcp_transfer
@@ -140,3 +141,29 @@ def test_a_1500_byte_lan_is_not_probed(lab: Lab, daemon_factory: Any) -> None:
     _assert_intact(outcomes, "robot-a -> robot-b", daemons)
     assert _peer(a, addresses["robot-b"])["max_datagram"] is None
     assert _path_sized(a) == 0
+
+
+def test_a_path_that_stops_carrying_jumbo_frames_falls_back_within_one_check(
+    lab: Lab, daemon_factory: Any
+) -> None:
+    """The size was shown; then the switch port behind robot-a takes only 4000-byte frames and says nothing
+    (robot-a's own interface still says 9000, so its kernel never learns). Small frames still pass, so only
+    the next size probe's silence shows it: a drops its limit, logs a warning, and TCP from a arrives intact
+    in one-MSS segments again."""
+    daemons, addresses = _start_pair(lab, daemon_factory, (JUMBO, JUMBO), (JUMBO, JUMBO))
+    a, b = daemons
+    address = addresses["robot-b"]
+    _wait_datagram(a, address, lambda size: size is not None and size > 1500)
+    switch = lab.switches[-1]
+    run_command(["ip", "-n", switch.netns, "link", "set", "dev", switch.ports[0], "mtu", "4000"])
+    peer = wait_until(
+        lambda: (p := _peer(a, address))["max_datagram"] is None and p,
+        SIZE_PROBE_INTERVAL + PROBE_TIMEOUT + 10,
+        what="robot-a dropping the size its path no longer carries",
+    )
+    assert peer["path"] == "direct"
+    assert "no longer answers a probe of the datagram size in use" in a.log_tail(200)
+    before = _path_sized(a)
+    outcomes = tcp_transfer(a.host, b.host, address, total_bytes=TRANSFER_BYTES // 4, seed=970)
+    _assert_intact(outcomes, "robot-a -> robot-b after the switch port shrank", daemons)
+    assert _path_sized(a) == before
