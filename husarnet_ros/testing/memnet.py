@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from husarnet_ros.core.constants import DEFAULT_UDP_PORT
 from husarnet_ros.core.identity import Identity
 from husarnet_ros.core.node import InternalError, Node
-from husarnet_ros.core.peer import Endpoint
+from husarnet_ros.core.peer import Endpoint, Peer
+from husarnet_ros.core.session import Session
 
 Tamper = Callable[[Endpoint, Endpoint, bytes], list[bytes]]
 
@@ -108,6 +109,30 @@ class MemNet:
             node.outbox.append(out)
         node.process_posted(self.now)
         self.flush(tamper)
+
+
+@dataclass
+class NodePair:
+    """Two nodes on one network with their endpoints: what tests of a pair share (they add their own)."""
+
+    net: MemNet
+    a: Node
+    ea: Endpoint
+    b: Node
+    eb: Endpoint
+
+    def peer_of(self, node: Node) -> Peer:
+        """What ``node`` knows of the other one."""
+        other = self.b if node is self.a else self.a
+        peer = node.peer(other.address)
+        assert peer is not None
+        return peer
+
+    def session(self, node: Node) -> Session:
+        """The session ``node`` uses towards the other one."""
+        session = self.peer_of(node).current
+        assert session is not None
+        return session
 
 
 def ipv6_packet(src: bytes, dst: bytes, payload: bytes, next_header: int = 17) -> bytes:

@@ -28,25 +28,10 @@ from husarnet_ros.core.constants import (
 from husarnet_ros.core.identity import Identity
 from husarnet_ros.core.node import Node, PathLost, PeerDown, PeerUp, PongReceived
 from husarnet_ros.core.peer import Endpoint, PathKind
-from husarnet_ros.core.session import Session
-from husarnet_ros.testing.memnet import MemNet, ipv6_packet
+from husarnet_ros.testing.memnet import MemNet, NodePair, ipv6_packet
 
 
-@dataclass
-class Pair:
-    net: MemNet
-    a: Node
-    ea: Endpoint
-    b: Node
-    eb: Endpoint
-
-    def session(self, node: Node) -> Session:
-        other = self.b if node is self.a else self.a
-        peer = node.peer(other.address)
-        assert peer is not None
-        assert peer.current is not None
-        return peer.current
-
+class Pair(NodePair):
     def initiator_first(self) -> tuple[Node, Endpoint, Node, Endpoint]:
         """(initiator, its endpoint, responder, its endpoint) of the newest session."""
         peer = self.a.peer(self.b.address)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 from fixed_identities import fixed_identity
@@ -32,12 +32,10 @@ from test_offload import (
 from husarnet_ros.core import aead, offload, wire
 from husarnet_ros.core.constants import FEATURES_ATTEMPTS, FEATURES_RETRY_INTERVAL
 from husarnet_ros.core.errors import ProtocolError
-from husarnet_ros.core.node import Node
 from husarnet_ros.core.offload import IPV6_HEADER, Coalescer, PartialChecksum, VnetHeader
 from husarnet_ros.core.peer import Endpoint, PathKind
 from husarnet_ros.core.send_batch import SendBatch
-from husarnet_ros.core.session import Session
-from husarnet_ros.testing.memnet import MemNet
+from husarnet_ros.testing.memnet import MemNet, NodePair
 
 TCP, UDP, ICMPV6 = 6, 17, 58
 FEATURES_DATAGRAM = wire.DATA_HEADER_SIZE + wire.FEATURES_FRAME_SIZE + wire.TAG_SIZE  # 62
@@ -60,20 +58,8 @@ class FeaturesFilter:
 
 
 @dataclass
-class Pair:
-    net: MemNet
-    a: Node
-    ea: Endpoint
-    b: Node
-    eb: Endpoint
+class Pair(NodePair):
     wire_filter: FeaturesFilter
-
-    def session(self, node: Node) -> Session:
-        other = self.b if node is self.a else self.a
-        peer = node.peer(other.address)
-        assert peer is not None
-        assert peer.route is not None
-        return peer.route.session
 
     def advance(self, seconds: float) -> None:
         self.net.advance(seconds, tamper=self.wire_filter)
@@ -121,22 +107,12 @@ class Collect:
         ]
 
 
-class TwoNodes(Protocol):
-    """What the helpers below need of a pair (this module's ``Pair``, or another test module's)."""
-
-    net: MemNet
-    a: Node
-    ea: Endpoint
-    b: Node
-    eb: Endpoint
-
-
-def tso(pair: TwoNodes, size: int, *, seq: int = 1000, **fields: Any) -> Tcp:
+def tso(pair: NodePair, size: int, *, seq: int = 1000, **fields: Any) -> Tcp:
     """A TSO packet from a to b (``fields``: those of Tcp)."""
     return Tcp(payload_of(size, seq), seq=seq, src=pair.a.address, dst=pair.b.address, **fields)
 
 
-def receive(pair: TwoNodes, batch: tuple[Endpoint, memoryview, int], sink: offload.PacketSink) -> bytearray:
+def receive(pair: NodePair, batch: tuple[Endpoint, memoryview, int], sink: offload.PacketSink) -> bytearray:
     """Hand a batch from a to b as one GRO receive; returns the buffer as it was received (a copy)."""
     endpoint, datagrams, size = batch
     assert endpoint == pair.eb

@@ -28,7 +28,7 @@ from husarnet_ros.core.events import DatagramSizeFound
 from husarnet_ros.core.node import Node
 from husarnet_ros.core.offload import IPV6_HEADER, Coalescer
 from husarnet_ros.core.peer import Endpoint, PathKind, Route
-from husarnet_ros.testing.memnet import MemNet
+from husarnet_ros.testing.memnet import MemNet, NodePair
 
 FEATURES_DATAGRAM = wire.DATA_HEADER_SIZE + wire.FEATURES_FRAME_SIZE + wire.TAG_SIZE
 PING_DATAGRAM = wire.DATA_HEADER_SIZE + 1 + wire.PROBE_ID_SIZE + wire.TAG_SIZE
@@ -61,12 +61,7 @@ class Link:
 
 
 @dataclass
-class Pair:
-    net: MemNet
-    a: Node
-    ea: Endpoint
-    b: Node
-    eb: Endpoint
+class Pair(NodePair):
     link: Link
     limits: dict[Endpoint, int]  # what each node's kernel says about the route's interface (by endpoint)
 
@@ -74,11 +69,9 @@ class Pair:
         self.net.advance(seconds, tamper=self.link)
 
     def route(self, node: Node) -> Route:
-        other = self.b if node is self.a else self.a
-        peer = node.peer(other.address)
-        assert peer is not None
-        assert peer.route is not None
-        return peer.route
+        route = self.peer_of(node).route
+        assert route is not None
+        return route
 
 
 def make_pair(limit_a: int, limit_b: int, link: Link | None = None) -> Pair:

@@ -26,12 +26,11 @@ from husarnet_ros.core.peer import (
     CandidateSource,
     Endpoint,
     PathKind,
-    Peer,
     endpoint_rank,
     is_relay,
     relay_endpoint,
 )
-from husarnet_ros.testing.memnet import MemNet, ipv6_packet
+from husarnet_ros.testing.memnet import MemNet, NodePair, ipv6_packet
 
 STEP = 0.05  # fake-time resolution of the measurements below
 
@@ -71,18 +70,8 @@ class RelayNet(MemNet):
 
 
 @dataclass
-class RelayPair:
+class RelayPair(NodePair):
     net: RelayNet
-    a: Node
-    ea: Endpoint
-    b: Node
-    eb: Endpoint
-
-    def peer_of(self, node: Node) -> Peer:
-        other = self.b if node is self.a else self.a
-        peer = node.peer(other.address)
-        assert peer is not None
-        return peer
 
     def paths(self) -> tuple[PathKind, PathKind]:
         return self.a.path_of(self.b.address), self.b.path_of(self.a.address)
