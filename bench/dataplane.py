@@ -45,6 +45,7 @@ from tunnels import (  # noqa: E402
     husarnet_ros_relayed,
     make_workdir,
     raw_veth,
+    set_underlay_mtu,
     tool_version,
     wireguard_go,
     wireguard_go_jumbo,
@@ -150,8 +151,7 @@ def measure_once(name: str, spec: PathSpec, args: argparse.Namespace) -> dict[st
         try:
             client, server = lab.pair(labels=["client", "server"])
             if args.underlay_mtu:
-                for host in (client, server):
-                    host.run(["ip", "link", "set", "dev", host.ifname, "mtu", str(args.underlay_mtu)])
+                set_underlay_mtu((client, server), args.underlay_mtu)
             start_iperf_server(server)
             tunnel = spec.setup(lab, client, server, workdir)
             try:

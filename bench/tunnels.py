@@ -166,13 +166,18 @@ def wireguard_go(lab: Lab, client: Host, server: Host, workdir: Path) -> Tunnel:
     return _wireguard_go("wireguard-go", 0, lab, client, server, workdir, mtu=None)
 
 
+def set_underlay_mtu(hosts: Sequence[Host], mtu: int) -> None:
+    """The MTU of each host's end of the lab's veth."""
+    for host in hosts:
+        host.run(["ip", "link", "set", "dev", host.ifname, "mtu", str(mtu)])
+
+
 def wireguard_go_jumbo(lab: Lab, client: Host, server: Host, workdir: Path) -> Tunnel:
     """wireguard-go with a 9000-byte tunnel MTU, inner 198.19.1.0/24; the veth carries 9100-byte frames.
 
     The lab is this path's own, so the larger veth MTU lasts only for this measurement.
     """
-    for host in (client, server):
-        host.run(["ip", "link", "set", "dev", host.ifname, "mtu", str(JUMBO_UNDERLAY_MTU)])
+    set_underlay_mtu((client, server), JUMBO_UNDERLAY_MTU)
     tunnel = _wireguard_go("wireguard-go MTU 9000", 1, lab, client, server, workdir, mtu=JUMBO_MTU)
     tunnel.details["underlay_mtu"] = JUMBO_UNDERLAY_MTU
     return tunnel
@@ -184,8 +189,7 @@ def husarnet_ros_jumbo(
     """The husarnet_ros daemons at their defaults on the same jumbo underlay as ``wireguard_go_jumbo`` (veth
     MTU 9100): wireguard-go's 9000-byte figure compared on equal ground. ``hnet0`` keeps its MTU; what the
     larger underlay can change is only the size of the datagrams the daemons find the path to carry."""
-    for host in (client, server):
-        host.run(["ip", "link", "set", "dev", host.ifname, "mtu", str(JUMBO_UNDERLAY_MTU)])
+    set_underlay_mtu((client, server), JUMBO_UNDERLAY_MTU)
     tunnel = husarnet_ros_overlay(lab, client, server, workdir, daemon_args)
     tunnel.name = "husarnet_ros jumbo underlay"
     tunnel.details["underlay_mtu"] = JUMBO_UNDERLAY_MTU

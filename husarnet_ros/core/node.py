@@ -597,12 +597,11 @@ class Node:
             peer.rx_bytes += len(packet)
             sink.add(packet)
             return
-        if kind in (wire.INNER_PING, wire.INNER_PROBE) and size == 1 + wire.PROBE_ID_SIZE:
-            # Answered on the same session, to where it came from: that is the path being tested.
-            self.replies.append((endpoint, session.seal(bytes([wire.INNER_PONG]) + inner[1:])))
-            return
-        if kind == wire.INNER_SIZE_PROBE and size >= 1 + wire.PROBE_ID_SIZE:
-            # Only the way here had to carry the size: the answer is a plain pong.
+        if (kind in (wire.INNER_PING, wire.INNER_PROBE) and size == 1 + wire.PROBE_ID_SIZE) or (
+            kind == wire.INNER_SIZE_PROBE and size >= 1 + wire.PROBE_ID_SIZE
+        ):
+            # Answered on the same session, to where it came from: that is the path being tested. A size
+            # probe's padding is not echoed: only the way here had to carry the size.
             pong = bytes([wire.INNER_PONG]) + inner[1 : 1 + wire.PROBE_ID_SIZE]
             self.replies.append((endpoint, session.seal(pong)))
             return
@@ -958,9 +957,10 @@ class Node:
         self._sessions[session.local_index] = session
         # A rekey keeps what the path was shown to carry; another endpoint starts over.
         old_route = peer.route
-        same_path = old_route is not None and old_route.endpoint == endpoint
-        peer.route = Route(session, endpoint, old_route.datagram_limit if same_path and old_route else 0)
-        if not same_path:
+        if old_route is not None and old_route.endpoint == endpoint:
+            peer.route = Route(session, endpoint, old_route.datagram_limit)
+        else:
+            peer.route = Route(session, endpoint)
             peer.next_size_probe_at = now
         peer.route_heard_at = max(peer.route_heard_at, now)
         peer.path_alive = session.confirmed
