@@ -738,18 +738,25 @@ class Node:
             route is None
             or route.endpoint != probe.endpoint
             or event.endpoint != probe.endpoint
-            or probe.size <= route.datagram_limit
+            or probe.size < route.datagram_limit
         ):
             return  # the route moved meanwhile (its own probe follows), or a larger size was shown already
-        peer.route = Route(route.session, route.endpoint, probe.size)
-        self.events.append(DatagramSizeFound(peer.address, route.endpoint, probe.size))
+        peer.size_shown_at = max(peer.size_shown_at, probe.sent_at)
+        if probe.size > route.datagram_limit:
+            peer.route = Route(route.session, route.endpoint, probe.size)
+            self.events.append(DatagramSizeFound(peer.address, route.endpoint, probe.size))
 
     def _size_unanswered(self, peer: Peer, probe: Probe) -> None:
         """A size probe got no pong: if the route's segments are that large, the path may no longer carry them
         (while smaller frames pass, so nothing else would notice): back to the overlay's segment size until a
         probe is answered again. A TCP transfer stalls at most until then, not for good."""
         route = peer.route
-        if route is None or route.endpoint != probe.endpoint or not 0 < route.datagram_limit <= probe.size:
+        if (
+            route is None
+            or route.endpoint != probe.endpoint
+            or not 0 < route.datagram_limit <= probe.size
+            or probe.sent_at <= peer.size_shown_at  # a later probe came back: this one was merely lost
+        ):
             return
         peer.route = Route(route.session, route.endpoint)
         self.events.append(DatagramSizeFound(peer.address, route.endpoint, 0))

@@ -161,6 +161,7 @@ class Peer:
     probes: dict[bytes, Probe] = field(default_factory=dict)
     next_probe_at: float = 0.0
     next_size_probe_at: float = 0.0  # when to ask the kernel again how large a datagram the route may carry
+    size_shown_at: float = 0.0  # when the last size probe that came back was sent
     # statistics (monotonic times from the caller's clock)
     last_handshake: float | None = None
     last_activity: float = 0.0  # last beacon, handshake or session: unpinned peers expire from this
